@@ -1,0 +1,136 @@
+"""Bookings, their audit trail, and who may see or change them. Imports nothing from grpc, asyncpg or redis."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from svc_common.auth import Principal, Role
+
+ERROR_DOMAIN = "booking.v1"
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_ID_CHARS = 128
+MAX_NOTES_CHARS = 2000
+MAX_REASON_CHARS = 1000
+PURGE_SAMPLE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    id: str
+    name: str
+    role: Role
+
+    @classmethod
+    def of(cls, principal: Principal) -> Actor:
+        return cls(principal.id, principal.name, principal.role)
+
+
+@dataclass(frozen=True, slots=True)
+class NewBooking:
+    customer_id: str
+    provider_id: str
+    service_id: str
+    start_time: datetime
+    end_time: datetime
+    notes: str
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    id: str
+    customer_id: str
+    provider_id: str
+    service_id: str
+    start_time: datetime
+    end_time: datetime
+    notes: str
+    create_time: datetime
+    update_time: datetime
+    version: int
+    delete_time: datetime | None = None
+    deleted_by: Actor | None = None
+    deletion_reason: str = ""
+
+    @property
+    def deleted(self) -> bool:
+        return self.delete_time is not None
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+    def same_request(self, new: NewBooking) -> bool:
+        """Whether `new` asks for this booking (used to spot a reused request_id)."""
+        return (
+            self.customer_id == new.customer_id
+            and self.provider_id == new.provider_id
+            and self.service_id == new.service_id
+            and self.start_time == new.start_time
+            and self.end_time == new.end_time
+            and self.notes == new.notes
+        )
+
+
+class AuditAction(enum.Enum):
+    CREATED = "CREATED"
+    DELETED = "DELETED"
+    RESTORED = "RESTORED"
+    HARD_DELETED = "HARD_DELETED"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: str
+    booking_id: str
+    action: AuditAction
+    actor: Actor
+    reason: str
+    create_time: datetime
+    snapshot: Booking | None
+    seq: int  # position in the audit trail, for paging
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a caller may see, as a filter the storage applies: None means no restriction."""
+
+    customer_id: str | None
+    provider_id: str | None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Scope:
+        if principal.role is Role.USER:
+            return cls(customer_id=principal.id, provider_id=None)
+        if principal.role is Role.PROVIDER:
+            return cls(customer_id=None, provider_id=principal.id)
+        return cls(customer_id=None, provider_id=None)
+
+    def allows(self, booking: Booking) -> bool:
+        return (self.customer_id is None or booking.customer_id == self.customer_id) and (
+            self.provider_id is None or booking.provider_id == self.provider_id
+        )
+
+
+def is_admin(principal: Principal) -> bool:
+    return principal.role is Role.ADMIN
+
+
+def may_see(principal: Principal, booking: Booking) -> bool:
+    """Users see their own bookings, providers those assigned to them, admins all; only admins see deleted ones."""
+    if booking.deleted and not is_admin(principal):
+        return False
+    return Scope.of(principal).allows(booking)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str

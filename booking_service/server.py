@@ -1,0 +1,100 @@
+"""Wiring only: storage, use cases, servicer, health, reflection, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_service.domain import ERROR_DOMAIN
+from booking_service.servicer import BookingServicer
+from booking_service.settings import Settings
+from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
+from booking_service.usecases import BookingUseCases
+from svc_common.auth import TokenVerifier
+from svc_common.grpc_server import GrpcServer, stop_event_on_signals
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name
+
+
+async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
+    """Connect and migrate, waiting for the database to come up (or for a stop signal)."""
+    delay = 0.5
+    while True:
+        try:
+            await storage.open()
+            applied = await storage.migrate()
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+            return
+        except CONNECTION_ERRORS as exc:
+            await storage.close()
+            log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                raise
+            delay = min(delay * 2, 5.0)
+
+
+async def _watch_health(server: GrpcServer, storage: Storage, interval: float) -> None:
+    serving: bool | None = None
+    while True:
+        now = await storage.ping()
+        if now != serving:
+            log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")
+            await server.set_serving(now)
+            serving = now
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, stop: asyncio.Event | None = None) -> AsyncIterator[GrpcServer]:
+    """A started booking server; on exit it drains calls in flight and closes its pool."""
+    stop = stop or asyncio.Event()
+    storage = Storage(
+        StorageConfig(
+            dsn=settings.database_url,
+            min_connections=settings.db_min_connections,
+            max_connections=settings.db_max_connections,
+            attempts=settings.db_attempts,
+        )
+    )
+    server = GrpcServer(
+        listen=settings.listen,
+        verifier=TokenVerifier(settings.jwt_secret),
+        error_domain=ERROR_DOMAIN,
+        service_names=[SERVICE_NAME],
+    )
+    booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(BookingUseCases(storage)), server.server)
+    async with contextlib.AsyncExitStack() as stack:
+        await _open_storage(storage, stop)
+        stack.push_async_callback(storage.close)
+        await server.start()
+        stack.push_async_callback(server.stop, settings.grace_seconds)
+        health = asyncio.create_task(_watch_health(server, storage, settings.health_interval_seconds))
+        stack.push_async_callback(_cancel, health)
+        log.info("booking service listening on %s", settings.listen)
+        yield server
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_event_on_signals()
+    try:
+        async with running(settings, stop):
+            await stop.wait()
+            log.info("stopping: draining calls in flight for up to %.0fs", settings.grace_seconds)
+    except CONNECTION_ERRORS:
+        if not stop.is_set():
+            raise
+    log.info("stopped")

@@ -1,0 +1,210 @@
+"""The protocol layer: protobuf requests into domain values, domain results into protobuf responses.
+
+Errors are raised as `svc_common.errors` and mapped to statuses by the server's interceptor.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_service.domain import (
+    MAX_NOTES_CHARS,
+    MAX_REASON_CHARS,
+    Actor,
+    AuditAction,
+    AuditEntry,
+    Booking,
+    NewBooking,
+)
+from booking_service.usecases import BookingUseCases
+from booking_service.validation import Checker
+from svc_common.auth import Role, current_principal
+
+ROLES = {Role.USER: booking_pb2.ROLE_USER, Role.PROVIDER: booking_pb2.ROLE_PROVIDER, Role.ADMIN: booking_pb2.ROLE_ADMIN}
+AUDIT_ACTIONS = {
+    AuditAction.CREATED: booking_pb2.AUDIT_ACTION_CREATED,
+    AuditAction.DELETED: booking_pb2.AUDIT_ACTION_DELETED,
+    AuditAction.RESTORED: booking_pb2.AUDIT_ACTION_RESTORED,
+    AuditAction.HARD_DELETED: booking_pb2.AUDIT_ACTION_HARD_DELETED,
+}
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def actor_to_proto(actor: Actor) -> booking_pb2.Actor:
+    return booking_pb2.Actor(id=actor.id, name=actor.name, role=ROLES[actor.role])
+
+
+def booking_to_proto(booking: Booking) -> booking_pb2.Booking:
+    message = booking_pb2.Booking(
+        id=booking.id,
+        customer_id=booking.customer_id,
+        provider_id=booking.provider_id,
+        service_id=booking.service_id,
+        start_time=_timestamp(booking.start_time),
+        end_time=_timestamp(booking.end_time),
+        notes=booking.notes,
+        create_time=_timestamp(booking.create_time),
+        update_time=_timestamp(booking.update_time),
+        deletion_reason=booking.deletion_reason,
+        etag=booking.etag,
+    )
+    if booking.delete_time is not None:
+        message.delete_time.CopyFrom(_timestamp(booking.delete_time))
+    if booking.deleted_by is not None:
+        message.deleted_by.CopyFrom(actor_to_proto(booking.deleted_by))
+    return message
+
+
+def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
+    message = booking_pb2.AuditEntry(
+        id=entry.id,
+        booking_id=entry.booking_id,
+        action=AUDIT_ACTIONS[entry.action],
+        actor=actor_to_proto(entry.actor),
+        reason=entry.reason,
+        create_time=_timestamp(entry.create_time),
+    )
+    if entry.snapshot is not None:
+        message.snapshot.CopyFrom(booking_to_proto(entry.snapshot))
+    return message
+
+
+def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, caller_id: str) -> NewBooking:
+    if not request.HasField("booking"):
+        check.fail("booking", "required")
+    b = request.booking
+    customer = check.identifier("booking.customer_id", b.customer_id, required=False)
+    if customer is None and current_principal().role is not Role.USER:
+        check.fail("booking.customer_id", "required")
+    new = NewBooking(
+        customer_id=customer or caller_id,
+        provider_id=check.identifier("booking.provider_id", b.provider_id) or "",
+        service_id=check.identifier("booking.service_id", b.service_id) or "",
+        start_time=check.timestamp("booking.start_time", b.HasField("start_time"), b.start_time),
+        end_time=check.timestamp("booking.end_time", b.HasField("end_time"), b.end_time),
+        notes=check.text("booking.notes", b.notes, MAX_NOTES_CHARS),
+    )
+    if b.HasField("start_time") and b.HasField("end_time") and not check.violations and new.end_time <= new.start_time:
+        check.fail("booking.end_time", "must be after start_time")
+    return new
+
+
+class BookingServicer(booking_pb2_grpc.BookingServiceServicer):  # type: ignore[misc]
+    def __init__(self, usecases: BookingUseCases) -> None:
+        self._uc = usecases
+
+    async def CreateBooking(
+        self, request: booking_pb2.CreateBookingRequest, context: Any
+    ) -> booking_pb2.CreateBookingResponse:
+        principal = current_principal()
+        check = Checker()
+        new = _new_booking(request, check, principal.id)
+        request_id = check.identifier("request_id", request.request_id, required=False)
+        check.done()
+        booking = await self._uc.create(principal, new, request_id)
+        return booking_pb2.CreateBookingResponse(booking=booking_to_proto(booking))
+
+    async def GetBooking(self, request: booking_pb2.GetBookingRequest, context: Any) -> booking_pb2.GetBookingResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        check.done()
+        booking = await self._uc.get(current_principal(), booking_id)
+        return booking_pb2.GetBookingResponse(booking=booking_to_proto(booking))
+
+    async def ListBookings(
+        self, request: booking_pb2.ListBookingsRequest, context: Any
+    ) -> booking_pb2.ListBookingsResponse:
+        check = Checker()
+        customer = check.identifier("customer_id", request.customer_id, required=False)
+        provider = check.identifier("provider_id", request.provider_id, required=False)
+        check.done()
+        page = await self._uc.list(
+            current_principal(),
+            customer_id=customer,
+            provider_id=provider,
+            show_deleted=request.show_deleted,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return booking_pb2.ListBookingsResponse(
+            bookings=[booking_to_proto(b) for b in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DeleteBooking(
+        self, request: booking_pb2.DeleteBookingRequest, context: Any
+    ) -> booking_pb2.DeleteBookingResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        reason = check.text("reason", request.reason, MAX_REASON_CHARS)
+        version = check.etag("etag", request.etag)
+        check.done()
+        booking = await self._uc.delete(current_principal(), booking_id, reason=reason, version=version)
+        return booking_pb2.DeleteBookingResponse(booking=booking_to_proto(booking))
+
+    async def RestoreBooking(
+        self, request: booking_pb2.RestoreBookingRequest, context: Any
+    ) -> booking_pb2.RestoreBookingResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        version = check.etag("etag", request.etag)
+        check.done()
+        booking = await self._uc.restore(current_principal(), booking_id, version=version)
+        return booking_pb2.RestoreBookingResponse(booking=booking_to_proto(booking))
+
+    async def ListDeletedBookings(
+        self, request: booking_pb2.ListDeletedBookingsRequest, context: Any
+    ) -> booking_pb2.ListDeletedBookingsResponse:
+        check = Checker()
+        customer = check.identifier("customer_id", request.customer_id, required=False)
+        provider = check.identifier("provider_id", request.provider_id, required=False)
+        check.done()
+        page = await self._uc.list_deleted(
+            current_principal(),
+            customer_id=customer,
+            provider_id=provider,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return booking_pb2.ListDeletedBookingsResponse(
+            bookings=[booking_to_proto(b) for b in page.items], next_page_token=page.next_page_token
+        )
+
+    async def HardDeleteBooking(
+        self, request: booking_pb2.HardDeleteBookingRequest, context: Any
+    ) -> booking_pb2.HardDeleteBookingResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        check.done()
+        await self._uc.hard_delete(current_principal(), booking_id)
+        return booking_pb2.HardDeleteBookingResponse(booking_id=str(booking_id))
+
+    async def PurgeDeletedBookings(
+        self, request: booking_pb2.PurgeDeletedBookingsRequest, context: Any
+    ) -> booking_pb2.PurgeDeletedBookingsResponse:
+        check = Checker()
+        before = check.timestamp("deleted_before", request.HasField("deleted_before"), request.deleted_before)
+        check.done()
+        count, sample = await self._uc.purge(current_principal(), before, force=request.force)
+        return booking_pb2.PurgeDeletedBookingsResponse(purge_count=count, purge_sample=sample)
+
+    async def ListBookingAuditEntries(
+        self, request: booking_pb2.ListBookingAuditEntriesRequest, context: Any
+    ) -> booking_pb2.ListBookingAuditEntriesResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        check.done()
+        page = await self._uc.list_audit(
+            current_principal(), booking_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return booking_pb2.ListBookingAuditEntriesResponse(
+            entries=[audit_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )

@@ -1,0 +1,37 @@
+"""The booking service's settings, read once from the environment (tests pass their own mapping)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from svc_common import settings as env
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_HEALTH_INTERVAL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    jwt_secret: str
+    listen: str = DEFAULT_LISTEN
+    db_min_connections: int = 2
+    db_max_connections: int = 10
+    db_attempts: int = 3
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    health_interval_seconds: float = DEFAULT_HEALTH_INTERVAL_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
+        return cls(
+            database_url=env.require(environ, "DATABASE_URL"),
+            jwt_secret=env.require(environ, "JWT_SECRET"),
+            listen=listen or DEFAULT_LISTEN,
+            db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", 2),
+            db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", 10),
+            db_attempts=env.integer(environ, "DB_ATTEMPTS", 3),
+            grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
+            health_interval_seconds=env.number(environ, "HEALTH_INTERVAL_SECONDS", DEFAULT_HEALTH_INTERVAL_SECONDS),
+        )

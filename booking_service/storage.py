@@ -1,0 +1,536 @@
+"""PostgreSQL storage: owns the asyncpg pool, the migrations and every SQL statement.
+
+Each operation is a single statement (a data-modifying CTE writes the booking and its audit entry
+together), so it commits atomically with one round trip. Database errors are translated here into the
+`svc_common.errors` tree: transient ones (connection lost, serialization failure, deadlock) are retried
+a bounded number of times, then surface as Unavailable or Aborted.
+
+A write that lost its connection may have committed. Every write carries the id of the audit entry it
+writes (`op_id`), so before retrying it, storage checks whether that entry exists and, if so, returns
+what the first attempt committed instead of doing the work twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, NewBooking
+from svc_common.auth import Role
+from svc_common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Record = asyncpg.Record
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_ID = 0x6B6F6F62  # pg_advisory_lock key shared by every instance
+OVERLAP_CONSTRAINT = "bookings_no_overlap"
+
+# Errors after which the statement certainly did not commit and may simply run again.
+RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# Errors that mean the database is unreachable; a write may or may not have committed.
+CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    dsn: str
+    min_connections: int = 2
+    max_connections: int = 10
+    command_timeout: float = 10.0
+    acquire_timeout: float = 5.0
+    attempts: int = 3
+    retry_backoff: float = 0.05
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A page of bookings; each filter None means unrestricted."""
+
+    customer_id: str | None
+    provider_id: str | None
+    after: tuple[datetime, uuid.UUID] | None
+    limit: int
+
+
+def _actor(record: Record, prefix: str) -> Actor | None:
+    actor_id = record[f"{prefix}_id"]
+    if actor_id is None:
+        return None
+    return Actor(actor_id, record[f"{prefix}_name"], Role(record[f"{prefix}_role"]))
+
+
+def booking_from_record(record: Record) -> Booking:
+    return Booking(
+        id=str(record["id"]),
+        customer_id=record["customer_id"],
+        provider_id=record["provider_id"],
+        service_id=record["service_id"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+        notes=record["notes"],
+        create_time=record["create_time"],
+        update_time=record["update_time"],
+        version=record["version"],
+        delete_time=record["delete_time"],
+        deleted_by=_actor(record, "deleted_by"),
+        deletion_reason=record["deletion_reason"],
+    )
+
+
+def _booking_from_json(data: dict[str, Any]) -> Booking:
+    def ts(key: str) -> datetime | None:
+        value = data.get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    deleted_by = None
+    if data.get("deleted_by_id") is not None:
+        deleted_by = Actor(data["deleted_by_id"], data["deleted_by_name"], Role(data["deleted_by_role"]))
+    start, end, created, updated = ts("start_time"), ts("end_time"), ts("create_time"), ts("update_time")
+    assert start and end and created and updated, "snapshot lacks a timestamp"
+    return Booking(
+        id=data["id"],
+        customer_id=data["customer_id"],
+        provider_id=data["provider_id"],
+        service_id=data["service_id"],
+        start_time=start,
+        end_time=end,
+        notes=data["notes"],
+        create_time=created,
+        update_time=updated,
+        version=data["version"],
+        delete_time=ts("delete_time"),
+        deleted_by=deleted_by,
+        deletion_reason=data["deletion_reason"],
+    )
+
+
+def audit_from_record(record: Record) -> AuditEntry:
+    snapshot = record["snapshot"]
+    return AuditEntry(
+        id=str(record["id"]),
+        booking_id=str(record["booking_id"]),
+        action=AuditAction(record["action"]),
+        actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
+        reason=record["reason"],
+        create_time=record["create_time"],
+        snapshot=_booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
+        seq=record["seq"],
+    )
+
+
+_AUDIT_INSERT = """
+    INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot)
+"""
+
+CREATE_SQL = f"""
+WITH ins AS (
+    INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, notes,
+                          created_by, request_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (created_by, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $10, ins.id, 'CREATED', $8, $11, $12, '', to_jsonb(ins) FROM ins
+)
+SELECT * FROM ins
+"""
+
+DELETE_SQL = f"""
+WITH upd AS (
+    UPDATE bookings
+       SET delete_time = now(), update_time = now(), version = version + 1,
+           deleted_by_id = $2, deleted_by_name = $3, deleted_by_role = $4, deletion_reason = $5
+     WHERE id = $1 AND delete_time IS NULL
+       AND ($6::text IS NULL OR customer_id = $6)
+       AND ($7::text IS NULL OR provider_id = $7)
+       AND ($8::bigint IS NULL OR version = $8)
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $9, upd.id, 'DELETED', $2, $3, $4, $5, to_jsonb(upd) FROM upd
+)
+SELECT * FROM upd
+"""
+
+RESTORE_SQL = f"""
+WITH upd AS (
+    UPDATE bookings
+       SET delete_time = NULL, update_time = now(), version = version + 1,
+           deleted_by_id = NULL, deleted_by_name = NULL, deleted_by_role = NULL, deletion_reason = ''
+     WHERE id = $1 AND delete_time IS NOT NULL AND ($2::bigint IS NULL OR version = $2)
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $3, upd.id, 'RESTORED', $4, $5, $6, '', to_jsonb(upd) FROM upd
+)
+SELECT * FROM upd
+"""
+
+# Hard delete erases the booking and every snapshot of it; the audit entries themselves remain.
+HARD_DELETE_SQL = f"""
+WITH del AS (
+    DELETE FROM bookings WHERE id = $1 AND delete_time IS NOT NULL RETURNING id
+), erase AS (
+    UPDATE booking_audit SET snapshot = NULL
+     WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $2, del.id, 'HARD_DELETED', $3, $4, $5, '', NULL FROM del
+)
+SELECT id FROM del
+"""
+
+PURGE_BATCH_SQL = f"""
+WITH victims AS (
+    SELECT id FROM bookings WHERE delete_time < $1
+     ORDER BY delete_time, id LIMIT $2 FOR UPDATE SKIP LOCKED
+), del AS (
+    DELETE FROM bookings b USING victims v
+     WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.id
+), erase AS (
+    UPDATE booking_audit SET snapshot = NULL
+     WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT gen_random_uuid(), del.id, 'HARD_DELETED', $3, $4, $5, $6, NULL FROM del
+)
+SELECT id FROM del
+"""
+
+PURGE_PREVIEW_SQL = """
+SELECT count(*) OVER () AS total, id FROM bookings
+ WHERE delete_time < $1 ORDER BY delete_time, id LIMIT $2
+"""
+
+
+@cache
+def list_sql(*, customer: bool, provider: bool, after: bool, deleted: bool | None) -> str:
+    """One statement per filter combination, so each gets a plan that can use its index.
+
+    Parameters, in order: limit, then customer_id, provider_id and the keyset position where used.
+    deleted: None lists every booking, False only active ones, True only deleted ones (newest deletion first).
+    """
+    where, params = [], ["$1"]
+
+    def param() -> str:
+        params.append(f"${len(params) + 1}")
+        return params[-1]
+
+    if deleted is False:
+        where.append("delete_time IS NULL")
+    elif deleted is True:
+        where.append("delete_time IS NOT NULL")
+    if customer:
+        where.append(f"customer_id = {param()}")
+    if provider:
+        where.append(f"provider_id = {param()}")
+    if deleted is True:
+        if after:
+            where.append(f"(delete_time, id) < ({param()}, {param()})")
+        order = "delete_time DESC, id DESC"
+    else:
+        if after:
+            where.append(f"(start_time, id) > ({param()}, {param()})")
+        order = "start_time, id"
+    condition = " AND ".join(where) or "TRUE"
+    return f"SELECT * FROM bookings WHERE {condition} ORDER BY {order} LIMIT $1"
+
+
+class Storage:
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("storage is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._config.dsn,
+            min_size=self._config.min_connections,
+            max_size=self._config.max_connections,
+            command_timeout=self._config.command_timeout,
+            server_settings={"timezone": "UTC", "application_name": "booking_service"},
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, serialised across instances by an advisory lock. Returns what it applied."""
+        applied_now = []
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+                for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+                    if path.name in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(path.read_text())
+                        await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+                    applied_now.append(path.name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        return applied_now
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
+                await conn.fetchval("SELECT 1", timeout=self._config.acquire_timeout)
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    async def _run(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        committed: Callable[[asyncpg.Connection], Awaitable[T | None]] | None = None,
+    ) -> T:
+        """Run `work` on a pooled connection, retrying transient failures a bounded number of times.
+
+        `committed` tells, after a lost connection, whether the lost attempt committed (and its result).
+        """
+        last: Exception | None = None
+        uncertain = False
+        for attempt in range(self._config.attempts):
+            if attempt:
+                await asyncio.sleep(self._config.retry_backoff * (4 ** (attempt - 1)))
+            try:
+                async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
+                    if uncertain and committed is not None:
+                        earlier = await committed(conn)
+                        if earlier is not None:
+                            return earlier
+                    return await work(conn)
+            except RETRYABLE_ROLLBACK as exc:
+                last = exc
+            except CONNECTION_ERRORS as exc:
+                last, uncertain = exc, True
+            except asyncpg.InterfaceError as exc:
+                # e.g. "connection was closed in the middle of operation"
+                if "closed" not in str(exc):
+                    raise
+                last, uncertain = exc, True
+            log.warning("database attempt %d failed: %s", attempt + 1, type(last).__name__)
+        if isinstance(last, RETRYABLE_ROLLBACK):
+            raise Aborted("the change conflicted with a concurrent one; retry", reason="CONCURRENT_MODIFICATION")
+        raise Unavailable("the database is unavailable; retry later", reason="DATABASE_UNAVAILABLE") from last
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    async def get(self, booking_id: uuid.UUID) -> Booking | None:
+        async def work(conn: asyncpg.Connection) -> Booking | None:
+            record = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
+            return booking_from_record(record) if record else None
+
+        return await self._run(work)
+
+    async def list(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]:
+        sql = list_sql(
+            customer=query.customer_id is not None,
+            provider=query.provider_id is not None,
+            after=query.after is not None,
+            deleted=deleted,
+        )
+        args: list[Any] = [query.limit]
+        args.extend(value for value in (query.customer_id, query.provider_id) if value is not None)
+        if query.after is not None:
+            args.extend(query.after)
+
+        async def work(conn: asyncpg.Connection) -> list[Booking]:
+            records = await conn.fetch(sql, *args)
+            return [booking_from_record(r) for r in records]
+
+        return await self._run(work)
+
+    async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]:
+        async def work(conn: asyncpg.Connection) -> list[AuditEntry]:
+            records = await conn.fetch(
+                "SELECT * FROM booking_audit WHERE booking_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                booking_id,
+                after_seq,
+                limit,
+            )
+            return [audit_from_record(r) for r in records]
+
+        return await self._run(work)
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    async def _booking_of_op(self, conn: asyncpg.Connection, op_id: uuid.UUID) -> Booking | None:
+        record = await conn.fetchrow(
+            "SELECT b.* FROM booking_audit a JOIN bookings b ON b.id = a.booking_id WHERE a.id = $1", op_id
+        )
+        return booking_from_record(record) if record else None
+
+    async def create(
+        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Actor, request_id: str | None
+    ) -> tuple[Booking, bool]:
+        """Insert a booking; returns it and whether this call created it (False: an earlier request_id's)."""
+
+        async def by_request(conn: asyncpg.Connection) -> Booking | None:
+            if request_id is None:
+                return None
+            record = await conn.fetchrow(
+                "SELECT * FROM bookings WHERE created_by = $1 AND request_id = $2", actor.id, request_id
+            )
+            return booking_from_record(record) if record else None
+
+        async def work(conn: asyncpg.Connection) -> tuple[Booking, bool]:
+            try:
+                record = await conn.fetchrow(
+                    CREATE_SQL,
+                    booking_id,
+                    new.customer_id,
+                    new.provider_id,
+                    new.service_id,
+                    new.start_time,
+                    new.end_time,
+                    new.notes,
+                    actor.id,
+                    request_id,
+                    op_id,
+                    actor.name,
+                    actor.role.value,
+                )
+            except asyncpg.ExclusionViolationError as exc:
+                # A concurrent call with the same request_id may hold the slot: that is its result, not a clash.
+                earlier = await by_request(conn)
+                if earlier is not None:
+                    return earlier, False
+                raise AlreadyExists(
+                    "the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE"
+                ) from exc
+            if record is not None:
+                return booking_from_record(record), True
+            earlier = await by_request(conn)
+            if earlier is None:  # the earlier booking was hard-deleted in between; let the retry decide
+                raise asyncpg.SerializationError("request_id conflict vanished")
+            return earlier, False
+
+        async def committed(conn: asyncpg.Connection) -> tuple[Booking, bool] | None:
+            booking = await self._booking_of_op(conn, op_id)
+            return (booking, True) if booking else None
+
+        return await self._run(work, committed=committed)
+
+    async def soft_delete(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        op_id: uuid.UUID,
+        actor: Actor,
+        reason: str,
+        scope_customer: str | None,
+        scope_provider: str | None,
+        version: int | None,
+    ) -> Booking | None:
+        """Soft-delete if active, within scope and at `version`; None if nothing matched."""
+
+        async def work(conn: asyncpg.Connection) -> Booking | None:
+            record = await conn.fetchrow(
+                DELETE_SQL,
+                booking_id,
+                actor.id,
+                actor.name,
+                actor.role.value,
+                reason,
+                scope_customer,
+                scope_provider,
+                version,
+                op_id,
+            )
+            return booking_from_record(record) if record else None
+
+        return await self._run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
+
+    async def restore(
+        self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor, version: int | None
+    ) -> Booking | None:
+        async def work(conn: asyncpg.Connection) -> Booking | None:
+            try:
+                record = await conn.fetchrow(
+                    RESTORE_SQL, booking_id, version, op_id, actor.id, actor.name, actor.role.value
+                )
+            except asyncpg.ExclusionViolationError as exc:
+                raise FailedPrecondition(
+                    "the booking's slot has been taken since it was deleted", reason="SLOT_UNAVAILABLE"
+                ) from exc
+            return booking_from_record(record) if record else None
+
+        return await self._run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
+
+    async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
+        async def work(conn: asyncpg.Connection) -> bool:
+            deleted = await conn.fetchval(HARD_DELETE_SQL, booking_id, op_id, actor.id, actor.name, actor.role.value)
+            return deleted is not None
+
+        async def committed(conn: asyncpg.Connection) -> bool | None:
+            found = await conn.fetchval("SELECT 1 FROM booking_audit WHERE id = $1", op_id)
+            return True if found else None
+
+        return await self._run(work, committed=committed)
+
+    async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]:
+        async def work(conn: asyncpg.Connection) -> tuple[int, list[str]]:
+            records = await conn.fetch(PURGE_PREVIEW_SQL, deleted_before, sample)
+            total = records[0]["total"] if records else 0
+            return total, [str(r["id"]) for r in records]
+
+        return await self._run(work)
+
+    async def purge(
+        self, deleted_before: datetime, *, actor: Actor, reason: str, batch: int, sample: int
+    ) -> tuple[int, list[str]]:
+        """Hard-delete, batch by batch, every booking soft-deleted before `deleted_before`."""
+        count, ids = 0, []
+        while True:
+
+            async def work(conn: asyncpg.Connection) -> Sequence[Record]:
+                return await conn.fetch(
+                    PURGE_BATCH_SQL, deleted_before, batch, actor.id, actor.name, actor.role.value, reason
+                )
+
+            records = await self._run(work)
+            count += len(records)
+            ids.extend(str(r["id"]) for r in records[: max(0, sample - len(ids))])
+            if len(records) < batch:
+                return count, ids

@@ -1,0 +1,231 @@
+"""One method per operation: applies the access rules of `domain`, then asks storage to do the work."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from booking_service import pagination
+from booking_service.domain import (
+    PURGE_SAMPLE_SIZE,
+    Actor,
+    AuditEntry,
+    Booking,
+    NewBooking,
+    Page,
+    Scope,
+    is_admin,
+    may_see,
+)
+from booking_service.storage import ListQuery, Storage
+from svc_common.auth import Principal, Role
+from svc_common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+
+PURGE_BATCH = 500
+
+
+def not_found(booking_id: uuid.UUID) -> NotFound:
+    return NotFound(f"booking {booking_id} not found", reason="BOOKING_NOT_FOUND")
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    if not is_admin(principal):
+        raise PermissionDenied(f"only admins may {what}", reason="ADMIN_ONLY")
+
+
+def _narrow(scope: str | None, wanted: str | None) -> tuple[bool, str | None]:
+    """Combine what the caller may see with a request filter: (anything left?, effective filter)."""
+    if scope is None:
+        return True, wanted
+    if wanted is None or wanted == scope:
+        return True, scope
+    return False, None
+
+
+def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(key[0])), uuid.UUID(str(key[1]))
+    except ValueError as exc:
+        raise InvalidArgument(
+            [FieldViolation("page_token", "not a page token of this query")], reason="INVALID_PAGE_TOKEN"
+        ) from exc
+
+
+class BookingUseCases:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def create(self, principal: Principal, new: NewBooking, request_id: str | None) -> Booking:
+        if principal.role is Role.USER and new.customer_id != principal.id:
+            raise PermissionDenied("users may only book for themselves", reason="NOT_OWN_BOOKING")
+        if principal.role is Role.PROVIDER and new.provider_id != principal.id:
+            raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
+        booking, created = await self._storage.create(
+            new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=Actor.of(principal), request_id=request_id
+        )
+        if not created and not booking.same_request(new):
+            raise InvalidArgument(
+                [FieldViolation("request_id", "already used by this caller for a different booking")],
+                reason="REQUEST_ID_REUSED",
+            )
+        return booking
+
+    async def get(self, principal: Principal, booking_id: uuid.UUID) -> Booking:
+        booking = await self._storage.get(booking_id)
+        if booking is None or not may_see(principal, booking):
+            raise not_found(booking_id)
+        return booking
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        customer_id: str | None,
+        provider_id: str | None,
+        show_deleted: bool,
+        page_size: int,
+        page_token: str,
+    ) -> Page[Booking]:
+        if show_deleted:
+            require_admin(principal, "list deleted bookings")
+        return await self._list_page(
+            principal,
+            "ListBookings",
+            customer_id=customer_id,
+            provider_id=provider_id,
+            deleted=None if show_deleted else False,
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    async def list_deleted(
+        self,
+        principal: Principal,
+        *,
+        customer_id: str | None,
+        provider_id: str | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page[Booking]:
+        require_admin(principal, "list deleted bookings")
+        return await self._list_page(
+            principal,
+            "ListDeletedBookings",
+            customer_id=customer_id,
+            provider_id=provider_id,
+            deleted=True,
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    async def _list_page(
+        self,
+        principal: Principal,
+        rpc: str,
+        *,
+        customer_id: str | None,
+        provider_id: str | None,
+        deleted: bool | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page[Booking]:
+        limit = pagination.page_size(page_size)
+        query_id = pagination.fingerprint(rpc, principal.id, principal.role.value, customer_id, provider_id, deleted)
+        after = _time_key(pagination.decode(page_token, query_id, (str, str)))
+        scope = Scope.of(principal)
+        any_customer, customer = _narrow(scope.customer_id, customer_id)
+        any_provider, provider = _narrow(scope.provider_id, provider_id)
+        if not (any_customer and any_provider):
+            return Page([], "")
+        bookings = await self._storage.list(
+            ListQuery(customer_id=customer, provider_id=provider, after=after, limit=limit + 1), deleted=deleted
+        )
+        if len(bookings) <= limit:
+            return Page(bookings, "")
+        bookings = bookings[:limit]
+        last = bookings[-1]
+        position = last.delete_time if deleted is True else last.start_time
+        assert position is not None
+        return Page(bookings, pagination.encode(query_id, (position.isoformat(), last.id)))
+
+    async def delete(self, principal: Principal, booking_id: uuid.UUID, *, reason: str, version: int | None) -> Booking:
+        scope = Scope.of(principal)
+        deleted = await self._storage.soft_delete(
+            booking_id,
+            op_id=uuid.uuid4(),
+            actor=Actor.of(principal),
+            reason=reason,
+            scope_customer=scope.customer_id,
+            scope_provider=scope.provider_id,
+            version=version,
+        )
+        if deleted is not None:
+            return deleted
+        # Nothing matched: say why, without telling a caller about bookings it may not see.
+        current = await self._storage.get(booking_id)
+        if current is None or current.deleted or not scope.allows(current):
+            raise not_found(booking_id)
+        raise Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
+
+    async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
+        require_admin(principal, "restore bookings")
+        restored = await self._storage.restore(
+            booking_id, op_id=uuid.uuid4(), actor=Actor.of(principal), version=version
+        )
+        if restored is not None:
+            return restored
+        current = await self._storage.get(booking_id)
+        if current is None:
+            raise not_found(booking_id)
+        if not current.deleted:
+            raise AlreadyExists(f"booking {booking_id} is not deleted", reason="BOOKING_NOT_DELETED")
+        raise Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
+
+    async def hard_delete(self, principal: Principal, booking_id: uuid.UUID) -> None:
+        require_admin(principal, "hard-delete bookings")
+        if await self._storage.hard_delete(booking_id, op_id=uuid.uuid4(), actor=Actor.of(principal)):
+            return
+        current = await self._storage.get(booking_id)
+        if current is None:
+            raise not_found(booking_id)
+        raise FailedPrecondition(
+            f"booking {booking_id} is active; soft-delete it before hard-deleting it", reason="BOOKING_NOT_DELETED"
+        )
+
+    async def purge(self, principal: Principal, deleted_before: datetime, *, force: bool) -> tuple[int, list[str]]:
+        require_admin(principal, "purge bookings")
+        if not force:
+            return await self._storage.purge_preview(deleted_before, PURGE_SAMPLE_SIZE)
+        return await self._storage.purge(
+            deleted_before,
+            actor=Actor.of(principal),
+            reason=f"purge of bookings deleted before {deleted_before.isoformat()}",
+            batch=PURGE_BATCH,
+            sample=PURGE_SAMPLE_SIZE,
+        )
+
+    async def list_audit(
+        self, principal: Principal, booking_id: uuid.UUID, *, page_size: int, page_token: str
+    ) -> Page[AuditEntry]:
+        require_admin(principal, "read the audit trail")
+        limit = pagination.page_size(page_size)
+        query_id = pagination.fingerprint("ListBookingAuditEntries", str(booking_id))
+        key = pagination.decode(page_token, query_id, (int,))
+        after = int(key[0]) if key else 0
+        entries = await self._storage.list_audit(booking_id, after, limit + 1)
+        if not entries and key is None:
+            raise not_found(booking_id)
+        if len(entries) <= limit:
+            return Page(entries, "")
+        entries = entries[:limit]
+        return Page(entries, pagination.encode(query_id, (entries[-1].seq,)))

@@ -1,0 +1,1 @@
+"""Notify service: streams booking change events to subscribers (contract in protos/notify/v1; built in issue 3)."""

@@ -1,0 +1,97 @@
+"""Caller identity: HS256 JWTs with claims `sub`, `name`, `role` and `exp` (verified with PyJWT)."""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from svc_common.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("sub", "name", "role", "exp")
+MAX_TOKEN_BYTES = 8192
+MAX_SUBJECT_CHARS = 128
+
+
+class Role(enum.Enum):
+    USER = "user"
+    PROVIDER = "provider"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    id: str
+    name: str
+    role: Role
+
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served; set by the server's auth interceptor."""
+    return _current.get()
+
+
+def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
+    return _current.set(principal)
+
+
+class TokenVerifier:
+    def __init__(self, secret: str, *, leeway_seconds: float = 5.0) -> None:
+        if not secret:
+            raise ValueError("JWT secret must not be empty")
+        self._secret = secret
+        self._leeway = leeway_seconds
+        self._options = {"require": list(REQUIRED_CLAIMS)}
+
+    def verify_header(self, header: str | None) -> Principal:
+        """Verify an `authorization` metadata value of the form `Bearer <JWT>`."""
+        if not header:
+            raise Unauthenticated("missing authorization metadata", reason="MISSING_TOKEN")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_TOKEN")
+        return self.verify(token.strip())
+
+    def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token too large", reason="MALFORMED_TOKEN")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options=self._options,  # type: ignore[arg-type]
+                leeway=self._leeway,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthenticated("token signature is invalid", reason="INVALID_TOKEN") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"token rejected: {exc}", reason="INVALID_TOKEN") from exc
+        sub, name, role = claims.get("sub"), claims.get("name"), claims.get("role")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_CHARS:
+            raise Unauthenticated("claim 'sub' must be 1-128 characters", reason="INVALID_TOKEN")
+        if not isinstance(name, str):
+            raise Unauthenticated("claim 'name' must be a string", reason="INVALID_TOKEN")
+        try:
+            parsed_role = Role(role)
+        except ValueError as exc:
+            raise Unauthenticated("claim 'role' must be one of user, provider, admin", reason="INVALID_TOKEN") from exc
+        return Principal(id=sub, name=name, role=parsed_role)
+
+
+def mint(secret: str, *, sub: str, name: str, role: Role, ttl_seconds: int = 3600) -> str:
+    """A signed token, for operators, local use and tests."""
+    now = int(time.time())
+    claims = {"sub": sub, "name": name, "role": role.value, "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)

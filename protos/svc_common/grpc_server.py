@@ -1,0 +1,234 @@
+"""gRPC server scaffolding shared by both services.
+
+- `ServiceInterceptor`: authenticates every call except health and reflection, and maps the `ServiceError`
+  tree to status codes with google.rpc ErrorInfo/BadRequest details (the one place this happens).
+- `GrpcServer`: a grpc.aio server with health, reflection, keepalive and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from svc_common import errors
+from svc_common.auth import TokenVerifier, set_current_principal
+
+log = logging.getLogger(__name__)
+
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# Each error class maps to exactly one status code (subclasses inherit their parent's).
+STATUS_CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+# Server keepalive: ping idle connections every 30 s and drop them if a ping is not answered within 10 s.
+# Clients may ping at most every 10 s (also without calls in flight).
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+MAX_RECEIVE_MESSAGE_BYTES = 1 << 20
+
+
+def status_code_for(exc: errors.ServiceError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def rich_status(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    domain: str,
+    metadata: dict[str, str] | None = None,
+    violations: Sequence[errors.FieldViolation] = (),
+) -> grpc.Status:
+    """A status with exactly one ErrorInfo and, for field violations, a BadRequest."""
+    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {}))]
+    if violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in violations
+                    ]
+                )
+            )
+        )
+    proto = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return rpc_status.to_status(proto)
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authentication and error mapping for every non-public RPC; wrapped handlers are built once per method."""
+
+    def __init__(self, verifier: TokenVerifier, domain: str) -> None:
+        self._verifier = verifier
+        self._domain = domain
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        if code_pb2.INTERNAL != grpc.StatusCode.INTERNAL.value[0]:  # pragma: no cover - sanity of the mapping
+            raise RuntimeError("google.rpc codes and grpc.StatusCode disagree")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(handler)
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else None
+                break
+        set_current_principal(self._verifier.verify_header(header))
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        if isinstance(exc, errors.ServiceError):
+            status = rich_status(
+                status_code_for(exc),
+                exc.message,
+                reason=exc.reason,
+                domain=self._domain,
+                metadata=exc.metadata,
+                violations=getattr(exc, "violations", ()),
+            )
+        else:
+            log.exception("unexpected error serving an RPC", exc_info=exc)
+            status = rich_status(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", domain=self._domain)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    self._authenticate(context)
+                    return await unary(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
+                    await self._abort(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    self._authenticate(context)
+                    async for item in stream(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
+                    await self._abort(context, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError("only unary-unary and unary-stream RPCs are served")
+
+
+class GrpcServer:
+    """A grpc.aio server with auth, error mapping, health, reflection and graceful shutdown."""
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        verifier: TokenVerifier,
+        error_domain: str,
+        service_names: Sequence[str],
+        extra_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.health = health.aio.HealthServicer()
+        self._listen = listen
+        self._service_names = tuple(service_names)
+        options = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
+        options.extend(extra_options)
+        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, error_domain)], options=options)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self._listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        await self.server.start()
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self._service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING, refuse new calls and give calls in flight `grace_seconds` to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,31 @@
+"""Mint a token: `python -m svc_common.mint_token --sub alice --role user [--name Alice] [--ttl 3600]`.
+
+The secret is read from env `JWT_SECRET`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from svc_common.auth import Role, mint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m svc_common.mint_token", description=__doc__)
+    parser.add_argument("--sub", required=True, help="caller id (claim sub)")
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role])
+    parser.add_argument("--name", default=None, help="display name (default: the sub)")
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
+    args = parser.parse_args(argv)
+    secret = os.environ.get("JWT_SECRET", "")
+    if not secret:
+        print("JWT_SECRET is not set", file=sys.stderr)
+        return 2
+    print(mint(secret, sub=args.sub, name=args.name or args.sub, role=Role(args.role), ttl_seconds=args.ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,10 +72,13 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     )
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(BookingUseCases(storage)), server.server)
     async with contextlib.AsyncExitStack() as stack:
-        await _open_storage(storage, stop)
+        # Exit order: stop the health watcher, drain calls in flight, then close the pool.
         stack.push_async_callback(storage.close)
+        # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
+        await server.set_serving(False)
+        await _open_storage(storage, stop)
         health = asyncio.create_task(_watch_health(server, storage, settings.health_interval_seconds))
         stack.push_async_callback(_cancel, health)
         log.info("booking service listening on %s", settings.listen)

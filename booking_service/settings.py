@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from svc_common import settings as env
+from svc_common.auth import MIN_SECRET_BYTES
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_GRACE_SECONDS = 10.0
@@ -27,7 +28,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
         return cls(
             database_url=env.require(environ, "DATABASE_URL"),
-            jwt_secret=env.require(environ, "JWT_SECRET"),
+            jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", 2),
             db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", 10),

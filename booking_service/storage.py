@@ -271,7 +271,7 @@ class Storage:
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("storage is not open")
+            raise Unavailable("the database is not connected yet; retry later", reason="DATABASE_UNAVAILABLE")
         return self._pool
 
     async def open(self) -> None:

@@ -15,6 +15,7 @@ ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "name", "role", "exp")
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 128
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
 class Role(enum.Enum):
@@ -46,8 +47,8 @@ def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
 
 class TokenVerifier:
     def __init__(self, secret: str, *, leeway_seconds: float = 5.0) -> None:
-        if not secret:
-            raise ValueError("JWT secret must not be empty")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
         self._secret = secret
         self._leeway = leeway_seconds
         self._options = {"require": list(REQUIRED_CLAIMS)}

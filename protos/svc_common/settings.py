@@ -34,3 +34,10 @@ def integer(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def secret(env: Mapping[str, str], name: str, *, min_bytes: int) -> str:
+    value = require(env, name)
+    if len(value.encode()) < min_bytes:
+        raise SettingsError(f"{name} must be at least {min_bytes} bytes (HS256 keys shorter than that are weak)")
+    return value

@@ -1,0 +1,210 @@
+"""Private PostgreSQL and Redis servers started from the locally installed binaries.
+
+Used by the test suite (throwaway servers on free ports, which fault tests stop, kill and restart) and by
+`make run` (servers kept under the project's `.local/` folder). PostgreSQL refuses to run as root, so when
+we are root its processes run as the `postgres` system user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(Path(stat).parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def postgres_bindir() -> Path:
+    """The newest installed PostgreSQL server's bin folder."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+    )
+    found = candidates[0] if candidates else shutil.which("initdb")
+    if not found:
+        raise FileNotFoundError("no PostgreSQL server binaries (initdb) found; install postgresql")
+    return Path(found).parent
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in `base_dir` (created on first start), listening on 127.0.0.1:`port`."""
+
+    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+        self.base_dir = base_dir
+        self.data_dir = base_dir / "data"
+        self.port = port or free_port()
+        self.bindir = postgres_bindir()
+        self._user = self._run_as()
+
+    @staticmethod
+    def _run_as() -> str | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise RuntimeError("running as root but there is no 'postgres' user to run PostgreSQL as") from exc
+        return "postgres"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(args, user=self._user, capture_output=True, text=True, cwd=self.base_dir, timeout=120)
+        if check and done.returncode != 0:
+            log = self.base_dir / "postgres.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()}\n{tail}")
+        return done
+
+    def _prepare(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self._user:
+            self.base_dir.chmod(0o755)
+            shutil.chown(self.base_dir, self._user)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._cmd(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            )
+
+    def start(self) -> None:
+        self._prepare()
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._cmd(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.base_dir / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        wait_for_port(self.port)
+
+    def stop(self, mode: str = "fast") -> None:
+        self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its children at once, as a crash of the server would."""
+        try:
+            postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        victims = [postmaster, *_children(postmaster)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Where nothing reaps orphans, the dead postmaster lingers as a zombie whose pid PostgreSQL would take
+        # for a live server; its lock files are stale either way.
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        for stale in (f".s.PGSQL.{self.port}.lock", f".s.PGSQL.{self.port}"):
+            (self.base_dir / stale).unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        status = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
+        return status.returncode == 0
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1:`port` that keeps its data in `base_dir` only if asked to."""
+
+    def __init__(self, base_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
+        self.base_dir = base_dir
+        self.port = port or free_port()
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise FileNotFoundError("no redis-server found; install redis-server")
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
+        self._log = (self.base_dir / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.base_dir), *persistence],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

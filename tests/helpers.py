@@ -1,0 +1,172 @@
+"""Test helpers: tokens, a caller that acts with a role, booking factories and status-detail readers."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from svc_common.auth import Role, mint
+
+JWT_SECRET = "tests-only-secret-0123456789abcdef-0123456789"
+ERROR_DOMAIN = "booking.v1"
+BASE_TIME = datetime(2031, 1, 6, 9, 0, tzinfo=UTC)
+_slots = itertools.count()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def ts(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def fresh_slot(hours: int = 1) -> tuple[datetime, datetime]:
+    """A time range no other test uses (each call moves a week ahead)."""
+    start = BASE_TIME + timedelta(weeks=next(_slots))
+    return start, start + timedelta(hours=hours)
+
+
+def token(role: str, sub: str, *, ttl: int = 3600, secret: str = JWT_SECRET) -> str:
+    return mint(secret, sub=sub, name=f"{sub} name", role=Role(role), ttl_seconds=ttl)
+
+
+def auth(role: str, sub: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token(role, sub)}"),)
+
+
+class Caller:
+    """The booking API as one caller (role and id) sees it."""
+
+    def __init__(self, stub: booking_pb2_grpc.BookingServiceStub, role: str, sub: str) -> None:
+        self.stub, self.role, self.id = stub, role, sub
+        self.metadata = auth(role, sub)
+
+    def call(self, rpc: str, request: Any) -> Awaitable[Any]:
+        result: Awaitable[Any] = getattr(self.stub, rpc)(request, metadata=self.metadata, timeout=30)
+        return result
+
+    async def create(
+        self,
+        *,
+        provider_id: str,
+        customer_id: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        notes: str = "",
+        request_id: str = "",
+        service_id: str = "haircut",
+    ) -> booking_pb2.Booking:
+        if start is None or end is None:
+            start, end = fresh_slot()
+        response = await self.call(
+            "CreateBooking",
+            booking_pb2.CreateBookingRequest(
+                booking=booking_pb2.Booking(
+                    customer_id=customer_id,
+                    provider_id=provider_id,
+                    service_id=service_id,
+                    start_time=ts(start),
+                    end_time=ts(end),
+                    notes=notes,
+                ),
+                request_id=request_id,
+            ),
+        )
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
+    async def get(self, booking_id: str) -> booking_pb2.Booking:
+        response = await self.call("GetBooking", booking_pb2.GetBookingRequest(booking_id=booking_id))
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
+    async def delete(self, booking_id: str, reason: str = "", etag: str = "") -> booking_pb2.Booking:
+        response = await self.call(
+            "DeleteBooking", booking_pb2.DeleteBookingRequest(booking_id=booking_id, reason=reason, etag=etag)
+        )
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
+    async def restore(self, booking_id: str, etag: str = "") -> booking_pb2.Booking:
+        response = await self.call(
+            "RestoreBooking", booking_pb2.RestoreBookingRequest(booking_id=booking_id, etag=etag)
+        )
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
+    async def hard_delete(self, booking_id: str) -> str:
+        response = await self.call("HardDeleteBooking", booking_pb2.HardDeleteBookingRequest(booking_id=booking_id))
+        deleted: str = response.booking_id
+        return deleted
+
+    async def audit(self, booking_id: str) -> list[booking_pb2.AuditEntry]:
+        response = await self.call(
+            "ListBookingAuditEntries", booking_pb2.ListBookingAuditEntriesRequest(booking_id=booking_id)
+        )
+        return list(response.entries)
+
+    async def list_all(self, rpc: str = "ListBookings", page_size: int = 0, **filters: Any) -> list[str]:
+        """Every booking id over all pages."""
+        request_type = getattr(booking_pb2, f"{rpc}Request")
+        ids: list[str] = []
+        token = ""
+        while True:
+            response = await self.call(rpc, request_type(page_size=page_size, page_token=token, **filters))
+            ids.extend(b.id for b in response.bookings)
+            token = response.next_page_token
+            if not token:
+                return ids
+
+
+def rpc_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError(f"no rich status details on {error.code()}: {error.details()}")
+
+
+def error_infos(error: grpc.aio.AioRpcError) -> list[error_details_pb2.ErrorInfo]:
+    infos = []
+    for detail in rpc_status(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+    return infos
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    fields = {}
+    for detail in rpc_status(error).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.update({v.field: v.description for v in bad.field_violations})
+    return fields
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:
+    """Await `call`, which must fail with `code` and exactly one ErrorInfo (of `reason`, when given)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+        infos = error_infos(error)
+        assert len(infos) == 1, infos
+        assert infos[0].domain == ERROR_DOMAIN
+        assert infos[0].reason.isupper() and " " not in infos[0].reason
+        if reason is not None:
+            assert infos[0].reason == reason
+        return error
+    raise AssertionError(f"expected {code}, but the call succeeded")

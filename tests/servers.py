@@ -1,0 +1,82 @@
+"""Real booking_service processes for tests: started with `python -m booking_service`, stopped by signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from svc_common.devservers import free_port
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+class ServiceProcess:
+    """One service process on a free port; its log is kept for failing tests to show."""
+
+    def __init__(self, module: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        self.module = module
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.log_path = log_dir / f"{module}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_serving: bool = True, timeout: float = 60.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, "--listen", self.address],
+                env=self.env,
+                cwd=PROJECT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_serving:
+            self.wait_serving(timeout)
+
+    def health(self, service: str = "") -> int:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            status: int = response.status
+            return status
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.module} not serving after {timeout}s:\n{self.log()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,70 @@
+"""Authentication: every RPC but health and reflection needs a valid token."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from tests.helpers import JWT_SECRET, expect_error, token
+
+BAD_HEADERS = {
+    "missing": None,
+    "not_bearer": "Basic dXNlcjpwYXNz",
+    "empty_bearer": "Bearer ",
+    "garbage": "Bearer not.a.jwt",
+    "forged": f"Bearer {token('admin', 'mallory', secret='another-secret-of-sufficient-length-123')}",
+    "expired": f"Bearer {token('user', 'alice', ttl=-60)}",
+    "unknown_role": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "root", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "no_exp": "Bearer " + jwt.encode({"sub": "a", "name": "a", "role": "user"}, JWT_SECRET, "HS256"),
+    "no_sub": "Bearer " + jwt.encode({"name": "a", "role": "admin", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "alg_none": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
+}
+
+RPCS = {
+    "CreateBooking": booking_pb2.CreateBookingRequest(),
+    "GetBooking": booking_pb2.GetBookingRequest(booking_id="x"),
+    "ListBookings": booking_pb2.ListBookingsRequest(),
+    "DeleteBooking": booking_pb2.DeleteBookingRequest(),
+    "RestoreBooking": booking_pb2.RestoreBookingRequest(),
+    "ListDeletedBookings": booking_pb2.ListDeletedBookingsRequest(),
+    "HardDeleteBooking": booking_pb2.HardDeleteBookingRequest(),
+    "PurgeDeletedBookings": booking_pb2.PurgeDeletedBookingsRequest(),
+    "ListBookingAuditEntries": booking_pb2.ListBookingAuditEntriesRequest(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+async def test_bad_tokens_are_unauthenticated(stub: booking_pb2_grpc.BookingServiceStub, case: str) -> None:
+    header = BAD_HEADERS[case]
+    metadata = (("authorization", header),) if header is not None else ()
+    await expect_error(
+        stub.ListBookings(booking_pb2.ListBookingsRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+@pytest.mark.parametrize("rpc", sorted(RPCS))
+async def test_every_booking_rpc_requires_a_token(stub: booking_pb2_grpc.BookingServiceStub, rpc: str) -> None:
+    await expect_error(getattr(stub, rpc)(RPCS[rpc]), grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN")
+
+
+async def test_health_and_reflection_need_no_token(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "booking.v1.BookingService"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = reflection.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    response = await call.read()
+    await call.done_writing()
+    names = {s.name for s in response.list_services_response.service}
+    assert {"booking.v1.BookingService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names

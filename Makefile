@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck buflint gen install clean
+.PHONY: run test check lint typecheck buflint gen install clean token
+
+# The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
+export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +19,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Generated stubs are build output: regenerated from protos/ whenever a .proto changes, never edited.
-protos/.generated: $(STAMP) $(PROTOS)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTOS)
-	for d in protos/booking protos/booking/v1 protos/notify protos/notify/v1; do touch $$d/__init__.py; done
+protos/.generated: $(STAMP) $(PROTOS) protos/generate.sh
+	protos/generate.sh $(CURDIR)/$(PY)
 	touch protos/.generated
 
 gen: protos/.generated
@@ -26,6 +28,12 @@ gen: protos/.generated
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
 run: gen
 	$(PY) -m svc_common.devrun
+
+# Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).
+SUB ?= alice
+ROLE ?= user
+token: $(STAMP)
+	@$(PY) -m svc_common.mint_token --sub $(SUB) --role $(ROLE)
 
 test: gen
 	$(PY) -m pytest $(PYTEST_ARGS)

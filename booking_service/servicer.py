@@ -98,7 +98,7 @@ def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, call
     return new
 
 
-class BookingServicer(booking_pb2_grpc.BookingServiceServicer):  # type: ignore[misc]
+class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     def __init__(self, usecases: BookingUseCases) -> None:
         self._uc = usecases
 
@@ -127,7 +127,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):  # type: ignore[
         customer = check.identifier("customer_id", request.customer_id, required=False)
         provider = check.identifier("provider_id", request.provider_id, required=False)
         check.done()
-        page = await self._uc.list(
+        page = await self._uc.list_bookings(
             current_principal(),
             customer_id=customer,
             provider_id=provider,

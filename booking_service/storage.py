@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Record = asyncpg.Record
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = PoolConnectionProxy[Record]
+else:
+    Connection = asyncpg.pool.PoolConnectionProxy
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 0x6B6F6F62  # pg_advisory_lock key shared by every instance
@@ -266,10 +272,10 @@ def list_sql(*, customer: bool, provider: bool, after: bool, deleted: bool | Non
 class Storage:
     def __init__(self, config: StorageConfig) -> None:
         self._config = config
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool[Record] | None = None
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> asyncpg.Pool[Record]:
         if self._pool is None:
             raise Unavailable("the database is not connected yet; retry later", reason="DATABASE_UNAVAILABLE")
         return self._pool
@@ -320,9 +326,9 @@ class Storage:
 
     async def _run(
         self,
-        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        work: Callable[[Connection], Awaitable[T]],
         *,
-        committed: Callable[[asyncpg.Connection], Awaitable[T | None]] | None = None,
+        committed: Callable[[Connection], Awaitable[T | None]] | None = None,
     ) -> T:
         """Run `work` on a pooled connection, retrying transient failures a bounded number of times.
 
@@ -357,13 +363,13 @@ class Storage:
     # --- reads -----------------------------------------------------------------------------------------------
 
     async def get(self, booking_id: uuid.UUID) -> Booking | None:
-        async def work(conn: asyncpg.Connection) -> Booking | None:
+        async def work(conn: Connection) -> Booking | None:
             record = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
             return booking_from_record(record) if record else None
 
         return await self._run(work)
 
-    async def list(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]:
+    async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]:
         sql = list_sql(
             customer=query.customer_id is not None,
             provider=query.provider_id is not None,
@@ -375,14 +381,14 @@ class Storage:
         if query.after is not None:
             args.extend(query.after)
 
-        async def work(conn: asyncpg.Connection) -> list[Booking]:
+        async def work(conn: Connection) -> list[Booking]:
             records = await conn.fetch(sql, *args)
             return [booking_from_record(r) for r in records]
 
         return await self._run(work)
 
     async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]:
-        async def work(conn: asyncpg.Connection) -> list[AuditEntry]:
+        async def work(conn: Connection) -> list[AuditEntry]:
             records = await conn.fetch(
                 "SELECT * FROM booking_audit WHERE booking_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 booking_id,
@@ -395,7 +401,7 @@ class Storage:
 
     # --- writes ----------------------------------------------------------------------------------------------
 
-    async def _booking_of_op(self, conn: asyncpg.Connection, op_id: uuid.UUID) -> Booking | None:
+    async def _booking_of_op(self, conn: Connection, op_id: uuid.UUID) -> Booking | None:
         record = await conn.fetchrow(
             "SELECT b.* FROM booking_audit a JOIN bookings b ON b.id = a.booking_id WHERE a.id = $1", op_id
         )
@@ -406,7 +412,7 @@ class Storage:
     ) -> tuple[Booking, bool]:
         """Insert a booking; returns it and whether this call created it (False: an earlier request_id's)."""
 
-        async def by_request(conn: asyncpg.Connection) -> Booking | None:
+        async def by_request(conn: Connection) -> Booking | None:
             if request_id is None:
                 return None
             record = await conn.fetchrow(
@@ -414,7 +420,7 @@ class Storage:
             )
             return booking_from_record(record) if record else None
 
-        async def work(conn: asyncpg.Connection) -> tuple[Booking, bool]:
+        async def work(conn: Connection) -> tuple[Booking, bool]:
             try:
                 record = await conn.fetchrow(
                     CREATE_SQL,
@@ -446,7 +452,7 @@ class Storage:
                 raise asyncpg.SerializationError("request_id conflict vanished")
             return earlier, False
 
-        async def committed(conn: asyncpg.Connection) -> tuple[Booking, bool] | None:
+        async def committed(conn: Connection) -> tuple[Booking, bool] | None:
             booking = await self._booking_of_op(conn, op_id)
             return (booking, True) if booking else None
 
@@ -465,7 +471,7 @@ class Storage:
     ) -> Booking | None:
         """Soft-delete if active, within scope and at `version`; None if nothing matched."""
 
-        async def work(conn: asyncpg.Connection) -> Booking | None:
+        async def work(conn: Connection) -> Booking | None:
             record = await conn.fetchrow(
                 DELETE_SQL,
                 booking_id,
@@ -485,7 +491,7 @@ class Storage:
     async def restore(
         self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor, version: int | None
     ) -> Booking | None:
-        async def work(conn: asyncpg.Connection) -> Booking | None:
+        async def work(conn: Connection) -> Booking | None:
             try:
                 record = await conn.fetchrow(
                     RESTORE_SQL, booking_id, version, op_id, actor.id, actor.name, actor.role.value
@@ -499,18 +505,18 @@ class Storage:
         return await self._run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
 
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
-        async def work(conn: asyncpg.Connection) -> bool:
+        async def work(conn: Connection) -> bool:
             deleted = await conn.fetchval(HARD_DELETE_SQL, booking_id, op_id, actor.id, actor.name, actor.role.value)
             return deleted is not None
 
-        async def committed(conn: asyncpg.Connection) -> bool | None:
+        async def committed(conn: Connection) -> bool | None:
             found = await conn.fetchval("SELECT 1 FROM booking_audit WHERE id = $1", op_id)
             return True if found else None
 
         return await self._run(work, committed=committed)
 
     async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]:
-        async def work(conn: asyncpg.Connection) -> tuple[int, list[str]]:
+        async def work(conn: Connection) -> tuple[int, list[str]]:
             records = await conn.fetch(PURGE_PREVIEW_SQL, deleted_before, sample)
             total = records[0]["total"] if records else 0
             return total, [str(r["id"]) for r in records]
@@ -521,10 +527,10 @@ class Storage:
         self, deleted_before: datetime, *, actor: Actor, reason: str, batch: int, sample: int
     ) -> tuple[int, list[str]]:
         """Hard-delete, batch by batch, every booking soft-deleted before `deleted_before`."""
-        count, ids = 0, []
+        count, ids = 0, list[str]()
         while True:
 
-            async def work(conn: asyncpg.Connection) -> Sequence[Record]:
+            async def work(conn: Connection) -> Sequence[Record]:
                 return await conn.fetch(
                     PURGE_BATCH_SQL, deleted_before, batch, actor.id, actor.name, actor.role.value, reason
                 )

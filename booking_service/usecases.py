@@ -86,7 +86,7 @@ class BookingUseCases:
             raise not_found(booking_id)
         return booking
 
-    async def list(
+    async def list_bookings(
         self,
         principal: Principal,
         *,
@@ -147,7 +147,7 @@ class BookingUseCases:
         any_provider, provider = _narrow(scope.provider_id, provider_id)
         if not (any_customer and any_provider):
             return Page([], "")
-        bookings = await self._storage.list(
+        bookings = await self._storage.list_bookings(
             ListQuery(customer_id=customer, provider_id=provider, after=after, limit=limit + 1), deleted=deleted
         )
         if len(bookings) <= limit:

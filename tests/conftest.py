@@ -59,7 +59,7 @@ def postgres_url(workdir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = PostgresServer(workdir / "postgres")
+    server = PostgresServer(workdir / "postgres", durable=False)
     server.start()
     yield server.url
     server.stop("immediate")

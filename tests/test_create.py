@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import grpc
 
@@ -137,7 +138,7 @@ async def test_reversed_and_empty_time_ranges_are_invalid(caller: Callers) -> No
 
 async def test_over_long_ids_notes_and_control_characters_are_invalid(caller: Callers) -> None:
     admin = caller("admin", uid("admin"))
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "booking.provider_id": {"provider_id": "p" * 129},
         "booking.customer_id": {"provider_id": "p", "customer_id": "c" * 129},
         "booking.notes": {"provider_id": "p", "customer_id": "c", "notes": "n" * 2001},

@@ -26,7 +26,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture
 def pg(workdir: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(workdir / f"pg-{uid('fault')}")
+    server = PostgresServer(workdir / f"pg-{uid('fault')}", durable=False)
     server.start()
     yield server
     server.stop("immediate")

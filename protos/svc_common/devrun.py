@@ -104,11 +104,10 @@ def main() -> int:
     with _database(env), _redis(env):
         _say(f"starting the booking service on {listen} (Ctrl-C stops it)")
         service = subprocess.Popen([sys.executable, "-m", "booking_service", "--listen", listen], env=env)
-        try:
-            return service.wait()
-        except KeyboardInterrupt:
-            service.send_signal(signal.SIGTERM)
-            return service.wait()
+        # On Ctrl-C or SIGTERM, stop the service gracefully, then the private servers (as the with-blocks exit).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: service.send_signal(signal.SIGTERM))
+        return service.wait()
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def postgres_bindir() -> Path:
 class PostgresServer:
     """A PostgreSQL cluster in `base_dir` (created on first start), listening on 127.0.0.1:`port`."""
 
-    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+    def __init__(self, base_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
         self.base_dir = base_dir
+        self.durable = durable
         self.data_dir = base_dir / "data"
         self.port = port or free_port()
         self.bindir = postgres_bindir()
@@ -119,10 +120,10 @@ class PostgresServer:
 
     def start(self) -> None:
         self._prepare()
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} -c max_connections=200"
+        if not self.durable:
+            # Throwaway test servers: survive a crash of PostgreSQL, not of the machine.
+            options += " -c fsync=off -c full_page_writes=off"
         self._cmd(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -161,6 +162,8 @@ class PostgresServer:
             (self.base_dir / stale).unlink(missing_ok=True)
 
     def running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
         status = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
         return status.returncode == 0
 

@@ -6,6 +6,7 @@ Set TEST_DATABASE_URL (a server URL whose user may create databases) to use an e
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import tempfile
@@ -43,7 +44,9 @@ def _create_database(server_url: str) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    # In a thread of its own, so that async fixtures (inside a running loop) can call it too.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
     return name
 
 

@@ -93,43 +93,67 @@ def rich_status(
     return rpc_status.to_status(proto)
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the call ends INVALID_ARGUMENT, not UNKNOWN."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as INVALID_ARGUMENT
+            return _Undecodable(exc)
+
+    return decode
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authentication and error mapping for every non-public RPC; wrapped handlers are built once per method."""
+    """Authentication (all but health and reflection) and error mapping; each method's wrapper is built once."""
 
     def __init__(self, verifier: TokenVerifier, domain: str) -> None:
         self._verifier = verifier
         self._domain = domain
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, Any] = {}
         if code_pb2.INTERNAL != grpc.StatusCode.INTERNAL.value[0]:  # pragma: no cover - sanity of the mapping
             raise RuntimeError("google.rpc codes and grpc.StatusCode disagree")
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
         method: str = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
-            return handler
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = self._wrap(handler)
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrap(handler, authenticate=not method.startswith(PUBLIC_METHOD_PREFIXES))
             self._wrapped[method] = wrapped
         return wrapped
 
-    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        header = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else None
-                break
-        set_current_principal(self._verifier.verify_header(header))
+    def _prepare(self, request: Any, context: Any, authenticate: bool) -> None:
+        if authenticate:
+            header = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "authorization":
+                    header = value if isinstance(value, str) else None
+                    break
+            set_current_principal(self._verifier.verify_header(header))
+        if isinstance(request, _Undecodable):
+            raise errors.InvalidArgument(
+                [], message="the request is not a valid message of this method", reason="MALFORMED_REQUEST"
+            )
 
-    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    async def _abort(self, context: Any, exc: Exception) -> None:
         if isinstance(exc, errors.ServiceError):
             status = rich_status(
                 status_code_for(exc),
@@ -144,13 +168,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             status = rich_status(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", domain=self._domain)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: Any, *, authenticate: bool) -> Any:
+        decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
-            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def unary_behavior(request: Any, context: Any) -> Any:
                 try:
-                    self._authenticate(context)
+                    self._prepare(request, context, authenticate)
                     return await unary(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -158,16 +183,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._abort(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
-            async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    self._authenticate(context)
+                    self._prepare(request, context, authenticate)
                     async for item in stream(request, context):
                         yield item
                 except grpc.aio.AbortError:
@@ -176,10 +199,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._abort(context, exc)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream_behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                stream_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
             )
+        if not authenticate:  # reflection's bidirectional stream: served as the library made it
+            return handler
         raise TypeError("only unary-unary and unary-stream RPCs are served")
 
 

@@ -74,6 +74,14 @@ class StorageConfig:
     retry_backoff: float = 0.05
 
 
+async def release_connection(conn: asyncpg.Connection[Record]) -> None:
+    """Pool reset on release. Storage never changes session state (no SET, LISTEN, cursors or held locks) and
+    runs single autocommit statements, so only a transaction left open by a failure needs undoing; asyncpg's
+    default reset would cost every call a second round trip."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 @dataclass(frozen=True)
 class ListQuery:
     """A page of bookings; each filter None means unrestricted."""
@@ -154,11 +162,19 @@ _AUDIT_INSERT = """
     INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot)
 """
 
+# Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
+# the insert (the insert reads from `gate`), so a later one finds the earlier one's row; without it, concurrent
+# duplicates deadlock between the request_id index and the overlap constraint.
 CREATE_SQL = f"""
-WITH ins AS (
+WITH gate AS (
+    SELECT count(*) FROM (
+        SELECT pg_advisory_xact_lock(hashtextextended($8::text || '/' || $9::text, 0)) WHERE $9::text IS NOT NULL
+    ) locked
+), ins AS (
     INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, notes,
                           created_by, request_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text
+      FROM gate
     ON CONFLICT (created_by, request_id) WHERE request_id IS NOT NULL DO NOTHING
     RETURNING *
 ), audit AS (
@@ -287,6 +303,7 @@ class Storage:
             max_size=self._config.max_connections,
             command_timeout=self._config.command_timeout,
             server_settings={"timezone": "UTC", "application_name": "booking_service"},
+            reset=release_connection,
         )
 
     async def close(self) -> None:

@@ -72,7 +72,7 @@ class Checker:
         if not value:
             return None
         digits = value.removeprefix("W/").strip('"')
-        if not digits.isdigit() or len(digits) > 18:
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
             self.fail(field, "not an etag returned by this service")
             return None
         return int(digits)

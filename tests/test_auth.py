@@ -11,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
+from svc_common.auth import TokenVerifier
+from svc_common.errors import Unauthenticated
 from tests.helpers import JWT_SECRET, expect_error, token
 
 BAD_HEADERS = {
@@ -68,3 +70,21 @@ async def test_health_and_reflection_need_no_token(channel: grpc.aio.Channel) ->
     await call.done_writing()
     names = {s.name for s in response.list_services_response.service}
     assert {"booking.v1.BookingService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_a_remembered_token_is_refused_once_it_expires() -> None:
+    verifier = TokenVerifier(JWT_SECRET, leeway_seconds=0)
+    short = token("user", "alice", ttl=1)
+    assert verifier.verify(short).id == "alice"
+    assert verifier.verify(short).id == "alice"  # served from the cache
+    time.sleep(1.1)
+    with pytest.raises(Unauthenticated) as info:
+        verifier.verify(short)
+    assert info.value.reason == "TOKEN_EXPIRED"
+
+
+def test_the_token_cache_is_bounded() -> None:
+    verifier = TokenVerifier(JWT_SECRET, cache_size=3)
+    tokens = [token("user", f"u{i}") for i in range(5)]
+    assert [verifier.verify(t).id for t in tokens] == [f"u{i}" for i in range(5)]
+    assert len(verifier._verified) == 3

@@ -75,16 +75,17 @@ async def _raise(error: BaseException) -> None:
 
 
 async def test_same_request_id_returns_first_result_even_when_concurrent(caller: Callers) -> None:
-    alice = caller("user", uid("alice"))
-    provider, request_id = uid("prov"), uid("req")
-    start, end = fresh_slot()
-    results = await asyncio.gather(
-        *(alice.create(provider_id=provider, start=start, end=end, request_id=request_id) for _ in range(20))
-    )
-    assert len({b.id for b in results}) == 1
-    again = await alice.create(provider_id=provider, start=start, end=end, request_id=request_id)
-    assert again == results[0]
-    assert len(await alice.list_all(provider_id=provider)) == 1
+    for _ in range(3):
+        alice = caller("user", uid("alice"))
+        provider, request_id = uid("prov"), uid("req")
+        start, end = fresh_slot()
+        results = await asyncio.gather(
+            *(alice.create(provider_id=provider, start=start, end=end, request_id=request_id) for _ in range(30))
+        )
+        assert len({b.id for b in results}) == 1
+        again = await alice.create(provider_id=provider, start=start, end=end, request_id=request_id)
+        assert again == results[0]
+        assert len(await alice.list_all(provider_id=provider)) == 1
 
 
 async def test_request_id_is_per_caller(caller: Callers) -> None:

@@ -93,8 +93,9 @@ async def test_stale_etag_on_delete_and_restore_is_aborted(caller: Callers) -> N
 async def test_malformed_etag_is_invalid_argument(caller: Callers) -> None:
     alice = caller("user", uid("alice"))
     booking = await alice.create(provider_id=uid("prov"))
-    error = await expect_error(alice.delete(booking.id, etag="yesterday"), grpc.StatusCode.INVALID_ARGUMENT)
-    assert set(field_violations(error)) == {"etag"}
+    for etag in ("yesterday", '"¹"', '"1e3"', '"' + "9" * 30 + '"'):  # '¹' is a digit to str.isdigit()
+        error = await expect_error(alice.delete(booking.id, etag=etag), grpc.StatusCode.INVALID_ARGUMENT)
+        assert set(field_violations(error)) == {"etag"}
 
 
 async def test_restore_clears_deletion_fields_and_keeps_history(caller: Callers) -> None:

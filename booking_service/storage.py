@@ -215,36 +215,33 @@ WITH upd AS (
 SELECT * FROM upd
 """
 
-# Hard delete erases the booking and every snapshot of it; the audit entries themselves remain.
-HARD_DELETE_SQL = f"""
-WITH del AS (
-    DELETE FROM bookings WHERE id = $1 AND delete_time IS NOT NULL RETURNING id
+
+def _hard_delete_sql(victims: str) -> str:
+    """Permanently delete the soft-deleted bookings `victims` selects, erase every snapshot of them from the
+    audit trail (its entries remain) and record a HARD_DELETED entry for each.
+
+    Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking);
+    `victims` uses $6 onwards.
+    """
+    return f"""
+WITH victims AS ({victims}),
+del AS (
+    DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.id
 ), erase AS (
     UPDATE booking_audit SET snapshot = NULL
      WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
 ), audit AS (
     {_AUDIT_INSERT}
-    SELECT $2, del.id, 'HARD_DELETED', $3, $4, $5, '', NULL FROM del
+    SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
 )
 SELECT id FROM del
 """
 
-PURGE_BATCH_SQL = f"""
-WITH victims AS (
-    SELECT id FROM bookings WHERE delete_time < $1
-     ORDER BY delete_time, id LIMIT $2 FOR UPDATE SKIP LOCKED
-), del AS (
-    DELETE FROM bookings b USING victims v
-     WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.id
-), erase AS (
-    UPDATE booking_audit SET snapshot = NULL
-     WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
-), audit AS (
-    {_AUDIT_INSERT}
-    SELECT gen_random_uuid(), del.id, 'HARD_DELETED', $3, $4, $5, $6, NULL FROM del
+
+HARD_DELETE_SQL = _hard_delete_sql("SELECT $6::uuid AS id")
+PURGE_BATCH_SQL = _hard_delete_sql(
+    "SELECT id FROM bookings WHERE delete_time < $6 ORDER BY delete_time, id LIMIT $7 FOR UPDATE SKIP LOCKED"
 )
-SELECT id FROM del
-"""
 
 PURGE_PREVIEW_SQL = """
 SELECT count(*) OVER () AS total, id FROM bookings
@@ -523,7 +520,9 @@ class Storage:
 
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
         async def work(conn: Connection) -> bool:
-            deleted = await conn.fetchval(HARD_DELETE_SQL, booking_id, op_id, actor.id, actor.name, actor.role.value)
+            deleted = await conn.fetchval(
+                HARD_DELETE_SQL, actor.id, actor.name, actor.role.value, "", op_id, booking_id
+            )
             return deleted is not None
 
         async def committed(conn: Connection) -> bool | None:
@@ -549,7 +548,7 @@ class Storage:
 
             async def work(conn: Connection) -> Sequence[Record]:
                 return await conn.fetch(
-                    PURGE_BATCH_SQL, deleted_before, batch, actor.id, actor.name, actor.role.value, reason
+                    PURGE_BATCH_SQL, actor.id, actor.name, actor.role.value, reason, None, deleted_before, batch
                 )
 
             records = await self._run(work)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.domain import ERROR_DOMAIN
@@ -13,12 +14,15 @@ from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
 from booking_service.usecases import BookingUseCases
-from svc_common.auth import TokenVerifier
+from svc_common.auth import Principal, Role, TokenVerifier
+from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, stop_event_on_signals
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name
+# Who the audit trail names for the automatic retention purge.
+RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
 
 async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
@@ -52,6 +56,19 @@ async def _watch_health(server: GrpcServer, storage: Storage, interval: float) -
         await asyncio.sleep(interval)
 
 
+async def _purge_periodically(usecases: BookingUseCases, retention: timedelta, interval: float) -> None:
+    """Hard-delete, every `interval` seconds, the bookings soft-deleted longer than `retention` ago."""
+    while True:
+        try:
+            count, _ = await usecases.purge(RETENTION_ACTOR, datetime.now(UTC) - retention, force=True)
+        except ServiceError as exc:  # the database is down or busy: try again next time
+            log.warning("retention purge failed: %s", exc.message)
+        else:
+            if count:
+                log.info("retention purge removed %d bookings deleted more than %s ago", count, retention)
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, stop: asyncio.Event | None = None) -> AsyncIterator[GrpcServer]:
     """A started booking server; on exit it drains calls in flight and closes its pool."""
@@ -70,9 +87,10 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
     )
-    booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(BookingUseCases(storage)), server.server)
+    usecases = BookingUseCases(storage)
+    booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     async with contextlib.AsyncExitStack() as stack:
-        # Exit order: stop the health watcher, drain calls in flight, then close the pool.
+        # Exit order: stop the background tasks, drain calls in flight, then close the pool.
         stack.push_async_callback(storage.close)
         # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
@@ -81,6 +99,13 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         await _open_storage(storage, stop)
         health = asyncio.create_task(_watch_health(server, storage, settings.health_interval_seconds))
         stack.push_async_callback(_cancel, health)
+        if settings.retention_days > 0:
+            purge = asyncio.create_task(
+                _purge_periodically(
+                    usecases, timedelta(days=settings.retention_days), settings.retention_interval_seconds
+                )
+            )
+            stack.push_async_callback(_cancel, purge)
         log.info("booking service listening on %s", settings.listen)
         yield server
 

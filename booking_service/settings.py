@@ -11,6 +11,7 @@ from svc_common.auth import MIN_SECRET_BYTES
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_HEALTH_INTERVAL_SECONDS = 2.0
+DEFAULT_RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Settings:
     db_attempts: int = 3
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     health_interval_seconds: float = DEFAULT_HEALTH_INTERVAL_SECONDS
+    retention_days: float = 0.0  # 0: no automatic purge
+    retention_interval_seconds: float = DEFAULT_RETENTION_INTERVAL_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
@@ -35,4 +38,8 @@ class Settings:
             db_attempts=env.integer(environ, "DB_ATTEMPTS", 3),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
             health_interval_seconds=env.number(environ, "HEALTH_INTERVAL_SECONDS", DEFAULT_HEALTH_INTERVAL_SECONDS),
+            retention_days=env.number(environ, "RETENTION_DAYS", 0.0),
+            retention_interval_seconds=env.number(
+                environ, "RETENTION_INTERVAL_SECONDS", DEFAULT_RETENTION_INTERVAL_SECONDS
+            ),
         )

@@ -22,7 +22,7 @@ from booking_service.domain import (
 )
 from booking_service.usecases import BookingUseCases
 from booking_service.validation import Checker
-from svc_common.auth import Role, current_principal
+from svc_common.auth import Principal, Role, current_principal
 
 ROLES = {Role.USER: booking_pb2.ROLE_USER, Role.PROVIDER: booking_pb2.ROLE_PROVIDER, Role.ADMIN: booking_pb2.ROLE_ADMIN}
 AUDIT_ACTIONS = {
@@ -78,15 +78,15 @@ def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
     return message
 
 
-def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, caller_id: str) -> NewBooking:
+def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, caller: Principal) -> NewBooking:
     if not request.HasField("booking"):
         check.fail("booking", "required")
     b = request.booking
     customer = check.identifier("booking.customer_id", b.customer_id, required=False)
-    if customer is None and current_principal().role is not Role.USER:
+    if customer is None and caller.role is not Role.USER:  # a user books for itself by default
         check.fail("booking.customer_id", "required")
     new = NewBooking(
-        customer_id=customer or caller_id,
+        customer_id=customer or caller.id,
         provider_id=check.identifier("booking.provider_id", b.provider_id) or "",
         service_id=check.identifier("booking.service_id", b.service_id) or "",
         start_time=check.timestamp("booking.start_time", b.HasField("start_time"), b.start_time),
@@ -98,6 +98,17 @@ def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, call
     return new
 
 
+def _filters(
+    request: booking_pb2.ListBookingsRequest | booking_pb2.ListDeletedBookingsRequest,
+) -> tuple[str | None, str | None]:
+    """The optional customer_id and provider_id filters of a list request."""
+    check = Checker()
+    customer = check.identifier("customer_id", request.customer_id, required=False)
+    provider = check.identifier("provider_id", request.provider_id, required=False)
+    check.done()
+    return customer, provider
+
+
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     def __init__(self, usecases: BookingUseCases) -> None:
         self._uc = usecases
@@ -107,7 +118,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     ) -> booking_pb2.CreateBookingResponse:
         principal = current_principal()
         check = Checker()
-        new = _new_booking(request, check, principal.id)
+        new = _new_booking(request, check, principal)
         request_id = check.identifier("request_id", request.request_id, required=False)
         check.done()
         booking = await self._uc.create(principal, new, request_id)
@@ -123,10 +134,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def ListBookings(
         self, request: booking_pb2.ListBookingsRequest, context: Any
     ) -> booking_pb2.ListBookingsResponse:
-        check = Checker()
-        customer = check.identifier("customer_id", request.customer_id, required=False)
-        provider = check.identifier("provider_id", request.provider_id, required=False)
-        check.done()
+        customer, provider = _filters(request)
         page = await self._uc.list_bookings(
             current_principal(),
             customer_id=customer,
@@ -163,10 +171,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def ListDeletedBookings(
         self, request: booking_pb2.ListDeletedBookingsRequest, context: Any
     ) -> booking_pb2.ListDeletedBookingsResponse:
-        check = Checker()
-        customer = check.identifier("customer_id", request.customer_id, required=False)
-        provider = check.identifier("provider_id", request.provider_id, required=False)
-        check.done()
+        customer, provider = _filters(request)
         page = await self._uc.list_deleted(
             current_principal(),
             customer_id=customer,

@@ -47,7 +47,6 @@ else:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 0x6B6F6F62  # pg_advisory_lock key shared by every instance
-OVERLAP_CONSTRAINT = "bookings_no_overlap"
 
 # Errors after which the statement certainly did not commit and may simply run again.
 RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
@@ -355,19 +354,20 @@ class Storage:
                 await asyncio.sleep(self._config.retry_backoff * (4 ** (attempt - 1)))
             try:
                 async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
-                    if uncertain and committed is not None:
-                        earlier = await committed(conn)
-                        if earlier is not None:
-                            return earlier
-                    return await work(conn)
+                    try:
+                        if uncertain and committed is not None:
+                            earlier = await committed(conn)
+                            if earlier is not None:
+                                return earlier
+                        return await work(conn)
+                    except asyncpg.InterfaceError as exc:
+                        # The connection closed between acquiring it and using it: a lost connection too.
+                        if not conn.is_closed():
+                            raise
+                        raise asyncpg.ConnectionDoesNotExistError("connection closed") from exc
             except RETRYABLE_ROLLBACK as exc:
                 last = exc
             except CONNECTION_ERRORS as exc:
-                last, uncertain = exc, True
-            except asyncpg.InterfaceError as exc:
-                # e.g. "connection was closed in the middle of operation"
-                if "closed" not in str(exc):
-                    raise
                 last, uncertain = exc, True
             log.warning("database attempt %d failed: %s", attempt + 1, type(last).__name__)
         if isinstance(last, RETRYABLE_ROLLBACK):

@@ -56,6 +56,7 @@ def decode(token: str, query: str, shape: Sequence[type]) -> list[str | int] | N
         not isinstance(key, list)
         or len(key) != len(shape)
         or not all(type(part) is kind for part, kind in zip(key, shape, strict=True))
+        or any(type(part) is int and not 0 <= part < 2**63 for part in key)
     ):
         raise bad
     return key

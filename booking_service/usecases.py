@@ -54,11 +54,14 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     if key is None:
         return None
     try:
-        return datetime.fromisoformat(str(key[0])), uuid.UUID(str(key[1]))
+        position, booking_id = datetime.fromisoformat(str(key[0])), uuid.UUID(str(key[1]))
+        if position.tzinfo is None:
+            raise ValueError("page token time without a time zone")
     except ValueError as exc:
         raise InvalidArgument(
             [FieldViolation("page_token", "not a page token of this query")], reason="INVALID_PAGE_TOKEN"
         ) from exc
+    return position, booking_id
 
 
 class BookingUseCases:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import grpc
 
 from booking.v1 import booking_pb2
+from booking_service import pagination
 from tests.helpers import Caller, expect_error, field_violations, fresh_slot, uid
 
 Callers = Callable[[str, str], Caller]
@@ -125,3 +126,17 @@ async def test_audit_entries_page_oldest_first(caller: Callers) -> None:
     assert len(entries) == 7
     assert [e.create_time.ToDatetime() for e in entries] == sorted(e.create_time.ToDatetime() for e in entries)
     assert len({e.id for e in entries}) == 7
+
+
+async def test_forged_tokens_with_out_of_range_positions_are_invalid_argument(caller: Callers) -> None:
+    alice, admin = caller("user", uid("alice")), caller("admin", uid("admin"))
+    booking = await alice.create(provider_id=uid("prov"))
+    for position in (10**30, -1):
+        query = pagination.fingerprint("ListBookingAuditEntries", booking.id)
+        request = booking_pb2.ListBookingAuditEntriesRequest(
+            booking_id=booking.id, page_token=pagination.encode(query, (position,))
+        )
+        await expect_error(admin.call("ListBookingAuditEntries", request), grpc.StatusCode.INVALID_ARGUMENT)
+    query = pagination.fingerprint("ListBookings", alice.id, "user", None, None, False)
+    naive = booking_pb2.ListBookingsRequest(page_token=pagination.encode(query, ("2030-01-01T00:00:00", booking.id)))
+    await expect_error(alice.call("ListBookings", naive), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")

@@ -26,6 +26,10 @@ BAD_HEADERS = {
     + jwt.encode({"sub": "a", "name": "a", "role": "root", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
     "no_exp": "Bearer " + jwt.encode({"sub": "a", "name": "a", "role": "user"}, JWT_SECRET, "HS256"),
     "no_sub": "Bearer " + jwt.encode({"name": "a", "role": "admin", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "nul_in_sub": "Bearer "
+    + jwt.encode({"sub": "a\x00b", "name": "a", "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "long_name": "Bearer "
+    + jwt.encode({"sub": "a", "name": "n" * 257, "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
     "alg_none": "Bearer "
     + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
 }

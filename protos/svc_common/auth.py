@@ -6,6 +6,7 @@ import contextvars
 import enum
 import time
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import jwt
 
@@ -15,6 +16,7 @@ ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "name", "role", "exp")
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 128
+MAX_NAME_CHARS = 256
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
@@ -43,6 +45,10 @@ def current_principal() -> Principal:
 
 def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
     return _current.set(principal)
+
+
+def _clean(value: object, max_chars: int) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) <= max_chars and value.isprintable()
 
 
 class TokenVerifier:
@@ -98,10 +104,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token rejected: {exc}", reason="INVALID_TOKEN") from exc
         sub, name, role = claims.get("sub"), claims.get("name"), claims.get("role")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_CHARS:
-            raise Unauthenticated("claim 'sub' must be 1-128 characters", reason="INVALID_TOKEN")
-        if not isinstance(name, str):
-            raise Unauthenticated("claim 'name' must be a string", reason="INVALID_TOKEN")
+        if not _clean(sub, MAX_SUBJECT_CHARS) or not sub:
+            raise Unauthenticated("claim 'sub' must be 1-128 printable characters", reason="INVALID_TOKEN")
+        if not _clean(name, MAX_NAME_CHARS):
+            raise Unauthenticated("claim 'name' must be at most 256 printable characters", reason="INVALID_TOKEN")
         try:
             parsed_role = Role(role)
         except ValueError as exc:

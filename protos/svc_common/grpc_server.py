@@ -216,26 +216,24 @@ class GrpcServer:
         verifier: TokenVerifier,
         error_domain: str,
         service_names: Sequence[str],
-        extra_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.health = health.aio.HealthServicer()
         self._listen = listen
         self._service_names = tuple(service_names)
         options = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
-        options.extend(extra_options)
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, error_domain)], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = 0
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self._listen)
-        if self.port == 0:
+        """Listen and serve; returns the port."""
+        port: int = self.server.add_insecure_port(self._listen)
+        if port == 0:
             raise OSError(f"cannot listen on {self._listen}")
         await self.server.start()
-        return self.port
+        return port
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

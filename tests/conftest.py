@@ -1,6 +1,7 @@
 """Fixtures: a throwaway PostgreSQL cluster and real booking_service processes on free ports.
 
-Set TEST_DATABASE_URL (a server URL whose user may create databases) to use an existing PostgreSQL instead.
+Set TEST_DATABASE_URL (a server URL whose user may create databases) to use an existing PostgreSQL instead;
+the databases the suite makes there are dropped at the end.
 """
 
 from __future__ import annotations
@@ -34,49 +35,64 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _create_database(server_url: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def _admin(server_url: str, *statements: str) -> None:
+    """Run statements on a server's maintenance database, in a thread of its own so that async fixtures
+    (inside a running loop) can call it too."""
 
-    async def create() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(server_url)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            for statement in statements:
+                await conn.execute(statement)
         finally:
             await conn.close()
 
-    # In a thread of its own, so that async fixtures (inside a running loop) can call it too.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, create()).result()
-    return name
+        pool.submit(asyncio.run, run()).result()
 
 
-def _with_database(server_url: str, database: str) -> str:
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{database}"
+class Databases:
+    """Creates throwaway databases on one server, and drops them all at the end of the session."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        _admin(self.server_url, f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        base, _, _ = self.server_url.rpartition("/")
+        return f"{base}/{name}"
+
+    def drop_all(self) -> None:
+        _admin(self.server_url, *(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in self.names))
 
 
 @pytest.fixture(scope="session")
-def postgres_url(workdir: Path) -> Iterator[str]:
-    """A PostgreSQL server URL (private unless TEST_DATABASE_URL is set)."""
+def databases(workdir: Path) -> Iterator[Databases]:
+    """Databases on a private PostgreSQL server, or on TEST_DATABASE_URL's server when that is set."""
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
-        yield given
+        made = Databases(given)
+        yield made
+        made.drop_all()
         return
     server = PostgresServer(workdir / "postgres", durable=False)
     server.start()
-    yield server.url
+    yield Databases(server.url)
     server.stop("immediate")
 
 
 @pytest.fixture
-def new_database(postgres_url: str) -> Callable[[], str]:
+def new_database(databases: Databases) -> Callable[[], str]:
     """Makes a fresh, empty database and returns its URL."""
-    return lambda: _with_database(postgres_url, _create_database(postgres_url))
+    return databases.create
 
 
 @pytest.fixture(scope="session")
-def booking_db_url(postgres_url: str) -> str:
-    return _with_database(postgres_url, _create_database(postgres_url))
+def booking_db_url(databases: Databases) -> str:
+    return databases.create()
 
 
 def booking_env(database_url: str) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """The protocol layer: protobuf requests into domain values, domain results into protobuf responses.
 
-Errors are raised as `svc_common.errors` and mapped to statuses by the server's interceptor.
+Errors are raised as `svc_common.errors` and mapped to statuses by the server's interceptor. Admin-only RPCs
+check the caller's role before its input (AIP-211), so a role that may never call one always gets
+PERMISSION_DENIED; the use cases check it again for callers other than this servicer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from booking_service.domain import (
     Booking,
     NewBooking,
 )
-from booking_service.usecases import BookingUseCases
+from booking_service.usecases import BookingUseCases, require_admin
 from booking_service.validation import Checker
 from svc_common.auth import Principal, Role, current_principal
 
@@ -134,6 +136,8 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def ListBookings(
         self, request: booking_pb2.ListBookingsRequest, context: Any
     ) -> booking_pb2.ListBookingsResponse:
+        if request.show_deleted:
+            require_admin(current_principal(), "list deleted bookings")
         customer, provider = _filters(request)
         page = await self._uc.list_bookings(
             current_principal(),
@@ -161,6 +165,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def RestoreBooking(
         self, request: booking_pb2.RestoreBookingRequest, context: Any
     ) -> booking_pb2.RestoreBookingResponse:
+        require_admin(current_principal(), "restore bookings")
         check = Checker()
         booking_id = check.booking_id("booking_id", request.booking_id)
         version = check.etag("etag", request.etag)
@@ -171,6 +176,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def ListDeletedBookings(
         self, request: booking_pb2.ListDeletedBookingsRequest, context: Any
     ) -> booking_pb2.ListDeletedBookingsResponse:
+        require_admin(current_principal(), "list deleted bookings")
         customer, provider = _filters(request)
         page = await self._uc.list_deleted(
             current_principal(),
@@ -186,6 +192,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def HardDeleteBooking(
         self, request: booking_pb2.HardDeleteBookingRequest, context: Any
     ) -> booking_pb2.HardDeleteBookingResponse:
+        require_admin(current_principal(), "hard-delete bookings")
         check = Checker()
         booking_id = check.booking_id("booking_id", request.booking_id)
         check.done()
@@ -195,6 +202,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def PurgeDeletedBookings(
         self, request: booking_pb2.PurgeDeletedBookingsRequest, context: Any
     ) -> booking_pb2.PurgeDeletedBookingsResponse:
+        require_admin(current_principal(), "purge bookings")
         check = Checker()
         before = check.timestamp("deleted_before", request.HasField("deleted_before"), request.deleted_before)
         check.done()
@@ -204,6 +212,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def ListBookingAuditEntries(
         self, request: booking_pb2.ListBookingAuditEntriesRequest, context: Any
     ) -> booking_pb2.ListBookingAuditEntriesResponse:
+        require_admin(current_principal(), "read the audit trail")
         check = Checker()
         booking_id = check.booking_id("booking_id", request.booking_id)
         check.done()

@@ -181,3 +181,19 @@ async def test_admin_creates_for_anyone(caller: Callers) -> None:
     customer, provider = uid("c"), uid("p")
     booking = await admin.create(provider_id=provider, customer_id=customer)
     assert (booking.customer_id, booking.provider_id) == (customer, provider)
+
+
+@pytest.mark.parametrize("role", ["user", "provider"])
+async def test_admin_only_rpcs_are_permission_denied_before_input_is_checked(caller: Callers, role: str) -> None:
+    someone = caller(role, uid(role))
+    bad = "not-a-booking-id"
+    calls = [
+        someone.call("RestoreBooking", booking_pb2.RestoreBookingRequest(booking_id=bad, etag="??")),
+        someone.call("HardDeleteBooking", booking_pb2.HardDeleteBookingRequest(booking_id=bad)),
+        someone.call("ListBookingAuditEntries", booking_pb2.ListBookingAuditEntriesRequest(booking_id=bad)),
+        someone.call("PurgeDeletedBookings", booking_pb2.PurgeDeletedBookingsRequest()),
+        someone.call("ListDeletedBookings", booking_pb2.ListDeletedBookingsRequest(page_size=-1)),
+        someone.call("ListBookings", booking_pb2.ListBookingsRequest(show_deleted=True, page_token="garbage")),
+    ]
+    for call in calls:
+        await expect_error(call, DENIED, "ADMIN_ONLY")

@@ -19,15 +19,8 @@ MAX_REASON_CHARS = 1000
 PURGE_SAMPLE_SIZE = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    id: str
-    name: str
-    role: Role
-
-    @classmethod
-    def of(cls, principal: Principal) -> Actor:
-        return cls(principal.id, principal.name, principal.role)
+# Who did something: the caller as its token named it (id, name, role), kept with the change.
+Actor = Principal
 
 
 @dataclass(frozen=True, slots=True)

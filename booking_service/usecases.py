@@ -8,7 +8,6 @@ from datetime import datetime
 from booking_service import pagination
 from booking_service.domain import (
     PURGE_SAMPLE_SIZE,
-    Actor,
     AuditEntry,
     Booking,
     NewBooking,
@@ -74,7 +73,7 @@ class BookingUseCases:
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
         booking, created = await self._storage.create(
-            new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=Actor.of(principal), request_id=request_id
+            new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
         )
         if not created and not booking.same_request(new):
             raise InvalidArgument(
@@ -166,7 +165,7 @@ class BookingUseCases:
         deleted = await self._storage.soft_delete(
             booking_id,
             op_id=uuid.uuid4(),
-            actor=Actor.of(principal),
+            actor=principal,
             reason=reason,
             scope_customer=scope.customer_id,
             scope_provider=scope.provider_id,
@@ -182,9 +181,7 @@ class BookingUseCases:
 
     async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
         require_admin(principal, "restore bookings")
-        restored = await self._storage.restore(
-            booking_id, op_id=uuid.uuid4(), actor=Actor.of(principal), version=version
-        )
+        restored = await self._storage.restore(booking_id, op_id=uuid.uuid4(), actor=principal, version=version)
         if restored is not None:
             return restored
         current = await self._storage.get(booking_id)
@@ -196,7 +193,7 @@ class BookingUseCases:
 
     async def hard_delete(self, principal: Principal, booking_id: uuid.UUID) -> None:
         require_admin(principal, "hard-delete bookings")
-        if await self._storage.hard_delete(booking_id, op_id=uuid.uuid4(), actor=Actor.of(principal)):
+        if await self._storage.hard_delete(booking_id, op_id=uuid.uuid4(), actor=principal):
             return
         current = await self._storage.get(booking_id)
         if current is None:
@@ -211,7 +208,7 @@ class BookingUseCases:
             return await self._storage.purge_preview(deleted_before, PURGE_SAMPLE_SIZE)
         return await self._storage.purge(
             deleted_before,
-            actor=Actor.of(principal),
+            actor=principal,
             reason=f"purge of bookings deleted before {deleted_before.isoformat()}",
             batch=PURGE_BATCH,
             sample=PURGE_SAMPLE_SIZE,

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from svc_common.devservers import free_port
+from svc_common.healthcheck import serving_status
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,7 @@ class ServiceProcess:
             self.wait_serving(timeout)
 
     def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-            status: int = response.status
-            return status
+        return serving_status(self.address, service, timeout=2)
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

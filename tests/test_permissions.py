@@ -23,42 +23,28 @@ CALLERS = ["customer", "provider", "other_user", "other_provider", "admin"]
 
 # For each RPC on one booking: the expected code per caller when the booking exists (active, or deleted for
 # Restore and HardDelete), and when it does not exist.
+# The customer, the provider and admins see a booking; strangers get NOT_FOUND, as if it did not exist.
+SEEN_BY_ITS_PARTIES = {
+    "customer": (OK, NOT_FOUND),
+    "provider": (OK, NOT_FOUND),
+    "other_user": (NOT_FOUND, NOT_FOUND),
+    "other_provider": (NOT_FOUND, NOT_FOUND),
+    "admin": (OK, NOT_FOUND),
+}
+# Every other role is refused whether or not the booking exists.
+ADMIN_ONLY = {
+    "customer": (DENIED, DENIED),
+    "provider": (DENIED, DENIED),
+    "other_user": (DENIED, DENIED),
+    "other_provider": (DENIED, DENIED),
+    "admin": (OK, NOT_FOUND),
+}
 MATRIX: dict[str, dict[str, tuple[grpc.StatusCode, grpc.StatusCode]]] = {
-    "GetBooking": {
-        "customer": (OK, NOT_FOUND),
-        "provider": (OK, NOT_FOUND),
-        "other_user": (NOT_FOUND, NOT_FOUND),
-        "other_provider": (NOT_FOUND, NOT_FOUND),
-        "admin": (OK, NOT_FOUND),
-    },
-    "DeleteBooking": {
-        "customer": (OK, NOT_FOUND),
-        "provider": (OK, NOT_FOUND),
-        "other_user": (NOT_FOUND, NOT_FOUND),
-        "other_provider": (NOT_FOUND, NOT_FOUND),
-        "admin": (OK, NOT_FOUND),
-    },
-    "RestoreBooking": {
-        "customer": (DENIED, DENIED),
-        "provider": (DENIED, DENIED),
-        "other_user": (DENIED, DENIED),
-        "other_provider": (DENIED, DENIED),
-        "admin": (OK, NOT_FOUND),
-    },
-    "HardDeleteBooking": {
-        "customer": (DENIED, DENIED),
-        "provider": (DENIED, DENIED),
-        "other_user": (DENIED, DENIED),
-        "other_provider": (DENIED, DENIED),
-        "admin": (OK, NOT_FOUND),
-    },
-    "ListBookingAuditEntries": {
-        "customer": (DENIED, DENIED),
-        "provider": (DENIED, DENIED),
-        "other_user": (DENIED, DENIED),
-        "other_provider": (DENIED, DENIED),
-        "admin": (OK, NOT_FOUND),
-    },
+    "GetBooking": SEEN_BY_ITS_PARTIES,
+    "DeleteBooking": SEEN_BY_ITS_PARTIES,
+    "RestoreBooking": ADMIN_ONLY,
+    "HardDeleteBooking": ADMIN_ONLY,
+    "ListBookingAuditEntries": ADMIN_ONLY,
 }
 NEEDS_DELETED = {"RestoreBooking", "HardDeleteBooking"}
 

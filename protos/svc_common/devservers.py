@@ -88,7 +88,8 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """The maintenance database's URL."""
+        return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -136,8 +137,7 @@ class PostgresServer:
             "-t",
             "60",
             "start",
-        )
-        wait_for_port(self.port)
+        )  # -w: returns once the server accepts connections
 
     def stop(self, mode: str = "fast") -> None:
         self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)

@@ -11,22 +11,28 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def serving_status(address: str, service: str = "", timeout: float = 3.0) -> int:
+    """The health status a server reports for `service`; raises grpc.RpcError when it does not answer."""
+    with grpc.insecure_channel(address) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    status: int = response.status
+    return status
+
+
 def main(argv: list[str]) -> int:
     if not 1 <= len(argv) <= 2:
         print(__doc__, file=sys.stderr)
         return 2
     address, service = argv[0], argv[1] if len(argv) == 2 else ""
     try:
-        with grpc.insecure_channel(address) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=3
-            )
+        status = serving_status(address, service)
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)
         return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(f"{address}: {status}")
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 if __name__ == "__main__":

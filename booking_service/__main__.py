@@ -1,4 +1,4 @@
-"""`python -m booking_service --listen HOST:PORT` (env DATABASE_URL, JWT_SECRET)."""
+"""`python -m booking_service --listen HOST:PORT` (env DATABASE_URL, REDIS_URL, JWT_SECRET)."""
 
 from __future__ import annotations
 

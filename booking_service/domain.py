@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from svc_common.auth import Principal, Role
+from svc_common.scope import Scope
 
 ERROR_DOMAIN = "booking.v1"
 
@@ -88,27 +89,6 @@ class AuditEntry:
     seq: int  # position in the audit trail, for paging
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """What a caller may see, as a filter the storage applies: None means no restriction."""
-
-    customer_id: str | None
-    provider_id: str | None
-
-    @classmethod
-    def of(cls, principal: Principal) -> Scope:
-        if principal.role is Role.USER:
-            return cls(customer_id=principal.id, provider_id=None)
-        if principal.role is Role.PROVIDER:
-            return cls(customer_id=None, provider_id=principal.id)
-        return cls(customer_id=None, provider_id=None)
-
-    def allows(self, booking: Booking) -> bool:
-        return (self.customer_id is None or booking.customer_id == self.customer_id) and (
-            self.provider_id is None or booking.provider_id == self.provider_id
-        )
-
-
 def is_admin(principal: Principal) -> bool:
     return principal.role is Role.ADMIN
 
@@ -117,7 +97,7 @@ def may_see(principal: Principal, booking: Booking) -> bool:
     """Users see their own bookings, providers those assigned to them, admins all; only admins see deleted ones."""
     if booking.deleted and not is_admin(principal):
         return False
-    return Scope.of(principal).allows(booking)
+    return Scope.of(principal).allows(booking.customer_id, booking.provider_id)
 
 
 T = TypeVar("T")

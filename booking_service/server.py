@@ -1,4 +1,9 @@
-"""Wiring only: storage, use cases, servicer, health, reflection, signals and shutdown."""
+"""Wiring only: storage, use cases, servicer, event relay, health, reflection, signals and shutdown.
+
+Health: the overall status ("") and booking.v1.BookingService follow the database, since without it nothing
+works; "events" follows Redis, since while it is down bookings are still served and their change events wait in
+the outbox.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import redis.asyncio as redis
+
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.domain import ERROR_DOMAIN
+from booking_service.events import EventRelay, RelayConfig
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
@@ -17,10 +25,12 @@ from booking_service.usecases import BookingUseCases
 from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, stop_event_on_signals
+from svc_common.redis_client import REDIS_ERRORS, connect
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name
+EVENTS_HEALTH_NAME = "events"
 # Who the audit trail names for the automatic retention purge.
 RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
@@ -45,14 +55,30 @@ async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
             delay = min(delay * 2, 5.0)
 
 
-async def _watch_health(server: GrpcServer, storage: Storage, interval: float) -> None:
+async def _redis_ok(client: redis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except REDIS_ERRORS:
+        return False
+
+
+async def _watch_health(server: GrpcServer, storage: Storage, client: redis.Redis, interval: float) -> None:
     serving: bool | None = None
+    events: bool | None = None
     while True:
-        now = await storage.ping()
+        now, events_now = await asyncio.gather(storage.ping(), _redis_ok(client))
         if now != serving:
             log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")
             await server.set_serving(now)
             serving = now
+        if events_now != events:
+            log.log(
+                logging.INFO if events_now else logging.WARNING,
+                "Redis %s",
+                "reachable" if events_now else "unreachable: change events wait in the outbox",
+            )
+            await server.set_serving(events_now, names=[EVENTS_HEALTH_NAME])
+            events = events_now
         await asyncio.sleep(interval)
 
 
@@ -88,17 +114,31 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         service_names=[SERVICE_NAME],
     )
     usecases = BookingUseCases(storage)
+    client = connect(settings.redis_url)
+    relay = EventRelay(
+        RelayConfig(
+            dsn=settings.database_url,
+            stream_key=settings.stream_key,
+            max_len=settings.stream_max_len,
+            max_age_seconds=settings.stream_max_age_seconds,
+            sweep_seconds=settings.relay_sweep_seconds,
+        ),
+        client,
+    )
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     async with contextlib.AsyncExitStack() as stack:
-        # Exit order: stop the background tasks, drain calls in flight, then close the pool.
+        # Exit order: stop the background tasks, drain calls in flight, then close the pool and Redis client.
+        stack.push_async_callback(client.aclose)
         stack.push_async_callback(storage.close)
         # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
         await server.set_serving(False)
         await _open_storage(storage, stop)
-        health = asyncio.create_task(_watch_health(server, storage, settings.health_interval_seconds))
+        health = asyncio.create_task(_watch_health(server, storage, client, settings.health_interval_seconds))
         stack.push_async_callback(_cancel, health)
+        relaying = asyncio.create_task(relay.run())
+        stack.push_async_callback(_cancel, relaying)
         if settings.retention_days > 0:
             purge = asyncio.create_task(
                 _purge_periodically(

@@ -1,9 +1,9 @@
 """PostgreSQL storage: owns the asyncpg pool, the migrations and every SQL statement.
 
-Each operation is a single statement (a data-modifying CTE writes the booking and its audit entry
-together), so it commits atomically with one round trip. Database errors are translated here into the
-`svc_common.errors` tree: transient ones (connection lost, serialization failure, deadlock) are retried
-a bounded number of times, then surface as Unavailable or Aborted.
+Each operation is a single statement (a data-modifying CTE writes the booking, its audit entry and its
+change event in the outbox together), so it commits atomically with one round trip. Database errors are
+translated here into the `svc_common.errors` tree: transient ones (connection lost, serialization failure,
+deadlock) are retried a bounded number of times, then surface as Unavailable or Aborted.
 
 A write that lost its connection may have committed. Every write carries the id of the audit entry it
 writes (`op_id`), so before retrying it, storage checks whether that entry exists and, if so, returns
@@ -116,7 +116,7 @@ def booking_from_record(record: Record) -> Booking:
     )
 
 
-def _booking_from_json(data: dict[str, Any]) -> Booking:
+def booking_from_json(data: dict[str, Any]) -> Booking:
     def ts(key: str) -> datetime | None:
         value = data.get(key)
         return datetime.fromisoformat(value) if value else None
@@ -152,13 +152,17 @@ def audit_from_record(record: Record) -> AuditEntry:
         actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
         reason=record["reason"],
         create_time=record["create_time"],
-        snapshot=_booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
+        snapshot=booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
         seq=record["seq"],
     )
 
 
 _AUDIT_INSERT = """
     INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot)
+"""
+# The change event goes into the outbox in the same statement, hence the same transaction (see outbox.py).
+_OUTBOX_INSERT = """
+    INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role)
 """
 
 # Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
@@ -179,6 +183,9 @@ WITH gate AS (
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT $10, ins.id, 'CREATED', $8, $11, $12, '', to_jsonb(ins) FROM ins
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'CREATED', to_jsonb(ins), $8, $11, $12 FROM ins
 )
 SELECT * FROM ins
 """
@@ -196,6 +203,9 @@ WITH upd AS (
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT $9, upd.id, 'DELETED', $2, $3, $4, $5, to_jsonb(upd) FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'DELETED', to_jsonb(upd), $2, $3, $4 FROM upd
 )
 SELECT * FROM upd
 """
@@ -210,6 +220,9 @@ WITH upd AS (
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT $3, upd.id, 'RESTORED', $4, $5, $6, '', to_jsonb(upd) FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'RESTORED', to_jsonb(upd), $4, $5, $6 FROM upd
 )
 SELECT * FROM upd
 """
@@ -217,7 +230,8 @@ SELECT * FROM upd
 
 def _hard_delete_sql(victims: str) -> str:
     """Permanently delete the soft-deleted bookings `victims` selects, erase every snapshot of them from the
-    audit trail (its entries remain) and record a HARD_DELETED entry for each.
+    audit trail (its entries remain) and record a HARD_DELETED entry and event for each (the event carries the
+    booking as it was, so subscribers can tell whose it was).
 
     Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking);
     `victims` uses $6 onwards.
@@ -225,13 +239,16 @@ def _hard_delete_sql(victims: str) -> str:
     return f"""
 WITH victims AS ({victims}),
 del AS (
-    DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.id
+    DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.*
 ), erase AS (
     UPDATE booking_audit SET snapshot = NULL
      WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'HARD_DELETED', to_jsonb(del), $1, $2, $3 FROM del
 )
 SELECT id FROM del
 """

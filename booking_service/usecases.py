@@ -12,7 +12,6 @@ from booking_service.domain import (
     Booking,
     NewBooking,
     Page,
-    Scope,
     is_admin,
     may_see,
 )
@@ -27,6 +26,7 @@ from svc_common.errors import (
     NotFound,
     PermissionDenied,
 )
+from svc_common.scope import Scope
 
 PURGE_BATCH = 500
 
@@ -175,7 +175,7 @@ class BookingUseCases:
             return deleted
         # Nothing matched: say why, without telling a caller about bookings it may not see.
         current = await self._storage.get(booking_id)
-        if current is None or current.deleted or not scope.allows(current):
+        if current is None or current.deleted or not scope.allows(current.customer_id, current.provider_id):
             raise not_found(booking_id)
         raise Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
 

@@ -1,7 +1,8 @@
-"""Fixtures: a throwaway PostgreSQL cluster and real booking_service processes on free ports.
+"""Fixtures: throwaway PostgreSQL and Redis servers and real booking_service processes on free ports.
 
 Set TEST_DATABASE_URL (a server URL whose user may create databases) to use an existing PostgreSQL instead;
-the databases the suite makes there are dropped at the end.
+the databases the suite makes there are dropped at the end. Set TEST_REDIS_URL to use an existing Redis: each
+test database gets its own event stream key there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 import pytest
 
 from booking.v1 import booking_pb2_grpc
-from svc_common.devservers import PostgresServer
+from svc_common.devservers import PostgresServer, RedisServer
 from tests.helpers import JWT_SECRET, Caller
 from tests.servers import ServiceProcess
 
@@ -95,14 +96,38 @@ def booking_db_url(databases: Databases) -> str:
     return databases.create()
 
 
-def booking_env(database_url: str) -> dict[str, str]:
-    return {"DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET, "HEALTH_INTERVAL_SECONDS": "0.5"}
+@pytest.fixture(scope="session")
+def redis_url(workdir: Path) -> Iterator[str]:
+    """The session's Redis: a private server, or TEST_REDIS_URL when that is set."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = RedisServer(workdir / "redis")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def stream_key(database_url: str) -> str:
+    """The event stream of the booking database at `database_url` (test databases share one Redis)."""
+    return f"test-events:{database_url.rpartition('/')[2]}"
+
+
+def booking_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "EVENT_STREAM_KEY": stream_key(database_url),
+        "JWT_SECRET": JWT_SECRET,
+        "HEALTH_INTERVAL_SECONDS": "0.5",
+    }
 
 
 @pytest.fixture(scope="session")
-def booking_server(booking_db_url: str, workdir: Path) -> Iterator[ServiceProcess]:
+def booking_server(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[ServiceProcess]:
     """One booking_service process shared by the tests that do not stop or break it."""
-    server = ServiceProcess("booking_service", booking_env(booking_db_url), workdir)
+    server = ServiceProcess("booking_service", booking_env(booking_db_url, redis_url), workdir)
     server.start()
     yield server
     server.stop()

@@ -33,11 +33,11 @@ def pg(workdir: Path) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def spawn(workdir: Path) -> Iterator[Callable[[str], ServiceProcess]]:
+def spawn(workdir: Path, redis_url: str) -> Iterator[Callable[[str], ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(database_url: str) -> ServiceProcess:
-        process = ServiceProcess("booking_service", booking_env(database_url), workdir)
+        process = ServiceProcess("booking_service", booking_env(database_url, redis_url), workdir)
         started.append(process)
         return process
 

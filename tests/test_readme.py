@@ -97,8 +97,8 @@ class Grpcurl:
         return json.loads(json_format.MessageToJson(response, preserving_proto_field_name=True))
 
 
-def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], workdir: Path) -> None:
-    server = ServiceProcess("booking_service", booking_env(new_database()), workdir)
+def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], redis_url: str, workdir: Path) -> None:
+    server = ServiceProcess("booking_service", booking_env(new_database(), redis_url), workdir)
     server.start()
     grpcurl = Grpcurl(server.address, {})
     ran = 0

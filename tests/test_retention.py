@@ -18,10 +18,10 @@ from tests.servers import ServiceProcess
 
 
 async def test_bookings_deleted_before_the_retention_period_are_purged(
-    new_database: Callable[[], str], workdir: Path
+    new_database: Callable[[], str], redis_url: str, workdir: Path
 ) -> None:
     database = new_database()
-    env = {**booking_env(database), "RETENTION_DAYS": "30", "RETENTION_INTERVAL_SECONDS": "0.2"}
+    env = {**booking_env(database, redis_url), "RETENTION_DAYS": "30", "RETENTION_INTERVAL_SECONDS": "0.2"}
     service = ServiceProcess("booking_service", env, workdir)
     service.start()
     try:

@@ -235,9 +235,10 @@ class GrpcServer:
         await self.server.start()
         return port
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, *, names: Sequence[str] | None = None) -> None:
+        """Set the health of `names` (default: the overall status "" and every service served)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *self._service_names):
+        for name in ("", *self._service_names) if names is None else names:
             await self.health.set(name, status)
 
     async def stop(self, grace_seconds: float) -> None:

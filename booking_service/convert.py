@@ -1,0 +1,84 @@
+"""Domain values into protobuf messages, shared by the servicer (responses) and the outbox relay (events)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from booking.v1 import booking_pb2, events_pb2
+from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
+from svc_common.auth import Role
+
+ROLES = {Role.USER: booking_pb2.ROLE_USER, Role.PROVIDER: booking_pb2.ROLE_PROVIDER, Role.ADMIN: booking_pb2.ROLE_ADMIN}
+AUDIT_ACTIONS = {
+    AuditAction.CREATED: booking_pb2.AUDIT_ACTION_CREATED,
+    AuditAction.DELETED: booking_pb2.AUDIT_ACTION_DELETED,
+    AuditAction.RESTORED: booking_pb2.AUDIT_ACTION_RESTORED,
+    AuditAction.HARD_DELETED: booking_pb2.AUDIT_ACTION_HARD_DELETED,
+}
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def actor_to_proto(actor: Actor) -> booking_pb2.Actor:
+    return booking_pb2.Actor(id=actor.id, name=actor.name, role=ROLES[actor.role])
+
+
+def booking_to_proto(booking: Booking) -> booking_pb2.Booking:
+    message = booking_pb2.Booking(
+        id=booking.id,
+        customer_id=booking.customer_id,
+        provider_id=booking.provider_id,
+        service_id=booking.service_id,
+        start_time=_timestamp(booking.start_time),
+        end_time=_timestamp(booking.end_time),
+        notes=booking.notes,
+        create_time=_timestamp(booking.create_time),
+        update_time=_timestamp(booking.update_time),
+        deletion_reason=booking.deletion_reason,
+        etag=booking.etag,
+    )
+    if booking.delete_time is not None:
+        message.delete_time.CopyFrom(_timestamp(booking.delete_time))
+    if booking.deleted_by is not None:
+        message.deleted_by.CopyFrom(actor_to_proto(booking.deleted_by))
+    return message
+
+
+def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
+    message = booking_pb2.AuditEntry(
+        id=entry.id,
+        booking_id=entry.booking_id,
+        action=AUDIT_ACTIONS[entry.action],
+        actor=actor_to_proto(entry.actor),
+        reason=entry.reason,
+        create_time=_timestamp(entry.create_time),
+    )
+    if entry.snapshot is not None:
+        message.snapshot.CopyFrom(booking_to_proto(entry.snapshot))
+    return message
+
+
+EVENT_TYPES = {
+    AuditAction.CREATED: events_pb2.BOOKING_EVENT_TYPE_CREATED,
+    AuditAction.DELETED: events_pb2.BOOKING_EVENT_TYPE_DELETED,
+    AuditAction.RESTORED: events_pb2.BOOKING_EVENT_TYPE_RESTORED,
+    AuditAction.HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
+}
+
+
+def event_to_proto(
+    event_id: str, action: AuditAction, booking: Booking, actor: Actor, occur_time: datetime
+) -> events_pb2.BookingEvent:
+    return events_pb2.BookingEvent(
+        event_id=event_id,
+        type=EVENT_TYPES[action],
+        booking=booking_to_proto(booking),
+        actor=actor_to_proto(actor),
+        occur_time=_timestamp(occur_time),
+    )

@@ -1,0 +1,174 @@
+"""The outbox relay: publishes committed change events from PostgreSQL to the Redis stream.
+
+Woken by PostgreSQL's NOTIFY when events commit, with a periodic sweep as a backstop, the relaying instance
+(outbox.py) gives events their stream position, appends them to the stream with XADD under that explicit id,
+then marks them published. A crash between XADD and marking means they are published again under the same ids,
+which Redis refuses (ids only increase): the publisher skips what the stream already holds. While Redis is down,
+events wait in the outbox and go out in order once it is back.
+
+Housekeeping trims the stream by age (XTRIM MINID; XADD trims by count) and deletes published outbox rows of
+the same age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import redis.asyncio as redis
+
+from booking_service.convert import event_to_proto
+from booking_service.outbox import OutboxConnection, OutboxEvent
+from booking_service.storage import CONNECTION_ERRORS
+from svc_common import eventstream as stream
+from svc_common.eventstream import EventId
+from svc_common.redis_client import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    dsn: str
+    stream_key: str = stream.DEFAULT_STREAM_KEY
+    batch: int = 500
+    sweep_seconds: float = 1.0  # backstop for a missed notification
+    lock_retry_seconds: float = 2.0  # how often a standby instance tries to become the relay
+    max_len: int = 1_000_000  # stream retention by count (approximate)
+    max_age_seconds: float = 86_400.0  # stream and published-outbox retention by age
+    housekeeping_seconds: float = 60.0
+    max_backoff_seconds: float = 2.0
+
+
+def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
+    proto = event_to_proto(str(event.event_id), event.action, event.booking, event.actor, event.occur_time)
+    return {
+        stream.FIELD_EVENT: proto.SerializeToString(),
+        stream.FIELD_CUSTOMER: event.booking.customer_id.encode(),
+        stream.FIELD_PROVIDER: event.booking.provider_id.encode(),
+        stream.FIELD_BOOKING: event.booking.id.encode(),
+    }
+
+
+class RedisPublisher:
+    """Appends events to the stream under their own ids, skipping those the stream already has."""
+
+    def __init__(self, client: redis.Redis, key: str, max_len: int) -> None:
+        self._redis = client
+        self._key = key
+        self._max_len = max_len
+        self._top: EventId | None = None  # the stream's last id as far as we know; None: ask Redis
+
+    async def _read_top(self) -> EventId:
+        if not await self._redis.exists(self._key):
+            return EventId(0, 0)
+        info = await self._redis.xinfo_stream(self._key)
+        ms, _, seq = info["last-generated-id"].partition(b"-")
+        return EventId(int(ms), int(seq))
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        try:
+            if self._top is None:
+                self._top = await self._read_top()
+            top = self._top
+            fresh = [e for e in events if e.event_id > top]
+            if fresh:
+                pipe = self._redis.pipeline(transaction=False)
+                for event in fresh:
+                    pipe.xadd(
+                        self._key,
+                        stream_fields(event),  # type: ignore[arg-type]
+                        id=str(event.event_id),
+                        maxlen=self._max_len,
+                        approximate=True,
+                    )
+                await pipe.execute()
+                self._top = fresh[-1].event_id
+        except BaseException:
+            self._top = None  # a refused id, a lost connection or a restarted Redis: ask again next time
+            raise
+
+    async def trim_older_than(self, cutoff_ms: int) -> None:
+        await self._redis.xtrim(self._key, minid=f"{cutoff_ms}-0", approximate=True)
+
+
+class EventRelay:
+    """Runs on every booking instance; relays while it holds the relay lock, stands by otherwise."""
+
+    def __init__(self, config: RelayConfig, client: redis.Redis) -> None:
+        self._config = config
+        self._publisher = RedisPublisher(client, config.stream_key, config.max_len)
+        self._wake = asyncio.Event()
+        self._next_housekeeping = 0.0
+
+    async def run(self) -> None:
+        """Relay until cancelled; database trouble means reconnecting, never giving up."""
+        delay = 0.1
+        while True:
+            try:
+                outbox = await OutboxConnection.connect(self._config.dsn, self._wake)
+            except (*CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
+                log.debug("relay cannot reach the database: %s", type(exc).__name__)
+            else:
+                try:
+                    await self._serve(outbox)
+                except (*CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
+                    log.warning("relay lost the database (%s); reconnecting", type(exc).__name__)
+                    delay = 0.1
+                except Exception:  # the relay must outlive any single failure
+                    log.exception("relay failed; restarting it")
+                finally:
+                    with contextlib.suppress(Exception):
+                        await outbox.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._config.max_backoff_seconds)
+
+    async def _serve(self, outbox: OutboxConnection) -> None:
+        while True:  # stand by until this instance may relay
+            if await outbox.try_lock():
+                break
+            await asyncio.sleep(self._config.lock_retry_seconds)
+        log.info("relaying change events to Redis stream %r", self._config.stream_key)
+        delay = 0.05
+        while True:
+            self._wake.clear()
+            try:
+                await self._relay_all(outbox)
+                await self._housekeeping(outbox)
+            except REDIS_ERRORS as exc:
+                backlog = await outbox.backlog()
+                log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, backlog)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.max_backoff_seconds)
+                continue
+            delay = 0.05
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.sweep_seconds)
+
+    async def _relay_all(self, outbox: OutboxConnection) -> None:
+        batch = self._config.batch
+        while True:
+            assigned = await outbox.assign(batch)
+            events = await outbox.unpublished(batch)
+            if events:
+                await self._publisher.publish(events)
+                await outbox.mark_published(events[-1].event_id)
+            if len(events) < batch and assigned < batch:
+                return
+
+    async def _housekeeping(self, outbox: OutboxConnection) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + self._config.housekeeping_seconds
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._config.max_age_seconds)
+        await self._publisher.trim_older_than(int(cutoff.timestamp() * 1000))
+        removed = await outbox.delete_published(cutoff)
+        if removed:
+            log.info("removed %d published events older than %s from the outbox", removed, cutoff)

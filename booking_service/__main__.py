@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import os
 import sys
 
 from booking_service.server import serve
 from booking_service.settings import DEFAULT_LISTEN, Settings
-from svc_common.settings import SettingsError
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m booking_service", description="Booking gRPC service")
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help=f"host:port to serve on (default {DEFAULT_LISTEN})")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings.from_env(os.environ, listen=args.listen)
-    except SettingsError as exc:
-        print(f"booking_service: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(serve(settings))
-    return 0
-
+from svc_common.cli import run_service
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run_service(
+            "booking_service",
+            "Booking gRPC service",
+            DEFAULT_LISTEN,
+            lambda environ, listen: Settings.from_env(environ, listen=listen),
+            serve,
+        )
+    )

@@ -13,8 +13,8 @@ from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.convert import audit_to_proto, booking_to_proto
 from booking_service.domain import MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
 from booking_service.usecases import BookingUseCases, require_admin
-from booking_service.validation import Checker
 from svc_common.auth import Principal, Role, current_principal
+from svc_common.validation import Checker
 
 
 def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, caller: Principal) -> NewBooking:

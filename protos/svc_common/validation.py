@@ -1,4 +1,5 @@
-"""Checks on request fields; each problem becomes a google.rpc.BadRequest field violation."""
+"""Checks on request fields, shared by both services; each problem becomes a google.rpc.BadRequest field
+violation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from booking_service.domain import MAX_ID_CHARS
 from svc_common.errors import FieldViolation, InvalidArgument
+
+MAX_ID_CHARS = 128  # customer, provider, service and request ids
 
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799

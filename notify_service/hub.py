@@ -1,0 +1,145 @@
+"""Fan-out of stream events to this instance's subscribers. Imports nothing from grpc or redis.
+
+The stream reader hands every event to `Hub.dispatch` once; each event's response bytes are made once, however
+many subscribers get them. Every subscriber keeps its own position in the stream and checks that each event
+follows the one before it (event seqs have no gaps), so a subscriber never skips an event unnoticed: a gap
+(history trimmed, or lost with Redis's data) ends its stream with OUT_OF_RANGE `CURSOR_EXPIRED`.
+
+A subscriber's queue is bounded: one that falls `max_queue` events behind is ended with RESOURCE_EXHAUSTED
+`SLOW_CONSUMER`, and dispatching never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from svc_common.errors import OutOfRange, ResourceExhausted, ServiceError
+from svc_common.eventstream import EventId
+from svc_common.scope import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stream entry: its id, whose booking it is about, and the response that carries it, serialized."""
+
+    id: EventId
+    customer_id: str
+    provider_id: str
+    booking_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """The events one subscriber receives: its scope, narrowed by the request's filters (None: any)."""
+
+    scope: Scope
+    customer_id: str | None = None
+    provider_id: str | None = None
+    booking_id: str | None = None
+
+    def matches(self, event: Event) -> bool:
+        return (
+            self.scope.allows(event.customer_id, event.provider_id)
+            and (self.customer_id is None or event.customer_id == self.customer_id)
+            and (self.provider_id is None or event.provider_id == self.provider_id)
+            and (self.booking_id is None or event.booking_id == self.booking_id)
+        )
+
+
+def cursor_expired(after: EventId | None) -> OutOfRange:
+    return OutOfRange(
+        "events after this cursor are no longer available (trimmed, or lost by Redis); re-read the bookings with "
+        "ListBookings and subscribe again without resume_after",
+        reason="CURSOR_EXPIRED",
+        metadata={"resume_after": str(after)} if after else {},
+    )
+
+
+class Subscriber:
+    __slots__ = ("_queue", "_ready", "failure", "filter", "last", "max_queue")
+
+    def __init__(self, event_filter: EventFilter, last: EventId | None, max_queue: int) -> None:
+        self.filter = event_filter
+        self.last = last  # the last event offered to it (delivered or filtered out); None: take any next one
+        self.max_queue = max_queue
+        self.failure: ServiceError | None = None
+        self._queue: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, event: Event) -> None:
+        if self.failure is not None:
+            return
+        if self.last is not None:
+            if event.id <= self.last:  # already seen (while catching up from history)
+                return
+            if not event.id.follows(self.last):
+                self.fail(cursor_expired(self.last))
+                return
+        self.last = event.id
+        if not self.filter.matches(event):
+            return
+        if len(self._queue) >= self.max_queue:
+            self.fail(
+                ResourceExhausted(
+                    f"the subscriber fell more than {self.max_queue} events behind; resume from the last event_id "
+                    "received",
+                    reason="SLOW_CONSUMER",
+                )
+            )
+            return
+        self._queue.append(event.payload)
+        self._ready.set()
+
+    def fail(self, error: ServiceError) -> None:
+        """End this subscription with `error` (what was still queued is dropped: the client resumes)."""
+        if self.failure is None:
+            self.failure = error
+            self._queue.clear()
+            self._ready.set()
+
+    async def next(self) -> bytes:
+        """The next response to send; raises the failure once the subscription has failed."""
+        while not self._queue:
+            if self.failure is not None:
+                raise self.failure
+            self._ready.clear()
+            await self._ready.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self._queue.popleft()
+
+
+class Hub:
+    """The subscribers of this instance and the stream position the reader has dispatched up to."""
+
+    def __init__(self) -> None:
+        self.last: EventId | None = None
+        self._subscribers: set[Subscriber] = set()
+        self._closing: ServiceError | None = None
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, subscriber: Subscriber) -> None:
+        if self._closing is not None:
+            raise self._closing
+        self._subscribers.add(subscriber)
+
+    def discard(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def dispatch(self, events: list[Event]) -> None:
+        subscribers = self._subscribers
+        for event in events:
+            for subscriber in subscribers:
+                subscriber.offer(event)
+            self.last = event.id
+
+    def close(self, error: ServiceError) -> None:
+        """End every subscription with `error` and refuse new ones."""
+        self._closing = error
+        for subscriber in list(self._subscribers):
+            subscriber.fail(error)

@@ -1,0 +1,79 @@
+"""Wiring only: Redis client, stream reader, hub, servicer, health, reflection, signals and shutdown.
+
+Health: the overall status ("") and notify.v1.NotifyService are SERVING while the instance accepts
+subscriptions; "events" follows whether the event stream can be read (while it cannot, subscribers wait).
+On SIGTERM the instance reports NOT_SERVING, ends every open stream with UNAVAILABLE `SHUTTING_DOWN` (clients
+resume on another instance with their cursor) and stops within its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from notify_service.hub import Hub
+from notify_service.servicer import SERVICE_NAME, NotifyServicer
+from notify_service.settings import Settings
+from notify_service.stream import StreamReader
+from notify_service.subscriptions import SubscriptionConfig, Subscriptions
+from svc_common.auth import TokenVerifier
+from svc_common.errors import Unavailable
+from svc_common.grpc_server import GrpcServer, stop_event_on_signals
+from svc_common.redis_client import connect
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "notify.v1"
+EVENTS_HEALTH_NAME = "events"
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[GrpcServer]:
+    """A started notify server; on exit it ends open streams, then stops."""
+    client = connect(settings.redis_url)
+    hub = Hub()
+    reader = StreamReader(client, settings.stream_key, hub)
+    subscriptions = Subscriptions(hub, reader, SubscriptionConfig(max_queue=settings.max_queue))
+    server = GrpcServer(
+        listen=settings.listen,
+        verifier=TokenVerifier(settings.jwt_secret),
+        error_domain=ERROR_DOMAIN,
+        service_names=[SERVICE_NAME],
+    )
+    server.server.add_generic_rpc_handlers((NotifyServicer(subscriptions).handler(),))
+
+    async def events_health(readable: bool) -> None:
+        await server.set_serving(readable, names=[EVENTS_HEALTH_NAME])
+
+    async def shut_down() -> None:
+        await server.health.enter_graceful_shutdown()
+        hub.close(Unavailable("the server is shutting down; resume on another instance", reason="SHUTTING_DOWN"))
+        await server.stop(settings.grace_seconds)
+
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        await server.set_serving(False, names=[EVENTS_HEALTH_NAME])
+        await server.start()
+        stack.push_async_callback(shut_down)
+        await server.set_serving(True)
+        reader.on_change = events_health
+        reading = asyncio.create_task(reader.run())
+        stack.push_async_callback(_cancel, reading)
+        log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
+        yield server
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_event_on_signals()
+    async with running(settings):
+        await stop.wait()
+        log.info("stopping: ending open streams, grace %.0fs", settings.grace_seconds)
+    log.info("stopped")

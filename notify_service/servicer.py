@@ -1,0 +1,58 @@
+"""The protocol layer: validates a Subscribe request and streams the serialized responses.
+
+Responses are serialized once per event by the reader (notify_service.stream), so Subscribe is registered with
+a pass-through serializer and yields those bytes as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from notify.v1 import notify_pb2
+from notify_service.hub import EventFilter
+from notify_service.subscriptions import Subscriptions
+from svc_common.auth import current_principal
+from svc_common.eventstream import EventId
+from svc_common.scope import Scope
+from svc_common.validation import Checker
+
+SERVICE_NAME = notify_pb2.DESCRIPTOR.services_by_name["NotifyService"].full_name
+
+
+def _request(request: notify_pb2.SubscribeRequest) -> tuple[EventFilter, EventId | None]:
+    check = Checker()
+    customer = check.identifier("customer_id", request.customer_id, required=False)
+    provider = check.identifier("provider_id", request.provider_id, required=False)
+    booking = str(check.booking_id("booking_id", request.booking_id)) if request.booking_id else None
+    cursor = None
+    if request.resume_after:
+        cursor = EventId.parse(request.resume_after)
+        if cursor is None:
+            check.fail("resume_after", "not an event_id this service sent (expected <digits>-<digits>)")
+    check.done()
+    scope = Scope.of(current_principal())
+    return EventFilter(scope, customer_id=customer, provider_id=provider, booking_id=booking), cursor
+
+
+class NotifyServicer:
+    def __init__(self, subscriptions: Subscriptions) -> None:
+        self._subscriptions = subscriptions
+
+    async def Subscribe(self, request: notify_pb2.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
+        event_filter, cursor = _request(request)
+        async for payload in self._subscriptions.subscribe(event_filter, cursor):
+            yield payload
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handlers; responses are already serialized, so they pass through as they are."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Subscribe": grpc.unary_stream_rpc_method_handler(
+                    self.Subscribe, request_deserializer=notify_pb2.SubscribeRequest.FromString
+                )
+            },
+        )

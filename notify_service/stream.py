@@ -1,0 +1,112 @@
+"""The Redis side: one reader per instance that follows the event stream and feeds the hub, and history reads
+for subscribers that resume.
+
+Redis trouble never ends a subscription: the reader reconnects and continues from the last id it dispatched, and
+history reads wait for Redis to come back, so subscribers see a delay, not a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+
+from booking.v1 import events_pb2
+from notify.v1 import notify_pb2
+from notify_service.hub import Event, Hub
+from svc_common import eventstream as stream
+from svc_common.eventstream import EventId
+from svc_common.redis_client import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_BACKOFF_SECONDS = 1.0
+
+
+def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
+    """The event of one stream entry (None for an entry that is not one of ours)."""
+    event_id = EventId.parse(entry_id)
+    raw = fields.get(stream.FIELD_EVENT)
+    if event_id is None or raw is None:
+        return None
+    response = notify_pb2.SubscribeResponse(event=events_pb2.BookingEvent.FromString(raw))
+    return Event(
+        id=event_id,
+        customer_id=fields.get(stream.FIELD_CUSTOMER, b"").decode(),
+        provider_id=fields.get(stream.FIELD_PROVIDER, b"").decode(),
+        booking_id=fields.get(stream.FIELD_BOOKING, b"").decode(),
+        payload=response.SerializeToString(),
+    )
+
+
+def _events(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+    return [event for entry_id, fields in entries if (event := decode(entry_id, fields)) is not None]
+
+
+class StreamReader:
+    def __init__(self, client: redis.Redis, key: str, hub: Hub, *, batch: int = 500, block_ms: int = 1000) -> None:
+        self._redis = client
+        self._key = key
+        self._hub = hub
+        self._batch = batch
+        self._block_ms = block_ms
+        self.connected = False
+        self.on_change: Callable[[bool], Awaitable[None]] | None = None  # told when `connected` changes
+
+    async def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            if connected:
+                log.info("reading event stream %r", self._key)
+            else:
+                log.warning("cannot read event stream %r; reconnecting", self._key)
+            if self.on_change is not None:
+                await self.on_change(connected)
+
+    async def _stream_top(self) -> EventId | None:
+        newest: Any = await self._redis.xrevrange(self._key, count=1)
+        return EventId.parse(newest[0][0]) if newest else None
+
+    async def run(self) -> None:
+        """Follow the stream from its current end, dispatching to the hub, until cancelled."""
+        delay = 0.05
+        while True:
+            try:
+                if self._hub.last is None:
+                    self._hub.last = await self._stream_top()
+                await self._set_connected(True)
+                start = str(self._hub.last) if self._hub.last else "0-0"
+                reply: Any = await self._redis.xread({self._key: start}, count=self._batch, block=self._block_ms)
+                delay = 0.05
+            except REDIS_ERRORS:
+                await self._set_connected(False)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
+            for _key, entries in reply or ():
+                self._hub.dispatch(_events(entries))
+
+    async def _patiently(self, read: Callable[[], Awaitable[T]]) -> T:
+        """Run a read, waiting for Redis while it is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                return await read()
+            except REDIS_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    async def after(self, position: EventId, count: int) -> list[Event]:
+        """Up to `count` events that follow `position`, oldest first."""
+        entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=f"({position}", count=count))
+        return _events(entries)
+
+    async def holds(self, event_id: EventId) -> bool:
+        """Whether the stream still has the event `event_id`."""
+        text = str(event_id)
+        entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=text, max=text, count=1))
+        return bool(entries)

@@ -1,0 +1,64 @@
+"""The Subscribe use case: live events, or history from a cursor followed by live events, with no gap and no
+duplicate at the seam.
+
+A resuming subscriber first reads history from Redis until it reaches the position the hub has dispatched up to,
+then joins the hub in the same step of the event loop (no await in between), so the hub offers it exactly the
+events after its position. It keeps checking that each event follows the previous one, so a cursor whose next
+events are gone ends the call with OUT_OF_RANGE instead of skipping them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from notify_service.hub import EventFilter, Hub, Subscriber, cursor_expired
+from notify_service.stream import StreamReader
+from svc_common.eventstream import EventId
+
+HISTORY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class SubscriptionConfig:
+    max_queue: int = 1000  # events a subscriber may fall behind before it is ended as SLOW_CONSUMER
+
+
+class Subscriptions:
+    def __init__(self, hub: Hub, reader: StreamReader, config: SubscriptionConfig) -> None:
+        self._hub = hub
+        self._reader = reader
+        self._config = config
+
+    async def subscribe(self, event_filter: EventFilter, resume_after: EventId | None) -> AsyncIterator[bytes]:
+        """The serialized responses for this subscriber, until it fails (raising why) or is cancelled."""
+        subscriber = Subscriber(event_filter, self._hub.last, self._config.max_queue)
+        if resume_after is not None:
+            async for payload in self._replay(subscriber, resume_after):
+                yield payload
+        self._hub.add(subscriber)
+        try:
+            while True:
+                yield await subscriber.next()
+        finally:
+            self._hub.discard(subscriber)
+
+    async def _replay(self, subscriber: Subscriber, cursor: EventId) -> AsyncIterator[bytes]:
+        """History after `cursor` up to the hub's position; leaves `subscriber.last` where history ended."""
+        position = cursor
+        first = True
+        while True:
+            events = await self._reader.after(position, HISTORY_BATCH)
+            if first and not events and position != self._hub.last and not await self._reader.holds(position):
+                raise cursor_expired(cursor)  # the cursor itself is unknown to the stream
+            first = False
+            for event in events:
+                if not event.id.follows(position):
+                    raise cursor_expired(position)
+                position = event.id
+                if subscriber.filter.matches(event):
+                    yield event.payload
+            hub = self._hub.last
+            if not events or hub is None or position >= hub:
+                subscriber.last = position
+                return

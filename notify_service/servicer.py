@@ -43,8 +43,14 @@ class NotifyServicer:
 
     async def Subscribe(self, request: notify_pb2.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
         event_filter, cursor = _request(request)
-        async for payload in self._subscriptions.subscribe(event_filter, cursor):
-            yield payload
+        subscriber = self._subscriptions.open(event_filter, cursor)
+        try:
+            # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event).
+            await context.send_initial_metadata(())
+            async for payload in self._subscriptions.responses(subscriber, cursor):
+                yield payload
+        finally:
+            self._subscriptions.close(subscriber)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; responses are already serialized, so they pass through as they are."""

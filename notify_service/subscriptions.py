@@ -30,18 +30,25 @@ class Subscriptions:
         self._reader = reader
         self._config = config
 
-    async def subscribe(self, event_filter: EventFilter, resume_after: EventId | None) -> AsyncIterator[bytes]:
-        """The serialized responses for this subscriber, until it fails (raising why) or is cancelled."""
+    def open(self, event_filter: EventFilter, resume_after: EventId | None) -> Subscriber:
+        """A new subscriber; a live one (no cursor) is registered at once, so it gets every event from now on."""
         subscriber = Subscriber(event_filter, self._hub.last, self._config.max_queue)
+        if resume_after is None:
+            self._hub.add(subscriber)
+        return subscriber
+
+    async def responses(self, subscriber: Subscriber, resume_after: EventId | None) -> AsyncIterator[bytes]:
+        """The serialized responses for `subscriber`, until it fails (raising why) or is cancelled."""
         if resume_after is not None:
             async for payload in self._replay(subscriber, resume_after):
                 yield payload
-        self._hub.add(subscriber)
-        try:
-            while True:
-                yield await subscriber.next()
-        finally:
-            self._hub.discard(subscriber)
+            self._hub.add(subscriber)
+        while True:
+            yield await subscriber.next()
+
+    def close(self, subscriber: Subscriber) -> None:
+        """Forget `subscriber` (whether or not it was registered yet)."""
+        self._hub.discard(subscriber)
 
     async def _replay(self, subscriber: Subscriber, cursor: EventId) -> AsyncIterator[bytes]:
         """History after `cursor` up to the hub's position; leaves `subscriber.last` where history ended."""

@@ -156,17 +156,26 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     return fields
 
 
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:
+def assert_status(
+    error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str | None = None, domain: str = ERROR_DOMAIN
+) -> None:
+    """`error` has status `code` and exactly one ErrorInfo of `domain` (and of `reason`, when given)."""
+    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+    infos = error_infos(error)
+    assert len(infos) == 1, infos
+    assert infos[0].domain == domain
+    assert infos[0].reason.isupper() and " " not in infos[0].reason
+    if reason is not None:
+        assert infos[0].reason == reason
+
+
+async def expect_error(
+    call: Awaitable[Any], code: grpc.StatusCode, reason: str | None = None, domain: str = ERROR_DOMAIN
+) -> grpc.aio.AioRpcError:
     """Await `call`, which must fail with `code` and exactly one ErrorInfo (of `reason`, when given)."""
     try:
         await call
     except grpc.aio.AioRpcError as error:
-        assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
-        infos = error_infos(error)
-        assert len(infos) == 1, infos
-        assert infos[0].domain == ERROR_DOMAIN
-        assert infos[0].reason.isupper() and " " not in infos[0].reason
-        if reason is not None:
-            assert infos[0].reason == reason
+        assert_status(error, code, reason, domain)
         return error
     raise AssertionError(f"expected {code}, but the call succeeded")

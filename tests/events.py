@@ -1,0 +1,182 @@
+"""Test helpers for change events: a whole event system (own Redis, own database, booking and notify processes)
+and subscriptions that collect what a stream delivers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+from booking.v1 import events_pb2
+from notify.v1 import notify_pb2, notify_pb2_grpc
+from svc_common.devservers import RedisServer
+from tests.conftest import booking_env, stream_key
+from tests.helpers import JWT_SECRET, auth, uid
+from tests.servers import ServiceProcess
+
+NOTIFY_DOMAIN = "notify.v1"
+CREATED = events_pb2.BOOKING_EVENT_TYPE_CREATED
+DELETED = events_pb2.BOOKING_EVENT_TYPE_DELETED
+RESTORED = events_pb2.BOOKING_EVENT_TYPE_RESTORED
+HARD_DELETED = events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED
+
+
+async def eventually(check: Callable[[], bool], what: Callable[[], str], within: float = 30.0) -> None:
+    """Wait until `check()` holds; fail with `what()` if it does not `within` seconds (a bound, not a target)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {what()}")
+        await asyncio.sleep(0.02)
+
+
+class EventSystem:
+    """A private Redis (persistent, so it can be restarted), a fresh database, and the processes a test starts."""
+
+    def __init__(self, workdir: Path, database_url: str) -> None:
+        self.workdir = workdir
+        self.database_url = database_url
+        self.redis = RedisServer(workdir / uid("redis"), persist=True)
+        self.processes: list[ServiceProcess] = []
+
+    def _start(self, module: str, env: dict[str, str]) -> ServiceProcess:
+        process = ServiceProcess(module, env, self.workdir)
+        self.processes.append(process)
+        process.start()
+        return process
+
+    def booking(self, **env: str) -> ServiceProcess:
+        return self._start("booking_service", {**booking_env(self.database_url, self.redis.url), **env})
+
+    def notify(self, **env: str) -> ServiceProcess:
+        return self._start(
+            "notify_service",
+            {
+                "REDIS_URL": self.redis.url,
+                "JWT_SECRET": JWT_SECRET,
+                "EVENT_STREAM_KEY": stream_key(self.database_url),
+                **env,
+            },
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.redis.stop()
+
+    async def committed(self) -> list[tuple[str, int, str]]:
+        """Every committed change with its stream position: (event_id, event type, booking id), in stream order."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT stream_ms, seq, event_type, booking->>'id' AS booking_id FROM booking_outbox ORDER BY seq"
+            )
+            unplaced = await conn.fetchval("SELECT count(*) FROM booking_outbox WHERE seq IS NULL")
+        finally:
+            await conn.close()
+        assert unplaced == 0, f"{unplaced} committed events have no stream position yet"
+        types = {"CREATED": CREATED, "DELETED": DELETED, "RESTORED": RESTORED, "HARD_DELETED": HARD_DELETED}
+        return [(f"{r['stream_ms']}-{r['seq']}", types[r["event_type"]], r["booking_id"]) for r in rows]
+
+    async def wait_relayed(self, count: int) -> list[tuple[str, int, str]]:
+        """Wait until `count` committed changes all have their stream position, and return them."""
+        rows: list[tuple[str, int, str]] = []
+
+        async def placed() -> bool:
+            nonlocal rows
+            try:
+                rows = await self.committed()
+            except AssertionError:
+                return False
+            return len(rows) >= count
+
+        deadline = time.monotonic() + 30
+        while not await placed():
+            assert time.monotonic() < deadline, f"only {len(rows)} of {count} changes got a stream position"
+            await asyncio.sleep(0.05)
+        return rows
+
+
+class Subscription:
+    """One client's view of the event stream, across reconnections: every event received, in order."""
+
+    def __init__(self, role: str, sub: str) -> None:
+        self.role, self.sub = role, sub
+        self.events: list[events_pb2.BookingEvent] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.event_id for e in self.events]
+
+    @property
+    def last_id(self) -> str:
+        return self.events[-1].event_id if self.events else ""
+
+    async def open(
+        self,
+        address: str,
+        *,
+        resume: bool = False,
+        options: Sequence[tuple[str, Any]] = (),
+        read: bool = True,
+        **filters: str,
+    ) -> Any:
+        """Subscribe on `address` (from the last event received, if `resume`); returns the call."""
+        await self.close()
+        self.error = None
+        self._channel = grpc.aio.insecure_channel(address, options=list(options))
+        stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
+        request = notify_pb2.SubscribeRequest(resume_after=self.last_id if resume else "", **filters)
+        call = stub.Subscribe(request, metadata=auth(self.role, self.sub))
+        if read:
+            self._task = asyncio.create_task(self._read(call))
+        await self.wait_started(call)
+        return call
+
+    @staticmethod
+    async def wait_started(call: Any) -> None:
+        """Wait until the server has accepted the call (its initial metadata arrived) or failed it."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await asyncio.wait_for(call.initial_metadata(), 30)
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for response in call:
+                self.events.append(response.event)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                self.error = error
+
+    async def wait_for(self, event_id: str, within: float = 30.0) -> None:
+        """Wait until the event `event_id` has arrived (or the stream failed)."""
+        await eventually(
+            lambda: self.error is not None or event_id in self.ids,
+            lambda: f"{self.role} {self.sub} did not receive {event_id}; has {len(self.events)}, last {self.last_id}",
+            within,
+        )
+        assert self.error is None, f"stream failed: {self.error.code()} {self.error.details()}"
+
+    async def wait_error(self, within: float = 30.0) -> grpc.aio.AioRpcError:
+        await eventually(lambda: self.error is not None, lambda: f"{self.sub}'s stream did not fail", within)
+        assert self.error is not None
+        return self.error
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+

@@ -1,0 +1,199 @@
+"""Change events end to end: real booking_service and notify_service processes, a private Redis and PostgreSQL.
+
+What was committed is read back from the outbox table (each change with its stream position), and every
+subscriber must end up with exactly those events: none missing, none repeated, in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from booking.v1 import booking_pb2_grpc
+from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, EventSystem, Subscription, eventually
+from tests.helpers import Caller, assert_status, uid
+from tests.servers import ServiceProcess
+
+
+@pytest.fixture
+def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSystem]:
+    made = EventSystem(workdir, new_database())
+    made.redis.start()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+async def subscriptions() -> AsyncIterator[Callable[[str, str], Subscription]]:
+    """subscription(role, sub) -> a Subscription closed at the end of the test."""
+    made: list[Subscription] = []
+
+    def make(role: str, sub: str) -> Subscription:
+        made.append(Subscription(role, sub))
+        return made[-1]
+
+    yield make
+    for subscription in made:
+        await subscription.close()
+
+
+async def admin_on(process: ServiceProcess, channels: list[grpc.aio.Channel]) -> Caller:
+    channel = grpc.aio.insecure_channel(process.address)
+    channels.append(channel)
+    return Caller(booking_pb2_grpc.BookingServiceStub(channel), "admin", uid("admin"))
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
+    made: list[grpc.aio.Channel] = []
+    yield made
+    for channel in made:
+        await channel.close()
+
+
+async def book_and_cancel(callers: list[Caller], pairs: int, *, parallel: int = 4, notes: str = "") -> list[str]:
+    """Create and then delete `pairs` bookings, spread over `callers` and `parallel` concurrent clients."""
+    booked: list[str] = []
+
+    async def worker(n: int) -> None:
+        for i in range(n, pairs, parallel):
+            caller = callers[i % len(callers)]
+            booking = await caller.create(provider_id=f"prov-{i % 3}", customer_id=f"cust-{i % 5}", notes=notes)
+            await caller.delete(booking.id, reason="test churn")
+            booked.append(booking.id)
+
+    await asyncio.gather(*(worker(n) for n in range(parallel)))
+    return booked
+
+
+class Churn:
+    """Creates and deletes bookings in the background until stopped; counts the changes it committed."""
+
+    def __init__(self, callers: list[Caller]) -> None:
+        self.callers = callers
+        self.changes = 0
+        self.failures: list[grpc.aio.AioRpcError] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            caller = self.callers[i % len(self.callers)]
+            i += 1
+            try:
+                booking = await caller.create(provider_id="prov-churn", customer_id=f"cust-{i % 4}")
+                self.changes += 1
+                await caller.delete(booking.id, reason="churn")
+                self.changes += 1
+            except grpc.aio.AioRpcError as error:
+                self.failures.append(error)
+            await asyncio.sleep(0.005)
+
+    async def until(self, changes: int) -> None:
+        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes made")
+
+    async def stop(self) -> int:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        return self.changes
+
+
+def assert_exactly(subscription: Subscription, committed: list[tuple[str, int, str]]) -> None:
+    """The subscription received every committed event once, in stream order, each as committed."""
+    assert subscription.ids == [event_id for event_id, _, _ in committed]
+    assert [(e.type, e.booking.id) for e in subscription.events] == [(t, b) for _, t, b in committed]
+
+
+def assert_order_per_booking(subscription: Subscription) -> None:
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for event in subscription.events:
+        kinds[event.booking.id].append(event.type)
+    assert all(k == [CREATED, DELETED] for k in kinds.values()), kinds
+
+
+async def test_changes_through_either_booking_instance_reach_subscribers_on_both_notify_instances(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    bookings = [system.booking(), system.booking()]
+    notifiers = [system.notify(), system.notify()]
+    watchers = [subscriptions("admin", uid("ops")) for _ in notifiers]
+    for watcher, notifier in zip(watchers, notifiers, strict=True):
+        await watcher.open(notifier.address)
+    callers = [await admin_on(b, channels) for b in bookings]
+
+    booked = await book_and_cancel(callers, 30)
+
+    committed = await system.wait_relayed(2 * len(booked))
+    assert [event_id.split("-")[1] for event_id, _, _ in committed] == [str(n) for n in range(1, 61)]
+    for watcher in watchers:
+        await watcher.wait_for(committed[-1][0])
+        assert_exactly(watcher, committed)
+        assert_order_per_booking(watcher)
+        assert {e.booking.id for e in watcher.events} == set(booked)
+
+
+async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every_event(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking = system.booking()
+    notifier = system.notify(SUBSCRIBER_QUEUE_SIZE="64")
+    reader, sleeper = subscriptions("admin", uid("reader")), subscriptions("admin", uid("sleeper"))
+    await reader.open(notifier.address)
+    # The sleeper's client does not read: its HTTP/2 window (64 KiB, no BDP growth) fills with ~1.3 KB events,
+    # then its server-side queue.
+    stalled = await sleeper.open(notifier.address, read=False, options=[("grpc.http2.bdp_probe", 0)])
+    caller = await admin_on(booking, channels)
+    await book_and_cancel([caller], 150, parallel=8, notes="n" * 1000)
+
+    committed = await system.wait_relayed(300)
+    await reader.wait_for(committed[-1][0])
+    assert_exactly(reader, committed)
+
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for response in stalled:
+            received.append(response.event.event_id)
+    assert_status(ended.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "SLOW_CONSUMER", NOTIFY_DOMAIN)
+    assert 0 < len(received) < len(committed)
+    assert received == [event_id for event_id, _, _ in committed[: len(received)]]
+
+
+async def test_notify_instance_ends_streams_with_unavailable_on_sigterm_and_clients_resume_elsewhere(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking = system.booking()
+    leaving, staying = system.notify(), system.notify()
+    watcher = subscriptions("admin", uid("ops"))
+    await watcher.open(leaving.address)
+    caller = await admin_on(booking, channels)
+    await book_and_cancel([caller], 5)
+    committed = await system.wait_relayed(10)
+    await watcher.wait_for(committed[-1][0])
+
+    leaving.signal(signal.SIGTERM)
+    error = await watcher.wait_error()
+    assert_status(error, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", NOTIFY_DOMAIN)
+    assert leaving.wait(timeout=30) == 0
+
+    await book_and_cancel([caller], 5)
+    await watcher.open(staying.address, resume=True)
+    committed = await system.wait_relayed(20)
+    await watcher.wait_for(committed[-1][0])
+    assert_exactly(watcher, committed)

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import redis.asyncio as redis
 
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
@@ -64,6 +65,14 @@ class EventSystem:
                 **env,
             },
         )
+
+    async def flush_redis(self) -> None:
+        """Redis loses all its data."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
 
     def stop(self) -> None:
         for process in self.processes:
@@ -179,4 +188,3 @@ class Subscription:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from booking.v1 import booking_pb2_grpc
 from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, EventSystem, Subscription, eventually
 from tests.helpers import Caller, assert_status, uid
 from tests.servers import ServiceProcess
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
@@ -197,3 +201,122 @@ async def test_notify_instance_ends_streams_with_unavailable_on_sigterm_and_clie
     committed = await system.wait_relayed(20)
     await watcher.wait_for(committed[-1][0])
     assert_exactly(watcher, committed)
+
+
+async def test_subscribers_of_a_killed_notify_instance_resume_on_the_other_with_nothing_missing_or_repeated(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking = system.booking()
+    doomed, survivor = system.notify(), system.notify()
+    watchers = [subscriptions("admin", uid("ops")), subscriptions("provider", "prov-churn")]
+    for watcher in watchers:
+        await watcher.open(doomed.address)
+    churn = Churn([await admin_on(booking, channels)])
+    churn.start()
+    await churn.until(20)
+    await eventually(lambda: all(len(w.events) >= 10 for w in watchers), lambda: "no events before the kill")
+
+    doomed.signal(signal.SIGKILL)
+    for watcher in watchers:
+        error = await watcher.wait_error()
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        await churn.until(churn.changes + 10)  # changes keep coming while the client is away
+        await watcher.open(survivor.address, resume=True)
+
+    await churn.until(churn.changes + 20)
+    committed = await system.wait_relayed(await churn.stop())
+    assert not churn.failures
+    for watcher in watchers:
+        await watcher.wait_for(committed[-1][0])
+        assert_exactly(watcher, committed)
+        assert_order_per_booking(watcher)
+
+
+async def test_redis_stopped_and_started_during_steady_changes_every_change_reaches_every_subscriber(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking = system.booking()
+    notifiers = [system.notify(), system.notify()]
+    watchers = [subscriptions("admin", uid("ops")) for _ in notifiers]
+    for watcher, notifier in zip(watchers, notifiers, strict=True):
+        await watcher.open(notifier.address)
+    churn = Churn([await admin_on(booking, channels)])
+    churn.start()
+    await churn.until(20)
+
+    system.redis.stop()
+    before = churn.changes
+    await churn.until(before + 30)  # bookings are still served; their events wait in the outbox
+    await eventually(lambda: booking.health("events") == NOT_SERVING, lambda: "booking health ignores Redis")
+    assert booking.health() == SERVING
+    system.redis.start()
+
+    await churn.until(churn.changes + 20)
+    committed = await system.wait_relayed(await churn.stop())
+    assert not churn.failures
+    for watcher in watchers:
+        await watcher.wait_for(committed[-1][0], within=60)
+        assert_exactly(watcher, committed)  # the stream stayed open: a delay, not a gap
+        assert_order_per_booking(watcher)
+    await eventually(lambda: booking.health("events") == SERVING, lambda: "booking health did not recover")
+
+
+async def test_after_redis_lost_its_data_an_old_cursor_gives_out_of_range_never_a_gap(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking, notifier = system.booking(), system.notify()
+    live, returning = subscriptions("admin", uid("live")), subscriptions("admin", uid("returning"))
+    await live.open(notifier.address)
+    await returning.open(notifier.address)
+    caller = await admin_on(booking, channels)
+    await book_and_cancel([caller], 3)
+    committed = await system.wait_relayed(6)
+    await returning.wait_for(committed[-1][0])
+    await returning.close()  # goes away after event 6
+    await book_and_cancel([caller], 3)
+    await live.wait_for((await system.wait_relayed(12))[-1][0])
+
+    await system.flush_redis()  # events 7-12 are gone from Redis
+    await book_and_cancel([caller], 3)
+    committed = await system.wait_relayed(18)
+
+    error = await expect_stream_error(returning, notifier.address)
+    assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
+    # A subscriber connected throughout missed nothing: the stream continues where it was.
+    await live.wait_for(committed[-1][0])
+    assert_exactly(live, committed)
+
+
+async def expect_stream_error(subscription: Subscription, address: str) -> grpc.aio.AioRpcError:
+    await subscription.open(address, resume=True)
+    return await subscription.wait_error()
+
+
+async def test_another_booking_instance_takes_over_relaying_when_the_relaying_one_dies(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    bookings = [system.booking(), system.booking()]
+    watcher = subscriptions("admin", uid("ops"))
+    await watcher.open(system.notify().address)
+    callers = [await admin_on(b, channels) for b in bookings]
+    await book_and_cancel(callers, 5)
+    relaying = [i for i, b in enumerate(bookings) if "relaying change events" in b.log()]
+    assert len(relaying) == 1, "exactly one instance relays"
+    relay = relaying[0]
+
+    bookings[relay].signal(signal.SIGKILL)
+    bookings[relay].wait()
+    await book_and_cancel([callers[1 - relay]], 5)
+
+    committed = await system.wait_relayed(20)
+    await watcher.wait_for(committed[-1][0])
+    assert_exactly(watcher, committed)
+    assert "relaying change events" in bookings[1 - relay].log()

@@ -137,14 +137,14 @@ class Subscription:
         resume: bool = False,
         options: Sequence[tuple[str, Any]] = (),
         read: bool = True,
-        **filters: str,
+        filters: dict[str, str] | None = None,
     ) -> Any:
         """Subscribe on `address` (from the last event received, if `resume`); returns the call."""
         await self.close()
         self.error = None
         self._channel = grpc.aio.insecure_channel(address, options=list(options))
         stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
-        request = notify_pb2.SubscribeRequest(resume_after=self.last_id if resume else "", **filters)
+        request = notify_pb2.SubscribeRequest(resume_after=self.last_id if resume else "", **(filters or {}))
         call = stub.Subscribe(request, metadata=auth(self.role, self.sub))
         if read:
             self._task = asyncio.create_task(self._read(call))

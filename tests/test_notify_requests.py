@@ -1,0 +1,163 @@
+"""Subscribe's contract: authentication, scope, filters and bad input, against one notify_service process that
+follows the shared booking service's event stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from booking.v1 import events_pb2
+from notify.v1 import notify_pb2, notify_pb2_grpc
+from tests.conftest import stream_key
+from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
+from tests.helpers import JWT_SECRET, Caller, assert_status, auth, field_violations, uid
+from tests.servers import ServiceProcess
+from tests.test_auth import BAD_HEADERS
+
+
+@pytest.fixture(scope="module")
+def notifier(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[ServiceProcess]:
+    env = {"REDIS_URL": redis_url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": stream_key(booking_db_url)}
+    process = ServiceProcess("notify_service", env, workdir)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def notify_stub(notifier: ServiceProcess) -> AsyncIterator[notify_pb2_grpc.NotifyServiceStub]:
+    async with grpc.aio.insecure_channel(notifier.address) as channel:
+        yield notify_pb2_grpc.NotifyServiceStub(channel)
+
+
+async def stream_error(call: grpc.aio.UnaryStreamCall) -> grpc.aio.AioRpcError:
+    try:
+        async for _ in call:
+            raise AssertionError("the stream delivered an event instead of failing")
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the stream ended without an error")
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
+async def test_subscribe_without_a_valid_token_is_unauthenticated(
+    notify_stub: notify_pb2_grpc.NotifyServiceStub, header: str | None
+) -> None:
+    metadata = (("authorization", header),) if header is not None else ()
+    error = await stream_error(notify_stub.Subscribe(notify_pb2.SubscribeRequest(), metadata=metadata, timeout=10))
+    assert_status(error, grpc.StatusCode.UNAUTHENTICATED, domain=NOTIFY_DOMAIN)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"resume_after": "not-a-cursor"}, "resume_after"),
+        ({"resume_after": "17"}, "resume_after"),
+        ({"resume_after": "1-0"}, "resume_after"),
+        ({"resume_after": "1-99999999999999999999"}, "resume_after"),
+        ({"booking_id": "not-a-uuid"}, "booking_id"),
+        ({"customer_id": "c" * 129}, "customer_id"),
+        ({"provider_id": "p\x00"}, "provider_id"),
+        ({"customer_id": " padded "}, "customer_id"),
+    ],
+)
+async def test_bad_subscribe_requests_are_invalid_argument_naming_the_field(
+    notify_stub: notify_pb2_grpc.NotifyServiceStub, request_fields: dict[str, str], field: str
+) -> None:
+    call = notify_stub.Subscribe(notify_pb2.SubscribeRequest(**request_fields), metadata=auth("admin", "a"), timeout=10)
+    error = await stream_error(call)
+    assert_status(error, grpc.StatusCode.INVALID_ARGUMENT, domain=NOTIFY_DOMAIN)
+    assert field in field_violations(error)
+
+
+async def test_a_cursor_the_stream_never_had_is_out_of_range(notify_stub: notify_pb2_grpc.NotifyServiceStub) -> None:
+    request = notify_pb2.SubscribeRequest(resume_after="99999999999999-999999999")
+    error = await stream_error(notify_stub.Subscribe(request, metadata=auth("user", "a"), timeout=10))
+    assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff\xff", b"\x0a\x05ab"])
+def test_bytes_that_are_not_a_subscribe_request_are_invalid_argument(notifier: ServiceProcess, payload: bytes) -> None:
+    with grpc.insecure_channel(notifier.address) as channel:
+        call = channel.unary_stream("/notify.v1.NotifyService/Subscribe")
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(payload, metadata=auth("admin", "fuzzer"), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert NOTIFY_DOMAIN.encode() in dict(info.value.trailing_metadata())["grpc-status-details-bin"]
+
+
+async def test_each_stream_carries_only_what_its_caller_may_see_narrowed_by_its_filters(
+    notifier: ServiceProcess, caller: Callable[[str, str], Caller]
+) -> None:
+    alice, bob, prov1, prov2 = uid("alice"), uid("bob"), uid("prov"), uid("prov")
+    admin = caller("admin", uid("admin"))
+    watchers = {
+        "alice": (Subscription("user", alice), {}),
+        "bob": (Subscription("user", bob), {}),
+        "prov1": (Subscription("provider", prov1), {}),
+        "admin": (Subscription("admin", uid("ops")), {}),
+        "alice_at_prov2": (Subscription("user", alice), {"provider_id": prov2}),
+        "prov1_for_bob": (Subscription("provider", prov1), {"customer_id": bob}),
+    }
+    try:
+        for subscription, filters in watchers.values():
+            await subscription.open(notifier.address, filters=filters)
+        a1 = await admin.create(customer_id=alice, provider_id=prov1)
+        b1 = await admin.create(customer_id=bob, provider_id=prov1)
+        a2 = await admin.create(customer_id=alice, provider_id=prov2)
+        b2 = await admin.create(customer_id=bob, provider_id=prov2)
+        await admin.delete(b1.id, reason="scope test")
+        await admin.delete(a2.id, reason="scope test")
+        last_change = await admin.create(customer_id=alice, provider_id=prov1)  # every subscriber but bob's ends here
+        bob_last = await admin.create(customer_id=bob, provider_id=prov1)
+
+        changes = [
+            (a1, CREATED),
+            (b1, CREATED),
+            (a2, CREATED),
+            (b2, CREATED),
+            (b1, DELETED),
+            (a2, DELETED),
+            (last_change, CREATED),
+            (bob_last, CREATED),
+        ]
+        expected = {
+            "alice": [c for c in changes if c[0].customer_id == alice],
+            "bob": [c for c in changes if c[0].customer_id == bob],
+            "prov1": [c for c in changes if c[0].provider_id == prov1],
+            "admin": changes,
+            "alice_at_prov2": [c for c in changes if c[0].customer_id == alice and c[0].provider_id == prov2],
+            "prov1_for_bob": [c for c in changes if c[0].provider_id == prov1 and c[0].customer_id == bob],
+        }
+        for name, (subscription, _) in watchers.items():
+            # Stream order is commit order, so once a subscriber has its last expected event it has all it will get.
+            final = expected[name][-1][0].id
+            await eventually_has(subscription, final, expected[name][-1][1])
+            mine = [(e.booking.id, e.type) for e in subscription.events if e.booking.id in {c[0].id for c in changes}]
+            assert mine == [(b.id, kind) for b, kind in expected[name]], name
+            assert all(is_theirs(e, subscription) for e in subscription.events), name
+    finally:
+        for subscription, _ in watchers.values():
+            await subscription.close()
+
+
+def is_theirs(event: events_pb2.BookingEvent, subscription: Subscription) -> bool:
+    if subscription.role == "user":
+        return event.booking.customer_id == subscription.sub
+    if subscription.role == "provider":
+        return event.booking.provider_id == subscription.sub
+    return True
+
+
+async def eventually_has(subscription: Subscription, booking_id: str, kind: int) -> None:
+    await eventually(
+        lambda: (
+            any(e.booking.id == booking_id and e.type == kind for e in subscription.events)
+            or subscription.error is not None
+        ),
+        lambda: f"{subscription.sub} did not get {booking_id}",
+    )
+    assert subscription.error is None, subscription.error

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from notify_service.hub import EventFilter, Hub, Subscriber, cursor_expired
 from notify_service.stream import StreamReader
-from svc_common.eventstream import EventId
+from svc_common.eventstream import ORIGIN, EventId
 
 HISTORY_BATCH = 500
 
@@ -50,14 +50,20 @@ class Subscriptions:
         """Forget `subscriber` (whether or not it was registered yet)."""
         self._hub.discard(subscriber)
 
+    async def _known(self, cursor: EventId) -> bool:
+        """Whether nothing follows `cursor` because it is the newest event (not because it is unknown)."""
+        if cursor == self._hub.last or (cursor == ORIGIN and self._hub.last is None):
+            return True
+        return await self._reader.holds(cursor)
+
     async def _replay(self, subscriber: Subscriber, cursor: EventId) -> AsyncIterator[bytes]:
         """History after `cursor` up to the hub's position; leaves `subscriber.last` where history ended."""
         position = cursor
         first = True
         while True:
             events = await self._reader.after(position, HISTORY_BATCH)
-            if first and not events and position != self._hub.last and not await self._reader.holds(position):
-                raise cursor_expired(cursor)  # the cursor itself is unknown to the stream
+            if first and not events and not await self._known(position):
+                raise cursor_expired(cursor)
             first = False
             for event in events:
                 if not event.id.follows(position):

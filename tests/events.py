@@ -144,7 +144,8 @@ class Subscription:
         self.error = None
         self._channel = grpc.aio.insecure_channel(address, options=list(options))
         stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
-        request = notify_pb2.SubscribeRequest(resume_after=self.last_id if resume else "", **(filters or {}))
+        fields = {"resume_after": self.last_id if resume else "", **(filters or {})}
+        request = notify_pb2.SubscribeRequest(**fields)
         call = stub.Subscribe(request, metadata=auth(self.role, self.sub))
         if read:
             self._task = asyncio.create_task(self._read(call))

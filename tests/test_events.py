@@ -148,6 +148,11 @@ async def test_changes_through_either_booking_instance_reach_subscribers_on_both
         assert_order_per_booking(watcher)
         assert {e.booking.id for e in watcher.events} == set(booked)
 
+    latecomer = subscriptions("admin", uid("late"))
+    await latecomer.open(notifiers[0].address, filters={"resume_after": "0-0"})  # the whole history
+    await latecomer.wait_for(committed[-1][0])
+    assert_exactly(latecomer, committed)
+
 
 async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every_event(
     system: EventSystem,
@@ -287,6 +292,10 @@ async def test_after_redis_lost_its_data_an_old_cursor_gives_out_of_range_never_
     committed = await system.wait_relayed(18)
 
     error = await expect_stream_error(returning, notifier.address)
+    assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
+    whole_history = subscriptions("admin", uid("history"))
+    await whole_history.open(notifier.address, filters={"resume_after": "0-0"})
+    error = await whole_history.wait_error()
     assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
     # A subscriber connected throughout missed nothing: the stream continues where it was.
     await live.wait_for(committed[-1][0])

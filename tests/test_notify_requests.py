@@ -57,6 +57,7 @@ async def test_subscribe_without_a_valid_token_is_unauthenticated(
         ({"resume_after": "not-a-cursor"}, "resume_after"),
         ({"resume_after": "17"}, "resume_after"),
         ({"resume_after": "1-0"}, "resume_after"),
+        ({"resume_after": "0-0-0"}, "resume_after"),
         ({"resume_after": "1-99999999999999999999"}, "resume_after"),
         ({"booking_id": "not-a-uuid"}, "booking_id"),
         ({"customer_id": "c" * 129}, "customer_id"),

@@ -3,9 +3,10 @@ every notify_service instance reads.
 
 Each entry's id is `<ms>-<seq>`: `seq` is the event's gapless position, handed out by the relay in commit order,
 `ms` the relay's clock when it did (never decreasing), so ids increase and age-based trimming (XTRIM MINID) works.
-The id is also the event's `event_id`, the cursor a client resumes from. Because `seq` has no gaps, a reader knows
-it missed nothing exactly when each entry's seq follows the previous one's; anything else (trimmed history,
-Redis data loss) is detectable, never a silent gap.
+The id is also the event's `event_id`, the cursor a client resumes from; `0-0` (ORIGIN) is the cursor of a
+client that has seen nothing, to read the whole history (honoured only while the stream still holds event 1).
+Because `seq` has no gaps, a reader knows it missed nothing exactly when each entry's seq follows the previous
+one's; anything else (trimmed history, Redis data loss) is detectable, never a silent gap.
 
 Entry fields: `event` (a serialized booking.v1.BookingEvent, event_id set), and `customer`, `provider`,
 `booking` (the booking's ids) so a reader can filter without parsing the event.
@@ -41,7 +42,7 @@ class EventId:
         if match is None:
             return None
         ms, seq = int(match[1]), int(match[2])
-        if ms > _MAX_PART or seq > _MAX_PART or seq == 0:
+        if ms > _MAX_PART or seq > _MAX_PART or (seq == 0 and ms != 0):
             return None
         return cls(ms, seq)
 
@@ -51,3 +52,6 @@ class EventId:
 
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"
+
+
+ORIGIN = EventId(0, 0)  # before the first event

@@ -124,6 +124,11 @@ def booking_env(database_url: str, redis_url: str) -> dict[str, str]:
     }
 
 
+def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """A notify instance following the event stream of the booking database at `database_url`."""
+    return {"REDIS_URL": redis_url, "EVENT_STREAM_KEY": stream_key(database_url), "JWT_SECRET": JWT_SECRET}
+
+
 @pytest.fixture(scope="session")
 def booking_server(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[ServiceProcess]:
     """One booking_service process shared by the tests that do not stop or break it."""

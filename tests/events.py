@@ -17,8 +17,8 @@ import redis.asyncio as redis
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.devservers import RedisServer
-from tests.conftest import booking_env, stream_key
-from tests.helpers import JWT_SECRET, auth, uid
+from tests.conftest import booking_env, notify_env
+from tests.helpers import auth, uid
 from tests.servers import ServiceProcess
 
 NOTIFY_DOMAIN = "notify.v1"
@@ -56,15 +56,7 @@ class EventSystem:
         return self._start("booking_service", {**booking_env(self.database_url, self.redis.url), **env})
 
     def notify(self, **env: str) -> ServiceProcess:
-        return self._start(
-            "notify_service",
-            {
-                "REDIS_URL": self.redis.url,
-                "JWT_SECRET": JWT_SECRET,
-                "EVENT_STREAM_KEY": stream_key(self.database_url),
-                **env,
-            },
-        )
+        return self._start("notify_service", {**notify_env(self.database_url, self.redis.url), **env})
 
     async def flush_redis(self) -> None:
         """Redis loses all its data."""

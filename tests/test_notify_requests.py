@@ -11,17 +11,16 @@ import pytest
 
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
-from tests.conftest import stream_key
+from tests.conftest import notify_env
 from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
-from tests.helpers import JWT_SECRET, Caller, assert_status, auth, field_violations, uid
+from tests.helpers import Caller, assert_status, auth, field_violations, uid
 from tests.servers import ServiceProcess
 from tests.test_auth import BAD_HEADERS
 
 
 @pytest.fixture(scope="module")
 def notifier(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[ServiceProcess]:
-    env = {"REDIS_URL": redis_url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": stream_key(booking_db_url)}
-    process = ServiceProcess("notify_service", env, workdir)
+    process = ServiceProcess("notify_service", notify_env(booking_db_url, redis_url), workdir)
     process.start()
     yield process
     process.stop()

@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from booking.v1 import booking_pb2
-from tests.conftest import booking_env
+from tests.conftest import booking_env, notify_env
 from tests.helpers import token
 from tests.servers import ServiceProcess
 
@@ -54,17 +54,22 @@ def test_readme_has_a_grpcurl_call_for_every_booking_rpc() -> None:
 
 
 class Grpcurl:
-    """The subset of grpcurl the README uses: list, describe, and unary calls with -H and -d."""
+    """The subset of grpcurl the README uses: list, describe, unary calls and server streams (with -max-time),
+    with -H and -d."""
 
-    def __init__(self, address: str, env: dict[str, str]) -> None:
-        self.channel = grpc.insecure_channel(address)
-        self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(self.channel))
+    def __init__(self, env: dict[str, str]) -> None:
         self.env = env
+        self.channels: dict[str, grpc.Channel] = {}
+        self.streamed: list[dict[str, Any]] = []  # the responses of the last server stream
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
 
     def run(self, command: str) -> Any:
         words = shlex.split(re.sub(r"\$(\w+)", lambda m: self.env[m.group(1)], command))
         assert words[0] == "grpcurl" and "-plaintext" in words, command
-        headers, data, rest = [], "{}", []
+        headers, data, rest, max_time = [], "{}", [], None
         i = 1
         while i < len(words):
             if words[i] == "-H":
@@ -73,34 +78,52 @@ class Grpcurl:
             elif words[i] == "-d":
                 data = words[i + 1]
                 i += 2
+            elif words[i] == "-max-time":
+                max_time = float(words[i + 1])
+                i += 2
             elif words[i] == "-plaintext":
                 i += 1
             else:
                 rest.append(words[i])
                 i += 1
-        target, *what = rest[1:]
+        address, target, *what = rest
+        channel = self.channels.setdefault(address, grpc.insecure_channel(address))
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         if target == "list":
-            return set(ProtoReflectionDescriptorDatabase(self.channel).get_services())
+            return set(ProtoReflectionDescriptorDatabase(channel).get_services())
         if target == "describe":
-            return self.pool.FindServiceByName(what[0])
+            return pool.FindServiceByName(what[0])
         service_name, method_name = target.rsplit("/", 1)
-        method = self.pool.FindServiceByName(service_name).methods_by_name[method_name]
+        method = pool.FindServiceByName(service_name).methods_by_name[method_name]
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         request = json_format.Parse(data, request_class())
-        call: Callable[..., Any] = self.channel.unary_unary(
-            f"/{service_name}/{method_name}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString,
-        )
-        response = call(request, metadata=headers, timeout=30)
-        return json.loads(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        path = f"/{service_name}/{method_name}"
+
+        def as_json(message: Any) -> Any:
+            return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+        codec = {
+            "request_serializer": request_class.SerializeToString,
+            "response_deserializer": response_class.FromString,
+        }
+        if method.server_streaming:
+            stream: Callable[..., Any] = channel.unary_stream(path, **codec)
+            self.streamed = []
+            for response in stream(request, metadata=headers, timeout=max_time):
+                self.streamed.append(as_json(response))
+            return self.streamed
+        call: Callable[..., Any] = channel.unary_unary(path, **codec)
+        return as_json(call(request, metadata=headers, timeout=30))
 
 
 def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], redis_url: str, workdir: Path) -> None:
-    server = ServiceProcess("booking_service", booking_env(new_database(), redis_url), workdir)
-    server.start()
-    grpcurl = Grpcurl(server.address, {})
+    database = new_database()
+    booking = ServiceProcess("booking_service", booking_env(database, redis_url), workdir)
+    notify = ServiceProcess("notify_service", notify_env(database, redis_url), workdir)
+    booking.start()
+    notify.start()
+    grpcurl = Grpcurl({})
     ran = 0
     try:
         for command, expected in readme_commands():
@@ -109,9 +132,9 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                 name, sub, role = exported.groups()
                 grpcurl.env[name] = token(role, sub)
                 continue
-            if command.startswith(("make ", "export BOOKING_ID")):
+            if command.startswith(("make ", "export BOOKING_ID", "export EVENT_ID")):
                 continue
-            command = command.replace("localhost:50051", server.address)
+            command = command.replace("localhost:50051", booking.address).replace("localhost:50052", notify.address)
             try:
                 result = grpcurl.run(command)
             except grpc.RpcError as error:
@@ -122,8 +145,21 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                     grpcurl.env["BOOKING_ID"] = result["booking"]["id"]
                 if command.endswith(" list"):
                     assert "booking.v1.BookingService" in result
+            if '"0-0"' in command:  # the whole history: the walkthrough's five changes of alice's booking
+                kinds = [e["event"]["type"] for e in grpcurl.streamed]
+                assert kinds == ["BOOKING_EVENT_TYPE_" + k for k in READMES_CHANGES], kinds
+                grpcurl.env["EVENT_ID"] = grpcurl.streamed[1]["event"]["event_id"]
+            elif "$EVENT_ID" in command:
+                assert [e["event"]["type"] for e in grpcurl.streamed][-3:] == [
+                    "BOOKING_EVENT_TYPE_" + k for k in READMES_CHANGES[2:]
+                ]
+                assert len(grpcurl.streamed) == 3
             ran += 1
     finally:
-        grpcurl.channel.close()
-        server.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 16
+        grpcurl.close()
+        booking.stop()
+        notify.stop()
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 20
+
+
+READMES_CHANGES = ["CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]

@@ -1,4 +1,4 @@
-"""`make run`: start the booking service locally, with private PostgreSQL and Redis servers if needed.
+"""`make run`: start the booking and notify services locally, with private PostgreSQL and Redis servers if needed.
 
 DATABASE_URL and REDIS_URL are used when they answer; otherwise private servers are started from the
 installed binaries under `.local/` in the project folder (kept between runs) and stopped on exit.
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -100,14 +101,29 @@ def _redis(env: dict[str, str]) -> Iterator[None]:
 
 def main() -> int:
     env = dict(os.environ)
-    listen = env.get("BOOKING_LISTEN", "127.0.0.1:50051")
+    services = {
+        "booking_service": env.get("BOOKING_LISTEN", "127.0.0.1:50051"),
+        "notify_service": env.get("NOTIFY_LISTEN", "127.0.0.1:50052"),
+    }
     with _database(env), _redis(env):
-        _say(f"starting the booking service on {listen} (Ctrl-C stops it)")
-        service = subprocess.Popen([sys.executable, "-m", "booking_service", "--listen", listen], env=env)
-        # On Ctrl-C or SIGTERM, stop the service gracefully, then the private servers (as the with-blocks exit).
+        processes = []
+        for module, listen in services.items():
+            _say(f"starting {module} on {listen}")
+            processes.append(subprocess.Popen([sys.executable, "-m", module, "--listen", listen], env=env))
+        _say("running (Ctrl-C stops both)")
+
+        # On Ctrl-C or SIGTERM, stop the services gracefully, then the private servers (as the with-blocks exit).
+        def stop(*_: object) -> None:
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: service.send_signal(signal.SIGTERM))
-        return service.wait()
+            signal.signal(sig, stop)
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.2)
+        stop()  # one ended by itself: stop the other too
+        return max(process.wait() for process in processes)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The outbox relay: publishes committed change events from PostgreSQL to the Redis stream.
 
-Woken by PostgreSQL's NOTIFY when events commit, with a periodic sweep as a backstop, the relaying instance
+Woken after events commit (by `RelayWaker`), with a periodic sweep as a backstop, the relaying instance
 (outbox.py) gives events their stream position, appends them to the stream with XADD under that explicit id,
-then marks them published. A crash between XADD and marking means they are published again under the same ids,
-which Redis refuses (ids only increase): the publisher skips what the stream already holds. While Redis is down,
-events wait in the outbox and go out in order once it is back.
+and marks them published in its next round. A crash between XADD and marking means they are published again
+under the same ids, which Redis refuses (ids only increase): the publisher skips what the stream already holds.
+While Redis is down, events wait in the outbox and go out in order once it is back.
 
 Housekeeping trims the stream by age (XTRIM MINID; XADD trims by count) and deletes published outbox rows of
 the same age.
@@ -24,8 +24,8 @@ import asyncpg
 import redis.asyncio as redis
 
 from booking_service.convert import event_to_proto
-from booking_service.outbox import OutboxConnection, OutboxEvent
-from booking_service.storage import CONNECTION_ERRORS
+from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent
+from booking_service.storage import CONNECTION_ERRORS, Storage
 from svc_common import eventstream as stream
 from svc_common.eventstream import EventId
 from svc_common.redis_client import REDIS_ERRORS
@@ -106,6 +106,8 @@ class EventRelay:
         self._publisher = RedisPublisher(client, config.stream_key, config.max_len)
         self._wake = asyncio.Event()
         self._next_housekeeping = 0.0
+        self._published = 0  # the last seq this relay published; marked published in the database next round
+        self.relaying = False  # whether this instance holds the relay lock
 
     async def run(self) -> None:
         """Relay until cancelled; database trouble means reconnecting, never giving up."""
@@ -124,16 +126,22 @@ class EventRelay:
                 except Exception:  # the relay must outlive any single failure
                     log.exception("relay failed; restarting it")
                 finally:
+                    self._published = 0  # marks are made on the connection that published; start afresh
+                    self.relaying = False
                     with contextlib.suppress(Exception):
                         await outbox.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._config.max_backoff_seconds)
+
+    def wake(self) -> None:
+        self._wake.set()
 
     async def _serve(self, outbox: OutboxConnection) -> None:
         while True:  # stand by until this instance may relay
             if await outbox.try_lock():
                 break
             await asyncio.sleep(self._config.lock_retry_seconds)
+        self.relaying = True
         log.info("relaying change events to Redis stream %r", self._config.stream_key)
         delay = 0.05
         while True:
@@ -154,12 +162,13 @@ class EventRelay:
     async def _relay_all(self, outbox: OutboxConnection) -> None:
         batch = self._config.batch
         while True:
-            assigned = await outbox.assign(batch)
-            events = await outbox.unpublished(batch)
+            events = await outbox.round(batch, self._published)
             if events:
                 await self._publisher.publish(events)
-                await outbox.mark_published(events[-1].event_id)
-            if len(events) < batch and assigned < batch:
+                # Marked published by the next round (the next wake-up or sweep): a crash before that only
+                # means publishing them again, which the stream refuses.
+                self._published = events[-1].event_id.seq
+            if len(events) < batch:
                 return
 
     async def _housekeeping(self, outbox: OutboxConnection) -> None:
@@ -172,3 +181,30 @@ class EventRelay:
         removed = await outbox.delete_published(cutoff)
         if removed:
             log.info("removed %d published events older than %s from the outbox", removed, cutoff)
+
+
+class RelayWaker:
+    """Wakes the relay after changes commit: directly when this instance relays, else through PostgreSQL
+    (NOTIFY on a pooled connection, which the relaying instance LISTENs to).
+
+    The notification is sent after the write committed, not by the write: a NOTIFY inside the write
+    transaction would serialise every commit on PostgreSQL's notification queue lock (measured: half the
+    write throughput). Wake-ups coalesce, so a burst of writes costs one notification per round trip.
+    """
+
+    def __init__(self, relay: EventRelay, storage: Storage) -> None:
+        self._relay = relay
+        self._storage = storage
+        self._dirty = asyncio.Event()
+
+    def committed(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self._relay.relaying:
+                self._relay.wake()
+            else:
+                await self._storage.notify(CHANNEL)

@@ -1,13 +1,13 @@
 """The PostgreSQL side of the outbox relay: one dedicated connection that holds the relay lock, listens for
-commits and runs the relay's SQL.
+wake-ups (CHANNEL, sent by other instances after their writes commit) and runs the relay's SQL.
 
 Write statements insert their change event into `booking_outbox` (see storage.py). The relay then, on this
-connection:
-1. gives committed events their stream position (`seq`, gapless, in outbox id order; `stream_ms`, never going
+connection, in one statement per round (one round trip on the event path):
+1. marks published what the previous round published (events.py);
+2. gives committed events their stream position (`seq`, gapless, in outbox id order; `stream_ms`, never going
    back). Changes of one booking are serialised by its row lock and take their outbox id after that lock, so
    id order, hence seq order, is their commit order;
-2. reads the events that have a position but are not published yet, in seq order;
-3. after publishing them (events.py), marks them published.
+3. returns the events that have a position but are not published yet, in seq order, for publishing.
 
 Only the instance holding the session advisory lock RELAY_LOCK_ID relays, so one relay hands out positions at a
 time; if its connection dies, the lock goes with it and another instance takes over. A relay that lost its lock
@@ -31,9 +31,13 @@ from svc_common.eventstream import EventId
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
 
-ASSIGN_SQL = """
+_EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time"
+
+# $1: batch size; $2: the last seq the previous round published (0: none). Marking moves published_seq (one
+# row, not one per event); placing updates each new event once.
+ROUND_SQL = f"""
 WITH state AS (
-    SELECT last_seq, greatest(last_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms
+    SELECT last_seq, published_seq, greatest(last_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms
       FROM booking_outbox_state FOR UPDATE
 ), pending AS (
     SELECT id, row_number() OVER (ORDER BY id) AS n
@@ -41,26 +45,31 @@ WITH state AS (
 ), assigned AS (
     UPDATE booking_outbox o SET seq = state.last_seq + pending.n, stream_ms = state.ms
       FROM pending, state WHERE o.id = pending.id
-    RETURNING o.seq
+    RETURNING o.*
 ), moved AS (
-    UPDATE booking_outbox_state SET last_seq = state.last_seq + (SELECT count(*) FROM pending), last_ms = state.ms
-      FROM state WHERE EXISTS (SELECT 1 FROM pending)
+    UPDATE booking_outbox_state s
+       SET last_seq = state.last_seq + (SELECT count(*) FROM pending),
+           last_ms = CASE WHEN EXISTS (SELECT 1 FROM pending) THEN state.ms ELSE s.last_ms END,
+           published_seq = greatest(state.published_seq, $2)
+      FROM state WHERE EXISTS (SELECT 1 FROM pending) OR $2 > state.published_seq
 )
-SELECT count(*) FROM assigned
+SELECT * FROM (
+    SELECT {_EVENT_COLUMNS} FROM assigned
+    UNION ALL  -- placed by an earlier round (or relay) but not published yet; the statement's snapshot
+               -- shows the rows `assigned` changes without their seq, so nothing comes twice
+    SELECT {_EVENT_COLUMNS} FROM booking_outbox, state WHERE seq > greatest(state.published_seq, $2)
+) unpublished ORDER BY seq LIMIT $1
 """
 
-UNPUBLISHED_SQL = """
-SELECT seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time
-  FROM booking_outbox WHERE seq IS NOT NULL AND publish_time IS NULL ORDER BY seq LIMIT $1
+# Published events older than the stream's retention are of no more use.
+DELETE_PUBLISHED_SQL = """
+DELETE FROM booking_outbox
+ WHERE seq <= (SELECT published_seq FROM booking_outbox_state) AND occur_time < $1
 """
 
-MARK_PUBLISHED_SQL = """
-UPDATE booking_outbox SET publish_time = now() WHERE publish_time IS NULL AND seq IS NOT NULL AND seq <= $1
+BACKLOG_SQL = """
+SELECT count(*) FROM booking_outbox WHERE seq IS NULL OR seq > (SELECT published_seq FROM booking_outbox_state)
 """
-
-DELETE_PUBLISHED_SQL = "DELETE FROM booking_outbox WHERE publish_time < $1"
-
-BACKLOG_SQL = "SELECT count(*) FROM booking_outbox WHERE publish_time IS NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +133,10 @@ class OutboxConnection:
             self.locked = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID))
         return self.locked
 
-    async def assign(self, batch: int) -> int:
-        """Give up to `batch` committed events their stream position; returns how many got one."""
-        count: int = await self._conn.fetchval(ASSIGN_SQL, batch)
-        return count
-
-    async def unpublished(self, limit: int) -> list[OutboxEvent]:
-        return [_event(r) for r in await self._conn.fetch(UNPUBLISHED_SQL, limit)]
-
-    async def mark_published(self, up_to: EventId) -> None:
-        await self._conn.execute(MARK_PUBLISHED_SQL, up_to.seq)
+    async def round(self, batch: int, published: int) -> list[OutboxEvent]:
+        """Mark published the events up to seq `published`, place newly committed ones, and return up to
+        `batch` events to publish next, in stream order (one statement, one transaction)."""
+        return [_event(r) for r in await self._conn.fetch(ROUND_SQL, batch, published)]
 
     async def delete_published(self, before: datetime) -> int:
         status = await self._conn.execute(DELETE_PUBLISHED_SQL, before)

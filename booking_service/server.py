@@ -17,7 +17,7 @@ import redis.asyncio as redis
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.domain import ERROR_DOMAIN
-from booking_service.events import EventRelay, RelayConfig
+from booking_service.events import EventRelay, RelayConfig, RelayWaker
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
@@ -113,7 +113,6 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
     )
-    usecases = BookingUseCases(storage)
     client = connect(settings.redis_url)
     relay = EventRelay(
         RelayConfig(
@@ -125,6 +124,8 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         ),
         client,
     )
+    waker = RelayWaker(relay, storage)
+    usecases = BookingUseCases(storage, waker)
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     async with contextlib.AsyncExitStack() as stack:
         # Exit order: stop the background tasks, drain calls in flight, then close the pool and Redis client.
@@ -139,6 +140,8 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         stack.push_async_callback(_cancel, health)
         relaying = asyncio.create_task(relay.run())
         stack.push_async_callback(_cancel, relaying)
+        waking = asyncio.create_task(waker.run())
+        stack.push_async_callback(_cancel, waking)
         if settings.retention_days > 0:
             purge = asyncio.create_task(
                 _purge_periodically(

@@ -354,6 +354,14 @@ class Storage:
             return False
         return True
 
+    async def notify(self, channel: str) -> None:
+        """Send a notification on `channel`, best effort (a listener that misses it has its own backstop)."""
+        try:
+            async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
+                await conn.execute("SELECT pg_notify($1, '')", channel)
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError, Unavailable) as exc:
+            log.debug("notification on %s not sent: %s", channel, type(exc).__name__)
+
     async def _run(
         self,
         work: Callable[[Connection], Awaitable[T]],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Protocol
 
 from booking_service import pagination
 from booking_service.domain import (
@@ -63,9 +64,16 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     return position, booking_id
 
 
+class ChangeSignal(Protocol):
+    """Told after a change committed (its event is in the outbox), so the relay publishes it promptly."""
+
+    def committed(self) -> None: ...
+
+
 class BookingUseCases:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, changes: ChangeSignal) -> None:
         self._storage = storage
+        self._changes = changes
 
     async def create(self, principal: Principal, new: NewBooking, request_id: str | None) -> Booking:
         if principal.role is Role.USER and new.customer_id != principal.id:
@@ -75,7 +83,9 @@ class BookingUseCases:
         booking, created = await self._storage.create(
             new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
         )
-        if not created and not booking.same_request(new):
+        if created:
+            self._changes.committed()
+        elif not booking.same_request(new):
             raise InvalidArgument(
                 [FieldViolation("request_id", "already used by this caller for a different booking")],
                 reason="REQUEST_ID_REUSED",
@@ -172,6 +182,7 @@ class BookingUseCases:
             version=version,
         )
         if deleted is not None:
+            self._changes.committed()
             return deleted
         # Nothing matched: say why, without telling a caller about bookings it may not see.
         current = await self._storage.get(booking_id)
@@ -183,6 +194,7 @@ class BookingUseCases:
         require_admin(principal, "restore bookings")
         restored = await self._storage.restore(booking_id, op_id=uuid.uuid4(), actor=principal, version=version)
         if restored is not None:
+            self._changes.committed()
             return restored
         current = await self._storage.get(booking_id)
         if current is None:
@@ -194,6 +206,7 @@ class BookingUseCases:
     async def hard_delete(self, principal: Principal, booking_id: uuid.UUID) -> None:
         require_admin(principal, "hard-delete bookings")
         if await self._storage.hard_delete(booking_id, op_id=uuid.uuid4(), actor=principal):
+            self._changes.committed()
             return
         current = await self._storage.get(booking_id)
         if current is None:
@@ -206,13 +219,16 @@ class BookingUseCases:
         require_admin(principal, "purge bookings")
         if not force:
             return await self._storage.purge_preview(deleted_before, PURGE_SAMPLE_SIZE)
-        return await self._storage.purge(
+        count, sample = await self._storage.purge(
             deleted_before,
             actor=principal,
             reason=f"purge of bookings deleted before {deleted_before.isoformat()}",
             batch=PURGE_BATCH,
             sample=PURGE_SAMPLE_SIZE,
         )
+        if count:
+            self._changes.committed()
+        return count, sample
 
     async def list_audit(
         self, principal: Principal, booking_id: uuid.UUID, *, page_size: int, page_token: str

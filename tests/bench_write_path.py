@@ -4,6 +4,7 @@
 
 Both sides run side by side in one run, against one private PostgreSQL server, with the same concurrency
 and pool size, alternating rounds; the report is the ratio of their median throughputs (target >= 0.8).
+The SQL includes the outbox insert of each change event; the service also relays those events to Redis.
 The service runs as its own process (`python -m booking_service`), called over gRPC on a real port.
 """
 
@@ -25,7 +26,7 @@ import grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.storage import CREATE_SQL, DELETE_SQL, Storage, StorageConfig, release_connection
-from svc_common.devservers import PostgresServer
+from svc_common.devservers import PostgresServer, RedisServer
 from tests.helpers import auth, ts
 from tests.servers import ServiceProcess
 
@@ -136,6 +137,8 @@ async def _create_databases(server_url: str, *names: str) -> None:
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
     pg.start()
+    rds = RedisServer(workdir / "redis")  # the service publishes its change events there
+    rds.start()
     service = None
     try:
         await _create_databases(pg.url, "raw", "svc")
@@ -144,6 +147,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             "booking_service",
             {
                 "DATABASE_URL": pg.url_for("svc"),
+                "REDIS_URL": rds.url,
                 "JWT_SECRET": "tests-only-secret-0123456789abcdef-0123456789",
                 "DB_MIN_CONNECTIONS": str(POOL_SIZE),
                 "DB_MAX_CONNECTIONS": str(POOL_SIZE),
@@ -171,6 +175,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     finally:
         if service is not None:
             service.stop()
+        rds.stop()
         pg.stop("fast")
 
 

@@ -1,0 +1,392 @@
+"""Event-path benchmarks, each against a baseline run side by side in the same run.
+
+    python -m tests.bench_events [--seconds 10] [--rate 100] [--subscribers 200] [--idle 2000]
+
+1. Latency: changes are written through booking_service at `rate` per second (alternating CreateBooking and
+   DeleteBooking) while `subscribers` streams, split over two notify_service instances and two client processes,
+   receive them. Latency is measured per event and subscriber, from the moment the write was sent and from the
+   moment it returned (the commit lies in between), to receipt. Baseline: the same load as bare Redis: entries
+   XADDed to a stream at the same rate and read by as many XREAD loops in the same client processes, with no
+   PostgreSQL, outbox, relay or gRPC. Every subscriber must get every change.
+2. Idle subscriber memory: the notify process's RSS growth per idle subscription, over `idle` subscriptions.
+   Baseline: a bare grpc.aio server whose streaming method holds the call open and does nothing else.
+
+Targets: latency p50 <= 3 ms and p99 <= 10 ms at 100 changes/s with 200 subscribers; <= 20 KB per idle subscriber.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from notify.v1 import notify_pb2, notify_pb2_grpc
+from svc_common.devservers import PostgresServer, RedisServer, free_port
+from tests.helpers import JWT_SECRET, auth, ts
+from tests.servers import PROJECT, ServiceProcess
+
+BASELINE_STREAM = "bench:baseline"
+STREAM = "bench:events"
+EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
+
+
+# --- client processes --------------------------------------------------------------------------------------
+
+
+async def _client(args: argparse.Namespace) -> list[tuple[int, str, float]]:
+    """A subscriber process: `count` streams (notify or, for the baseline, bare Redis); records receipt times."""
+    records: list[tuple[int, str, float]] = []
+    ready = 0
+    all_ready = asyncio.Event()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    raw: list[tuple[int, bytes, float]] = []
+
+    async def notify_stream(i: int, channel: grpc.aio.Channel) -> None:
+        nonlocal ready
+        # Responses are kept as bytes and parsed after the run, to keep the client's cost off the measurement.
+        subscribe = channel.unary_stream("/notify.v1.NotifyService/Subscribe")
+        call = subscribe(notify_pb2.SubscribeRequest().SerializeToString(), metadata=auth("admin", f"bench-{i}"))
+        await call.initial_metadata()
+        ready += 1
+        if ready == args.count:
+            all_ready.set()
+        async for response in call:
+            raw.append((i, response, time.time()))
+
+    async def redis_stream(i: int, client: redis.Redis) -> None:
+        nonlocal ready
+        position = "0-0"  # a fresh stream: from its start, so no entry is missed
+        ready += 1
+        if ready == args.count:
+            all_ready.set()
+        while True:
+            reply: Any = await client.xread({BASELINE_STREAM: position}, block=0)
+            for _key, entries in reply:
+                for entry_id, fields in entries:
+                    records.append((i, fields[b"key"].decode(), time.time()))
+                    position = entry_id
+
+    tasks = []
+    closers: list[Any] = []
+    for i in range(args.count):
+        if args.mode == "notify":
+            if i % 50 == 0:  # 50 streams per connection
+                channel = grpc.aio.insecure_channel(args.target)
+                closers.append(channel.close)
+            tasks.append(asyncio.create_task(notify_stream(i, channel)))
+        else:
+            client = redis.Redis.from_url(args.target, max_connections=1)
+            closers.append(client.aclose)
+            tasks.append(asyncio.create_task(redis_stream(i, client)))
+    await all_ready.wait()
+    await asyncio.to_thread(Path(args.out + ".ready").touch)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for close in closers:
+        await close()
+    for i, data, received in raw:
+        event = notify_pb2.SubscribeResponse.FromString(data).event
+        records.append((i, f"{event.booking.id}/{event.type}", received))
+    return records
+
+
+class Clients:
+    """Subscriber processes, started and stopped together."""
+
+    def __init__(self, workdir: Path, mode: str, targets: list[str], per_process: int) -> None:
+        self.outs = [str(workdir / f"{mode}-{n}.json") for n in range(len(targets))]
+        self.processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.bench_events", "client", mode, target, str(per_process), out],
+                cwd=PROJECT,
+            )
+            for target, out in zip(targets, self.outs, strict=True)
+        ]
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while not all(Path(out + ".ready").exists() for out in self.outs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                raise RuntimeError("subscriber processes did not get ready")
+            time.sleep(0.1)
+
+    def finish(self) -> list[tuple[int, str, float]]:
+        records: list[tuple[int, str, float]] = []
+        for n, (process, out) in enumerate(zip(self.processes, self.outs, strict=True)):
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+            records.extend((n * 100_000 + i, key, t) for i, key, t in json.loads(Path(out).read_text()))
+        return records
+
+
+# --- writers -----------------------------------------------------------------------------------------------
+
+
+async def _paced(rate: float, seconds: float, write: Any) -> dict[str, tuple[float, float]]:
+    """Call `write(k)` `rate` times per second; returns each change's key -> (sent, returned) wall times."""
+    sent: dict[str, tuple[float, float]] = {}
+    start = time.perf_counter()
+    for k in range(int(rate * seconds)):
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t0 = time.time()
+        key = await write(k)
+        sent[key] = (t0, time.time())
+    return sent
+
+
+async def write_bookings(address: str, rate: float, seconds: float) -> dict[str, tuple[float, float]]:
+    metadata = auth("admin", "bench-writer")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = booking_pb2_grpc.BookingServiceStub(channel)
+        last: list[str] = []
+
+        async def write(k: int) -> str:
+            if k % 2 == 0:
+                start = EPOCH + timedelta(hours=k)
+                booking = booking_pb2.Booking(
+                    customer_id="bench-customer",
+                    provider_id="bench-provider",
+                    service_id="svc",
+                    start_time=ts(start),
+                    end_time=ts(start + timedelta(minutes=30)),
+                )
+                created = await stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata)
+                last[:] = [created.booking.id]
+                return f"{created.booking.id}/1"
+            await stub.DeleteBooking(
+                booking_pb2.DeleteBookingRequest(booking_id=last[0], reason="bench"), metadata=metadata
+            )
+            return f"{last[0]}/2"
+
+        return await _paced(rate, seconds, write)
+
+
+async def write_redis(url: str, rate: float, seconds: float) -> dict[str, tuple[float, float]]:
+    client = redis.Redis.from_url(url)
+    try:
+
+        async def write(k: int) -> str:
+            await client.xadd(BASELINE_STREAM, {"key": str(k)}, maxlen=100_000)
+            return str(k)
+
+        return await _paced(rate, seconds, write)
+    finally:
+        await client.aclose()
+
+
+def latency_report(
+    sent: dict[str, tuple[float, float]], records: list[tuple[int, str, float]], subscribers: int
+) -> dict[str, Any]:
+    got: dict[int, list[str]] = defaultdict(list)
+    from_sent, from_returned = [], []
+    for stream, key, received in records:
+        got[stream].append(key)
+        if key in sent:
+            from_sent.append((received - sent[key][0]) * 1000)
+            from_returned.append((received - sent[key][1]) * 1000)
+    complete = sum(1 for keys in got.values() if sorted(keys) == sorted(sent))
+
+    def pct(values: list[float], q: float) -> float:
+        return round(statistics.quantiles(values, n=1000)[int(q * 1000) - 1], 2)
+
+    return {
+        "changes": len(sent),
+        "subscribers_with_every_change_once": f"{complete}/{subscribers}",
+        "p50_ms_from_sent": pct(from_sent, 0.5),
+        "p99_ms_from_sent": pct(from_sent, 0.99),
+        "p50_ms_from_returned": pct(from_returned, 0.5),
+        "p99_ms_from_returned": pct(from_returned, 0.99),
+        "max_ms_from_sent": round(max(from_sent), 2),
+    }
+
+
+async def bench_latency(args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer) -> Any:
+    env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
+    booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url}, workdir)
+    notifiers = [ServiceProcess("notify_service", env, workdir) for _ in range(2)]
+    started = [booking, *notifiers]
+    try:
+        for process in started:
+            process.start()
+        half = args.subscribers // 2
+        results = {}
+        for mode in ("baseline", "service"):
+            if mode == "baseline":
+                clients = Clients(workdir, "redis", [rds.url, rds.url], half)
+            else:
+                clients = Clients(workdir, "notify", [n.address for n in notifiers], half)
+            clients.wait_ready()
+            if mode == "baseline":
+                sent = await write_redis(rds.url, args.rate, args.seconds)
+            else:
+                sent = await write_bookings(booking.address, args.rate, args.seconds)
+            await asyncio.sleep(2)  # let the last events arrive
+            results[mode] = latency_report(sent, clients.finish(), 2 * half)
+        base, svc = results["baseline"], results["service"]
+        return {
+            "benchmark": f"event latency at {args.rate:g} changes/s, {2 * half} subscribers on 2 notify instances",
+            "baseline_bare_redis_stream": base,
+            "service": svc,
+            "ratio_p50_service_to_baseline": round(svc["p50_ms_from_sent"] / base["p50_ms_from_sent"], 2),
+            "ratio_p99_service_to_baseline": round(svc["p99_ms_from_sent"] / base["p99_ms_from_sent"], 2),
+            "target": "p50 <= 3 ms, p99 <= 10 ms, every subscriber gets every change",
+        }
+    finally:
+        for process in started:
+            process.stop()
+
+
+# --- idle memory -------------------------------------------------------------------------------------------
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def _bare_server(port: int) -> None:
+    """Baseline: a grpc.aio server whose Subscribe holds each call open and does nothing else."""
+
+    async def subscribe(request: Any, context: Any) -> Any:
+        await context.send_initial_metadata(())
+        await asyncio.Event().wait()
+        yield b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "notify.v1.NotifyService",
+                {
+                    "Subscribe": grpc.unary_stream_rpc_method_handler(
+                        subscribe, request_deserializer=notify_pb2.SubscribeRequest.FromString
+                    )
+                },
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _start_bare(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.bench_events", "bare", str(port)], cwd=PROJECT)
+
+
+async def _idle_growth(address: str, pid: int, idle: int) -> float:
+    """RSS growth of process `pid` per idle subscription, opened in steps from one client."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, idle // 100))]
+    calls = []
+    try:
+        # Warm up (first connections, first calls), then measure from there.
+        for channel in channels:
+            await channel.channel_ready()
+        warm = [
+            notify_pb2_grpc.NotifyServiceStub(channels[0]).Subscribe(
+                notify_pb2.SubscribeRequest(), metadata=auth("user", f"idle-warm-{i}")
+            )
+            for i in range(50)
+        ]
+        for call in warm:
+            await call.initial_metadata()
+        await asyncio.sleep(1)
+        before = _rss_bytes(pid)
+        for i in range(idle):
+            stub = notify_pb2_grpc.NotifyServiceStub(channels[i % len(channels)])
+            calls.append(stub.Subscribe(notify_pb2.SubscribeRequest(), metadata=auth("user", f"idle-{i}")))
+        for call in calls:
+            await call.initial_metadata()
+        await asyncio.sleep(2)
+        after = _rss_bytes(pid)
+        for call in [*warm, *calls]:
+            call.cancel()
+        return (after - before) / idle
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer) -> Any:
+    env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
+    notifier = ServiceProcess("notify_service", env, workdir)
+    port = free_port()
+    bare = _start_bare(port)
+    try:
+        notifier.start()
+        assert notifier.process is not None
+        await asyncio.sleep(1)
+        base = await _idle_growth(f"127.0.0.1:{port}", bare.pid, args.idle)
+        svc = await _idle_growth(notifier.address, notifier.process.pid, args.idle)
+        return {
+            "benchmark": f"server memory per idle subscriber ({args.idle} subscriptions)",
+            "baseline_bare_grpc_stream_bytes": round(base),
+            "service_bytes": round(svc),
+            "ratio_service_to_baseline": round(svc / base, 2),
+            "target": "<= 20480 bytes",
+        }
+    finally:
+        notifier.stop()
+        bare.send_signal(signal.SIGTERM)
+        bare.wait(30)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> list[Any]:
+    pg = PostgresServer(workdir / "postgres")
+    rds = RedisServer(workdir / "redis")
+    pg.start()
+    rds.start()
+    try:
+        return [await bench_latency(args, workdir, pg, rds), await bench_memory(args, workdir, rds)]
+    finally:
+        rds.stop()
+        pg.stop("fast")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        mode, target, count, out = sys.argv[2:6]
+        records = asyncio.run(_client(argparse.Namespace(mode=mode, target=target, count=int(count), out=out)))
+        Path(out).write_text(json.dumps(records))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "bare":
+        asyncio.run(_bare_server(int(sys.argv[2])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--idle", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        print(json.dumps(asyncio.run(run(args, workdir)), indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

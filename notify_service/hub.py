@@ -5,8 +5,9 @@ many subscribers get them. Every subscriber keeps its own position in the stream
 follows the one before it (event seqs have no gaps), so a subscriber never skips an event unnoticed: a gap
 (history trimmed, or lost with Redis's data) ends its stream with OUT_OF_RANGE `CURSOR_EXPIRED`.
 
-A subscriber's queue is bounded: one that falls `max_queue` events behind is ended with RESOURCE_EXHAUSTED
-`SLOW_CONSUMER`, and dispatching never waits for it.
+A subscriber's queue is bounded: one that still holds `max_queue` undelivered events when the next batch
+arrives from Redis is ended with RESOURCE_EXHAUSTED `SLOW_CONSUMER` (so it holds at most `max_queue` plus one
+batch), and dispatching never waits for it.
 """
 
 from __future__ import annotations
@@ -69,17 +70,9 @@ class Subscriber:
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
 
-    def offer(self, event: Event) -> None:
+    def offer(self, events: list[Event]) -> None:
+        """Queue what this subscriber should get of `events` (a batch read from the stream, in order)."""
         if self.failure is not None:
-            return
-        if self.last is not None:
-            if event.id <= self.last:  # already seen (while catching up from history)
-                return
-            if not event.id.follows(self.last):
-                self.fail(cursor_expired(self.last))
-                return
-        self.last = event.id
-        if not self.filter.matches(event):
             return
         if len(self._queue) >= self.max_queue:
             self.fail(
@@ -90,8 +83,20 @@ class Subscriber:
                 )
             )
             return
-        self._queue.append(event.payload)
-        self._ready.set()
+        queued = False
+        for event in events:
+            if self.last is not None:
+                if event.id <= self.last:  # already seen (while catching up from history)
+                    continue
+                if not event.id.follows(self.last):
+                    self.fail(cursor_expired(self.last))
+                    return
+            self.last = event.id
+            if self.filter.matches(event):
+                self._queue.append(event.payload)
+                queued = True
+        if queued:
+            self._ready.set()
 
     def fail(self, error: ServiceError) -> None:
         """End this subscription with `error` (what was still queued is dropped: the client resumes)."""
@@ -132,11 +137,11 @@ class Hub:
         self._subscribers.discard(subscriber)
 
     def dispatch(self, events: list[Event]) -> None:
-        subscribers = self._subscribers
-        for event in events:
-            for subscriber in subscribers:
-                subscriber.offer(event)
-            self.last = event.id
+        if not events:
+            return
+        for subscriber in self._subscribers:
+            subscriber.offer(events)
+        self.last = events[-1].id
 
     def close(self, error: ServiceError) -> None:
         """End every subscription with `error` and refuse new ones."""

@@ -78,9 +78,9 @@ class EventSystem:
             rows = await conn.fetch(
                 "SELECT stream_ms, seq, event_type, booking->>'id' AS booking_id FROM booking_outbox ORDER BY seq"
             )
-            unplaced = await conn.fetchval("SELECT count(*) FROM booking_outbox WHERE seq IS NULL")
         finally:
             await conn.close()
+        unplaced = sum(r["seq"] is None for r in rows)
         assert unplaced == 0, f"{unplaced} committed events have no stream position yet"
         types = {"CREATED": CREATED, "DELETED": DELETED, "RESTORED": RESTORED, "HARD_DELETED": HARD_DELETED}
         return [(f"{r['stream_ms']}-{r['seq']}", types[r["event_type"]], r["booking_id"]) for r in rows]

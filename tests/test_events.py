@@ -160,16 +160,16 @@ async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every
     channels: list[grpc.aio.Channel],
 ) -> None:
     booking = system.booking()
-    notifier = system.notify(SUBSCRIBER_QUEUE_SIZE="64")
+    notifier = system.notify()  # the default queue: 1000 events
     reader, sleeper = subscriptions("admin", uid("reader")), subscriptions("admin", uid("sleeper"))
     await reader.open(notifier.address)
-    # The sleeper's client does not read: its HTTP/2 window (64 KiB, no BDP growth) fills with ~1.3 KB events,
+    # The sleeper's client does not read: its HTTP/2 window (64 KiB, no BDP growth) fills with ~2.3 KB events,
     # then its server-side queue.
     stalled = await sleeper.open(notifier.address, read=False, options=[("grpc.http2.bdp_probe", 0)])
     caller = await admin_on(booking, channels)
-    await book_and_cancel([caller], 150, parallel=8, notes="n" * 1000)
+    await book_and_cancel([caller], 600, parallel=8, notes="n" * 2000)
 
-    committed = await system.wait_relayed(300)
+    committed = await system.wait_relayed(1200)
     await reader.wait_for(committed[-1][0])
     assert_exactly(reader, committed)
 

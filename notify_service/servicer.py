@@ -1,12 +1,11 @@
 """The protocol layer: validates a Subscribe request and streams the serialized responses.
 
 Responses are serialized once per event by the reader (notify_service.stream), so Subscribe is registered with
-a pass-through serializer and yields those bytes as they are.
+a pass-through serializer and writes those bytes as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -41,14 +40,17 @@ class NotifyServicer:
     def __init__(self, subscriptions: Subscriptions) -> None:
         self._subscriptions = subscriptions
 
-    async def Subscribe(self, request: notify_pb2.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
+    async def Subscribe(self, request: notify_pb2.SubscribeRequest, context: Any) -> None:
         event_filter, cursor = _request(request)
         subscriber = self._subscriptions.open(event_filter, cursor)
         try:
             # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event).
             await context.send_initial_metadata(())
-            async for payload in self._subscriptions.responses(subscriber, cursor):
-                yield payload
+            if cursor is not None:
+                async for payload in self._subscriptions.replay(subscriber, cursor):
+                    await context.write(payload)
+            while True:  # the hot path: one wait and one write per event, no generators in between
+                await context.write(await subscriber.next())
         finally:
             self._subscriptions.close(subscriber)
 

@@ -37,14 +37,12 @@ class Subscriptions:
             self._hub.add(subscriber)
         return subscriber
 
-    async def responses(self, subscriber: Subscriber, resume_after: EventId | None) -> AsyncIterator[bytes]:
-        """The serialized responses for `subscriber`, until it fails (raising why) or is cancelled."""
-        if resume_after is not None:
-            async for payload in self._replay(subscriber, resume_after):
-                yield payload
-            self._hub.add(subscriber)
-        while True:
-            yield await subscriber.next()
+    async def replay(self, subscriber: Subscriber, resume_after: EventId) -> AsyncIterator[bytes]:
+        """History after `resume_after` up to the hub's position, then `subscriber` joins the hub for the rest
+        (`subscriber.next()`); raises OUT_OF_RANGE if the cursor cannot be honoured."""
+        async for payload in self._replay(subscriber, resume_after):
+            yield payload
+        self._hub.add(subscriber)
 
     def close(self, subscriber: Subscriber) -> None:
         """Forget `subscriber` (whether or not it was registered yet)."""

@@ -3,13 +3,15 @@
     python -m tests.bench_events [--seconds 10] [--rate 100] [--subscribers 200] [--idle 2000]
 
 1. Latency: changes are written through booking_service at `rate` per second (alternating CreateBooking and
-   DeleteBooking) while `subscribers` streams, split over two notify_service instances and two client processes,
-   receive them. Latency is measured per event and subscriber, from the moment the write was sent and from the
-   moment it returned (the commit lies in between), to receipt. Baseline: the same load as bare Redis: entries
-   XADDed to a stream at the same rate and read by as many XREAD loops in the same client processes, with no
-   PostgreSQL, outbox, relay or gRPC. Every subscriber must get every change.
-2. Idle subscriber memory: the notify process's RSS growth per idle subscription, over `idle` subscriptions.
-   Baseline: a bare grpc.aio server whose streaming method holds the call open and does nothing else.
+   DeleteBooking) while `subscribers` streams, split over two notify_service instances, receive them. Latency is
+   measured per event and subscriber, from the moment the write was sent and from the moment it returned (the
+   commit lies in between), to receipt. Baseline, same load and clients: a bare fan-out server (one Redis XREAD
+   loop writing each entry to every open stream; no auth, filters, bounds, history, PostgreSQL or relay) fed
+   by XADDs at the same rate. Every subscriber must get every change.
+   The subscribers are Node.js processes (@grpc/grpc-js, installed under .local/bench-node on first use), which
+   cost a fraction of a Python client per message: on two cores, Python clients would measure themselves.
+2. Idle subscriber memory: a server's RSS growth per idle subscription, over `idle` subscriptions; the bare
+   fan-out server is the baseline.
 
 Targets: latency p50 <= 3 ms and p99 <= 10 ms at 100 changes/s with 200 subscribers; <= 20 KB per idle subscriber.
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -34,90 +38,48 @@ from typing import Any
 import grpc
 import redis.asyncio as redis
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.devservers import PostgresServer, RedisServer, free_port
-from tests.helpers import JWT_SECRET, auth, ts
+from svc_common.devservers import PostgresServer, RedisServer, free_port, wait_for_port
+from tests.helpers import JWT_SECRET, auth, token, ts
 from tests.servers import PROJECT, ServiceProcess
 
 BASELINE_STREAM = "bench:baseline"
 STREAM = "bench:events"
 EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
+NODE_DIR = PROJECT / ".local" / "bench-node"
 
 
-# --- client processes --------------------------------------------------------------------------------------
+# --- subscribers -------------------------------------------------------------------------------------------
 
 
-async def _client(args: argparse.Namespace) -> list[tuple[int, str, float]]:
-    """A subscriber process: `count` streams (notify or, for the baseline, bare Redis); records receipt times."""
-    records: list[tuple[int, str, float]] = []
-    ready = 0
-    all_ready = asyncio.Event()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-
-    raw: list[tuple[int, bytes, float]] = []
-
-    async def notify_stream(i: int, channel: grpc.aio.Channel) -> None:
-        nonlocal ready
-        # Responses are kept as bytes and parsed after the run, to keep the client's cost off the measurement.
-        subscribe = channel.unary_stream("/notify.v1.NotifyService/Subscribe")
-        call = subscribe(notify_pb2.SubscribeRequest().SerializeToString(), metadata=auth("admin", f"bench-{i}"))
-        await call.initial_metadata()
-        ready += 1
-        if ready == args.count:
-            all_ready.set()
-        async for response in call:
-            raw.append((i, response, time.time()))
-
-    async def redis_stream(i: int, client: redis.Redis) -> None:
-        nonlocal ready
-        position = "0-0"  # a fresh stream: from its start, so no entry is missed
-        ready += 1
-        if ready == args.count:
-            all_ready.set()
-        while True:
-            reply: Any = await client.xread({BASELINE_STREAM: position}, block=0)
-            for _key, entries in reply:
-                for entry_id, fields in entries:
-                    records.append((i, fields[b"key"].decode(), time.time()))
-                    position = entry_id
-
-    tasks = []
-    closers: list[Any] = []
-    for i in range(args.count):
-        if args.mode == "notify":
-            if i % 50 == 0:  # 50 streams per connection
-                channel = grpc.aio.insecure_channel(args.target)
-                closers.append(channel.close)
-            tasks.append(asyncio.create_task(notify_stream(i, channel)))
-        else:
-            client = redis.Redis.from_url(args.target, max_connections=1)
-            closers.append(client.aclose)
-            tasks.append(asyncio.create_task(redis_stream(i, client)))
-    await all_ready.wait()
-    await asyncio.to_thread(Path(args.out + ".ready").touch)
-    await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for close in closers:
-        await close()
-    for i, data, received in raw:
-        event = notify_pb2.SubscribeResponse.FromString(data).event
-        records.append((i, f"{event.booking.id}/{event.type}", received))
-    return records
+def node_modules() -> Path:
+    """@grpc/grpc-js for the Node.js subscriber processes, installed on first use."""
+    modules = NODE_DIR / "node_modules"
+    if not (modules / "@grpc" / "grpc-js").exists():
+        npm = shutil.which("npm")
+        if npm is None or shutil.which("node") is None:
+            raise SystemExit("bench_events needs Node.js and npm for its subscriber processes (apt-get install npm)")
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), "@grpc/grpc-js@1"],
+            check=True,
+        )
+    return modules
 
 
 class Clients:
-    """Subscriber processes, started and stopped together."""
+    """Node.js subscriber processes, `per_process` streams each, started and stopped together."""
 
-    def __init__(self, workdir: Path, mode: str, targets: list[str], per_process: int) -> None:
-        self.outs = [str(workdir / f"{mode}-{n}.json") for n in range(len(targets))]
+    def __init__(self, workdir: Path, name: str, targets: list[str], per_process: int) -> None:
+        self.outs = [str(workdir / f"{name}-{n}.json") for n in range(len(targets))]
+        env = {**os.environ, "BENCH_NODE_MODULES": str(node_modules())}
+        bearer = token("admin", "bench-subscriber")
         self.processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.bench_events", "client", mode, target, str(per_process), out],
+                ["node", str(PROJECT / "tests" / "bench_client.mjs"), target, str(per_process), out, bearer],
                 cwd=PROJECT,
+                env=env,
             )
             for target, out in zip(targets, self.outs, strict=True)
         ]
@@ -130,11 +92,14 @@ class Clients:
             time.sleep(0.1)
 
     def finish(self) -> list[tuple[int, str, float]]:
+        """Every response received: (stream, "<booking id>/<event type>", receipt time in seconds)."""
         records: list[tuple[int, str, float]] = []
         for n, (process, out) in enumerate(zip(self.processes, self.outs, strict=True)):
             process.send_signal(signal.SIGTERM)
             process.wait(60)
-            records.extend((n * 100_000 + i, key, t) for i, key, t in json.loads(Path(out).read_text()))
+            for i, received_ms, data in json.loads(Path(out).read_text()):
+                event = notify_pb2.SubscribeResponse.FromString(base64.b64decode(data)).event
+                records.append((n * 100_000 + i, f"{event.booking.id}/{event.type}", received_ms / 1000))
         return records
 
 
@@ -183,12 +148,17 @@ async def write_bookings(address: str, rate: float, seconds: float) -> dict[str,
 
 
 async def write_redis(url: str, rate: float, seconds: float) -> dict[str, tuple[float, float]]:
+    """The baseline's changes: each an XADD of a ready-made response, keyed like a booking's creation."""
     client = redis.Redis.from_url(url)
     try:
 
         async def write(k: int) -> str:
-            await client.xadd(BASELINE_STREAM, {"key": str(k)}, maxlen=100_000)
-            return str(k)
+            event = events_pb2.BookingEvent(
+                booking=booking_pb2.Booking(id=str(k)), type=events_pb2.BOOKING_EVENT_TYPE_CREATED
+            )
+            payload = notify_pb2.SubscribeResponse(event=event).SerializeToString()
+            await client.xadd(BASELINE_STREAM, {"response": payload}, maxlen=100_000)
+            return f"{k}/1"
 
         return await _paced(rate, seconds, write)
     finally:
@@ -225,17 +195,21 @@ async def bench_latency(args: argparse.Namespace, workdir: Path, pg: PostgresSer
     env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
     booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url}, workdir)
     notifiers = [ServiceProcess("notify_service", env, workdir) for _ in range(2)]
+    bare_ports = [free_port(), free_port()]
+    bare = [start_bare(port, rds.url) for port in bare_ports]
     started = [booking, *notifiers]
     try:
         for process in started:
             process.start()
+        for port in bare_ports:
+            wait_for_port(port)
         half = args.subscribers // 2
         results = {}
         for mode in ("baseline", "service"):
             if mode == "baseline":
-                clients = Clients(workdir, "redis", [rds.url, rds.url], half)
+                clients = Clients(workdir, mode, [f"127.0.0.1:{port}" for port in bare_ports], half)
             else:
-                clients = Clients(workdir, "notify", [n.address for n in notifiers], half)
+                clients = Clients(workdir, mode, [n.address for n in notifiers], half)
             clients.wait_ready()
             if mode == "baseline":
                 sent = await write_redis(rds.url, args.rate, args.seconds)
@@ -245,16 +219,22 @@ async def bench_latency(args: argparse.Namespace, workdir: Path, pg: PostgresSer
             results[mode] = latency_report(sent, clients.finish(), 2 * half)
         base, svc = results["baseline"], results["service"]
         return {
-            "benchmark": f"event latency at {args.rate:g} changes/s, {2 * half} subscribers on 2 notify instances",
-            "baseline_bare_redis_stream": base,
+            "benchmark": f"event latency at {args.rate:g} changes/s, {2 * half} subscribers on 2 server instances",
+            "baseline_bare_fanout": base,
             "service": svc,
-            "ratio_p50_service_to_baseline": round(svc["p50_ms_from_sent"] / base["p50_ms_from_sent"], 2),
-            "ratio_p99_service_to_baseline": round(svc["p99_ms_from_sent"] / base["p99_ms_from_sent"], 2),
+            "ratio_p50_service_from_returned_to_baseline": round(
+                svc["p50_ms_from_returned"] / base["p50_ms_from_returned"], 2
+            ),
+            "ratio_p99_service_from_returned_to_baseline": round(
+                svc["p99_ms_from_returned"] / base["p99_ms_from_returned"], 2
+            ),
             "target": "p50 <= 3 ms, p99 <= 10 ms, every subscriber gets every change",
         }
     finally:
         for process in started:
             process.stop()
+        for server in bare:
+            stop_bare(server)
 
 
 # --- idle memory -------------------------------------------------------------------------------------------
@@ -267,34 +247,53 @@ def _rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def _bare_server(port: int) -> None:
-    """Baseline: a grpc.aio server whose Subscribe holds each call open and does nothing else."""
+async def _bare_server(port: int, redis_url: str) -> None:
+    """The baseline: NotifyService/Subscribe as bare as it gets: one XREAD loop writes each entry's ready-made
+    response to every open stream; no auth, filters, queue bounds, history or gap checks."""
+    queues: set[asyncio.Queue[bytes]] = set()
 
     async def subscribe(request: Any, context: Any) -> Any:
-        await context.send_initial_metadata(())
-        await asyncio.Event().wait()
-        yield b""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queues.add(queue)
+        try:
+            await context.send_initial_metadata(())
+            while True:
+                yield await queue.get()
+        finally:
+            queues.discard(queue)
 
-    server = grpc.aio.server()
+    async def follow() -> None:
+        client = redis.Redis.from_url(redis_url)
+        position = "$"
+        while True:
+            reply: Any = await client.xread({BASELINE_STREAM: position}, block=0)
+            for _key, entries in reply:
+                for entry_id, fields in entries:
+                    for queue in queues:
+                        queue.put_nowait(fields[b"response"])
+                    position = entry_id
+
+    handler = grpc.unary_stream_rpc_method_handler(subscribe)
+    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 30_000)])
     server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "notify.v1.NotifyService",
-                {
-                    "Subscribe": grpc.unary_stream_rpc_method_handler(
-                        subscribe, request_deserializer=notify_pb2.SubscribeRequest.FromString
-                    )
-                },
-            ),
-        )
+        (grpc.method_handlers_generic_handler("notify.v1.NotifyService", {"Subscribe": handler}),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    await server.wait_for_termination()
+    following = asyncio.create_task(follow())
+    try:
+        await server.wait_for_termination()
+    finally:
+        following.cancel()
 
 
-def _start_bare(port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.bench_events", "bare", str(port)], cwd=PROJECT)
+def start_bare(port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.bench_events", "bare", str(port), redis_url], cwd=PROJECT)
+
+
+def stop_bare(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(30)
 
 
 async def _idle_growth(address: str, pid: int, idle: int) -> float:
@@ -334,24 +333,23 @@ async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer
     env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
     notifier = ServiceProcess("notify_service", env, workdir)
     port = free_port()
-    bare = _start_bare(port)
+    bare = start_bare(port, rds.url)
     try:
         notifier.start()
+        wait_for_port(port)
         assert notifier.process is not None
-        await asyncio.sleep(1)
         base = await _idle_growth(f"127.0.0.1:{port}", bare.pid, args.idle)
         svc = await _idle_growth(notifier.address, notifier.process.pid, args.idle)
         return {
             "benchmark": f"server memory per idle subscriber ({args.idle} subscriptions)",
-            "baseline_bare_grpc_stream_bytes": round(base),
+            "baseline_bare_fanout_bytes": round(base),
             "service_bytes": round(svc),
             "ratio_service_to_baseline": round(svc / base, 2),
             "target": "<= 20480 bytes",
         }
     finally:
         notifier.stop()
-        bare.send_signal(signal.SIGTERM)
-        bare.wait(30)
+        stop_bare(bare)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> list[Any]:
@@ -367,13 +365,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[Any]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "client":
-        mode, target, count, out = sys.argv[2:6]
-        records = asyncio.run(_client(argparse.Namespace(mode=mode, target=target, count=int(count), out=out)))
-        Path(out).write_text(json.dumps(records))
-        return
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
-        asyncio.run(_bare_server(int(sys.argv[2])))
+        asyncio.run(_bare_server(int(sys.argv[2]), sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -388,5 +381,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -185,7 +186,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_unary_rpc_method_handler(
                 unary_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
             )
-        if handler.unary_stream is not None:
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             stream = handler.unary_stream
 
             async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -200,6 +201,21 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:  # a coroutine that sends with context.write()
+            writer = handler.unary_stream
+
+            async def write_behavior(request: Any, context: Any) -> None:
+                try:
+                    self._prepare(request, context, authenticate)
+                    await writer(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
+                    await self._abort(context, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                write_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
             )
         if not authenticate:  # reflection's bidirectional stream: served as the library made it
             return handler

@@ -2,8 +2,9 @@
 
 Woken after events commit (by `RelayWaker`), with a periodic sweep as a backstop, the relaying instance
 (outbox.py) gives events their stream position, appends them to the stream with XADD under that explicit id,
-and marks them published in its next round. A crash between XADD and marking means they are published again
-under the same ids, which Redis refuses (ids only increase): the publisher skips what the stream already holds.
+and records durably how far it has published about once a second. A crash between XADD and that mark means
+the events are published again under the same ids, which Redis refuses (ids only increase): the publisher
+skips what the stream already holds.
 While Redis is down, events wait in the outbox and go out in order once it is back.
 
 Housekeeping trims the stream by age (XTRIM MINID; XADD trims by count) and deletes published outbox rows of
@@ -31,6 +32,8 @@ from svc_common.eventstream import EventId
 from svc_common.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
+
+MARK_INTERVAL_SECONDS = 1.0  # how often the relay records durably how far it has published
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ class EventRelay:
         self._publisher = RedisPublisher(client, config.stream_key, config.max_len)
         self._wake = asyncio.Event()
         self._next_housekeeping = 0.0
-        self._published = 0  # the last seq this relay published; marked published in the database next round
+        self._published = 0  # the last seq this relay published (marked in the database about once a second)
+        self._next_mark = 0.0
         self.relaying = False  # whether this instance holds the relay lock
 
     async def run(self) -> None:
@@ -162,10 +166,14 @@ class EventRelay:
     async def _relay_all(self, outbox: OutboxConnection) -> None:
         batch = self._config.batch
         while True:
-            events = await outbox.round(batch, self._published)
+            now = time.monotonic()
+            mark = now >= self._next_mark
+            if mark:
+                self._next_mark = now + MARK_INTERVAL_SECONDS
+            events = await outbox.round(batch, self._published, mark=mark)
             if events:
                 await self._publisher.publish(events)
-                # Marked published by the next round (the next wake-up or sweep): a crash before that only
+                # Marked published durably by a later round (about once a second): a crash before that only
                 # means publishing them again, which the stream refuses.
                 self._published = events[-1].event_id.seq
             if len(events) < batch:

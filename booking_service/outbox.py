@@ -3,7 +3,7 @@ wake-ups (CHANNEL, sent by other instances after their writes commit) and runs t
 
 Write statements insert their change event into `booking_outbox` (see storage.py). The relay then, on this
 connection, in one statement per round (one round trip on the event path):
-1. marks published what the previous round published (events.py);
+1. marks published, about once a second, what earlier rounds published (events.py);
 2. gives committed events their stream position (`seq`, gapless, in outbox id order; `stream_ms`, never going
    back). Changes of one booking are serialised by its row lock and take their outbox id after that lock, so
    id order, hence seq order, is their commit order;
@@ -33,36 +33,46 @@ CHANNEL = "booking_outbox"
 
 _EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time"
 
-# $1: batch size; $2: the last seq the previous round published (0: none). Marking moves published_seq (one
-# row, not one per event); placing updates each new event once.
+# The newest position handed out: the outbox's highest seq, or the mark kept for when old rows are deleted.
+_TOP = """
+    SELECT seq, stream_ms FROM (
+        (SELECT seq, stream_ms FROM booking_outbox WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1)
+        UNION ALL
+        SELECT last_seq, last_ms FROM booking_outbox_state
+    ) known ORDER BY seq DESC LIMIT 1
+"""
+
+# $1: batch size; $2: the published seq to mark durably now (0: none this round); $3: the last seq this relay
+# published. Only one relay runs at a time (RELAY_LOCK_ID), so positions follow on from the newest one.
 ROUND_SQL = f"""
-WITH state AS (
-    SELECT last_seq, published_seq, greatest(last_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms
-      FROM booking_outbox_state FOR UPDATE
+WITH marked AS (
+    UPDATE booking_outbox_state SET published_seq = $2 WHERE $2 > published_seq
+), top AS ({_TOP}
+), next_place AS (
+    SELECT seq, greatest(stream_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms FROM top
 ), pending AS (
     SELECT id, row_number() OVER (ORDER BY id) AS n
       FROM (SELECT id FROM booking_outbox WHERE seq IS NULL ORDER BY id LIMIT $1) first_ones
 ), assigned AS (
-    UPDATE booking_outbox o SET seq = state.last_seq + pending.n, stream_ms = state.ms
-      FROM pending, state WHERE o.id = pending.id
+    UPDATE booking_outbox o SET seq = next_place.seq + pending.n, stream_ms = next_place.ms
+      FROM pending, next_place WHERE o.id = pending.id
     RETURNING o.*
-), moved AS (
-    UPDATE booking_outbox_state s
-       SET last_seq = state.last_seq + (SELECT count(*) FROM pending),
-           last_ms = CASE WHEN EXISTS (SELECT 1 FROM pending) THEN state.ms ELSE s.last_ms END,
-           published_seq = greatest(state.published_seq, $2)
-      FROM state WHERE EXISTS (SELECT 1 FROM pending) OR $2 > state.published_seq
 )
 SELECT * FROM (
     SELECT {_EVENT_COLUMNS} FROM assigned
-    UNION ALL  -- placed by an earlier round (or relay) but not published yet; the statement's snapshot
-               -- shows the rows `assigned` changes without their seq, so nothing comes twice
-    SELECT {_EVENT_COLUMNS} FROM booking_outbox, state WHERE seq > greatest(state.published_seq, $2)
+    UNION ALL  -- placed earlier but not published yet; the statement's snapshot shows the rows `assigned`
+               -- changes without their seq, so nothing comes twice
+    SELECT {_EVENT_COLUMNS} FROM booking_outbox
+     WHERE seq > greatest($3, (SELECT published_seq FROM booking_outbox_state))
 ) unpublished ORDER BY seq LIMIT $1
 """
 
-# Published events older than the stream's retention are of no more use.
-DELETE_PUBLISHED_SQL = """
+# Published events older than the stream's retention are of no more use; the newest position is kept first.
+DELETE_PUBLISHED_SQL = f"""
+WITH top AS ({_TOP}
+), kept AS (
+    UPDATE booking_outbox_state s SET last_seq = top.seq, last_ms = top.stream_ms FROM top WHERE top.seq > s.last_seq
+)
 DELETE FROM booking_outbox
  WHERE seq <= (SELECT published_seq FROM booking_outbox_state) AND occur_time < $1
 """
@@ -133,10 +143,11 @@ class OutboxConnection:
             self.locked = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID))
         return self.locked
 
-    async def round(self, batch: int, published: int) -> list[OutboxEvent]:
-        """Mark published the events up to seq `published`, place newly committed ones, and return up to
-        `batch` events to publish next, in stream order (one statement, one transaction)."""
-        return [_event(r) for r in await self._conn.fetch(ROUND_SQL, batch, published)]
+    async def round(self, batch: int, published: int, *, mark: bool) -> list[OutboxEvent]:
+        """Place newly committed events and return up to `batch` events after seq `published` to publish next,
+        in stream order (one statement); with `mark`, first record durably that `published` is published."""
+        records = await self._conn.fetch(ROUND_SQL, batch, published if mark else 0, published)
+        return [_event(r) for r in records]
 
     async def delete_published(self, before: datetime) -> int:
         status = await self._conn.execute(DELETE_PUBLISHED_SQL, before)

@@ -353,7 +353,7 @@ async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> list[Any]:
-    pg = PostgresServer(workdir / "postgres")
+    pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
     rds = RedisServer(workdir / "redis")
     pg.start()
     rds.start()
@@ -373,6 +373,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
         workdir = Path(tmp)

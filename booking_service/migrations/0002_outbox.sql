@@ -14,8 +14,9 @@ CREATE TABLE booking_outbox (
 );
 CREATE INDEX booking_outbox_unsequenced ON booking_outbox (id) WHERE seq IS NULL;
 
--- The relay's position: the last seq handed out, the stream time it used (stream ids never go back), and the
--- last seq published (every event up to it is in Redis).
+-- The relay's durable marks, updated at most about once a second (a row updated on every round would bloat
+-- with dead versions faster than autovacuum removes them): published_seq, the last seq known to be in Redis;
+-- last_seq and last_ms, the newest position handed out, kept for when old events are deleted from the outbox.
 CREATE TABLE booking_outbox_state (
     singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     last_seq      bigint NOT NULL,

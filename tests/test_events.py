@@ -329,3 +329,29 @@ async def test_another_booking_instance_takes_over_relaying_when_the_relaying_on
     await watcher.wait_for(committed[-1][0])
     assert_exactly(watcher, committed)
     assert "relaying change events" in bookings[1 - relay].log()
+
+
+async def test_a_cursor_older_than_the_retained_history_is_out_of_range(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    # Retention by count keeps at least the last 10 events (Redis trims whole stream nodes of 100 entries).
+    booking, notifier = system.booking(EVENT_STREAM_MAX_LEN="10"), system.notify()
+    early = subscriptions("admin", uid("early"))
+    await early.open(notifier.address)
+    caller = await admin_on(booking, channels)
+    await book_and_cancel([caller], 1)
+    committed = await system.wait_relayed(2)
+    await early.wait_for(committed[0][0])
+    await early.close()  # its last event is the very first one
+
+    await book_and_cancel([caller], 150)
+    committed = await system.wait_relayed(302)
+    recent = subscriptions("admin", uid("recent"))
+    await recent.open(notifier.address, filters={"resume_after": committed[-5][0]})
+    await recent.wait_for(committed[-1][0])
+    assert recent.ids == [event_id for event_id, _, _ in committed[-4:]]  # the last 10 are retained
+
+    error = await expect_stream_error(early, notifier.address)
+    assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)

@@ -130,9 +130,6 @@ class OutboxConnection:
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
-    def is_closed(self) -> bool:
-        return self._conn.is_closed()
-
     async def close(self) -> None:
         if not self._conn.is_closed():
             await self._conn.close(timeout=5)

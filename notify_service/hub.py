@@ -125,9 +125,6 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
 
-    def __len__(self) -> int:
-        return len(self._subscribers)
-
     def add(self, subscriber: Subscriber) -> None:
         if self._closing is not None:
             raise self._closing

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from google.protobuf.message import DecodeError
 
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2
@@ -28,12 +29,19 @@ MAX_BACKOFF_SECONDS = 1.0
 
 
 def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
-    """The event of one stream entry (None for an entry that is not one of ours)."""
+    """The event of one stream entry (None for an entry that is not one of ours, which is skipped; had it taken
+    the place of one of ours, subscribers see the gap in the seqs and are told)."""
     event_id = EventId.parse(entry_id)
     raw = fields.get(stream.FIELD_EVENT)
     if event_id is None or raw is None:
+        log.error("stream entry %r is not a change event; skipped", entry_id)
         return None
-    response = notify_pb2.SubscribeResponse(event=events_pb2.BookingEvent.FromString(raw))
+    try:
+        event = events_pb2.BookingEvent.FromString(raw)
+    except DecodeError:
+        log.error("stream entry %r does not hold a BookingEvent; skipped", entry_id)
+        return None
+    response = notify_pb2.SubscribeResponse(event=event)
     return Event(
         id=event_id,
         customer_id=fields.get(stream.FIELD_CUSTOMER, b"").decode(),
@@ -67,20 +75,19 @@ class StreamReader:
             if self.on_change is not None:
                 await self.on_change(connected)
 
-    async def _stream_top(self) -> EventId | None:
-        newest: Any = await self._redis.xrevrange(self._key, count=1)
-        return EventId.parse(newest[0][0]) if newest else None
-
     async def run(self) -> None:
         """Follow the stream from its current end, dispatching to the hub, until cancelled."""
+        position: bytes | None = None  # the last entry read (ours or not)
         delay = 0.05
         while True:
             try:
-                if self._hub.last is None:
-                    self._hub.last = await self._stream_top()
+                if position is None:
+                    newest: Any = await self._redis.xrevrange(self._key, count=1)
+                    # An empty stream: read from its start, and take whatever event comes first.
+                    self._hub.last = EventId.parse(newest[0][0]) if newest else None
+                    position = newest[0][0] if newest else b"0-0"
                 await self._set_connected(True)
-                start = str(self._hub.last) if self._hub.last else "0-0"
-                reply: Any = await self._redis.xread({self._key: start}, count=self._batch, block=self._block_ms)
+                reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
                 delay = 0.05
             except REDIS_ERRORS:
                 await self._set_connected(False)
@@ -88,6 +95,7 @@ class StreamReader:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
             for _key, entries in reply or ():
+                position = entries[-1][0]
                 self._hub.dispatch(_events(entries))
 
     async def _patiently(self, read: Callable[[], Awaitable[T]]) -> T:

@@ -128,20 +128,21 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     usecases = BookingUseCases(storage, waker)
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     async with contextlib.AsyncExitStack() as stack:
-        # Exit order: stop the background tasks, drain calls in flight, then close the pool and Redis client.
+        # Exit order: stop the background tasks, drain calls in flight (the relay still publishing what they
+        # commit), stop the relay, then close the pool and the Redis client.
         stack.push_async_callback(client.aclose)
         stack.push_async_callback(storage.close)
+        relay_tasks: list[asyncio.Task[None]] = []  # started once the database is migrated
+        stack.push_async_callback(_cancel_all, relay_tasks)
         # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
         await server.set_serving(False)
+        await server.set_serving(False, names=[EVENTS_HEALTH_NAME])
         await _open_storage(storage, stop)
+        relay_tasks.extend((asyncio.create_task(relay.run()), asyncio.create_task(waker.run())))
         health = asyncio.create_task(_watch_health(server, storage, client, settings.health_interval_seconds))
         stack.push_async_callback(_cancel, health)
-        relaying = asyncio.create_task(relay.run())
-        stack.push_async_callback(_cancel, relaying)
-        waking = asyncio.create_task(waker.run())
-        stack.push_async_callback(_cancel, waking)
         if settings.retention_days > 0:
             purge = asyncio.create_task(
                 _purge_periodically(
@@ -157,6 +158,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        await _cancel(task)
 
 
 async def serve(settings: Settings) -> None:

@@ -125,6 +125,10 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
 
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
     def add(self, subscriber: Subscriber) -> None:
         if self._closing is not None:
             raise self._closing

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from notify_service.hub import Hub
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
@@ -29,8 +30,14 @@ ERROR_DOMAIN = "notify.v1"
 EVENTS_HEALTH_NAME = "events"
 
 
+@dataclass(frozen=True)
+class Running:
+    port: int
+    hub: Hub
+
+
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[GrpcServer]:
+async def running(settings: Settings) -> AsyncIterator[Running]:
     """A started notify server; on exit it ends open streams, then stops."""
     client = connect(settings.redis_url)
     hub = Hub()
@@ -55,14 +62,14 @@ async def running(settings: Settings) -> AsyncIterator[GrpcServer]:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(client.aclose)
         await server.set_serving(False, names=[EVENTS_HEALTH_NAME])
-        await server.start()
+        port = await server.start()
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
         reader.on_change = events_health
         reading = asyncio.create_task(reader.run())
         stack.push_async_callback(_cancel, reading)
         log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
-        yield server
+        yield Running(port, hub)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

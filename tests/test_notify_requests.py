@@ -11,6 +11,8 @@ import pytest
 
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
+from notify_service.server import running
+from notify_service.settings import Settings
 from tests.conftest import notify_env
 from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
 from tests.helpers import Caller, assert_status, auth, field_violations, uid
@@ -161,3 +163,29 @@ async def eventually_has(subscription: Subscription, booking_id: str, kind: int)
         lambda: f"{subscription.sub} did not get {booking_id}",
     )
     assert subscription.error is None, subscription.error
+
+
+async def test_cancelled_and_disconnected_subscribers_leave_nothing_behind(
+    booking_db_url: str, redis_url: str, caller: Callable[[str, str], Caller]
+) -> None:
+    # In this process, so the test can look into the hub; a real server on a real port all the same.
+    settings = Settings.from_env(notify_env(booking_db_url, redis_url), listen="127.0.0.1:0")
+    async with running(settings) as notify:
+        address = f"127.0.0.1:{notify.port}"
+        kept = Subscription("admin", uid("kept"))
+        await kept.open(address)
+        dropped = [Subscription("user", uid("user")) for _ in range(20)]
+        for subscription in dropped[:10]:
+            await subscription.open(address)
+        # A resuming subscriber too: it registers once its history is read.
+        booking = await caller("admin", uid("admin")).create(customer_id=uid("c"), provider_id=uid("p"))
+        await eventually(lambda: any(e.booking.id == booking.id for e in kept.events), lambda: "no event")
+        for subscription in dropped[10:]:
+            await subscription.open(address, filters={"resume_after": kept.last_id})
+        await eventually(lambda: notify.hub.subscriber_count == 21, lambda: f"{notify.hub.subscriber_count} joined")
+
+        for subscription in dropped:
+            await subscription.close()  # cancels the call and closes its connection
+        await eventually(lambda: notify.hub.subscriber_count == 1, lambda: f"{notify.hub.subscriber_count} left")
+        await kept.close()
+        await eventually(lambda: notify.hub.subscriber_count == 0, lambda: f"{notify.hub.subscriber_count} left")

@@ -8,10 +8,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -186,23 +185,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_unary_rpc_method_handler(
                 unary_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
             )
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            stream = handler.unary_stream
-
-            async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    self._prepare(request, context, authenticate)
-                    async for item in stream(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
-                    await self._abort(context, exc)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:  # a coroutine that sends with context.write()
+        if handler.unary_stream is not None:  # served by a coroutine that sends with context.write()
             writer = handler.unary_stream
 
             async def write_behavior(request: Any, context: Any) -> None:
@@ -219,7 +202,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if not authenticate:  # reflection's bidirectional stream: served as the library made it
             return handler
-        raise TypeError("only unary-unary and unary-stream RPCs are served")
+        raise TypeError("only unary-unary and unary-stream (context.write) RPCs are served")
 
 
 class GrpcServer:

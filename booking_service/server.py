@@ -22,15 +22,15 @@ from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
 from booking_service.usecases import BookingUseCases
+from svc_common import eventstream
 from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.errors import ServiceError
-from svc_common.grpc_server import GrpcServer, stop_event_on_signals
+from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import REDIS_ERRORS, connect
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name
-EVENTS_HEALTH_NAME = "events"
 # Who the audit trail names for the automatic retention purge.
 RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
@@ -77,7 +77,7 @@ async def _watch_health(server: GrpcServer, storage: Storage, client: redis.Redi
                 "Redis %s",
                 "reachable" if events_now else "unreachable: change events wait in the outbox",
             )
-            await server.set_serving(events_now, names=[EVENTS_HEALTH_NAME])
+            await server.set_serving(events_now, names=[eventstream.HEALTH_NAME])
             events = events_now
         await asyncio.sleep(interval)
 
@@ -138,31 +138,25 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
         await server.set_serving(False)
-        await server.set_serving(False, names=[EVENTS_HEALTH_NAME])
+        await server.set_serving(False, names=[eventstream.HEALTH_NAME])
         await _open_storage(storage, stop)
         relay_tasks.extend((asyncio.create_task(relay.run()), asyncio.create_task(waker.run())))
         health = asyncio.create_task(_watch_health(server, storage, client, settings.health_interval_seconds))
-        stack.push_async_callback(_cancel, health)
+        stack.push_async_callback(cancel_and_wait, health)
         if settings.retention_days > 0:
             purge = asyncio.create_task(
                 _purge_periodically(
                     usecases, timedelta(days=settings.retention_days), settings.retention_interval_seconds
                 )
             )
-            stack.push_async_callback(_cancel, purge)
+            stack.push_async_callback(cancel_and_wait, purge)
         log.info("booking service listening on %s", settings.listen)
         yield server
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
-        await _cancel(task)
+        await cancel_and_wait(task)
 
 
 async def serve(settings: Settings) -> None:

@@ -52,7 +52,7 @@ class Settings:
             retention_interval_seconds=env.number(
                 environ, "RETENTION_INTERVAL_SECONDS", DEFAULT_RETENTION_INTERVAL_SECONDS
             ),
-            stream_key=environ.get("EVENT_STREAM_KEY", "").strip() or DEFAULT_STREAM_KEY,
+            stream_key=env.text(environ, "EVENT_STREAM_KEY", DEFAULT_STREAM_KEY),
             stream_max_len=env.integer(environ, "EVENT_STREAM_MAX_LEN", DEFAULT_STREAM_MAX_LEN),
             stream_max_age_seconds=env.number(environ, "EVENT_STREAM_MAX_AGE_SECONDS", DEFAULT_STREAM_MAX_AGE_SECONDS),
             relay_sweep_seconds=env.number(environ, "RELAY_SWEEP_SECONDS", DEFAULT_RELAY_SWEEP_SECONDS),

@@ -19,15 +19,15 @@ from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
 from notify_service.subscriptions import SubscriptionConfig, Subscriptions
+from svc_common import eventstream
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
-from svc_common.grpc_server import GrpcServer, stop_event_on_signals
+from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import connect
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "notify.v1"
-EVENTS_HEALTH_NAME = "events"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     server.server.add_generic_rpc_handlers((NotifyServicer(subscriptions).handler(),))
 
     async def events_health(readable: bool) -> None:
-        await server.set_serving(readable, names=[EVENTS_HEALTH_NAME])
+        await server.set_serving(readable, names=[eventstream.HEALTH_NAME])
 
     async def shut_down() -> None:
         await server.health.enter_graceful_shutdown()
@@ -61,21 +61,15 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(client.aclose)
-        await server.set_serving(False, names=[EVENTS_HEALTH_NAME])
+        await server.set_serving(False, names=[eventstream.HEALTH_NAME])
         port = await server.start()
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
         reader.on_change = events_health
         reading = asyncio.create_task(reader.run())
-        stack.push_async_callback(_cancel, reading)
+        stack.push_async_callback(cancel_and_wait, reading)
         log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
         yield Running(port, hub)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def serve(settings: Settings) -> None:

@@ -32,7 +32,7 @@ class Settings:
             redis_url=env.require(environ, "REDIS_URL"),
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
-            stream_key=environ.get("EVENT_STREAM_KEY", "").strip() or DEFAULT_STREAM_KEY,
+            stream_key=env.text(environ, "EVENT_STREAM_KEY", DEFAULT_STREAM_KEY),
             max_queue=max_queue,
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
         )

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_STREAM_KEY = "booking:events"
+# The gRPC health service name both services report the stream's reachability under.
+HEALTH_NAME = "events"
 
 FIELD_EVENT = b"event"
 FIELD_CUSTOMER = b"customer"

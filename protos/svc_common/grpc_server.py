@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -244,6 +245,13 @@ class GrpcServer:
         """Report NOT_SERVING, refuse new calls and give calls in flight `grace_seconds` to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait until it has finished."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def stop_event_on_signals() -> asyncio.Event:

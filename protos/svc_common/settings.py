@@ -16,6 +16,10 @@ def require(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def text(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
 def number(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:

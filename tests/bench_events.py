@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -42,7 +41,7 @@ from booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.devservers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.helpers import JWT_SECRET, auth, token, ts
-from tests.servers import PROJECT, ServiceProcess
+from tests.servers import PROJECT, ServiceProcess, run_benchmark
 
 BASELINE_STREAM = "bench:baseline"
 STREAM = "bench:events"
@@ -374,11 +373,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        print(json.dumps(asyncio.run(run(args, workdir)), indent=2))
+    run_benchmark(run, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +26,7 @@ from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.storage import CREATE_SQL, DELETE_SQL, Storage, StorageConfig, release_connection
 from svc_common.devservers import PostgresServer, RedisServer
 from tests.helpers import auth, ts
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, run_benchmark
 
 POOL_SIZE = 10
 EPOCH = datetime(2040, 1, 1, tzinfo=UTC)
@@ -185,11 +183,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync (harder on us)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        print(json.dumps(asyncio.run(run(args, workdir)), indent=2))
+    run_benchmark(run, parser.parse_args())
 
 
 if __name__ == "__main__":

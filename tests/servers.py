@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -16,6 +21,14 @@ from svc_common.devservers import free_port
 from svc_common.healthcheck import serving_status
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(run: Callable[[Any, Path], Coroutine[Any, Any, Any]], args: Any) -> None:
+    """Run a benchmark in a fresh working directory (traversable by the postgres user) and print its result."""
+    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        print(json.dumps(asyncio.run(run(args, workdir)), indent=2))
 
 
 class ServiceProcess:

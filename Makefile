@@ -27,13 +27,13 @@ gen: protos/.generated
 
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
 run: gen
-	$(PY) -m svc_common.devrun
+	$(PY) -m svc_common.dev.run
 
 # Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).
 SUB ?= alice
 ROLE ?= user
 token: $(STAMP)
-	@$(PY) -m svc_common.mint_token --sub $(SUB) --role $(ROLE)
+	@$(PY) -m svc_common.dev.mint_token --sub $(SUB) --role $(ROLE)
 
 test: gen
 	$(PY) -m pytest $(PYTEST_ARGS)

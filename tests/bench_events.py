@@ -39,7 +39,7 @@ import redis.asyncio as redis
 
 from booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.devservers import PostgresServer, RedisServer, free_port, wait_for_port
+from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.helpers import JWT_SECRET, auth, token, ts
 from tests.servers import PROJECT, ServiceProcess, run_benchmark
 

@@ -24,7 +24,7 @@ import grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.storage import CREATE_SQL, DELETE_SQL, Storage, StorageConfig, release_connection
-from svc_common.devservers import PostgresServer, RedisServer
+from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.helpers import auth, ts
 from tests.servers import ServiceProcess, run_benchmark
 

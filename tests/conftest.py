@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from booking.v1 import booking_pb2_grpc
-from svc_common.devservers import PostgresServer, RedisServer
+from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.helpers import JWT_SECRET, Caller
 from tests.servers import ServiceProcess
 

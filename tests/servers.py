@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from svc_common.devservers import free_port
+from svc_common.dev.servers import free_port
 from svc_common.healthcheck import serving_status
 
 PROJECT = Path(__file__).resolve().parents[1]

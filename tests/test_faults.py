@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from booking.v1 import booking_pb2_grpc
-from svc_common.devservers import PostgresServer
+from svc_common.dev.servers import PostgresServer
 from tests.conftest import booking_env
 from tests.helpers import Caller, expect_error, uid
 from tests.servers import ServiceProcess

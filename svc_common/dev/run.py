@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from svc_common.devservers import PostgresServer, RedisServer
+from svc_common.dev.servers import PostgresServer, RedisServer
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL = PROJECT / ".local"

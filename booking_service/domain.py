@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from svc_common.auth import Principal, Role
@@ -17,6 +17,10 @@ MAX_PAGE_SIZE = 1000
 MAX_NOTES_CHARS = 2000
 MAX_REASON_CHARS = 1000
 PURGE_SAMPLE_SIZE = 100
+# Booking times: from the Unix epoch up to (not including) the year 9999, in whole microseconds. Far from
+# the ends of what PostgreSQL and Python can represent (0001 and 9999-12-31 become +-infinity in asyncpg).
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 # Who did something: the caller as its token named it (id, name, role), kept with the change.

@@ -25,7 +25,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from booking_service.convert import event_to_proto
-from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent
+from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent, PlacedRow
 from booking_service.storage import CONNECTION_ERRORS, Storage
 from svc_common import eventstream as stream
 from svc_common.eventstream import EventId
@@ -49,6 +49,9 @@ class RelayConfig:
     max_backoff_seconds: float = 2.0
 
 
+Entry = tuple[EventId, dict[bytes, bytes]]  # a stream entry: its id and fields
+
+
 def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
     proto = event_to_proto(str(event.event_id), event.action, event.booking, event.actor, event.occur_time)
     return {
@@ -57,6 +60,24 @@ def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
         stream.FIELD_PROVIDER: event.booking.provider_id.encode(),
         stream.FIELD_BOOKING: event.booking.id.encode(),
     }
+
+
+def entries_of(rows: Sequence[PlacedRow]) -> tuple[list[Entry], list[tuple[int, str]]]:
+    """The stream entries of placed outbox rows, and the (seq, error) of those that cannot be published: each
+    of those keeps its place in the stream as an entry without an event (readers pass over it), so one bad row
+    never stops the events after it nor leaves a gap in the seqs."""
+    entries: list[Entry] = []
+    failures: list[tuple[int, str]] = []
+    for row in rows:
+        try:
+            fields = stream_fields(row.read())
+        except Exception as exc:  # noqa: BLE001 - any row the relay cannot read is set aside, not retried forever
+            error = f"{type(exc).__name__}: {exc}"[:1000]
+            log.error("change event %s cannot be published (%s); set aside in booking_outbox_dead", row.event_id, error)
+            failures.append((row.event_id.seq, error))
+            fields = {stream.FIELD_SKIPPED: error.encode()}
+        entries.append((row.event_id, fields))
+    return entries, failures
 
 
 class RedisPublisher:
@@ -75,24 +96,24 @@ class RedisPublisher:
         ms, _, seq = info["last-generated-id"].partition(b"-")
         return EventId(int(ms), int(seq))
 
-    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+    async def publish(self, entries: Sequence[Entry]) -> None:
         try:
             if self._top is None:
                 self._top = await self._read_top()
             top = self._top
-            fresh = [e for e in events if e.event_id > top]
+            fresh = [(event_id, fields) for event_id, fields in entries if event_id > top]
             if fresh:
                 pipe = self._redis.pipeline(transaction=False)
-                for event in fresh:
+                for event_id, fields in fresh:
                     pipe.xadd(
                         self._key,
-                        stream_fields(event),  # type: ignore[arg-type]
-                        id=str(event.event_id),
+                        fields,  # type: ignore[arg-type]
+                        id=str(event_id),
                         maxlen=self._max_len,
                         approximate=True,
                     )
                 await pipe.execute()
-                self._top = fresh[-1].event_id
+                self._top = fresh[-1][0]
         except BaseException:
             self._top = None  # a refused id, a lost connection or a restarted Redis: ask again next time
             raise
@@ -170,13 +191,16 @@ class EventRelay:
             mark = now >= self._next_mark
             if mark:
                 self._next_mark = now + MARK_INTERVAL_SECONDS
-            events = await outbox.round(batch, self._published, mark=mark)
-            if events:
-                await self._publisher.publish(events)
+            rows = await outbox.round(batch, self._published, mark=mark)
+            if rows:
+                entries, failures = entries_of(rows)
+                if failures:
+                    await outbox.set_aside(failures)
+                await self._publisher.publish(entries)
                 # Marked published durably by a later round (about once a second): a crash before that only
                 # means publishing them again, which the stream refuses.
-                self._published = events[-1].event_id.seq
-            if len(events) < batch:
+                self._published = rows[-1].event_id.seq
+            if len(rows) < batch:
                 return
 
     async def _housekeeping(self, outbox: OutboxConnection) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,6 +78,15 @@ DELETE FROM booking_outbox
  WHERE seq <= (SELECT published_seq FROM booking_outbox_state) AND occur_time < $1
 """
 
+SET_ASIDE_SQL = """
+INSERT INTO booking_outbox_dead (seq, stream_ms, outbox_id, event_type, booking, actor_id, actor_name, actor_role,
+                                 occur_time, error)
+SELECT o.seq, o.stream_ms, o.id, o.event_type, o.booking, o.actor_id, o.actor_name, o.actor_role, o.occur_time,
+       failed.error
+  FROM booking_outbox o JOIN unnest($1::bigint[], $2::text[]) AS failed (seq, error) ON o.seq = failed.seq
+ON CONFLICT (seq) DO NOTHING
+"""
+
 BACKLOG_SQL = """
 SELECT count(*) FROM booking_outbox WHERE seq IS NULL OR seq > (SELECT published_seq FROM booking_outbox_state)
 """
@@ -93,14 +103,23 @@ class OutboxEvent:
     occur_time: datetime
 
 
-def _event(record: Record) -> OutboxEvent:
-    return OutboxEvent(
-        event_id=EventId(record["stream_ms"], record["seq"]),
-        action=AuditAction(record["event_type"]),
-        booking=booking_from_json(json.loads(record["booking"])),
-        actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
-        occur_time=record["occur_time"],
-    )
+@dataclass(frozen=True, slots=True)
+class PlacedRow:
+    """An outbox row with its place in the stream, as stored: reading it into an OutboxEvent may fail for a row
+    the service cannot represent, and that must not stop the rows after it."""
+
+    event_id: EventId
+    record: Record
+
+    def read(self) -> OutboxEvent:
+        record = self.record
+        return OutboxEvent(
+            event_id=self.event_id,
+            action=AuditAction(record["event_type"]),
+            booking=booking_from_json(json.loads(record["booking"])),
+            actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
+            occur_time=record["occur_time"],
+        )
 
 
 class OutboxConnection:
@@ -140,11 +159,16 @@ class OutboxConnection:
             self.locked = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID))
         return self.locked
 
-    async def round(self, batch: int, published: int, *, mark: bool) -> list[OutboxEvent]:
+    async def round(self, batch: int, published: int, *, mark: bool) -> list[PlacedRow]:
         """Place newly committed events and return up to `batch` events after seq `published` to publish next,
         in stream order (one statement); with `mark`, first record durably that `published` is published."""
         records = await self._conn.fetch(ROUND_SQL, batch, published if mark else 0, published)
-        return [_event(r) for r in records]
+        return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+
+    async def set_aside(self, failures: Sequence[tuple[int, str]]) -> None:
+        """Copy the events at these seqs into the dead-letter table with their errors (idempotent)."""
+        seqs, reasons = [seq for seq, _ in failures], [reason for _, reason in failures]
+        await self._conn.execute(SET_ASIDE_SQL, seqs, reasons)
 
     async def delete_published(self, before: datetime) -> int:
         status = await self._conn.execute(DELETE_PUBLISHED_SQL, before)

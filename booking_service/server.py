@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as redis
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_service import pagination
 from booking_service.domain import ERROR_DOMAIN
 from booking_service.events import EventRelay, RelayConfig, RelayWaker
 from booking_service.servicer import BookingServicer
@@ -125,7 +126,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         client,
     )
     waker = RelayWaker(relay, storage)
-    usecases = BookingUseCases(storage, waker)
+    usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     async with contextlib.AsyncExitStack() as stack:
         # Exit order: stop the background tasks, drain calls in flight (the relay still publishing what they

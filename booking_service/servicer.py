@@ -11,7 +11,7 @@ from typing import Any
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.convert import audit_to_proto, booking_to_proto
-from booking_service.domain import MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
+from booking_service.domain import EARLIEST_TIME, LATEST_TIME, MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
 from booking_service.usecases import BookingUseCases, require_admin
 from svc_common.auth import Principal, Role, current_principal
 from svc_common.validation import Checker
@@ -28,8 +28,10 @@ def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, call
         customer_id=customer or caller.id,
         provider_id=check.identifier("booking.provider_id", b.provider_id) or "",
         service_id=check.identifier("booking.service_id", b.service_id) or "",
-        start_time=check.timestamp("booking.start_time", b.HasField("start_time"), b.start_time),
-        end_time=check.timestamp("booking.end_time", b.HasField("end_time"), b.end_time),
+        start_time=check.time_within(
+            "booking.start_time", b.HasField("start_time"), b.start_time, EARLIEST_TIME, LATEST_TIME
+        ),
+        end_time=check.time_within("booking.end_time", b.HasField("end_time"), b.end_time, EARLIEST_TIME, LATEST_TIME),
         notes=check.text("booking.notes", b.notes, MAX_NOTES_CHARS),
     )
     if b.HasField("start_time") and b.HasField("end_time") and not check.violations and new.end_time <= new.start_time:

@@ -58,9 +58,7 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
         if position.tzinfo is None:
             raise ValueError("page token time without a time zone")
     except ValueError as exc:
-        raise InvalidArgument(
-            [FieldViolation("page_token", "not a page token of this query")], reason="INVALID_PAGE_TOKEN"
-        ) from exc
+        raise pagination.invalid_token() from exc
     return position, booking_id
 
 
@@ -71,9 +69,10 @@ class ChangeSignal(Protocol):
 
 
 class BookingUseCases:
-    def __init__(self, storage: Storage, changes: ChangeSignal) -> None:
+    def __init__(self, storage: Storage, changes: ChangeSignal, page_tokens: pagination.PageTokens) -> None:
         self._storage = storage
         self._changes = changes
+        self._tokens = page_tokens
 
     async def create(self, principal: Principal, new: NewBooking, request_id: str | None) -> Booking:
         if principal.role is Role.USER and new.customer_id != principal.id:
@@ -85,7 +84,12 @@ class BookingUseCases:
         )
         if created:
             self._changes.committed()
-        elif not booking.same_request(new):
+            return booking
+        # A replay: it answers with what the caller may see now (a booking deleted since is NOT_FOUND, and its
+        # deletion details are not shown), never more than GetBooking would.
+        if not may_see(principal, booking):
+            raise not_found(uuid.UUID(booking.id))
+        if not booking.same_request(new):
             raise InvalidArgument(
                 [FieldViolation("request_id", "already used by this caller for a different booking")],
                 reason="REQUEST_ID_REUSED",
@@ -153,7 +157,7 @@ class BookingUseCases:
     ) -> Page[Booking]:
         limit = pagination.page_size(page_size)
         query_id = pagination.fingerprint(rpc, principal.id, principal.role.value, customer_id, provider_id, deleted)
-        after = _time_key(pagination.decode(page_token, query_id, (str, str)))
+        after = _time_key(self._tokens.decode(page_token, query_id, (str, str)))
         scope = Scope.of(principal)
         any_customer, customer = _narrow(scope.customer_id, customer_id)
         any_provider, provider = _narrow(scope.provider_id, provider_id)
@@ -168,7 +172,7 @@ class BookingUseCases:
         last = bookings[-1]
         position = last.delete_time if deleted is True else last.start_time
         assert position is not None
-        return Page(bookings, pagination.encode(query_id, (position.isoformat(), last.id)))
+        return Page(bookings, self._tokens.encode(query_id, (position.isoformat(), last.id)))
 
     async def delete(self, principal: Principal, booking_id: uuid.UUID, *, reason: str, version: int | None) -> Booking:
         scope = Scope.of(principal)
@@ -236,7 +240,7 @@ class BookingUseCases:
         require_admin(principal, "read the audit trail")
         limit = pagination.page_size(page_size)
         query_id = pagination.fingerprint("ListBookingAuditEntries", str(booking_id))
-        key = pagination.decode(page_token, query_id, (int,))
+        key = self._tokens.decode(page_token, query_id, (int,))
         after = int(key[0]) if key else 0
         entries = await self._storage.list_audit(booking_id, after, limit + 1)
         if not entries and key is None:
@@ -244,4 +248,4 @@ class BookingUseCases:
         if len(entries) <= limit:
             return Page(entries, "")
         entries = entries[:limit]
-        return Page(entries, pagination.encode(query_id, (entries[-1].seq,)))
+        return Page(entries, self._tokens.encode(query_id, (entries[-1].seq,)))

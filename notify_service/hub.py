@@ -23,13 +23,14 @@ from svc_common.scope import Scope
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One stream entry: its id, whose booking it is about, and the response that carries it, serialized."""
+    """One stream entry: its id, whose booking it is about, and the response that carries it, serialized
+    (None for an entry that only holds its place in the stream: it advances positions and is never delivered)."""
 
     id: EventId
     customer_id: str
     provider_id: str
     booking_id: str
-    payload: bytes
+    payload: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class EventFilter:
 
     def matches(self, event: Event) -> bool:
         return (
-            self.scope.allows(event.customer_id, event.provider_id)
+            event.payload is not None
+            and self.scope.allows(event.customer_id, event.provider_id)
             and (self.customer_id is None or event.customer_id == self.customer_id)
             and (self.provider_id is None or event.provider_id == self.provider_id)
             and (self.booking_id is None or event.booking_id == self.booking_id)
@@ -93,7 +95,7 @@ class Subscriber:
                     return
             self.last = event.id
             if self.filter.matches(event):
-                self._queue.append(event.payload)
+                self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
                 queued = True
         if queued:
             self._ready.set()

@@ -29,11 +29,18 @@ MAX_BACKOFF_SECONDS = 1.0
 
 
 def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
-    """The event of one stream entry (None for an entry that is not one of ours, which is skipped; had it taken
-    the place of one of ours, subscribers see the gap in the seqs and are told)."""
+    """The event of one stream entry: a place holder (no payload) for an event the relay set aside, None for an
+    entry that is not one of ours, which is skipped (had it taken the place of one of ours, subscribers see the
+    gap in the seqs and are told)."""
     event_id = EventId.parse(entry_id)
+    if event_id is None:
+        log.error("stream entry %r is not a change event; skipped", entry_id)
+        return None
     raw = fields.get(stream.FIELD_EVENT)
-    if event_id is None or raw is None:
+    if raw is None:
+        if stream.FIELD_SKIPPED in fields:
+            log.warning("change event %s was set aside by the relay; passed over", event_id)
+            return Event(id=event_id, customer_id="", provider_id="", booking_id="", payload=None)
         log.error("stream entry %r is not a change event; skipped", entry_id)
         return None
     try:

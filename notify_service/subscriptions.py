@@ -68,7 +68,7 @@ class Subscriptions:
                     raise cursor_expired(position)
                 position = event.id
                 if subscriber.filter.matches(event):
-                    yield event.payload
+                    yield event.payload  # type: ignore[misc]  # matches() excludes None
             hub = self._hub.last
             if not events or hub is None or position >= hub:
                 subscriber.last = position

@@ -9,7 +9,8 @@ Because `seq` has no gaps, a reader knows it missed nothing exactly when each en
 one's; anything else (trimmed history, Redis data loss) is detectable, never a silent gap.
 
 Entry fields: `event` (a serialized booking.v1.BookingEvent, event_id set), and `customer`, `provider`,
-`booking` (the booking's ids) so a reader can filter without parsing the event.
+`booking` (the booking's ids) so a reader can filter without parsing the event. An entry whose event the relay
+could not publish has only `skipped` (the error): it keeps the seqs gapless and delivers nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ FIELD_EVENT = b"event"
 FIELD_CUSTOMER = b"customer"
 FIELD_PROVIDER = b"provider"
 FIELD_BOOKING = b"booking"
+# An entry that holds a place in the stream but no event (the relay set the event aside): readers pass over it.
+FIELD_SKIPPED = b"skipped"
 
 _MAX_PART = 2**63 - 1
 _EVENT_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")

@@ -69,6 +69,21 @@ class Checker:
             return value.ToDatetime(tzinfo=UTC)
         return datetime.min.replace(tzinfo=UTC)
 
+    def time_within(
+        self, field: str, present: bool, value: Timestamp, earliest: datetime, latest: datetime
+    ) -> datetime:
+        """A time in [earliest, latest) with whole microseconds (what PostgreSQL stores exactly), else a violation:
+        a value it would round, or store as +-infinity, never reaches the database."""
+        known = len(self.violations)
+        when = self.timestamp(field, present, value)
+        if len(self.violations) > known:  # missing or not a timestamp at all
+            return when
+        if value.nanos % 1000:
+            self.fail(field, "must have whole microseconds (nanos a multiple of 1000)")
+        elif not earliest <= when < latest:
+            self.fail(field, f"must be from {earliest.isoformat()} up to (not including) {latest.isoformat()}")
+        return when
+
     def etag(self, field: str, value: str) -> int | None:
         """Our etags are a quoted version number; empty means unconditional."""
         if not value:

@@ -1,0 +1,177 @@
+"""Hardening against single users, rows and faults that could stop service for everyone: booking times the
+database cannot round-trip, an outbox row the relay cannot read, forged page tokens, request_id replays."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from booking.v1 import booking_pb2, booking_pb2_grpc
+from tests.events import EventSystem, Subscription
+from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
+
+Callers = Callable[[str, str], Caller]
+
+
+def _stamp(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+EPOCH = 0
+YEAR_9999 = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
+YEAR_1 = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+LAST_TIMESTAMP = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+SOON = int(datetime(2032, 3, 1, tzinfo=UTC).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "field", "words"),
+    [
+        (_stamp(YEAR_1), _stamp(SOON), "booking.start_time", "from 1970"),
+        (_stamp(EPOCH - 1), _stamp(SOON), "booking.start_time", "from 1970"),
+        (_stamp(SOON), _stamp(LAST_TIMESTAMP, 999_999_999), "booking.end_time", "whole microseconds"),
+        (_stamp(SOON), _stamp(LAST_TIMESTAMP, 999_999_000), "booking.end_time", "from 1970"),
+        (_stamp(SOON), _stamp(YEAR_9999), "booking.end_time", "from 1970"),
+        (_stamp(SOON), _stamp(SOON + 1, 500), "booking.end_time", "whole microseconds"),
+        (_stamp(SOON, 100), _stamp(SOON + 1), "booking.start_time", "whole microseconds"),
+        (_stamp(SOON), _stamp(SOON, 800), "booking.end_time", "whole microseconds"),
+    ],
+)
+async def test_booking_times_out_of_range_or_finer_than_microseconds_are_invalid_argument(
+    caller: Callers, start: Timestamp, end: Timestamp, field: str, words: str
+) -> None:
+    alice = caller("user", uid("alice"))
+    request = booking_pb2.CreateBookingRequest(
+        booking=booking_pb2.Booking(provider_id=uid("prov"), service_id="cut", start_time=start, end_time=end)
+    )
+    error = await expect_error(alice.call("CreateBooking", request), grpc.StatusCode.INVALID_ARGUMENT)
+    assert words in field_violations(error)[field]
+
+
+async def test_the_edges_of_the_time_range_round_trip_exactly(caller: Callers) -> None:
+    alice = caller("user", uid("alice"))
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    end = datetime(9998, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    provider = uid("prov")
+    booking = await alice.create(provider_id=provider, start=start, end=end)
+    assert (booking.start_time, booking.end_time) == (ts(start), ts(end))
+    assert await alice.get(booking.id) == booking
+    listed = await alice.list_all(provider_id=provider, page_size=1)
+    assert listed == [booking.id]
+
+
+async def test_the_database_refuses_times_out_of_range_from_anyone_else(db: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(
+            "INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)"
+            " VALUES (gen_random_uuid(), 'c', $1, 's', '-infinity', '2030-01-01', 'c')",
+            uid("prov"),
+        )
+
+
+@pytest.fixture
+def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSystem]:
+    made = EventSystem(workdir, new_database())
+    made.redis.start()
+    yield made
+    made.stop()
+
+
+async def test_an_event_the_relay_cannot_read_is_set_aside_and_every_later_event_is_delivered(
+    system: EventSystem,
+) -> None:
+    booking = system.booking()
+    notifier = system.notify()
+    live = Subscription("admin", uid("ops"))
+    await live.open(notifier.address)
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role)"
+            """ VALUES ('CREATED', '{"id": "x", "start_time": "infinity"}', 'evil', 'evil', 'user')"""
+        )
+        async with grpc.aio.insecure_channel(booking.address) as channel:
+            admin = Caller(booking_pb2_grpc.BookingServiceStub(channel), "admin", uid("admin"))
+            made = [(await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))).id for _ in range(3)]
+        committed = await system.wait_relayed(4)
+        poison, *good = committed
+        await live.wait_for(good[-1][0], within=30)
+        assert [e.booking.id for e in live.events] == made
+        assert live.ids == [event_id for event_id, _, _ in good]
+
+        history = Subscription("admin", uid("ops"))
+        await history.open(notifier.address, filters={"resume_after": "0-0"})
+        await history.wait_for(good[-1][0], within=30)
+        assert history.ids == live.ids
+        await history.close()
+
+        dead = await conn.fetch("SELECT seq, stream_ms, error FROM booking_outbox_dead")
+        assert [f"{r['stream_ms']}-{r['seq']}" for r in dead] == [poison[0]]
+        assert "infinity" in dead[0]["error"]
+    finally:
+        await live.close()
+        await conn.close()
+
+
+def _forge(query: str, key: list[object]) -> str:
+    raw = json.dumps({"q": query, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_forged_or_corrupted_page_tokens_are_invalid_argument(caller: Callers) -> None:
+    alice = caller("user", uid("alice"))
+    for _ in range(3):
+        await alice.create(provider_id=uid("prov"))
+    first = await alice.call("ListBookings", booking_pb2.ListBookingsRequest(page_size=1))
+    genuine = first.next_page_token
+    assert genuine
+    body, _, _ = genuine.partition(".")
+    query = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["q"]
+    forged = [
+        _forge(query, ["0001-01-01T00:00:00+23:59", "00000000-0000-0000-0000-000000000000"]),
+        _forge(query, ["9999-12-31T23:59:59.999999+00:00", "00000000-0000-0000-0000-000000000000"]),
+        genuine[:-2] + ("AA" if not genuine.endswith("AA") else "BB"),
+        genuine + "x",
+        body,
+        f"{body}.",
+    ]
+    for token in forged:
+        request = booking_pb2.ListBookingsRequest(page_size=1, page_token=token)
+        error = await expect_error(
+            alice.call("ListBookings", request), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"
+        )
+        assert "page_token" in field_violations(error)
+    second = await alice.call("ListBookings", booking_pb2.ListBookingsRequest(page_size=1, page_token=genuine))
+    assert len(second.bookings) == 1 and second.bookings[0].id != first.bookings[0].id
+
+
+async def test_replaying_a_request_id_never_shows_what_the_caller_may_no_longer_see(caller: Callers) -> None:
+    alice, admin, bob = caller("user", uid("alice")), caller("admin", uid("admin")), caller("user", uid("bob"))
+    provider = uid("prov")
+    start, end = fresh_slot()
+    booking = await alice.create(provider_id=provider, start=start, end=end, request_id="replay-1")
+    again = await alice.create(provider_id=provider, start=start, end=end, request_id="replay-1")
+    assert again == booking
+    await admin.delete(booking.id, reason="fraud suspected")
+    await bob.create(provider_id=provider, start=start, end=end)
+    error = await expect_error(
+        alice.create(provider_id=provider, start=start, end=end, request_id="replay-1"),
+        grpc.StatusCode.NOT_FOUND,
+        "BOOKING_NOT_FOUND",
+    )
+    assert "fraud" not in (error.details() or "") and admin.id not in str(error.trailing_metadata())
+    # An admin replaying its own request_id still gets what it may see, deletion details included.
+    made = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"), start=start, end=end, request_id="r")
+    await admin.delete(made.id, reason="test")
+    replayed = await admin.create(
+        provider_id=made.provider_id, customer_id=made.customer_id, start=start, end=end, request_id="r"
+    )
+    assert replayed.id == made.id and replayed.deletion_reason == "test"

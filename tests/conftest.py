@@ -22,8 +22,9 @@ import pytest
 
 from booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.helpers import JWT_SECRET, Caller
-from tests.servers import ServiceProcess
+from tests.events import EventSystem
+from tests.helpers import Caller
+from tests.servers import ServiceProcess, booking_env
 
 
 @pytest.fixture(scope="session")
@@ -109,26 +110,6 @@ def redis_url(workdir: Path) -> Iterator[str]:
     server.stop()
 
 
-def stream_key(database_url: str) -> str:
-    """The event stream of the booking database at `database_url` (test databases share one Redis)."""
-    return f"test-events:{database_url.rpartition('/')[2]}"
-
-
-def booking_env(database_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "EVENT_STREAM_KEY": stream_key(database_url),
-        "JWT_SECRET": JWT_SECRET,
-        "HEALTH_INTERVAL_SECONDS": "0.5",
-    }
-
-
-def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
-    """A notify instance following the event stream of the booking database at `database_url`."""
-    return {"REDIS_URL": redis_url, "EVENT_STREAM_KEY": stream_key(database_url), "JWT_SECRET": JWT_SECRET}
-
-
 @pytest.fixture(scope="session")
 def booking_server(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[ServiceProcess]:
     """One booking_service process shared by the tests that do not stop or break it."""
@@ -161,3 +142,12 @@ async def db(booking_db_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(booking_db_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSystem]:
+    """A whole event system of the test's own: a private Redis, a fresh database, the processes it starts."""
+    made = EventSystem(workdir, new_database())
+    made.redis.start()
+    yield made
+    made.stop()

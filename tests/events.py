@@ -17,9 +17,8 @@ import redis.asyncio as redis
 from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import RedisServer
-from tests.conftest import booking_env, notify_env
 from tests.helpers import auth, uid
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, booking_env, notify_env
 
 NOTIFY_DOMAIN = "notify.v1"
 CREATED = events_pb2.BOOKING_EVENT_TYPE_CREATED

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import free_port
 from svc_common.healthcheck import serving_status
+from tests.helpers import JWT_SECRET
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +91,23 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stream_key(database_url: str) -> str:
+    """The event stream of the booking database at `database_url` (test databases share one Redis)."""
+    return f"test-events:{database_url.rpartition('/')[2]}"
+
+
+def booking_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "EVENT_STREAM_KEY": stream_key(database_url),
+        "JWT_SECRET": JWT_SECRET,
+        "HEALTH_INTERVAL_SECONDS": "0.5",
+    }
+
+
+def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """A notify instance following the event stream of the booking database at `database_url`."""
+    return {"REDIS_URL": redis_url, "EVENT_STREAM_KEY": stream_key(database_url), "JWT_SECRET": JWT_SECRET}

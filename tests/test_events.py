@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -23,14 +22,6 @@ from tests.servers import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSystem]:
-    made = EventSystem(workdir, new_database())
-    made.redis.start()
-    yield made
-    made.stop()
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from grpc_health.v1 import health_pb2
 
 from booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import PostgresServer
-from tests.conftest import booking_env
 from tests.helpers import Caller, expect_error, uid
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, booking_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

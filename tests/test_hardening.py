@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -75,14 +74,6 @@ async def test_the_database_refuses_times_out_of_range_from_anyone_else(db: asyn
             " VALUES (gen_random_uuid(), 'c', $1, 's', '-infinity', '2030-01-01', 'c')",
             uid("prov"),
         )
-
-
-@pytest.fixture
-def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSystem]:
-    made = EventSystem(workdir, new_database())
-    made.redis.start()
-    yield made
-    made.stop()
 
 
 async def test_an_event_the_relay_cannot_read_is_set_aside_and_every_later_event_is_delivered(

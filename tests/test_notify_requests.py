@@ -13,10 +13,9 @@ from booking.v1 import events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
 from notify_service.server import running
 from notify_service.settings import Settings
-from tests.conftest import notify_env
 from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
 from tests.helpers import Caller, assert_status, auth, field_violations, uid
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, notify_env
 from tests.test_auth import BAD_HEADERS
 
 

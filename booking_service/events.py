@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import redis.asyncio as redis
 
 from booking_service.convert import event_to_proto
 from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent, PlacedRow
-from booking_service.storage import CONNECTION_ERRORS, Storage
+from booking_service.storage import LOST_CONNECTION, Storage
 from svc_common import eventstream as stream
+from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 from svc_common.redis_client import REDIS_ERRORS
 
@@ -135,28 +135,26 @@ class EventRelay:
         self.relaying = False  # whether this instance holds the relay lock
 
     async def run(self) -> None:
-        """Relay until cancelled; database trouble means reconnecting, never giving up."""
-        delay = 0.1
+        """Relay until cancelled; database trouble means reconnecting, never giving up. Anything else fails the
+        task, which its supervisor logs and restarts."""
+        backoff = Backoff(0.1, self._config.max_backoff_seconds)
         while True:
             try:
                 outbox = await OutboxConnection.connect(self._config.dsn, self._wake)
-            except (*CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
+            except LOST_CONNECTION as exc:
                 log.debug("relay cannot reach the database: %s", type(exc).__name__)
-            else:
-                try:
-                    await self._serve(outbox)
-                except (*CONNECTION_ERRORS, asyncpg.InterfaceError) as exc:
-                    log.warning("relay lost the database (%s); reconnecting", type(exc).__name__)
-                    delay = 0.1
-                except Exception:  # the relay must outlive any single failure
-                    log.exception("relay failed; restarting it")
-                finally:
-                    self._published = 0  # marks are made on the connection that published; start afresh
-                    self.relaying = False
-                    with contextlib.suppress(Exception):
-                        await outbox.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._config.max_backoff_seconds)
+                await backoff.sleep()
+                continue
+            try:
+                await self._serve(outbox)
+            except LOST_CONNECTION as exc:
+                log.warning("relay lost the database (%s); reconnecting", type(exc).__name__)
+                backoff.reset()
+            finally:
+                self._published = 0  # marks are made on the connection that published; start afresh
+                self.relaying = False
+                await outbox.close()
+            await backoff.sleep()
 
     def wake(self) -> None:
         self._wake.set()
@@ -168,7 +166,7 @@ class EventRelay:
             await asyncio.sleep(self._config.lock_retry_seconds)
         self.relaying = True
         log.info("relaying change events to Redis stream %r", self._config.stream_key)
-        delay = 0.05
+        backoff = Backoff(0.05, self._config.max_backoff_seconds)
         while True:
             self._wake.clear()
             try:
@@ -177,12 +175,14 @@ class EventRelay:
             except REDIS_ERRORS as exc:
                 backlog = await outbox.backlog()
                 log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, backlog)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.max_backoff_seconds)
+                await backoff.sleep()
                 continue
-            delay = 0.05
+            backoff.reset()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
+            # event is set, which left the relay running after shutdown had cancelled it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.sweep_seconds)
+                async with asyncio.timeout(self._config.sweep_seconds):
+                    await self._wake.wait()
 
     async def _relay_all(self, outbox: OutboxConnection) -> None:
         batch = self._config.batch

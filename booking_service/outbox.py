@@ -31,6 +31,7 @@ from svc_common.eventstream import EventId
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
+CLOSE_SECONDS = 2.0
 
 _EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time"
 
@@ -150,8 +151,14 @@ class OutboxConnection:
         self._wake.set()
 
     async def close(self) -> None:
-        if not self._conn.is_closed():
-            await self._conn.close(timeout=5)
+        """Close politely, or drop the connection if that does not finish within CLOSE_SECONDS (or is cancelled)."""
+        if self._conn.is_closed():
+            return
+        try:
+            await self._conn.close(timeout=CLOSE_SECONDS)
+        except BaseException:
+            self._conn.terminate()
+            raise
 
     async def try_lock(self) -> bool:
         """Become the relay if no other instance is; True if this connection holds the lock."""

@@ -21,13 +21,15 @@ from booking_service.domain import ERROR_DOMAIN
 from booking_service.events import EventRelay, RelayConfig, RelayWaker
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
-from booking_service.storage import CONNECTION_ERRORS, Storage, StorageConfig
+from booking_service.storage import LOST_CONNECTION, Storage, StorageConfig
 from booking_service.usecases import BookingUseCases
 from svc_common import eventstream
 from svc_common.auth import Principal, Role, TokenVerifier
+from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import REDIS_ERRORS, connect
+from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=
 
 async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
     """Connect and migrate, waiting for the database to come up (or for a stop signal)."""
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     while True:
         try:
             await storage.open()
@@ -46,14 +48,15 @@ async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             return
-        except CONNECTION_ERRORS as exc:
+        except LOST_CONNECTION as exc:
             await storage.close()
+            delay = backoff.next()
             log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             if stop.is_set():
                 raise
-            delay = min(delay * 2, 5.0)
 
 
 async def _redis_ok(client: redis.Redis) -> bool:
@@ -63,11 +66,18 @@ async def _redis_ok(client: redis.Redis) -> bool:
         return False
 
 
-async def _watch_health(server: GrpcServer, storage: Storage, client: redis.Redis, interval: float) -> None:
+RELAY_TASKS = ("relay", "waker")
+
+
+async def _watch_health(
+    server: GrpcServer, storage: Storage, client: redis.Redis, supervisor: Supervisor, interval: float
+) -> None:
+    """Health follows what calls would get: the service names the database, "events" Redis and the relay."""
     serving: bool | None = None
     events: bool | None = None
     while True:
-        now, events_now = await asyncio.gather(storage.ping(), _redis_ok(client))
+        now, redis_now = await asyncio.gather(storage.ping(), _redis_ok(client))
+        events_now = redis_now and not supervisor.failing(*RELAY_TASKS)
         if now != serving:
             log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")
             await server.set_serving(now)
@@ -75,8 +85,10 @@ async def _watch_health(server: GrpcServer, storage: Storage, client: redis.Redi
         if events_now != events:
             log.log(
                 logging.INFO if events_now else logging.WARNING,
-                "Redis %s",
-                "reachable" if events_now else "unreachable: change events wait in the outbox",
+                "change events %s",
+                "flowing"
+                if events_now
+                else "held back (Redis unreachable or the relay failing); they wait in the outbox",
             )
             await server.set_serving(events_now, names=[eventstream.HEALTH_NAME])
             events = events_now
@@ -128,6 +140,15 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     waker = RelayWaker(relay, storage)
     usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
+    supervisor = Supervisor()
+
+    async def events_held_back() -> None:
+        await server.set_serving(False, names=[eventstream.HEALTH_NAME])
+
+    async def health_unknown() -> None:
+        await server.set_serving(False)
+        await events_held_back()
+
     async with contextlib.AsyncExitStack() as stack:
         # Exit order: stop the background tasks, drain calls in flight (the relay still publishing what they
         # commit), stop the relay, then close the pool and the Redis client.
@@ -138,19 +159,28 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
-        await server.set_serving(False)
-        await server.set_serving(False, names=[eventstream.HEALTH_NAME])
+        await health_unknown()
         await _open_storage(storage, stop)
-        relay_tasks.extend((asyncio.create_task(relay.run()), asyncio.create_task(waker.run())))
-        health = asyncio.create_task(_watch_health(server, storage, client, settings.health_interval_seconds))
-        stack.push_async_callback(cancel_and_wait, health)
+        relay_tasks.extend(
+            supervisor.start(name, run, on_failure=events_held_back)
+            for name, run in zip(RELAY_TASKS, (relay.run, waker.run), strict=True)
+        )
+        background = [
+            supervisor.start(
+                "health",
+                lambda: _watch_health(server, storage, client, supervisor, settings.health_interval_seconds),
+                on_failure=health_unknown,
+            )
+        ]
         if settings.retention_days > 0:
-            purge = asyncio.create_task(
-                _purge_periodically(
-                    usecases, timedelta(days=settings.retention_days), settings.retention_interval_seconds
+            retention = timedelta(days=settings.retention_days)
+            background.append(
+                supervisor.start(
+                    "retention purge",
+                    lambda: _purge_periodically(usecases, retention, settings.retention_interval_seconds),
                 )
             )
-            stack.push_async_callback(cancel_and_wait, purge)
+        stack.push_async_callback(_cancel_all, background)
         log.info("booking service listening on %s", settings.listen)
         yield server
 
@@ -166,7 +196,8 @@ async def serve(settings: Settings) -> None:
         async with running(settings, stop):
             await stop.wait()
             log.info("stopping: draining calls in flight for up to %.0fs", settings.grace_seconds)
-    except CONNECTION_ERRORS:
+            exit_after(settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS, "shutdown")
+    except LOST_CONNECTION:
         if not stop.is_set():
             raise
     log.info("stopped")

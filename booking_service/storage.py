@@ -27,6 +27,7 @@ import asyncpg
 
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, NewBooking
 from svc_common.auth import Role
+from svc_common.backoff import Backoff
 from svc_common.errors import (
     Aborted,
     AlreadyExists,
@@ -50,16 +51,29 @@ MIGRATION_LOCK_ID = 0x6B6F6F62  # pg_advisory_lock key shared by every instance
 
 # Errors after which the statement certainly did not commit and may simply run again.
 RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-# Errors that mean the database is unreachable; a write may or may not have committed.
+
+
+class DatabaseRefused(Exception):
+    """The server answered but refused a new connection."""
+
+
+# Errors that mean the database is unreachable or the connection gone; a write may or may not have committed.
+# asyncpg raises InternalClientError ("cannot switch to state ...") when the server ends a connection in the
+# middle of an operation.
 CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,
+    DatabaseRefused,
     OSError,
     TimeoutError,
 )
+# For work on a connection of its own (the relay, health, notifications): an InterfaceError there also means
+# the connection is unusable ("connection is closed", "another operation is in progress").
+LOST_CONNECTION = (*CONNECTION_ERRORS, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class StorageConfig:
     acquire_timeout: float = 5.0
     attempts: int = 3
     retry_backoff: float = 0.05
+    close_seconds: float = 3.0  # on shutdown, how long connections in use may take before they are terminated
 
 
 async def release_connection(conn: asyncpg.Connection[Record]) -> None:
@@ -320,9 +335,20 @@ class Storage:
         )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        """Close the pool, waiting up to `close_seconds` for connections in use, then terminating them."""
+        timeout = self._config.close_seconds
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        try:
+            async with asyncio.timeout(timeout):
+                await pool.close()
+        except TimeoutError:
+            log.warning("database connections still busy after %.0fs; terminating them", timeout)
+            pool.terminate()
+        except BaseException:
+            pool.terminate()
+            raise
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, serialised across instances by an advisory lock. Returns what it applied."""
@@ -350,7 +376,7 @@ class Storage:
         try:
             async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=self._config.acquire_timeout)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (*LOST_CONNECTION, asyncpg.PostgresError):
             return False
         return True
 
@@ -359,8 +385,19 @@ class Storage:
         try:
             async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
                 await conn.execute("SELECT pg_notify($1, '')", channel)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError, Unavailable) as exc:
+        except (*LOST_CONNECTION, asyncpg.PostgresError, Unavailable) as exc:
             log.debug("notification on %s not sent: %s", channel, type(exc).__name__)
+
+    async def _acquire(self) -> Connection:
+        try:
+            conn: Connection = await self.pool.acquire(timeout=self._config.acquire_timeout)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise
+            # The server refused a new connection (a database not accepting connections, a role or database
+            # that is gone): as unavailable as a server that is down, not a bug.
+            raise DatabaseRefused(f"the database refused a connection ({exc.sqlstate})") from exc
+        return conn
 
     async def _run(
         self,
@@ -374,22 +411,28 @@ class Storage:
         """
         last: Exception | None = None
         uncertain = False
+        backoff = Backoff(self._config.retry_backoff, 1.0)
         for attempt in range(self._config.attempts):
             if attempt:
-                await asyncio.sleep(self._config.retry_backoff * (4 ** (attempt - 1)))
+                await backoff.sleep()
             try:
-                async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
-                    try:
-                        if uncertain and committed is not None:
-                            earlier = await committed(conn)
-                            if earlier is not None:
-                                return earlier
-                        return await work(conn)
-                    except asyncpg.InterfaceError as exc:
-                        # The connection closed between acquiring it and using it: a lost connection too.
-                        if not conn.is_closed():
-                            raise
-                        raise asyncpg.ConnectionDoesNotExistError("connection closed") from exc
+                conn = await self._acquire()
+                try:
+                    if uncertain and committed is not None:
+                        earlier = await committed(conn)
+                        if earlier is not None:
+                            return earlier
+                    return await work(conn)
+                except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                    # The connection closed under us, or its protocol state broke because the server ended it
+                    # mid-operation: a lost connection, never to be reused. (Other InterfaceErrors, such as
+                    # DataError, are bugs.)
+                    if not (conn.is_closed() or isinstance(exc, asyncpg.InternalClientError)):
+                        raise
+                    conn.terminate()
+                    raise asyncpg.ConnectionDoesNotExistError("connection lost") from exc
+                finally:
+                    await self.pool.release(conn)
             except RETRYABLE_ROLLBACK as exc:
                 last = exc
             except CONNECTION_ERRORS as exc:

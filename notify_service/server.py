@@ -8,7 +8,6 @@ resume on another instance with their cursor) and stops within its grace period.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import connect
+from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
         reader.on_change = events_health
-        reading = asyncio.create_task(reader.run())
+        reading = Supervisor().start("stream reader", reader.run, on_failure=reader.lost)
         stack.push_async_callback(cancel_and_wait, reading)
         log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
         yield Running(port, hub)
@@ -77,4 +77,5 @@ async def serve(settings: Settings) -> None:
     async with running(settings):
         await stop.wait()
         log.info("stopping: ending open streams, grace %.0fs", settings.grace_seconds)
+        exit_after(settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS, "shutdown")
     log.info("stopped")

@@ -7,7 +7,6 @@ history reads wait for Redis to come back, so subscribers see a delay, not a gap
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from booking.v1 import events_pb2
 from notify.v1 import notify_pb2
 from notify_service.hub import Event, Hub
 from svc_common import eventstream as stream
+from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 from svc_common.redis_client import REDIS_ERRORS
 
@@ -82,10 +82,14 @@ class StreamReader:
             if self.on_change is not None:
                 await self.on_change(connected)
 
+    async def lost(self) -> None:
+        """The reading task failed (its supervisor restarts it): subscribers wait meanwhile."""
+        await self._set_connected(False)
+
     async def run(self) -> None:
         """Follow the stream from its current end, dispatching to the hub, until cancelled."""
         position: bytes | None = None  # the last entry read (ours or not)
-        delay = 0.05
+        backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         while True:
             try:
                 if position is None:
@@ -95,11 +99,10 @@ class StreamReader:
                     position = newest[0][0] if newest else b"0-0"
                 await self._set_connected(True)
                 reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
-                delay = 0.05
+                backoff.reset()
             except REDIS_ERRORS:
                 await self._set_connected(False)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                await backoff.sleep()
                 continue
             for _key, entries in reply or ():
                 position = entries[-1][0]
@@ -107,13 +110,12 @@ class StreamReader:
 
     async def _patiently(self, read: Callable[[], Awaitable[T]]) -> T:
         """Run a read, waiting for Redis while it is unreachable."""
-        delay = 0.05
+        backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         while True:
             try:
                 return await read()
             except REDIS_ERRORS:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                await backoff.sleep()
 
     async def after(self, position: EventId, count: int) -> list[Event]:
         """Up to `count` events that follow `position`, oldest first."""

@@ -247,9 +247,13 @@ class GrpcServer:
         await self.server.stop(grace_seconds)
 
 
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel a background task and wait until it has finished."""
-    task.cancel()
+async def cancel_and_wait(task: asyncio.Task[None], *, repeat_seconds: float = 0.5) -> None:
+    """Cancel a background task and wait until it has finished. The cancellation is repeated while the task runs
+    on: a library that swallows one (seen: redis-py's pipeline when cancelled mid-write) must not keep a task,
+    and so the shutdown, alive."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=repeat_seconds)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

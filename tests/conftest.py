@@ -151,3 +151,11 @@ def system(workdir: Path, new_database: Callable[[], str]) -> Iterator[EventSyst
     made.redis.start()
     yield made
     made.stop()
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
+    made: list[grpc.aio.Channel] = []
+    yield made
+    for channel in made:
+        await channel.close()

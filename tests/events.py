@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,10 @@ import asyncpg
 import grpc
 import redis.asyncio as redis
 
-from booking.v1 import events_pb2
+from booking.v1 import booking_pb2_grpc, events_pb2
 from notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import RedisServer
-from tests.helpers import auth, uid
+from tests.helpers import Caller, auth, uid
 from tests.servers import ServiceProcess, booking_env, notify_env
 
 NOTIFY_DOMAIN = "notify.v1"
@@ -180,3 +181,74 @@ class Subscription:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+async def admin_on(process: ServiceProcess, channels: list[grpc.aio.Channel]) -> Caller:
+    channel = grpc.aio.insecure_channel(process.address)
+    channels.append(channel)
+    return Caller(booking_pb2_grpc.BookingServiceStub(channel), "admin", uid("admin"))
+
+
+async def book_and_cancel(callers: list[Caller], pairs: int, *, parallel: int = 4, notes: str = "") -> list[str]:
+    """Create and then delete `pairs` bookings, spread over `callers` and `parallel` concurrent clients."""
+    booked: list[str] = []
+
+    async def worker(n: int) -> None:
+        for i in range(n, pairs, parallel):
+            caller = callers[i % len(callers)]
+            booking = await caller.create(provider_id=f"prov-{i % 3}", customer_id=f"cust-{i % 5}", notes=notes)
+            await caller.delete(booking.id, reason="test churn")
+            booked.append(booking.id)
+
+    await asyncio.gather(*(worker(n) for n in range(parallel)))
+    return booked
+
+
+class Churn:
+    """Creates and deletes bookings in the background until stopped; counts the changes it committed."""
+
+    def __init__(self, callers: list[Caller]) -> None:
+        self.callers = callers
+        self.changes = 0
+        self.failures: list[grpc.aio.AioRpcError] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            caller = self.callers[i % len(self.callers)]
+            i += 1
+            try:
+                booking = await caller.create(provider_id="prov-churn", customer_id=f"cust-{i % 4}")
+                self.changes += 1
+                await caller.delete(booking.id, reason="churn")
+                self.changes += 1
+            except grpc.aio.AioRpcError as error:
+                self.failures.append(error)
+            await asyncio.sleep(0.005)
+
+    async def until(self, changes: int) -> None:
+        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes made")
+
+    async def stop(self) -> int:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        return self.changes
+
+
+def assert_exactly(subscription: Subscription, committed: list[tuple[str, int, str]]) -> None:
+    """The subscription received every committed event once, in stream order, each as committed."""
+    assert subscription.ids == [event_id for event_id, _, _ in committed]
+    assert [(e.type, e.booking.id) for e in subscription.events] == [(t, b) for _, t, b in committed]
+
+
+def assert_order_per_booking(subscription: Subscription) -> None:
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for event in subscription.events:
+        kinds[event.booking.id].append(event.type)
+    assert all(k == [CREATED, DELETED] for k in kinds.values()), kinds

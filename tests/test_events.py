@@ -6,19 +6,25 @@ subscriber must end up with exactly those events: none missing, none repeated, i
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from booking.v1 import booking_pb2_grpc
-from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, EventSystem, Subscription, eventually
-from tests.helpers import Caller, assert_status, uid
-from tests.servers import ServiceProcess
+from tests.events import (
+    NOTIFY_DOMAIN,
+    Churn,
+    EventSystem,
+    Subscription,
+    admin_on,
+    assert_exactly,
+    assert_order_per_booking,
+    book_and_cancel,
+    eventually,
+)
+from tests.helpers import assert_status, uid
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -36,85 +42,6 @@ async def subscriptions() -> AsyncIterator[Callable[[str, str], Subscription]]:
     yield make
     for subscription in made:
         await subscription.close()
-
-
-async def admin_on(process: ServiceProcess, channels: list[grpc.aio.Channel]) -> Caller:
-    channel = grpc.aio.insecure_channel(process.address)
-    channels.append(channel)
-    return Caller(booking_pb2_grpc.BookingServiceStub(channel), "admin", uid("admin"))
-
-
-@pytest.fixture
-async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
-    made: list[grpc.aio.Channel] = []
-    yield made
-    for channel in made:
-        await channel.close()
-
-
-async def book_and_cancel(callers: list[Caller], pairs: int, *, parallel: int = 4, notes: str = "") -> list[str]:
-    """Create and then delete `pairs` bookings, spread over `callers` and `parallel` concurrent clients."""
-    booked: list[str] = []
-
-    async def worker(n: int) -> None:
-        for i in range(n, pairs, parallel):
-            caller = callers[i % len(callers)]
-            booking = await caller.create(provider_id=f"prov-{i % 3}", customer_id=f"cust-{i % 5}", notes=notes)
-            await caller.delete(booking.id, reason="test churn")
-            booked.append(booking.id)
-
-    await asyncio.gather(*(worker(n) for n in range(parallel)))
-    return booked
-
-
-class Churn:
-    """Creates and deletes bookings in the background until stopped; counts the changes it committed."""
-
-    def __init__(self, callers: list[Caller]) -> None:
-        self.callers = callers
-        self.changes = 0
-        self.failures: list[grpc.aio.AioRpcError] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            caller = self.callers[i % len(self.callers)]
-            i += 1
-            try:
-                booking = await caller.create(provider_id="prov-churn", customer_id=f"cust-{i % 4}")
-                self.changes += 1
-                await caller.delete(booking.id, reason="churn")
-                self.changes += 1
-            except grpc.aio.AioRpcError as error:
-                self.failures.append(error)
-            await asyncio.sleep(0.005)
-
-    async def until(self, changes: int) -> None:
-        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes made")
-
-    async def stop(self) -> int:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-        return self.changes
-
-
-def assert_exactly(subscription: Subscription, committed: list[tuple[str, int, str]]) -> None:
-    """The subscription received every committed event once, in stream order, each as committed."""
-    assert subscription.ids == [event_id for event_id, _, _ in committed]
-    assert [(e.type, e.booking.id) for e in subscription.events] == [(t, b) for _, t, b in committed]
-
-
-def assert_order_per_booking(subscription: Subscription) -> None:
-    kinds: dict[str, list[int]] = defaultdict(list)
-    for event in subscription.events:
-        kinds[event.booking.id].append(event.type)
-    assert all(k == [CREATED, DELETED] for k in kinds.values()), kinds
 
 
 async def test_changes_through_either_booking_instance_reach_subscribers_on_both_notify_instances(

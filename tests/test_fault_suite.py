@@ -1,0 +1,131 @@
+"""The fault suite: faults that must never stop service for everyone. Database connections terminated in a loop
+under load, SIGTERM under load again and again, a subscriber whose process is frozen."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2
+
+from tests.events import Churn, EventSystem, Subscription, admin_on, eventually
+from tests.helpers import uid
+from tests.servers import ServiceProcess
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+
+
+async def terminate_backends(database_url: str, database: str) -> int:
+    """Terminate every connection to `database` (from the server's maintenance database); returns how many."""
+    conn = await asyncpg.connect(database_url.rpartition("/")[0] + "/postgres")
+    try:
+        return len(
+            await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_health(process: ServiceProcess, wanted: int, service: str = "", within: float = 30.0) -> None:
+    async def status() -> int | None:
+        try:
+            return await asyncio.to_thread(process.health, service)
+        except grpc.RpcError:
+            return None
+
+    deadline = time.monotonic() + within
+    while (got := await status()) != wanted:
+        assert time.monotonic() < deadline, f"{process.module} health {service!r} is {got}, not {wanted}"
+        await asyncio.sleep(0.1)
+
+
+async def test_connection_terminations_under_load_never_answer_internal_and_background_work_survives(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    # A sweep far longer than the test's deadlines: an event arrives in time only if the relay and its waker live.
+    booking = system.booking(RELAY_SWEEP_SECONDS="60", HEALTH_INTERVAL_SECONDS="0.2")
+    notifier = system.notify()
+    admin = await admin_on(booking, channels)
+    seed = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    codes: Counter[grpc.StatusCode] = Counter()
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            try:
+                await admin.get(seed.id)
+                codes[grpc.StatusCode.OK] += 1
+            except grpc.aio.AioRpcError as error:
+                codes[error.code()] += 1
+
+    churn = Churn([admin])
+    churn.start()
+    readers = [asyncio.create_task(reader()) for _ in range(4)]
+    database = system.database_url.rpartition("/")[2]
+    terminated = 0
+    for _ in range(40):
+        terminated += await terminate_backends(system.database_url, database)
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*readers)
+    await churn.stop()
+
+    failures = Counter(e.code() for e in churn.failures)
+    assert terminated > 40
+    assert not (set(codes) | set(failures)) & FORBIDDEN, (codes, failures, booking.log()[-3000:])
+    assert codes[grpc.StatusCode.OK] > 100
+
+    # Health still follows the database: the watcher survived (it notices the database refusing connections).
+    await wait_health(booking, SERVING)
+    admin_conn = await asyncpg.connect(system.database_url.rpartition("/")[0] + "/postgres")
+    try:
+        await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await terminate_backends(system.database_url, database)
+        await wait_health(booking, NOT_SERVING, within=15)
+        await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await wait_health(booking, SERVING, within=15)
+    finally:
+        await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin_conn.close()
+
+    # The relay and its waker survived: a change reaches a subscriber long before the 60 s sweep would.
+    watcher = Subscription("admin", uid("ops"))
+    await watcher.open(notifier.address)
+    try:
+        made = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+        await eventually(
+            lambda: any(e.booking.id == made.id for e in watcher.events),
+            lambda: f"the change did not arrive: {booking.log()[-3000:]}",
+            within=10,
+        )
+    finally:
+        await watcher.close()
+    log = booking.log()
+    assert "unexpected error serving an RPC" not in log and "Task exception was never retrieved" not in log
+
+
+async def test_sigterm_under_load_exits_within_the_grace_period_every_time(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    grace = 2.0
+    for round_ in range(20):
+        booking = system.booking(SHUTDOWN_GRACE_SECONDS=str(grace))
+        churn = Churn([await admin_on(booking, channels)])
+        churn.start()
+        await churn.until(10 + round_)
+        started = time.monotonic()
+        booking.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(booking.wait, grace + 15)
+        took = time.monotonic() - started
+        await churn.stop()
+        assert code == 0, booking.log()[-3000:]
+        assert took < grace + 5, f"round {round_}: exit took {took:.1f}s\n{booking.log()[-3000:]}"

@@ -17,6 +17,7 @@ REQUIRED_CLAIMS = ("sub", "name", "role", "exp")
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_CHARS = 128
 MAX_NAME_CHARS = 256
+MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
@@ -103,6 +104,9 @@ class TokenVerifier:
             raise Unauthenticated("token signature is invalid", reason="INVALID_TOKEN") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token rejected: {exc}", reason="INVALID_TOKEN") from exc
+        exp = claims["exp"]
+        if type(exp) is not int or not 0 < exp <= MAX_EXP:  # PyJWT also takes "123" and 1e300
+            raise Unauthenticated("claim 'exp' must be an integer time before the year 10000", reason="INVALID_TOKEN")
         sub, name, role = claims.get("sub"), claims.get("name"), claims.get("role")
         if not _clean(sub, MAX_SUBJECT_CHARS) or not sub:
             raise Unauthenticated("claim 'sub' must be 1-128 printable characters", reason="INVALID_TOKEN")
@@ -112,7 +116,7 @@ class TokenVerifier:
             parsed_role = Role(role)
         except ValueError as exc:
             raise Unauthenticated("claim 'role' must be one of user, provider, admin", reason="INVALID_TOKEN") from exc
-        return Principal(id=sub, name=name, role=parsed_role), float(claims["exp"]) + self._leeway
+        return Principal(id=sub, name=name, role=parsed_role), exp + self._leeway
 
 
 def mint(secret: str, *, sub: str, name: str, role: Role, ttl_seconds: int = 3600) -> str:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+from svc_common.grpc_server import ListenError
 from svc_common.settings import SettingsError
 
 S = TypeVar("S")
@@ -33,5 +34,9 @@ def run_service(
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except ListenError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -206,6 +206,29 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         raise TypeError("only unary-unary and unary-stream (context.write) RPCs are served")
 
 
+class ListenError(Exception):
+    """The server cannot listen on its address (in use, or not an address of this host)."""
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's servicer plus `List`, which its aio servicer leaves unimplemented (reflection
+    advertises it, and it answered INTERNAL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: set[str] = {""}
+
+    async def set(self, service: str, status: int) -> None:
+        self._names.add(service)
+        await super().set(service, status)
+
+    async def List(self, request: health_pb2.HealthListRequest, context: Any) -> health_pb2.HealthListResponse:
+        statuses = {}
+        for name in sorted(self._names):
+            statuses[name] = await self.Check(health_pb2.HealthCheckRequest(service=name), context)
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
 class GrpcServer:
     """A grpc.aio server with auth, error mapping, health, reflection and graceful shutdown."""
 
@@ -217,10 +240,15 @@ class GrpcServer:
         error_domain: str,
         service_names: Sequence[str],
     ) -> None:
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self._listen = listen
         self._service_names = tuple(service_names)
-        options = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
+        options = [
+            *KEEPALIVE_OPTIONS,
+            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+            # grpcio sets SO_REUSEPORT by default, so a second server on a port in use would silently share it.
+            ("grpc.so_reuseport", 0),
+        ]
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, error_domain)], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -229,9 +257,12 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Listen and serve; returns the port."""
-        port: int = self.server.add_insecure_port(self._listen)
+        try:
+            port: int = self.server.add_insecure_port(self._listen)
+        except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+            raise ListenError(f"cannot listen on {self._listen}: in use, or not an address of this host") from exc
         if port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
+            raise ListenError(f"cannot listen on {self._listen}")
         await self.server.start()
         return port
 

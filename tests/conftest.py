@@ -12,8 +12,9 @@ import concurrent.futures
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +26,28 @@ from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.events import EventSystem
 from tests.helpers import Caller
 from tests.servers import ServiceProcess, booking_env
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report shows the last lines of every service log written while it ran."""
+    report = yield
+    if report.failed:
+        started = item.stash.get(_STARTED, 0.0)
+        for process in ServiceProcess.instances:
+            if process.logged_since(started):
+                report.sections.append((f"{process.module} on {process.address} (last lines)", process.log_tail()))
+    return report
+
+
+_STARTED = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED] = time.time()
 
 
 @pytest.fixture(scope="session")

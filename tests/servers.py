@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -33,9 +33,13 @@ def run_benchmark(run: Callable[[Any, Path], Coroutine[Any, Any, Any]], args: An
 
 
 class ServiceProcess:
-    """One service process on a free port; its log is kept for failing tests to show."""
+    """One service process on a free port; its log is kept for failing tests to show (see conftest's report hook,
+    which adds the tail of every log written during a failed test)."""
+
+    instances: ClassVar[list[ServiceProcess]] = []
 
     def __init__(self, module: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        ServiceProcess.instances.append(self)
         self.module = module
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -91,6 +95,12 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def logged_since(self, when: float) -> bool:
+        return self.log_path.exists() and self.log_path.stat().st_mtime >= when
 
 
 def stream_key(database_url: str) -> str:

@@ -30,6 +30,14 @@ BAD_HEADERS = {
     + jwt.encode({"sub": "a\x00b", "name": "a", "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
     "long_name": "Bearer "
     + jwt.encode({"sub": "a", "name": "n" * 257, "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "exp_as_string": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": str(int(time.time()) + 60)}, JWT_SECRET, "HS256"),
+    "exp_huge_float": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 1e300}, JWT_SECRET, "HS256"),
+    "exp_float": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": time.time() + 60.5}, JWT_SECRET, "HS256"),
+    "exp_beyond_9999": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 10**12}, JWT_SECRET, "HS256"),
     "alg_none": "Bearer "
     + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
 }

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -12,10 +15,12 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from tests.events import EventSystem, Subscription
 from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
+from tests.servers import ServiceProcess, booking_env
 
 Callers = Callable[[str, str], Caller]
 
@@ -166,3 +171,35 @@ async def test_replaying_a_request_id_never_shows_what_the_caller_may_no_longer_
         provider_id=made.provider_id, customer_id=made.customer_id, start=start, end=end, request_id="r"
     )
     assert replayed.id == made.id and replayed.deletion_reason == "test"
+
+
+async def test_health_list_answers_every_name_on_both_services(
+    booking_server: ServiceProcess, system: EventSystem
+) -> None:
+    notifier = system.notify()
+    wanted = {
+        booking_server.address: {"", "booking.v1.BookingService", "events"},
+        notifier.address: {"", "notify.v1.NotifyService", "events"},
+    }
+    for address, names in wanted.items():
+        async with grpc.aio.insecure_channel(address) as channel:
+            listed = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=10)
+        assert set(listed.statuses) == names
+        assert all(s.status == health_pb2.HealthCheckResponse.SERVING for s in listed.statuses.values())
+
+
+@pytest.mark.parametrize("module", ["booking_service", "notify_service"])
+def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
+    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str
+) -> None:
+    env = {**os.environ, **booking_env(booking_db_url, redis_url)}
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--listen", booking_server.address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on {booking_server.address}" in done.stderr
+    assert "Traceback" not in done.stderr

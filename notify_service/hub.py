@@ -142,8 +142,13 @@ class Hub:
     def dispatch(self, events: list[Event]) -> None:
         if not events:
             return
+        ended = []
         for subscriber in self._subscribers:
             subscriber.offer(events)
+            if subscriber.failure is not None:
+                ended.append(subscriber)
+        # Released at once: a subscriber ended as SLOW_CONSUMER may sit in a write its client never reads.
+        self._subscribers.difference_update(ended)
         self.last = events[-1].id
 
     def close(self, error: ServiceError) -> None:

@@ -47,6 +47,8 @@ STATUS_CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
 KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # grpc core also waits this long for any ping's ack (default 60 s, which held vanished clients for 90 s).
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections import Counter
 
 import asyncpg
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
+from notify_service.server import running
+from notify_service.settings import Settings
 from tests.events import Churn, EventSystem, Subscription, admin_on, eventually
 from tests.helpers import uid
-from tests.servers import ServiceProcess
+from tests.servers import PROJECT, ServiceProcess, notify_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+KEEPALIVE_BOUND_SECONDS = 40  # the README: a vanished client is noticed within 40 s
 
 
 async def terminate_backends(database_url: str, database: str) -> int:
@@ -129,3 +134,37 @@ async def test_sigterm_under_load_exits_within_the_grace_period_every_time(
         await churn.stop()
         assert code == 0, booking.log()[-3000:]
         assert took < grace + 5, f"round {round_}: exit took {took:.1f}s\n{booking.log()[-3000:]}"
+
+
+@pytest.mark.timeout(120)
+async def test_a_frozen_subscriber_process_is_released_within_the_keepalive_bound(
+    booking_db_url: str, redis_url: str
+) -> None:
+    """The README's promise: a vanished client is noticed within 40 s (ping after 30 s idle, 10 s for the ack)."""
+    settings = Settings.from_env(notify_env(booking_db_url, redis_url), listen="127.0.0.1:0")
+    async with running(settings) as notify:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.frozen_subscriber",
+            f"127.0.0.1:{notify.port}",
+            "200",
+            cwd=PROJECT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert client.stdout is not None
+            assert await asyncio.wait_for(client.stdout.readline(), 30) == b"subscribed\n"
+            await eventually(lambda: notify.hub.subscriber_count == 200, lambda: f"{notify.hub.subscriber_count}")
+            client.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            await eventually(
+                lambda: notify.hub.subscriber_count == 0,
+                lambda: f"{notify.hub.subscriber_count} still registered",
+                within=KEEPALIVE_BOUND_SECONDS + 5,
+            )
+            took = time.monotonic() - frozen
+            assert took > 20, f"released after {took:.0f}s: before any keepalive could have noticed"
+        finally:
+            client.kill()
+            await client.wait()

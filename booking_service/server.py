@@ -38,13 +38,13 @@ SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_na
 RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
 
-async def _open_storage(storage: Storage, stop: asyncio.Event) -> None:
+async def _open_storage(storage: Storage, owner_dsn: str | None, stop: asyncio.Event) -> None:
     """Connect and migrate, waiting for the database to come up (or for a stop signal)."""
     backoff = Backoff(0.5, 5.0)
     while True:
         try:
             await storage.open()
-            applied = await storage.migrate()
+            applied = await storage.prepare_schema(owner_dsn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             return
@@ -160,7 +160,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
         await health_unknown()
-        await _open_storage(storage, stop)
+        await _open_storage(storage, settings.migration_database_url, stop)
         relay_tasks.extend(
             supervisor.start(name, run, on_failure=events_held_back)
             for name, run in zip(RELAY_TASKS, (relay.run, waker.run), strict=True)

@@ -35,6 +35,7 @@ class Settings:
     stream_max_len: int = DEFAULT_STREAM_MAX_LEN  # change events kept in Redis, by count ...
     stream_max_age_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS  # ... and by age
     relay_sweep_seconds: float = DEFAULT_RELAY_SWEEP_SECONDS
+    migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
@@ -56,4 +57,5 @@ class Settings:
             stream_max_len=env.integer(environ, "EVENT_STREAM_MAX_LEN", DEFAULT_STREAM_MAX_LEN),
             stream_max_age_seconds=env.number(environ, "EVENT_STREAM_MAX_AGE_SECONDS", DEFAULT_STREAM_MAX_AGE_SECONDS),
             relay_sweep_seconds=env.number(environ, "RELAY_SWEEP_SECONDS", DEFAULT_RELAY_SWEEP_SECONDS),
+            migration_database_url=env.text(environ, "MIGRATION_DATABASE_URL", "") or None,
         )

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
+from booking_service import schema
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, NewBooking
 from svc_common.auth import Role
 from svc_common.backoff import Backoff
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 else:
     Connection = asyncpg.pool.PoolConnectionProxy
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-MIGRATION_LOCK_ID = 0x6B6F6F62  # pg_advisory_lock key shared by every instance
 
 # Errors after which the statement certainly did not commit and may simply run again.
 RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
@@ -255,9 +253,8 @@ def _hard_delete_sql(victims: str) -> str:
 WITH victims AS ({victims}),
 del AS (
     DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.*
-), erase AS (
-    UPDATE booking_audit SET snapshot = NULL
-     WHERE booking_id IN (SELECT id FROM del) AND snapshot IS NOT NULL
+), erase AS (  -- one row; the final SELECT joins it, so it runs (a SELECT CTE runs only when read)
+    SELECT booking_audit_erase_snapshots(array_agg(id)) AS erased FROM del
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
@@ -265,7 +262,7 @@ del AS (
     {_OUTBOX_INSERT}
     SELECT 'HARD_DELETED', to_jsonb(del), $1, $2, $3 FROM del
 )
-SELECT id FROM del
+SELECT del.id FROM del, erase
 """
 
 
@@ -350,27 +347,10 @@ class Storage:
             pool.terminate()
             raise
 
-    async def migrate(self) -> list[str]:
-        """Apply pending migrations, serialised across instances by an advisory lock. Returns what it applied."""
-        applied_now = []
+    async def prepare_schema(self, owner_dsn: str | None) -> list[str]:
+        """Apply pending migrations (as the owner, when given) and return what was applied (see schema.py)."""
         async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-            try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-                for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-                    if path.name in done:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(path.read_text())
-                        await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
-                    applied_now.append(path.name)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
-        return applied_now
+            return await schema.prepare(conn, owner_dsn)
 
     async def ping(self) -> bool:
         try:

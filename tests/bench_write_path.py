@@ -118,7 +118,7 @@ async def _migrate(dsn: str) -> None:
     storage = Storage(StorageConfig(dsn=dsn))
     await storage.open()
     try:
-        await storage.migrate()
+        await storage.prepare_schema(None)
     finally:
         await storage.close()
 

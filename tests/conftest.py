@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from booking.v1 import booking_pb2_grpc
-from svc_common.dev.servers import PostgresServer, RedisServer
+from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer
 from tests.events import EventSystem
 from tests.helpers import Caller
 from tests.servers import ServiceProcess, booking_env
@@ -77,15 +77,18 @@ def _admin(server_url: str, *statements: str) -> None:
 
 
 class Databases:
-    """Creates throwaway databases on one server, and drops them all at the end of the session."""
+    """Creates throwaway databases on one server, owned by the booking owner role (the service runs as its own
+    role: see tests.servers.booking_env), and drops them all at the end of the session."""
 
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url
         self.names: list[str] = []
+        _admin(server_url, *CREATE_ROLES)
 
     def create(self) -> str:
+        """A fresh database; returns its URL for the server's superuser."""
         name = f"t_{uuid.uuid4().hex[:12]}"
-        _admin(self.server_url, f'CREATE DATABASE "{name}"')
+        _admin(self.server_url, f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
         self.names.append(name)
         base, _, _ = self.server_url.rpartition("/")
         return f"{base}/{name}"

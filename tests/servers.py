@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import grpc
 from grpc_health.v1 import health_pb2
 
-from svc_common.dev.servers import free_port
+from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
 from tests.helpers import JWT_SECRET
 
@@ -108,9 +108,20 @@ def stream_key(database_url: str) -> str:
     return f"test-events:{database_url.rpartition('/')[2]}"
 
 
-def booking_env(database_url: str, redis_url: str) -> dict[str, str]:
+def booking_env(database_url: str, redis_url: str, *, least_privilege: bool = True) -> dict[str, str]:
+    """A booking instance on the database at `database_url` (a superuser's URL). With `least_privilege` (the
+    database made by the suite, owned by OWNER_ROLE), it runs as SERVICE_ROLE and migrates as OWNER_ROLE;
+    without, as the URL's user for both."""
+    roles = (
+        {
+            "DATABASE_URL": as_role(database_url, SERVICE_ROLE),
+            "MIGRATION_DATABASE_URL": as_role(database_url, OWNER_ROLE),
+        }
+        if least_privilege
+        else {"DATABASE_URL": database_url}
+    )
     return {
-        "DATABASE_URL": database_url,
+        **roles,
         "REDIS_URL": redis_url,
         "EVENT_STREAM_KEY": stream_key(database_url),
         "JWT_SECRET": JWT_SECRET,

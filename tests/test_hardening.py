@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
+from svc_common.dev.servers import SERVICE_ROLE, as_role
 from tests.events import EventSystem, Subscription
 from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
 from tests.servers import ServiceProcess, booking_env
@@ -203,3 +204,36 @@ def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on {booking_server.address}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_the_service_role_can_only_read_and_append_to_the_audit_trail(
+    booking_server: ServiceProcess, booking_db_url: str, caller: Callers
+) -> None:
+    admin = caller("admin", uid("admin"))
+    active = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    service = await asyncpg.connect(as_role(booking_db_url, SERVICE_ROLE))
+    try:
+        users = await service.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'booking_service%'"
+        )
+        assert [r["usename"] for r in users] == [SERVICE_ROLE]
+        assert await service.fetchval("SELECT count(*) FROM booking_audit WHERE booking_id = $1", active.id) == 1
+        for statement in (
+            "DELETE FROM booking_audit",
+            "UPDATE booking_audit SET reason = 'rewritten'",
+            "UPDATE booking_audit SET snapshot = NULL",
+            "TRUNCATE booking_audit",
+            "ALTER TABLE booking_audit DISABLE TRIGGER ALL",
+            "DROP TRIGGER booking_audit_append_only ON booking_audit",
+            "CREATE TABLE sneaky (id int)",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await service.execute(statement)
+        # The one way to erase snapshots leaves those of active bookings alone.
+        assert await service.fetchval("SELECT booking_audit_erase_snapshots($1::uuid[])", [active.id]) == 0
+        assert await service.fetchval(
+            "SELECT count(*) FROM booking_audit WHERE booking_id = $1 AND snapshot IS NOT NULL", active.id
+        )
+    finally:
+        await service.close()

@@ -21,7 +21,7 @@ ACTOR = Actor("tester", "Tester", Role.ADMIN)
 async def storage(new_database: Callable[[], str]) -> AsyncIterator[Storage]:
     store = Storage(StorageConfig(dsn=new_database(), attempts=3, retry_backoff=0.01))
     await store.open()
-    await store.migrate()
+    await store.prepare_schema(None)
     yield store
     await store.close()
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from svc_common.dev.servers import PostgresServer, RedisServer
+from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, SERVICE_ROLE, PostgresServer, RedisServer, as_role
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL = PROJECT / ".local"
@@ -42,13 +42,20 @@ async def _postgres_answers(url: str) -> bool:
     return True
 
 
-async def _ensure_database(server_url: str, database: str) -> None:
+async def _ensure_database(server_url: str, database: str) -> bool:
+    """Create the booking roles and, if missing, the database, owned by OWNER_ROLE. Returns whether the database
+    is owned by OWNER_ROLE (one made by an older `make run` is not, and is then used with one role)."""
     conn = await asyncpg.connect(server_url)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await conn.execute(f'CREATE DATABASE "{database}"')
+        for statement in CREATE_ROLES:
+            await conn.execute(statement)
+        owner = await conn.fetchval("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", database)
+        if owner is None:
+            await conn.execute(f'CREATE DATABASE "{database}" OWNER {OWNER_ROLE}')
+            owner = OWNER_ROLE
     finally:
         await conn.close()
+    return bool(owner == OWNER_ROLE)
 
 
 def _redis_answers(url: str) -> bool:
@@ -72,8 +79,12 @@ def _database(env: dict[str, str]) -> Iterator[None]:
     server = PostgresServer(LOCAL / "postgres", port=PRIVATE_PG_PORT)
     if not server.running():
         server.start()
-    asyncio.run(_ensure_database(server.url, DATABASE))
-    env["DATABASE_URL"] = server.url_for(DATABASE)
+    url = server.url_for(DATABASE)
+    if asyncio.run(_ensure_database(server.url, DATABASE)):
+        env["DATABASE_URL"], env["MIGRATION_DATABASE_URL"] = as_role(url, SERVICE_ROLE), as_role(url, OWNER_ROLE)
+        _say(f"MIGRATION_DATABASE_URL={env['MIGRATION_DATABASE_URL']} (the owner role applies the migrations)")
+    else:
+        env["DATABASE_URL"] = url
     _say(f"DATABASE_URL={env['DATABASE_URL']}")
     try:
         yield

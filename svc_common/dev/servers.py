@@ -18,6 +18,24 @@ import subprocess
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+# Local servers run the booking service with two roles, as production should (see booking_service/schema.py):
+# the owner applies the migrations, the service's role only reads and appends to the audit trail.
+OWNER_ROLE = "booking_owner"
+SERVICE_ROLE = "booking_app"
+CREATE_ROLES = tuple(
+    f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; "
+    "END IF; END $$"
+    for role in (OWNER_ROLE, SERVICE_ROLE)
+)
+
+
+def as_role(url: str, role: str) -> str:
+    """`url` with `role` as its user (no password: local servers trust local connections)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench check lint typecheck buflint gen install clean token
+.PHONY: run test soak bench check lint typecheck buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
@@ -37,6 +37,11 @@ token: $(STAMP)
 
 test: gen
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The soak at full length (the suite runs it for 60 s): 10 minutes of writes, subscribers and a fault a minute.
+SOAK_SECONDS ?= 600
+soak: gen
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py $(PYTEST_ARGS)
 
 # Benchmarks, each against a baseline run side by side; prints JSON with the ratio.
 bench: gen

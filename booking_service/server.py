@@ -29,7 +29,7 @@ from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import REDIS_ERRORS, connect
-from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after
+from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 
 async def serve(settings: Settings) -> None:
     stop = stop_event_on_signals()
+    log_tasks_on_sigusr1()
     try:
         async with running(settings, stop):
             await stop.wait()

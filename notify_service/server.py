@@ -23,7 +23,7 @@ from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
 from svc_common.redis_client import connect
-from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after
+from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
 async def serve(settings: Settings) -> None:
     stop = stop_event_on_signals()
+    log_tasks_on_sigusr1()
     async with running(settings):
         await stop.wait()
         log.info("stopping: ending open streams, grace %.0fs", settings.grace_seconds)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -87,6 +90,19 @@ def exit_after(seconds: float, what: str) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+def log_tasks_on_sigusr1() -> None:
+    """On SIGUSR1, log how many asyncio tasks run, by name (for operators and the soak test: a leak shows as a
+    count that only grows)."""
+    loop = asyncio.get_running_loop()
+
+    def report() -> None:
+        tasks = asyncio.all_tasks(loop)
+        names = Counter(re.sub(r"\d+", "N", task.get_name()) for task in tasks)
+        log.info("asyncio tasks: %d (%s)", len(tasks), ", ".join(f"{n} {name}" for name, n in names.most_common()))
+
+    loop.add_signal_handler(signal.SIGUSR1, report)
 
 
 def _awaiting(coro: Any) -> list[str]:

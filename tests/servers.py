@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
@@ -132,3 +133,17 @@ def booking_env(database_url: str, redis_url: str, *, least_privilege: bool = Tr
 def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
     """A notify instance following the event stream of the booking database at `database_url`."""
     return {"REDIS_URL": redis_url, "EVENT_STREAM_KEY": stream_key(database_url), "JWT_SECRET": JWT_SECRET}
+
+
+async def terminate_backends(database_url: str, database: str) -> int:
+    """Terminate every connection to `database` (from the server's maintenance database); returns how many."""
+    conn = await asyncpg.connect(database_url.rpartition("/")[0] + "/postgres")
+    try:
+        return len(
+            await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        )
+    finally:
+        await conn.close()

@@ -18,26 +18,12 @@ from notify_service.server import running
 from notify_service.settings import Settings
 from tests.events import Churn, EventSystem, Subscription, admin_on, eventually
 from tests.helpers import uid
-from tests.servers import PROJECT, ServiceProcess, notify_env
+from tests.servers import PROJECT, ServiceProcess, notify_env, terminate_backends
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 KEEPALIVE_BOUND_SECONDS = 40  # the README: a vanished client is noticed within 40 s
-
-
-async def terminate_backends(database_url: str, database: str) -> int:
-    """Terminate every connection to `database` (from the server's maintenance database); returns how many."""
-    conn = await asyncpg.connect(database_url.rpartition("/")[0] + "/postgres")
-    try:
-        return len(
-            await conn.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
-        )
-    finally:
-        await conn.close()
 
 
 async def wait_health(process: ServiceProcess, wanted: int, service: str = "", within: float = 30.0) -> None:

@@ -23,6 +23,10 @@ EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
+class SlotTaken(Exception):
+    """Another active booking of the provider overlaps the time asked for."""
+
+
 # Who did something: the caller as its token named it (id, name, role), kept with the change.
 Actor = Principal
 

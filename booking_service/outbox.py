@@ -3,7 +3,7 @@ wake-ups (CHANNEL, sent by other instances after their writes commit) and runs t
 
 Write statements insert their change event into `booking_outbox` (see storage.py). The relay then, on this
 connection, in one statement per round (one round trip on the event path):
-1. marks published, about once a second, what earlier rounds published (events.py);
+1. marks published, about once a second, what earlier rounds published (relay.py);
 2. gives committed events their stream position (`seq`, gapless, in outbox id order; `stream_ms`, never going
    back). Changes of one booking are serialised by its row lock and take their outbox id after that lock, so
    id order, hence seq order, is their commit order;
@@ -25,7 +25,7 @@ from datetime import datetime
 import asyncpg
 
 from booking_service.domain import Actor, AuditAction, Booking
-from booking_service.storage import Record, booking_from_json
+from booking_service.rows import Record, booking_from_json
 from svc_common.auth import Role
 from svc_common.eventstream import EventId
 

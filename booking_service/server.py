@@ -17,11 +17,12 @@ import redis.asyncio as redis
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service import pagination
+from booking_service.database import LOST_CONNECTION, Database, DatabaseConfig
 from booking_service.domain import ERROR_DOMAIN
-from booking_service.events import EventRelay, RelayConfig, RelayWaker
+from booking_service.relay import EventRelay, RelayConfig, RelayWaker
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
-from booking_service.storage import LOST_CONNECTION, Storage, StorageConfig
+from booking_service.storage import Storage
 from booking_service.usecases import BookingUseCases
 from svc_common import eventstream
 from svc_common.auth import Principal, Role, TokenVerifier
@@ -38,18 +39,18 @@ SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_na
 RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
 
-async def _open_storage(storage: Storage, owner_dsn: str | None, stop: asyncio.Event) -> None:
+async def _open_database(db: Database, owner_dsn: str | None, stop: asyncio.Event) -> None:
     """Connect and migrate, waiting for the database to come up (or for a stop signal)."""
     backoff = Backoff(0.5, 5.0)
     while True:
         try:
-            await storage.open()
-            applied = await storage.prepare_schema(owner_dsn)
+            await db.open()
+            applied = await db.prepare_schema(owner_dsn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             return
         except LOST_CONNECTION as exc:
-            await storage.close()
+            await db.close()
             delay = backoff.next()
             log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
             with contextlib.suppress(TimeoutError):
@@ -70,13 +71,13 @@ RELAY_TASKS = ("relay", "waker")
 
 
 async def _watch_health(
-    server: GrpcServer, storage: Storage, client: redis.Redis, supervisor: Supervisor, interval: float
+    server: GrpcServer, db: Database, client: redis.Redis, supervisor: Supervisor, interval: float
 ) -> None:
     """Health follows what calls would get: the service names the database, "events" Redis and the relay."""
     serving: bool | None = None
     events: bool | None = None
     while True:
-        now, redis_now = await asyncio.gather(storage.ping(), _redis_ok(client))
+        now, redis_now = await asyncio.gather(db.ping(), _redis_ok(client))
         events_now = redis_now and not supervisor.failing(*RELAY_TASKS)
         if now != serving:
             log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")
@@ -112,8 +113,8 @@ async def _purge_periodically(usecases: BookingUseCases, retention: timedelta, i
 async def running(settings: Settings, stop: asyncio.Event | None = None) -> AsyncIterator[GrpcServer]:
     """A started booking server; on exit it drains calls in flight and closes its pool."""
     stop = stop or asyncio.Event()
-    storage = Storage(
-        StorageConfig(
+    db = Database(
+        DatabaseConfig(
             dsn=settings.database_url,
             min_connections=settings.db_min_connections,
             max_connections=settings.db_max_connections,
@@ -137,8 +138,8 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         ),
         client,
     )
-    waker = RelayWaker(relay, storage)
-    usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
+    waker = RelayWaker(relay, db)
+    usecases = BookingUseCases(Storage(db), waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
     supervisor = Supervisor()
 
@@ -153,14 +154,14 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         # Exit order: stop the background tasks, drain calls in flight (the relay still publishing what they
         # commit), stop the relay, then close the pool and the Redis client.
         stack.push_async_callback(client.aclose)
-        stack.push_async_callback(storage.close)
+        stack.push_async_callback(db.close)
         relay_tasks: list[asyncio.Task[None]] = []  # started once the database is migrated
         stack.push_async_callback(_cancel_all, relay_tasks)
         # Listen first, reporting NOT_SERVING, so operators can see the service waiting for its database.
         await server.start()
         stack.push_async_callback(server.stop, settings.grace_seconds)
         await health_unknown()
-        await _open_storage(storage, settings.migration_database_url, stop)
+        await _open_database(db, settings.migration_database_url, stop)
         relay_tasks.extend(
             supervisor.start(name, run, on_failure=events_held_back)
             for name, run in zip(RELAY_TASKS, (relay.run, waker.run), strict=True)
@@ -168,7 +169,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         background = [
             supervisor.start(
                 "health",
-                lambda: _watch_health(server, storage, client, supervisor, settings.health_interval_seconds),
+                lambda: _watch_health(server, db, client, supervisor, settings.health_interval_seconds),
                 on_failure=health_unknown,
             )
         ]

@@ -1,97 +1,25 @@
-"""PostgreSQL storage: owns the asyncpg pool, the migrations and every SQL statement.
+"""The SQL of bookings: every read and write, each a single statement (a data-modifying CTE writes the booking,
+its audit entry and its change event in the outbox together), so it commits atomically with one round trip.
 
-Each operation is a single statement (a data-modifying CTE writes the booking, its audit entry and its
-change event in the outbox together), so it commits atomically with one round trip. Database errors are
-translated here into the `svc_common.errors` tree: transient ones (connection lost, serialization failure,
-deadlock) are retried a bounded number of times, then surface as Unavailable or Aborted.
-
-A write that lost its connection may have committed. Every write carries the id of the audit entry it
-writes (`op_id`), so before retrying it, storage checks whether that entry exists and, if so, returns
-what the first attempt committed instead of doing the work twice.
+Every write carries the id of the audit entry it writes (`op_id`), so after a lost connection `Database.run`
+can tell whether the lost attempt committed. Constraint violations become domain errors (`SlotTaken`); the use
+cases choose the status.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import asyncpg
 
-from booking_service import schema
-from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, NewBooking
-from svc_common.auth import Role
-from svc_common.backoff import Backoff
-from svc_common.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    Unavailable,
-)
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Record = asyncpg.Record
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Connection = PoolConnectionProxy[Record]
-else:
-    Connection = asyncpg.pool.PoolConnectionProxy
-
-
-# Errors after which the statement certainly did not commit and may simply run again.
-RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-
-
-class DatabaseRefused(Exception):
-    """The server answered but refused a new connection."""
-
-
-# Errors that mean the database is unreachable or the connection gone; a write may or may not have committed.
-# asyncpg raises InternalClientError ("cannot switch to state ...") when the server ends a connection in the
-# middle of an operation.
-CONNECTION_ERRORS = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InternalClientError,
-    DatabaseRefused,
-    OSError,
-    TimeoutError,
-)
-# For work on a connection of its own (the relay, health, notifications): an InterfaceError there also means
-# the connection is unusable ("connection is closed", "another operation is in progress").
-LOST_CONNECTION = (*CONNECTION_ERRORS, asyncpg.InterfaceError)
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    dsn: str
-    min_connections: int = 2
-    max_connections: int = 10
-    command_timeout: float = 10.0
-    acquire_timeout: float = 5.0
-    attempts: int = 3
-    retry_backoff: float = 0.05
-    close_seconds: float = 3.0  # on shutdown, how long connections in use may take before they are terminated
-
-
-async def release_connection(conn: asyncpg.Connection[Record]) -> None:
-    """Pool reset on release. Storage never changes session state (no SET, LISTEN, cursors or held locks) and
-    runs single autocommit statements, so only a transaction left open by a failure needs undoing; asyncpg's
-    default reset would cost every call a second round trip."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
+from booking_service.database import Connection, Database, Record
+from booking_service.domain import Actor, AuditEntry, Booking, NewBooking, SlotTaken
+from booking_service.rows import audit_from_record, booking_from_record
 
 
 @dataclass(frozen=True)
@@ -102,72 +30,6 @@ class ListQuery:
     provider_id: str | None
     after: tuple[datetime, uuid.UUID] | None
     limit: int
-
-
-def _actor(record: Record, prefix: str) -> Actor | None:
-    actor_id = record[f"{prefix}_id"]
-    if actor_id is None:
-        return None
-    return Actor(actor_id, record[f"{prefix}_name"], Role(record[f"{prefix}_role"]))
-
-
-def booking_from_record(record: Record) -> Booking:
-    return Booking(
-        id=str(record["id"]),
-        customer_id=record["customer_id"],
-        provider_id=record["provider_id"],
-        service_id=record["service_id"],
-        start_time=record["start_time"],
-        end_time=record["end_time"],
-        notes=record["notes"],
-        create_time=record["create_time"],
-        update_time=record["update_time"],
-        version=record["version"],
-        delete_time=record["delete_time"],
-        deleted_by=_actor(record, "deleted_by"),
-        deletion_reason=record["deletion_reason"],
-    )
-
-
-def booking_from_json(data: dict[str, Any]) -> Booking:
-    def ts(key: str) -> datetime | None:
-        value = data.get(key)
-        return datetime.fromisoformat(value) if value else None
-
-    deleted_by = None
-    if data.get("deleted_by_id") is not None:
-        deleted_by = Actor(data["deleted_by_id"], data["deleted_by_name"], Role(data["deleted_by_role"]))
-    start, end, created, updated = ts("start_time"), ts("end_time"), ts("create_time"), ts("update_time")
-    assert start and end and created and updated, "snapshot lacks a timestamp"
-    return Booking(
-        id=data["id"],
-        customer_id=data["customer_id"],
-        provider_id=data["provider_id"],
-        service_id=data["service_id"],
-        start_time=start,
-        end_time=end,
-        notes=data["notes"],
-        create_time=created,
-        update_time=updated,
-        version=data["version"],
-        delete_time=ts("delete_time"),
-        deleted_by=deleted_by,
-        deletion_reason=data["deletion_reason"],
-    )
-
-
-def audit_from_record(record: Record) -> AuditEntry:
-    snapshot = record["snapshot"]
-    return AuditEntry(
-        id=str(record["id"]),
-        booking_id=str(record["booking_id"]),
-        action=AuditAction(record["action"]),
-        actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
-        reason=record["reason"],
-        create_time=record["create_time"],
-        snapshot=booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
-        seq=record["seq"],
-    )
 
 
 _AUDIT_INSERT = """
@@ -311,116 +173,10 @@ def list_sql(*, customer: bool, provider: bool, after: bool, deleted: bool | Non
 
 
 class Storage:
-    def __init__(self, config: StorageConfig) -> None:
-        self._config = config
-        self._pool: asyncpg.Pool[Record] | None = None
+    """Bookings and their audit trail in PostgreSQL."""
 
-    @property
-    def pool(self) -> asyncpg.Pool[Record]:
-        if self._pool is None:
-            raise Unavailable("the database is not connected yet; retry later", reason="DATABASE_UNAVAILABLE")
-        return self._pool
-
-    async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._config.dsn,
-            min_size=self._config.min_connections,
-            max_size=self._config.max_connections,
-            command_timeout=self._config.command_timeout,
-            server_settings={"timezone": "UTC", "application_name": "booking_service"},
-            reset=release_connection,
-        )
-
-    async def close(self) -> None:
-        """Close the pool, waiting up to `close_seconds` for connections in use, then terminating them."""
-        timeout = self._config.close_seconds
-        if self._pool is None:
-            return
-        pool, self._pool = self._pool, None
-        try:
-            async with asyncio.timeout(timeout):
-                await pool.close()
-        except TimeoutError:
-            log.warning("database connections still busy after %.0fs; terminating them", timeout)
-            pool.terminate()
-        except BaseException:
-            pool.terminate()
-            raise
-
-    async def prepare_schema(self, owner_dsn: str | None) -> list[str]:
-        """Apply pending migrations (as the owner, when given) and return what was applied (see schema.py)."""
-        async with self.pool.acquire() as conn:
-            return await schema.prepare(conn, owner_dsn)
-
-    async def ping(self) -> bool:
-        try:
-            async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
-                await conn.fetchval("SELECT 1", timeout=self._config.acquire_timeout)
-        except (*LOST_CONNECTION, asyncpg.PostgresError):
-            return False
-        return True
-
-    async def notify(self, channel: str) -> None:
-        """Send a notification on `channel`, best effort (a listener that misses it has its own backstop)."""
-        try:
-            async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
-                await conn.execute("SELECT pg_notify($1, '')", channel)
-        except (*LOST_CONNECTION, asyncpg.PostgresError, Unavailable) as exc:
-            log.debug("notification on %s not sent: %s", channel, type(exc).__name__)
-
-    async def _acquire(self) -> Connection:
-        try:
-            conn: Connection = await self.pool.acquire(timeout=self._config.acquire_timeout)
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, CONNECTION_ERRORS):
-                raise
-            # The server refused a new connection (a database not accepting connections, a role or database
-            # that is gone): as unavailable as a server that is down, not a bug.
-            raise DatabaseRefused(f"the database refused a connection ({exc.sqlstate})") from exc
-        return conn
-
-    async def _run(
-        self,
-        work: Callable[[Connection], Awaitable[T]],
-        *,
-        committed: Callable[[Connection], Awaitable[T | None]] | None = None,
-    ) -> T:
-        """Run `work` on a pooled connection, retrying transient failures a bounded number of times.
-
-        `committed` tells, after a lost connection, whether the lost attempt committed (and its result).
-        """
-        last: Exception | None = None
-        uncertain = False
-        backoff = Backoff(self._config.retry_backoff, 1.0)
-        for attempt in range(self._config.attempts):
-            if attempt:
-                await backoff.sleep()
-            try:
-                conn = await self._acquire()
-                try:
-                    if uncertain and committed is not None:
-                        earlier = await committed(conn)
-                        if earlier is not None:
-                            return earlier
-                    return await work(conn)
-                except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                    # The connection closed under us, or its protocol state broke because the server ended it
-                    # mid-operation: a lost connection, never to be reused. (Other InterfaceErrors, such as
-                    # DataError, are bugs.)
-                    if not (conn.is_closed() or isinstance(exc, asyncpg.InternalClientError)):
-                        raise
-                    conn.terminate()
-                    raise asyncpg.ConnectionDoesNotExistError("connection lost") from exc
-                finally:
-                    await self.pool.release(conn)
-            except RETRYABLE_ROLLBACK as exc:
-                last = exc
-            except CONNECTION_ERRORS as exc:
-                last, uncertain = exc, True
-            log.warning("database attempt %d failed: %s", attempt + 1, type(last).__name__)
-        if isinstance(last, RETRYABLE_ROLLBACK):
-            raise Aborted("the change conflicted with a concurrent one; retry", reason="CONCURRENT_MODIFICATION")
-        raise Unavailable("the database is unavailable; retry later", reason="DATABASE_UNAVAILABLE") from last
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # --- reads -----------------------------------------------------------------------------------------------
 
@@ -429,7 +185,7 @@ class Storage:
             record = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
             return booking_from_record(record) if record else None
 
-        return await self._run(work)
+        return await self._db.run(work)
 
     async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]:
         sql = list_sql(
@@ -447,7 +203,7 @@ class Storage:
             records = await conn.fetch(sql, *args)
             return [booking_from_record(r) for r in records]
 
-        return await self._run(work)
+        return await self._db.run(work)
 
     async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]:
         async def work(conn: Connection) -> list[AuditEntry]:
@@ -459,7 +215,7 @@ class Storage:
             )
             return [audit_from_record(r) for r in records]
 
-        return await self._run(work)
+        return await self._db.run(work)
 
     # --- writes ----------------------------------------------------------------------------------------------
 
@@ -504,9 +260,7 @@ class Storage:
                 earlier = await by_request(conn)
                 if earlier is not None:
                     return earlier, False
-                raise AlreadyExists(
-                    "the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE"
-                ) from exc
+                raise SlotTaken() from exc
             if record is not None:
                 return booking_from_record(record), True
             earlier = await by_request(conn)
@@ -518,7 +272,7 @@ class Storage:
             booking = await self._booking_of_op(conn, op_id)
             return (booking, True) if booking else None
 
-        return await self._run(work, committed=committed)
+        return await self._db.run(work, committed=committed)
 
     async def soft_delete(
         self,
@@ -548,7 +302,7 @@ class Storage:
             )
             return booking_from_record(record) if record else None
 
-        return await self._run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
+        return await self._db.run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
 
     async def restore(
         self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor, version: int | None
@@ -559,12 +313,10 @@ class Storage:
                     RESTORE_SQL, booking_id, version, op_id, actor.id, actor.name, actor.role.value
                 )
             except asyncpg.ExclusionViolationError as exc:
-                raise FailedPrecondition(
-                    "the booking's slot has been taken since it was deleted", reason="SLOT_UNAVAILABLE"
-                ) from exc
+                raise SlotTaken() from exc
             return booking_from_record(record) if record else None
 
-        return await self._run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
+        return await self._db.run(work, committed=lambda conn: self._booking_of_op(conn, op_id))
 
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
         async def work(conn: Connection) -> bool:
@@ -577,7 +329,7 @@ class Storage:
             found = await conn.fetchval("SELECT 1 FROM booking_audit WHERE id = $1", op_id)
             return True if found else None
 
-        return await self._run(work, committed=committed)
+        return await self._db.run(work, committed=committed)
 
     async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]:
         async def work(conn: Connection) -> tuple[int, list[str]]:
@@ -585,7 +337,7 @@ class Storage:
             total = records[0]["total"] if records else 0
             return total, [str(r["id"]) for r in records]
 
-        return await self._run(work)
+        return await self._db.run(work)
 
     async def purge(
         self, deleted_before: datetime, *, actor: Actor, reason: str, batch: int, sample: int
@@ -599,7 +351,7 @@ class Storage:
                     PURGE_BATCH_SQL, actor.id, actor.name, actor.role.value, reason, None, deleted_before, batch
                 )
 
-            records = await self._run(work)
+            records = await self._db.run(work)
             count += len(records)
             ids.extend(str(r["id"]) for r in records[: max(0, sample - len(ids))])
             if len(records) < batch:

@@ -13,10 +13,11 @@ from booking_service.domain import (
     Booking,
     NewBooking,
     Page,
+    SlotTaken,
     is_admin,
     may_see,
 )
-from booking_service.storage import ListQuery, Storage
+from booking_service.storage import ListQuery
 from svc_common.auth import Principal, Role
 from svc_common.errors import (
     Aborted,
@@ -62,6 +63,36 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     return position, booking_id
 
 
+class BookingStore(Protocol):
+    """What the use cases need of storage (booking_service.storage.Storage is the one implementation)."""
+
+    async def get(self, booking_id: uuid.UUID) -> Booking | None: ...
+    async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]: ...
+    async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]: ...
+    async def create(
+        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Principal, request_id: str | None
+    ) -> tuple[Booking, bool]: ...
+    async def soft_delete(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        op_id: uuid.UUID,
+        actor: Principal,
+        reason: str,
+        scope_customer: str | None,
+        scope_provider: str | None,
+        version: int | None,
+    ) -> Booking | None: ...
+    async def restore(
+        self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal, version: int | None
+    ) -> Booking | None: ...
+    async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal) -> bool: ...
+    async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]: ...
+    async def purge(
+        self, deleted_before: datetime, *, actor: Principal, reason: str, batch: int, sample: int
+    ) -> tuple[int, list[str]]: ...
+
+
 class ChangeSignal(Protocol):
     """Told after a change committed (its event is in the outbox), so the relay publishes it promptly."""
 
@@ -69,7 +100,7 @@ class ChangeSignal(Protocol):
 
 
 class BookingUseCases:
-    def __init__(self, storage: Storage, changes: ChangeSignal, page_tokens: pagination.PageTokens) -> None:
+    def __init__(self, storage: BookingStore, changes: ChangeSignal, page_tokens: pagination.PageTokens) -> None:
         self._storage = storage
         self._changes = changes
         self._tokens = page_tokens
@@ -79,9 +110,14 @@ class BookingUseCases:
             raise PermissionDenied("users may only book for themselves", reason="NOT_OWN_BOOKING")
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
-        booking, created = await self._storage.create(
-            new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
-        )
+        try:
+            booking, created = await self._storage.create(
+                new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
+            )
+        except SlotTaken as exc:
+            raise AlreadyExists(
+                "the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE"
+            ) from exc
         if created:
             self._changes.committed()
             return booking
@@ -196,7 +232,12 @@ class BookingUseCases:
 
     async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
         require_admin(principal, "restore bookings")
-        restored = await self._storage.restore(booking_id, op_id=uuid.uuid4(), actor=principal, version=version)
+        try:
+            restored = await self._storage.restore(booking_id, op_id=uuid.uuid4(), actor=principal, version=version)
+        except SlotTaken as exc:
+            raise FailedPrecondition(
+                "the booking's slot has been taken since it was deleted", reason="SLOT_UNAVAILABLE"
+            ) from exc
         if restored is not None:
             self._changes.committed()
             return restored

@@ -23,7 +23,8 @@ import asyncpg
 import grpc
 
 from booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.storage import CREATE_SQL, DELETE_SQL, Storage, StorageConfig, release_connection
+from booking_service.database import Database, DatabaseConfig, release_connection
+from booking_service.storage import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.helpers import auth, ts
 from tests.servers import ServiceProcess, run_benchmark
@@ -115,7 +116,7 @@ async def service_round(address: str, concurrency: int, seconds: float, tag: str
 
 
 async def _migrate(dsn: str) -> None:
-    storage = Storage(StorageConfig(dsn=dsn))
+    storage = Database(DatabaseConfig(dsn=dsn))
     await storage.open()
     try:
         await storage.prepare_schema(None)

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from booking_service.database import Connection, Database, DatabaseConfig
 from booking_service.domain import Actor, NewBooking
-from booking_service.storage import CREATE_SQL, Connection, Storage, StorageConfig, booking_from_record
+from booking_service.rows import booking_from_record
+from booking_service.storage import CREATE_SQL
 from svc_common.auth import Role
 from svc_common.errors import Aborted, Unavailable
 
@@ -18,15 +20,15 @@ ACTOR = Actor("tester", "Tester", Role.ADMIN)
 
 
 @pytest.fixture
-async def storage(new_database: Callable[[], str]) -> AsyncIterator[Storage]:
-    store = Storage(StorageConfig(dsn=new_database(), attempts=3, retry_backoff=0.01))
+async def storage(new_database: Callable[[], str]) -> AsyncIterator[Database]:
+    store = Database(DatabaseConfig(dsn=new_database(), attempts=3, retry_backoff=0.01))
     await store.open()
     await store.prepare_schema(None)
     yield store
     await store.close()
 
 
-async def test_serialization_failures_and_deadlocks_are_retried(storage: Storage) -> None:
+async def test_serialization_failures_and_deadlocks_are_retried(storage: Database) -> None:
     attempts = []
 
     async def work(conn: Connection) -> str:
@@ -37,11 +39,11 @@ async def test_serialization_failures_and_deadlocks_are_retried(storage: Storage
             await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$")
         return "done"
 
-    assert await storage._run(work) == "done"
+    assert await storage.run(work) == "done"
     assert len(attempts) == 3
 
 
-async def test_retries_are_bounded_then_aborted(storage: Storage) -> None:
+async def test_retries_are_bounded_then_aborted(storage: Database) -> None:
     attempts = []
 
     async def work(conn: Connection) -> None:
@@ -49,12 +51,12 @@ async def test_retries_are_bounded_then_aborted(storage: Storage) -> None:
         await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
 
     with pytest.raises(Aborted) as info:
-        await storage._run(work)
+        await storage.run(work)
     assert info.value.reason == "CONCURRENT_MODIFICATION"
     assert len(attempts) == 3
 
 
-async def test_a_write_whose_connection_died_after_commit_is_not_done_twice(storage: Storage) -> None:
+async def test_a_write_whose_connection_died_after_commit_is_not_done_twice(storage: Database) -> None:
     """The first attempt commits, then its connection is terminated before the answer is read."""
     booking_id, op_id = uuid.uuid4(), uuid.uuid4()
     start = datetime(2032, 1, 1, tzinfo=UTC)
@@ -75,7 +77,7 @@ async def test_a_write_whose_connection_died_after_commit_is_not_done_twice(stor
         record = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
         return booking_from_record(record).id if record else None
 
-    assert await storage._run(work, committed=committed) == str(booking_id)
+    assert await storage.run(work, committed=committed) == str(booking_id)
     assert len(attempts) == 1
     conn = await asyncpg.connect(storage._config.dsn)
     try:
@@ -84,7 +86,7 @@ async def test_a_write_whose_connection_died_after_commit_is_not_done_twice(stor
         await conn.close()
 
 
-async def test_an_unreachable_database_is_unavailable(storage: Storage) -> None:
+async def test_an_unreachable_database_is_unavailable(storage: Database) -> None:
     attempts = []
 
     async def work(conn: Connection) -> None:
@@ -92,7 +94,7 @@ async def test_an_unreachable_database_is_unavailable(storage: Storage) -> None:
         raise ConnectionRefusedError("database down")
 
     with pytest.raises(Unavailable) as info:
-        await storage._run(work)
+        await storage.run(work)
     assert info.value.reason == "DATABASE_UNAVAILABLE"
     assert len(attempts) == 3
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as redis
 
 from booking_service.convert import event_to_proto
+from booking_service.database import LOST_CONNECTION, Database
 from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent, PlacedRow
-from booking_service.storage import LOST_CONNECTION, Storage
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
@@ -224,9 +224,9 @@ class RelayWaker:
     write throughput). Wake-ups coalesce, so a burst of writes costs one notification per round trip.
     """
 
-    def __init__(self, relay: EventRelay, storage: Storage) -> None:
+    def __init__(self, relay: EventRelay, db: Database) -> None:
         self._relay = relay
-        self._storage = storage
+        self._db = db
         self._dirty = asyncio.Event()
 
     def committed(self) -> None:
@@ -239,4 +239,4 @@ class RelayWaker:
             if self._relay.relaying:
                 self._relay.wake()
             else:
-                await self._storage.notify(CHANNEL)
+                await self._db.notify(CHANNEL)

@@ -1,0 +1,80 @@
+"""Database rows into domain values, in one place for the storage and the outbox relay alike."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
+from svc_common.auth import Role
+
+Record = asyncpg.Record
+
+
+def _actor(record: Record, prefix: str) -> Actor | None:
+    actor_id = record[f"{prefix}_id"]
+    if actor_id is None:
+        return None
+    return Actor(actor_id, record[f"{prefix}_name"], Role(record[f"{prefix}_role"]))
+
+
+def booking_from_record(record: Record) -> Booking:
+    return Booking(
+        id=str(record["id"]),
+        customer_id=record["customer_id"],
+        provider_id=record["provider_id"],
+        service_id=record["service_id"],
+        start_time=record["start_time"],
+        end_time=record["end_time"],
+        notes=record["notes"],
+        create_time=record["create_time"],
+        update_time=record["update_time"],
+        version=record["version"],
+        delete_time=record["delete_time"],
+        deleted_by=_actor(record, "deleted_by"),
+        deletion_reason=record["deletion_reason"],
+    )
+
+
+def booking_from_json(data: dict[str, Any]) -> Booking:
+    def ts(key: str) -> datetime | None:
+        value = data.get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    deleted_by = None
+    if data.get("deleted_by_id") is not None:
+        deleted_by = Actor(data["deleted_by_id"], data["deleted_by_name"], Role(data["deleted_by_role"]))
+    start, end, created, updated = ts("start_time"), ts("end_time"), ts("create_time"), ts("update_time")
+    assert start and end and created and updated, "snapshot lacks a timestamp"
+    return Booking(
+        id=data["id"],
+        customer_id=data["customer_id"],
+        provider_id=data["provider_id"],
+        service_id=data["service_id"],
+        start_time=start,
+        end_time=end,
+        notes=data["notes"],
+        create_time=created,
+        update_time=updated,
+        version=data["version"],
+        delete_time=ts("delete_time"),
+        deleted_by=deleted_by,
+        deletion_reason=data["deletion_reason"],
+    )
+
+
+def audit_from_record(record: Record) -> AuditEntry:
+    snapshot = record["snapshot"]
+    return AuditEntry(
+        id=str(record["id"]),
+        booking_id=str(record["booking_id"]),
+        action=AuditAction(record["action"]),
+        actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
+        reason=record["reason"],
+        create_time=record["create_time"],
+        snapshot=booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
+        seq=record["seq"],
+    )

@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Generated stubs are build output: regenerated from protos/ whenever a .proto changes, never edited.
-protos/.generated: $(STAMP) $(PROTOS) protos/generate.sh
+# Generated code is build output: regenerated into client/booking_api/ whenever a .proto changes, never edited.
+GENERATED := client/booking_api/.generated
+$(GENERATED): $(STAMP) $(PROTOS) protos/generate.sh
 	protos/generate.sh $(CURDIR)/$(PY)
-	touch protos/.generated
+	touch $(GENERATED)
 
-gen: protos/.generated
+gen: $(GENERATED)
 
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
 run: gen
@@ -61,5 +62,4 @@ buflint: $(STAMP)
 check: lint typecheck buflint
 
 clean:
-	rm -rf $(VENV) .local protos/.generated
-	find protos/booking protos/notify \( -name '*_pb2*.py*' -o -name '__init__.py' \) -delete
+	rm -rf $(VENV) .local client/booking_api/booking client/booking_api/notify $(GENERATED)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from booking.v1 import booking_pb2, events_pb2
+from booking_api.booking.v1 import booking_pb2, events_pb2
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
 from svc_common.auth import Role
 

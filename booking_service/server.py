@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as redis
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service import pagination
 from booking_service.database import LOST_CONNECTION, Database, DatabaseConfig
 from booking_service.domain import ERROR_DOMAIN

@@ -7,9 +7,9 @@ PERMISSION_DENIED; the use cases check it again for callers other than this serv
 
 from __future__ import annotations
 
-from typing import Any
+from grpc.aio import ServicerContext as Context
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.convert import audit_to_proto, booking_to_proto
 from booking_service.domain import EARLIEST_TIME, LATEST_TIME, MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
 from booking_service.usecases import BookingUseCases, require_admin
@@ -55,7 +55,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         self._uc = usecases
 
     async def CreateBooking(
-        self, request: booking_pb2.CreateBookingRequest, context: Any
+        self,
+        request: booking_pb2.CreateBookingRequest,
+        context: Context[booking_pb2.CreateBookingRequest, booking_pb2.CreateBookingResponse],
     ) -> booking_pb2.CreateBookingResponse:
         principal = current_principal()
         check = Checker()
@@ -65,7 +67,11 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         booking = await self._uc.create(principal, new, request_id)
         return booking_pb2.CreateBookingResponse(booking=booking_to_proto(booking))
 
-    async def GetBooking(self, request: booking_pb2.GetBookingRequest, context: Any) -> booking_pb2.GetBookingResponse:
+    async def GetBooking(
+        self,
+        request: booking_pb2.GetBookingRequest,
+        context: Context[booking_pb2.GetBookingRequest, booking_pb2.GetBookingResponse],
+    ) -> booking_pb2.GetBookingResponse:
         check = Checker()
         booking_id = check.booking_id("booking_id", request.booking_id)
         check.done()
@@ -73,7 +79,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.GetBookingResponse(booking=booking_to_proto(booking))
 
     async def ListBookings(
-        self, request: booking_pb2.ListBookingsRequest, context: Any
+        self,
+        request: booking_pb2.ListBookingsRequest,
+        context: Context[booking_pb2.ListBookingsRequest, booking_pb2.ListBookingsResponse],
     ) -> booking_pb2.ListBookingsResponse:
         if request.show_deleted:
             require_admin(current_principal(), "list deleted bookings")
@@ -91,7 +99,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         )
 
     async def DeleteBooking(
-        self, request: booking_pb2.DeleteBookingRequest, context: Any
+        self,
+        request: booking_pb2.DeleteBookingRequest,
+        context: Context[booking_pb2.DeleteBookingRequest, booking_pb2.DeleteBookingResponse],
     ) -> booking_pb2.DeleteBookingResponse:
         check = Checker()
         booking_id = check.booking_id("booking_id", request.booking_id)
@@ -102,7 +112,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.DeleteBookingResponse(booking=booking_to_proto(booking))
 
     async def RestoreBooking(
-        self, request: booking_pb2.RestoreBookingRequest, context: Any
+        self,
+        request: booking_pb2.RestoreBookingRequest,
+        context: Context[booking_pb2.RestoreBookingRequest, booking_pb2.RestoreBookingResponse],
     ) -> booking_pb2.RestoreBookingResponse:
         require_admin(current_principal(), "restore bookings")
         check = Checker()
@@ -113,7 +125,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.RestoreBookingResponse(booking=booking_to_proto(booking))
 
     async def ListDeletedBookings(
-        self, request: booking_pb2.ListDeletedBookingsRequest, context: Any
+        self,
+        request: booking_pb2.ListDeletedBookingsRequest,
+        context: Context[booking_pb2.ListDeletedBookingsRequest, booking_pb2.ListDeletedBookingsResponse],
     ) -> booking_pb2.ListDeletedBookingsResponse:
         require_admin(current_principal(), "list deleted bookings")
         customer, provider = _filters(request)
@@ -129,7 +143,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         )
 
     async def HardDeleteBooking(
-        self, request: booking_pb2.HardDeleteBookingRequest, context: Any
+        self,
+        request: booking_pb2.HardDeleteBookingRequest,
+        context: Context[booking_pb2.HardDeleteBookingRequest, booking_pb2.HardDeleteBookingResponse],
     ) -> booking_pb2.HardDeleteBookingResponse:
         require_admin(current_principal(), "hard-delete bookings")
         check = Checker()
@@ -139,7 +155,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.HardDeleteBookingResponse(booking_id=str(booking_id))
 
     async def PurgeDeletedBookings(
-        self, request: booking_pb2.PurgeDeletedBookingsRequest, context: Any
+        self,
+        request: booking_pb2.PurgeDeletedBookingsRequest,
+        context: Context[booking_pb2.PurgeDeletedBookingsRequest, booking_pb2.PurgeDeletedBookingsResponse],
     ) -> booking_pb2.PurgeDeletedBookingsResponse:
         require_admin(current_principal(), "purge bookings")
         check = Checker()
@@ -149,7 +167,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.PurgeDeletedBookingsResponse(purge_count=count, purge_sample=sample)
 
     async def ListBookingAuditEntries(
-        self, request: booking_pb2.ListBookingAuditEntriesRequest, context: Any
+        self,
+        request: booking_pb2.ListBookingAuditEntriesRequest,
+        context: Context[booking_pb2.ListBookingAuditEntriesRequest, booking_pb2.ListBookingAuditEntriesResponse],
     ) -> booking_pb2.ListBookingAuditEntriesResponse:
         require_admin(current_principal(), "read the audit trail")
         check = Checker()

@@ -6,11 +6,9 @@ a pass-through serializer and writes those bytes as they are.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
-from notify.v1 import notify_pb2
+from booking_api.notify.v1 import notify_pb2
 from notify_service.hub import EventFilter
 from notify_service.subscriptions import Subscriptions
 from svc_common.auth import current_principal
@@ -40,7 +38,11 @@ class NotifyServicer:
     def __init__(self, subscriptions: Subscriptions) -> None:
         self._subscriptions = subscriptions
 
-    async def Subscribe(self, request: notify_pb2.SubscribeRequest, context: Any) -> None:
+    async def Subscribe(
+        self,
+        request: notify_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext[notify_pb2.SubscribeRequest, bytes],
+    ) -> None:
         event_filter, cursor = _request(request)
         subscriber = self._subscriptions.open(event_filter, cursor)
         try:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 from google.protobuf.message import DecodeError
 
-from booking.v1 import events_pb2
-from notify.v1 import notify_pb2
+from booking_api.booking.v1 import events_pb2
+from booking_api.notify.v1 import notify_pb2
 from notify_service.hub import Event, Hub
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff

@@ -1,9 +1,34 @@
 #!/bin/sh
-# Generate the Python stubs of every .proto beside it: protos/{booking,notify}/**/*_pb2*.py[i].
-# Usage: protos/generate.sh [PYTHON]   (PYTHON must have grpcio-tools installed)
+# Generate the typed Python code of every .proto here into the package booking_api (build output, never edited):
+#   client/booking_api/{booking,notify}/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs (mypy-protobuf).
+# protoc names generated modules after the .proto paths (booking.v1...), so their imports of each other are
+# rewritten to booking_api.booking.v1...; serialized descriptors and method paths keep the contract's names.
+# Usage: protos/generate.sh [PYTHON [OUT]]   (PYTHON must have grpcio-tools and mypy-protobuf installed)
 set -eu
 python=${1:-python3}
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
+out=${2:-$here/../client}
+bin=$(dirname "$python")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$here"
 # shellcheck disable=SC2046
-"$python" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(find booking notify -name '*.proto')
-find booking notify -type d -exec touch {}/__init__.py \;
+"$python" -m grpc_tools.protoc -I . \
+    --plugin=protoc-gen-mypy="$bin/protoc-gen-mypy" --plugin=protoc-gen-mypy_grpc="$bin/protoc-gen-mypy_grpc" \
+    --python_out="$tmp" --grpc_python_out="$tmp" --mypy_out="$tmp" --mypy_grpc_out="$tmp" \
+    $(find booking notify -name '*.proto' | sort)
+rm -rf "$out/booking_api/booking" "$out/booking_api/notify"
+mkdir -p "$out/booking_api"
+cd "$tmp"
+find booking notify -type f | while read -r file; do
+    mkdir -p "$out/booking_api/$(dirname "$file")"
+    case "$file" in
+        # In stubs, every reference to a generated module is a dotted name.
+        *.pyi) sed -E 's/(^|[^A-Za-z0-9_.])(booking|notify)\.v1([. ])/\1booking_api.\2.v1\3/g' "$file" ;;
+        # In code, only the import lines (the descriptors and method paths must keep the contract's names).
+        *) sed -E 's/^(from|import) (booking|notify)\.v1( |\.)/\1 booking_api.\2.v1\3/' "$file" ;;
+    esac >"$out/booking_api/$file"
+done
+find booking notify -type d | while read -r dir; do
+    touch "$out/booking_api/$dir/__init__.py"
+done

@@ -93,7 +93,8 @@ def rich_status(
             )
         )
     proto = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return rpc_status.to_status(proto)
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status
 
 
 class _Undecodable:
@@ -118,7 +119,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Authentication (all but health and reflection) and error mapping; each method's wrapper is built once."""
 
     def __init__(self, verifier: TokenVerifier, domain: str) -> None:

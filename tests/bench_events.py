@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 import redis.asyncio as redis
 
-from booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
-from notify.v1 import notify_pb2, notify_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.helpers import JWT_SECRET, auth, token, ts
 from tests.servers import PROJECT, ServiceProcess, run_benchmark
@@ -272,7 +272,7 @@ async def _bare_server(port: int, redis_url: str) -> None:
                         queue.put_nowait(fields[b"response"])
                     position = entry_id
 
-    handler = grpc.unary_stream_rpc_method_handler(subscribe)
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(subscribe)
     server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 30_000)])
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("notify.v1.NotifyService", {"Subscribe": handler}),)

@@ -21,7 +21,7 @@ import asyncpg
 import grpc
 import pytest
 
-from booking.v1 import booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer
 from tests.events import EventSystem
 from tests.helpers import Caller
@@ -152,12 +152,12 @@ async def channel(booking_server: ServiceProcess) -> AsyncIterator[grpc.aio.Chan
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> booking_pb2_grpc.BookingServiceStub:
+def stub(channel: grpc.aio.Channel) -> booking_pb2_grpc.BookingServiceAsyncStub:
     return booking_pb2_grpc.BookingServiceStub(channel)
 
 
 @pytest.fixture
-def caller(stub: booking_pb2_grpc.BookingServiceStub) -> Callable[[str, str], Caller]:
+def caller(stub: booking_pb2_grpc.BookingServiceAsyncStub) -> Callable[[str, str], Caller]:
     """caller(role, sub) -> a client acting with a token for that role and id."""
     return lambda role, sub: Caller(stub, role, sub)
 

@@ -15,8 +15,8 @@ import asyncpg
 import grpc
 import redis.asyncio as redis
 
-from booking.v1 import booking_pb2_grpc, events_pb2
-from notify.v1 import notify_pb2, notify_pb2_grpc
+from booking_api.booking.v1 import booking_pb2_grpc, events_pb2
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import RedisServer
 from tests.helpers import Caller, auth, uid
 from tests.servers import ServiceProcess, booking_env, notify_env

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterable
 
 import grpc
 
-from notify.v1 import notify_pb2, notify_pb2_grpc
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from tests.helpers import auth
 
 
@@ -23,7 +24,7 @@ async def main(address: str, count: int) -> None:
             await call.initial_metadata()
         print("subscribed", flush=True)
 
-        async def read(call: grpc.aio.UnaryStreamCall) -> None:
+        async def read(call: AsyncIterable[notify_pb2.SubscribeResponse]) -> None:
             async for _ in call:
                 pass
 

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.auth import Role, mint
 
 JWT_SECRET = "tests-only-secret-0123456789abcdef-0123456789"
@@ -48,7 +48,7 @@ def auth(role: str, sub: str) -> tuple[tuple[str, str]]:
 class Caller:
     """The booking API as one caller (role and id) sees it."""
 
-    def __init__(self, stub: booking_pb2_grpc.BookingServiceStub, role: str, sub: str) -> None:
+    def __init__(self, stub: booking_pb2_grpc.BookingServiceAsyncStub, role: str, sub: str) -> None:
         self.stub, self.role, self.id = stub, role, sub
         self.metadata = auth(role, sub)
 
@@ -127,6 +127,14 @@ class Caller:
             token = response.next_page_token
             if not token:
                 return ids
+
+
+def details_bin(error: Any) -> bytes:
+    """The serialized google.rpc.Status a failed call (a grpc.RpcError that is also a grpc.Call) carries."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return value
+    raise AssertionError("no grpc-status-details-bin trailer")
 
 
 def rpc_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:

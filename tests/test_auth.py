@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unauthenticated
 from tests.helpers import JWT_SECRET, expect_error, token
@@ -56,7 +56,7 @@ RPCS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_HEADERS))
-async def test_bad_tokens_are_unauthenticated(stub: booking_pb2_grpc.BookingServiceStub, case: str) -> None:
+async def test_bad_tokens_are_unauthenticated(stub: booking_pb2_grpc.BookingServiceAsyncStub, case: str) -> None:
     header = BAD_HEADERS[case]
     metadata = (("authorization", header),) if header is not None else ()
     await expect_error(
@@ -65,7 +65,7 @@ async def test_bad_tokens_are_unauthenticated(stub: booking_pb2_grpc.BookingServ
 
 
 @pytest.mark.parametrize("rpc", sorted(RPCS))
-async def test_every_booking_rpc_requires_a_token(stub: booking_pb2_grpc.BookingServiceStub, rpc: str) -> None:
+async def test_every_booking_rpc_requires_a_token(stub: booking_pb2_grpc.BookingServiceAsyncStub, rpc: str) -> None:
     await expect_error(getattr(stub, rpc)(RPCS[rpc]), grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN")
 
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from booking.v1 import booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import PostgresServer
 from tests.helpers import Caller, expect_error, uid
 from tests.servers import ServiceProcess, booking_env

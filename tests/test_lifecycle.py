@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
-from booking.v1 import booking_pb2
+from booking_api.booking.v1 import booking_pb2
 from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
 
 Callers = Callable[[str, str], Caller]

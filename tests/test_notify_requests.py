@@ -3,18 +3,19 @@ follows the shared booking service's event stream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from booking.v1 import events_pb2
-from notify.v1 import notify_pb2, notify_pb2_grpc
+from booking_api.booking.v1 import events_pb2
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from notify_service.server import running
 from notify_service.settings import Settings
 from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
-from tests.helpers import Caller, assert_status, auth, field_violations, uid
+from tests.helpers import Caller, assert_status, auth, details_bin, field_violations, uid
 from tests.servers import ServiceProcess, notify_env
 from tests.test_auth import BAD_HEADERS
 
@@ -28,12 +29,12 @@ def notifier(booking_db_url: str, redis_url: str, workdir: Path) -> Iterator[Ser
 
 
 @pytest.fixture
-async def notify_stub(notifier: ServiceProcess) -> AsyncIterator[notify_pb2_grpc.NotifyServiceStub]:
+async def notify_stub(notifier: ServiceProcess) -> AsyncIterator[notify_pb2_grpc.NotifyServiceAsyncStub]:
     async with grpc.aio.insecure_channel(notifier.address) as channel:
         yield notify_pb2_grpc.NotifyServiceStub(channel)
 
 
-async def stream_error(call: grpc.aio.UnaryStreamCall) -> grpc.aio.AioRpcError:
+async def stream_error(call: AsyncIterable[Any]) -> grpc.aio.AioRpcError:
     try:
         async for _ in call:
             raise AssertionError("the stream delivered an event instead of failing")
@@ -44,7 +45,7 @@ async def stream_error(call: grpc.aio.UnaryStreamCall) -> grpc.aio.AioRpcError:
 
 @pytest.mark.parametrize("header", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
 async def test_subscribe_without_a_valid_token_is_unauthenticated(
-    notify_stub: notify_pb2_grpc.NotifyServiceStub, header: str | None
+    notify_stub: notify_pb2_grpc.NotifyServiceAsyncStub, header: str | None
 ) -> None:
     metadata = (("authorization", header),) if header is not None else ()
     error = await stream_error(notify_stub.Subscribe(notify_pb2.SubscribeRequest(), metadata=metadata, timeout=10))
@@ -66,7 +67,7 @@ async def test_subscribe_without_a_valid_token_is_unauthenticated(
     ],
 )
 async def test_bad_subscribe_requests_are_invalid_argument_naming_the_field(
-    notify_stub: notify_pb2_grpc.NotifyServiceStub, request_fields: dict[str, str], field: str
+    notify_stub: notify_pb2_grpc.NotifyServiceAsyncStub, request_fields: dict[str, str], field: str
 ) -> None:
     call = notify_stub.Subscribe(notify_pb2.SubscribeRequest(**request_fields), metadata=auth("admin", "a"), timeout=10)
     error = await stream_error(call)
@@ -74,7 +75,9 @@ async def test_bad_subscribe_requests_are_invalid_argument_naming_the_field(
     assert field in field_violations(error)
 
 
-async def test_a_cursor_the_stream_never_had_is_out_of_range(notify_stub: notify_pb2_grpc.NotifyServiceStub) -> None:
+async def test_a_cursor_the_stream_never_had_is_out_of_range(
+    notify_stub: notify_pb2_grpc.NotifyServiceAsyncStub,
+) -> None:
     request = notify_pb2.SubscribeRequest(resume_after="99999999999999-999999999")
     error = await stream_error(notify_stub.Subscribe(request, metadata=auth("user", "a"), timeout=10))
     assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
@@ -83,11 +86,11 @@ async def test_a_cursor_the_stream_never_had_is_out_of_range(notify_stub: notify
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff\xff", b"\x0a\x05ab"])
 def test_bytes_that_are_not_a_subscribe_request_are_invalid_argument(notifier: ServiceProcess, payload: bytes) -> None:
     with grpc.insecure_channel(notifier.address) as channel:
-        call = channel.unary_stream("/notify.v1.NotifyService/Subscribe")
+        call: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream("/notify.v1.NotifyService/Subscribe")
         with pytest.raises(grpc.RpcError) as info:
             list(call(payload, metadata=auth("admin", "fuzzer"), timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert NOTIFY_DOMAIN.encode() in dict(info.value.trailing_metadata())["grpc-status-details-bin"]
+    assert NOTIFY_DOMAIN.encode() in details_bin(info.value)
 
 
 async def test_each_stream_carries_only_what_its_caller_may_see_narrowed_by_its_filters(

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import grpc
 
-from booking.v1 import booking_pb2
+from booking_api.booking.v1 import booking_pb2
 from booking_service import pagination
 from tests.helpers import JWT_SECRET, Caller, expect_error, field_violations, fresh_slot, uid
 

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from booking.v1 import booking_pb2
+from booking_api.booking.v1 import booking_pb2
 from tests.helpers import token
 from tests.servers import ServiceProcess, booking_env, notify_env
 
@@ -102,7 +102,7 @@ class Grpcurl:
         def as_json(message: Any) -> Any:
             return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
-        codec = {
+        codec: dict[str, Any] = {
             "request_serializer": request_class.SerializeToString,
             "response_deserializer": response_class.FromString,
         }

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from tests.helpers import Caller, expect_error, uid
 from tests.servers import ServiceProcess, booking_env
 

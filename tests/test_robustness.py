@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from booking.v1 import booking_pb2, booking_pb2_grpc
-from tests.helpers import ERROR_DOMAIN, auth
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
+from tests.helpers import ERROR_DOMAIN, auth, details_bin
 from tests.servers import ServiceProcess
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
@@ -115,8 +115,10 @@ def test_bytes_that_are_not_the_request_message_are_invalid_argument(
 ) -> None:
     with grpc.insecure_channel(booking_server.address) as channel:
         for method in ("GetBooking", "CreateBooking", "ListBookings"):
-            call = channel.unary_unary(f"/booking.v1.BookingService/{method}")
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                f"/booking.v1.BookingService/{method}"
+            )
             with pytest.raises(grpc.RpcError) as info:
                 call(payload, metadata=auth("admin", "fuzzer"), timeout=10)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert ERROR_DOMAIN.encode() in dict(info.value.trailing_metadata())["grpc-status-details-bin"]
+            assert ERROR_DOMAIN.encode() in details_bin(info.value)

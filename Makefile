@@ -46,8 +46,8 @@ soak: gen
 
 # Benchmarks, each against a baseline run side by side; prints JSON with the ratio.
 bench: gen
-	$(PY) -m tests.bench_write_path
-	$(PY) -m tests.bench_events
+	$(PY) -m tests.bench.bench_write_path
+	$(PY) -m tests.bench.bench_events
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,9 +23,9 @@ import pytest
 
 from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer
-from tests.events import EventSystem
-from tests.helpers import Caller
-from tests.servers import ServiceProcess, booking_env
+from tests.support.events import EventSystem
+from tests.support.helpers import Caller
+from tests.support.servers import ServiceProcess, booking_env
 
 
 @pytest.hookimpl(wrapper=True)
@@ -78,7 +78,7 @@ def _admin(server_url: str, *statements: str) -> None:
 
 class Databases:
     """Creates throwaway databases on one server, owned by the booking owner role (the service runs as its own
-    role: see tests.servers.booking_env), and drops them all at the end of the session."""
+    role: see tests.support.servers.booking_env), and drops them all at the end of the session."""
 
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url

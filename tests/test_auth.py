@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import grpc
-import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -13,34 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unauthenticated
-from tests.helpers import JWT_SECRET, expect_error, token
-
-BAD_HEADERS = {
-    "missing": None,
-    "not_bearer": "Basic dXNlcjpwYXNz",
-    "empty_bearer": "Bearer ",
-    "garbage": "Bearer not.a.jwt",
-    "forged": f"Bearer {token('admin', 'mallory', secret='another-secret-of-sufficient-length-123')}",
-    "expired": f"Bearer {token('user', 'alice', ttl=-60)}",
-    "unknown_role": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "root", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
-    "no_exp": "Bearer " + jwt.encode({"sub": "a", "name": "a", "role": "user"}, JWT_SECRET, "HS256"),
-    "no_sub": "Bearer " + jwt.encode({"name": "a", "role": "admin", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
-    "nul_in_sub": "Bearer "
-    + jwt.encode({"sub": "a\x00b", "name": "a", "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
-    "long_name": "Bearer "
-    + jwt.encode({"sub": "a", "name": "n" * 257, "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
-    "exp_as_string": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": str(int(time.time()) + 60)}, JWT_SECRET, "HS256"),
-    "exp_huge_float": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 1e300}, JWT_SECRET, "HS256"),
-    "exp_float": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": time.time() + 60.5}, JWT_SECRET, "HS256"),
-    "exp_beyond_9999": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 10**12}, JWT_SECRET, "HS256"),
-    "alg_none": "Bearer "
-    + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
-}
+from tests.support.helpers import BAD_HEADERS, JWT_SECRET, expect_error, token
 
 RPCS = {
     "CreateBooking": booking_pb2.CreateBookingRequest(),

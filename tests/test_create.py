@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from booking_api.booking.v1 import booking_pb2
-from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
+from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
 
 Callers = Callable[[str, str], Caller]
 

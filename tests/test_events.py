@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.events import (
+from tests.support.events import (
     NOTIFY_DOMAIN,
     Churn,
     EventSystem,
@@ -24,7 +24,7 @@ from tests.events import (
     book_and_cancel,
     eventually,
 )
-from tests.helpers import assert_status, uid
+from tests.support.helpers import assert_status, uid
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

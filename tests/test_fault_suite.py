@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2
 
 from notify_service.server import running
 from notify_service.settings import Settings
-from tests.events import Churn, EventSystem, Subscription, admin_on, eventually
-from tests.helpers import uid
-from tests.servers import PROJECT, ServiceProcess, notify_env, terminate_backends
+from tests.support.events import Churn, EventSystem, Subscription, admin_on, eventually
+from tests.support.helpers import uid
+from tests.support.servers import PROJECT, ServiceProcess, notify_env, terminate_backends
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -132,7 +132,7 @@ async def test_a_frozen_subscriber_process_is_released_within_the_keepalive_boun
         client = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.frozen_subscriber",
+            "tests.support.frozen_subscriber",
             f"127.0.0.1:{notify.port}",
             "200",
             cwd=PROJECT,

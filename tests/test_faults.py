@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2
 
 from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import PostgresServer
-from tests.helpers import Caller, expect_error, uid
-from tests.servers import ServiceProcess, booking_env
+from tests.support.helpers import Caller, expect_error, uid
+from tests.support.servers import ServiceProcess, booking_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

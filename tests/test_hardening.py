@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.dev.servers import SERVICE_ROLE, as_role
-from tests.events import EventSystem, Subscription
-from tests.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
-from tests.servers import ServiceProcess, booking_env
+from tests.support.events import EventSystem, Subscription
+from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
+from tests.support.servers import ServiceProcess, booking_env
 
 Callers = Callable[[str, str], Caller]
 

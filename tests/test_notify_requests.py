@@ -14,10 +14,9 @@ from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from notify_service.server import running
 from notify_service.settings import Settings
-from tests.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
-from tests.helpers import Caller, assert_status, auth, details_bin, field_violations, uid
-from tests.servers import ServiceProcess, notify_env
-from tests.test_auth import BAD_HEADERS
+from tests.support.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
+from tests.support.helpers import BAD_HEADERS, Caller, assert_status, auth, details_bin, field_violations, uid
+from tests.support.servers import ServiceProcess, notify_env
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import grpc
 
 from booking_api.booking.v1 import booking_pb2
 from booking_service import pagination
-from tests.helpers import JWT_SECRET, Caller, expect_error, field_violations, fresh_slot, uid
+from tests.support.helpers import JWT_SECRET, Caller, expect_error, field_violations, fresh_slot, uid
 
 Callers = Callable[[str, str], Caller]
 

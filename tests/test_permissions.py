@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from booking_api.booking.v1 import booking_pb2
-from tests.helpers import Caller, expect_error, ts, uid
+from tests.support.helpers import Caller, expect_error, ts, uid
 
 Callers = Callable[[str, str], Caller]
 OK = grpc.StatusCode.OK

@@ -19,8 +19,8 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from booking_api.booking.v1 import booking_pb2
-from tests.helpers import token
-from tests.servers import ServiceProcess, booking_env, notify_env
+from tests.support.helpers import token
+from tests.support.servers import ServiceProcess, booking_env, notify_env
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

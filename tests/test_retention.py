@@ -12,8 +12,8 @@ import asyncpg
 import grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from tests.helpers import Caller, expect_error, uid
-from tests.servers import ServiceProcess, booking_env
+from tests.support.helpers import Caller, expect_error, uid
+from tests.support.servers import ServiceProcess, booking_env
 
 
 async def test_bookings_deleted_before_the_retention_period_are_purged(

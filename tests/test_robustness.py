@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from tests.helpers import ERROR_DOMAIN, auth, details_bin
-from tests.servers import ServiceProcess
+from tests.support.helpers import ERROR_DOMAIN, auth, details_bin
+from tests.support.servers import ServiceProcess
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 # Valid UTF-8 only: protobuf refuses to serialise lone surrogates on the client side.

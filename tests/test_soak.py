@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
-from tests.helpers import uid
-from tests.servers import ServiceProcess, terminate_backends
+from tests.support.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
+from tests.support.helpers import uid
+from tests.support.servers import ServiceProcess, terminate_backends
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 # Bounds for "flat": what a process may gain between the end of the warm-up and the end of the run.

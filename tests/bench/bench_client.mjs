@@ -2,7 +2,7 @@
 // recording each response's receipt time. Node's gRPC client costs a fraction of a Python one per message,
 // so the measurement is of the servers, not of the clients competing with them for the same two cores.
 //
-//   node tests/bench_client.mjs HOST:PORT COUNT OUT TOKEN
+//   node tests/bench/bench_client.mjs HOST:PORT COUNT OUT TOKEN
 //
 // Writes OUT.ready once every stream is subscribed; on SIGTERM writes OUT: [[stream, ms, base64 response], ...].
 import fs from 'node:fs';

@@ -18,8 +18,8 @@ import redis.asyncio as redis
 from booking_api.booking.v1 import booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import RedisServer
-from tests.helpers import Caller, auth, uid
-from tests.servers import ServiceProcess, booking_env, notify_env
+from tests.support.helpers import Caller, auth, uid
+from tests.support.servers import ServiceProcess, booking_env, notify_env
 
 NOTIFY_DOMAIN = "notify.v1"
 CREATED = events_pb2.BOOKING_EVENT_TYPE_CREATED

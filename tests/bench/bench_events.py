@@ -1,6 +1,6 @@
 """Event-path benchmarks, each against a baseline run side by side in the same run.
 
-    python -m tests.bench_events [--seconds 10] [--rate 100] [--subscribers 200] [--idle 2000]
+    python -m tests.bench.bench_events [--seconds 10] [--rate 100] [--subscribers 200] [--idle 2000]
 
 1. Latency: changes are written through booking_service at `rate` per second (alternating CreateBooking and
    DeleteBooking) while `subscribers` streams, split over two notify_service instances, receive them. Latency is
@@ -40,8 +40,8 @@ import redis.asyncio as redis
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
-from tests.helpers import JWT_SECRET, auth, token, ts
-from tests.servers import PROJECT, ServiceProcess, run_benchmark
+from tests.support.helpers import JWT_SECRET, auth, token, ts
+from tests.support.servers import PROJECT, ServiceProcess, run_benchmark
 
 BASELINE_STREAM = "bench:baseline"
 STREAM = "bench:events"
@@ -76,7 +76,7 @@ class Clients:
         bearer = token("admin", "bench-subscriber")
         self.processes = [
             subprocess.Popen(
-                ["node", str(PROJECT / "tests" / "bench_client.mjs"), target, str(per_process), out, bearer],
+                ["node", str(PROJECT / "tests" / "bench" / "bench_client.mjs"), target, str(per_process), out, bearer],
                 cwd=PROJECT,
                 env=env,
             )
@@ -287,7 +287,9 @@ async def _bare_server(port: int, redis_url: str) -> None:
 
 
 def start_bare(port: int, redis_url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.bench_events", "bare", str(port), redis_url], cwd=PROJECT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.bench_events", "bare", str(port), redis_url], cwd=PROJECT
+    )
 
 
 def stop_bare(process: subprocess.Popen[bytes]) -> None:

@@ -20,9 +20,9 @@ from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
-from tests.helpers import JWT_SECRET
+from tests.support.helpers import JWT_SECRET
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def run_benchmark(run: Callable[[Any, Path], Coroutine[Any, Any, Any]], args: Any) -> None:

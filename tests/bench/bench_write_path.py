@@ -1,6 +1,6 @@
 """Write-path benchmark: CreateBooking + DeleteBooking through the service vs raw asyncpg running the same SQL.
 
-    python -m tests.bench_write_path [--seconds 8] [--concurrency 32] [--rounds 3]
+    python -m tests.bench.bench_write_path [--seconds 8] [--concurrency 32] [--rounds 3]
 
 Both sides run side by side in one run, against one private PostgreSQL server, with the same concurrency
 and pool size, alternating rounds; the report is the ratio of their median throughputs (target >= 0.8).
@@ -26,8 +26,8 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.storage import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.helpers import auth, ts
-from tests.servers import ServiceProcess, run_benchmark
+from tests.support.helpers import auth, ts
+from tests.support.servers import ServiceProcess, run_benchmark
 
 POOL_SIZE = 10
 EPOCH = datetime(2040, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""A subscriber process for the fault suite: `python -m tests.frozen_subscriber ADDRESS COUNT` opens COUNT
+"""A subscriber process for the fault suite: `python -m tests.support.frozen_subscriber ADDRESS COUNT` opens COUNT
 Subscribe streams on one connection, prints "subscribed" and reads them until it is stopped (SIGSTOP freezes it
 as a vanished client would be)."""
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable
 import grpc
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from tests.helpers import auth
+from tests.support.helpers import auth
 
 
 async def main(address: str, count: int) -> None:

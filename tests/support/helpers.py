@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import jwt
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
@@ -187,3 +189,32 @@ async def expect_error(
         assert_status(error, code, reason, domain)
         return error
     raise AssertionError(f"expected {code}, but the call succeeded")
+
+
+# Authorization headers every authenticated RPC must refuse (None: no header at all).
+BAD_HEADERS = {
+    "missing": None,
+    "not_bearer": "Basic dXNlcjpwYXNz",
+    "empty_bearer": "Bearer ",
+    "garbage": "Bearer not.a.jwt",
+    "forged": f"Bearer {token('admin', 'mallory', secret='another-secret-of-sufficient-length-123')}",
+    "expired": f"Bearer {token('user', 'alice', ttl=-60)}",
+    "unknown_role": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "root", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "no_exp": "Bearer " + jwt.encode({"sub": "a", "name": "a", "role": "user"}, JWT_SECRET, "HS256"),
+    "no_sub": "Bearer " + jwt.encode({"name": "a", "role": "admin", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "nul_in_sub": "Bearer "
+    + jwt.encode({"sub": "a\x00b", "name": "a", "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "long_name": "Bearer "
+    + jwt.encode({"sub": "a", "name": "n" * 257, "role": "user", "exp": int(time.time()) + 60}, JWT_SECRET, "HS256"),
+    "exp_as_string": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": str(int(time.time()) + 60)}, JWT_SECRET, "HS256"),
+    "exp_huge_float": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 1e300}, JWT_SECRET, "HS256"),
+    "exp_float": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": time.time() + 60.5}, JWT_SECRET, "HS256"),
+    "exp_beyond_9999": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "user", "exp": 10**12}, JWT_SECRET, "HS256"),
+    "alg_none": "Bearer "
+    + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
+}

@@ -1,0 +1,1 @@
+"""Benchmarks, each against a baseline in the same run (`make bench`); not collected by pytest."""

@@ -5,36 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from booking_service.database import DatabaseConfig
+from booking_service.relay import RelayConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_GRACE_SECONDS = 10.0
-DEFAULT_HEALTH_INTERVAL_SECONDS = 2.0
-DEFAULT_RETENTION_INTERVAL_SECONDS = 3600.0
-DEFAULT_STREAM_MAX_LEN = 1_000_000
-DEFAULT_STREAM_MAX_AGE_SECONDS = 86_400.0
-DEFAULT_RELAY_SWEEP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every default is the component's own (DatabaseConfig, RelayConfig) or stated here once; from_env reads
+    the field defaults back (`cls.<field>`), so no default is written twice."""
+
     database_url: str
     redis_url: str
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
-    db_min_connections: int = 2
-    db_max_connections: int = 10
-    db_attempts: int = 3
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
-    health_interval_seconds: float = DEFAULT_HEALTH_INTERVAL_SECONDS
+    db_min_connections: int = DatabaseConfig.min_connections
+    db_max_connections: int = DatabaseConfig.max_connections
+    db_attempts: int = DatabaseConfig.attempts
+    grace_seconds: float = 10.0
+    health_interval_seconds: float = 2.0
     retention_days: float = 0.0  # 0: no automatic purge
-    retention_interval_seconds: float = DEFAULT_RETENTION_INTERVAL_SECONDS
+    retention_interval_seconds: float = 3600.0
     stream_key: str = DEFAULT_STREAM_KEY
-    stream_max_len: int = DEFAULT_STREAM_MAX_LEN  # change events kept in Redis, by count ...
-    stream_max_age_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS  # ... and by age
-    relay_sweep_seconds: float = DEFAULT_RELAY_SWEEP_SECONDS
+    stream_max_len: int = RelayConfig.max_len  # change events kept in Redis, by count ...
+    stream_max_age_seconds: float = RelayConfig.max_age_seconds  # ... and by age
+    relay_sweep_seconds: float = RelayConfig.sweep_seconds
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
 
     @classmethod
@@ -44,18 +43,18 @@ class Settings:
             redis_url=env.require(environ, "REDIS_URL"),
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
-            db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", 2),
-            db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", 10),
-            db_attempts=env.integer(environ, "DB_ATTEMPTS", 3),
-            grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS),
-            health_interval_seconds=env.number(environ, "HEALTH_INTERVAL_SECONDS", DEFAULT_HEALTH_INTERVAL_SECONDS),
-            retention_days=env.number(environ, "RETENTION_DAYS", 0.0),
+            db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", cls.db_min_connections),
+            db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", cls.db_max_connections),
+            db_attempts=env.integer(environ, "DB_ATTEMPTS", cls.db_attempts),
+            grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),
+            health_interval_seconds=env.number(environ, "HEALTH_INTERVAL_SECONDS", cls.health_interval_seconds),
+            retention_days=env.number(environ, "RETENTION_DAYS", cls.retention_days),
             retention_interval_seconds=env.number(
-                environ, "RETENTION_INTERVAL_SECONDS", DEFAULT_RETENTION_INTERVAL_SECONDS
+                environ, "RETENTION_INTERVAL_SECONDS", cls.retention_interval_seconds
             ),
-            stream_key=env.text(environ, "EVENT_STREAM_KEY", DEFAULT_STREAM_KEY),
-            stream_max_len=env.integer(environ, "EVENT_STREAM_MAX_LEN", DEFAULT_STREAM_MAX_LEN),
-            stream_max_age_seconds=env.number(environ, "EVENT_STREAM_MAX_AGE_SECONDS", DEFAULT_STREAM_MAX_AGE_SECONDS),
-            relay_sweep_seconds=env.number(environ, "RELAY_SWEEP_SECONDS", DEFAULT_RELAY_SWEEP_SECONDS),
+            stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
+            stream_max_len=env.integer(environ, "EVENT_STREAM_MAX_LEN", cls.stream_max_len),
+            stream_max_age_seconds=env.number(environ, "EVENT_STREAM_MAX_AGE_SECONDS", cls.stream_max_age_seconds),
+            relay_sweep_seconds=env.number(environ, "RELAY_SWEEP_SECONDS", cls.relay_sweep_seconds),
             migration_database_url=env.text(environ, "MIGRATION_DATABASE_URL", "") or None,
         )

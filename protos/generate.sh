@@ -8,13 +8,20 @@ set -eu
 python=${1:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
 out=${2:-$here/../client}
-bin=$(dirname "$python")
+# The mypy-protobuf plugins: beside PYTHON (a virtual environment), else on PATH (pip's build environment).
+plugin() {
+    if [ -x "$(dirname "$python")/$1" ]; then echo "$(dirname "$python")/$1"; else command -v "$1"; fi
+}
+mypy_plugin=$(plugin protoc-gen-mypy) && mypy_grpc_plugin=$(plugin protoc-gen-mypy_grpc) || {
+    echo "generate.sh: protoc-gen-mypy not found (pip install mypy-protobuf)" >&2
+    exit 1
+}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here"
 # shellcheck disable=SC2046
 "$python" -m grpc_tools.protoc -I . \
-    --plugin=protoc-gen-mypy="$bin/protoc-gen-mypy" --plugin=protoc-gen-mypy_grpc="$bin/protoc-gen-mypy_grpc" \
+    --plugin=protoc-gen-mypy="$mypy_plugin" --plugin=protoc-gen-mypy_grpc="$mypy_grpc_plugin" \
     --python_out="$tmp" --grpc_python_out="$tmp" --mypy_out="$tmp" --mypy_grpc_out="$tmp" \
     $(find booking notify -name '*.proto' | sort)
 rm -rf "$out/booking_api/booking" "$out/booking_api/notify"

@@ -18,8 +18,10 @@ OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
-# Who calls, relative to the booking: its customer, its provider, another user, another provider, an admin.
-CALLERS = ["customer", "provider", "other_user", "other_provider", "admin"]
+# Who calls, relative to the booking: its customer, its provider, another user, another provider, an admin, and
+# identities that collide across roles (identity providers may give a user and a provider the same sub): the
+# customer's id as a provider, the provider's id as a user.
+CALLERS = ["customer", "provider", "other_user", "other_provider", "admin", "customer_as_provider", "provider_as_user"]
 
 # For each RPC on one booking: the expected code per caller when the booking exists (active, or deleted for
 # Restore and HardDelete), and when it does not exist.
@@ -30,6 +32,8 @@ SEEN_BY_ITS_PARTIES = {
     "other_user": (NOT_FOUND, NOT_FOUND),
     "other_provider": (NOT_FOUND, NOT_FOUND),
     "admin": (OK, NOT_FOUND),
+    "customer_as_provider": (NOT_FOUND, NOT_FOUND),
+    "provider_as_user": (NOT_FOUND, NOT_FOUND),
 }
 # Every other role is refused whether or not the booking exists.
 ADMIN_ONLY = {
@@ -38,6 +42,8 @@ ADMIN_ONLY = {
     "other_user": (DENIED, DENIED),
     "other_provider": (DENIED, DENIED),
     "admin": (OK, NOT_FOUND),
+    "customer_as_provider": (DENIED, DENIED),
+    "provider_as_user": (DENIED, DENIED),
 }
 MATRIX: dict[str, dict[str, tuple[grpc.StatusCode, grpc.StatusCode]]] = {
     "GetBooking": SEEN_BY_ITS_PARTIES,
@@ -66,6 +72,8 @@ class World:
             "other_user": caller("user", uid("stranger")),
             "other_provider": caller("provider", uid("stranger-prov")),
             "admin": caller("admin", uid("admin")),
+            "customer_as_provider": caller("provider", self.customer.id),
+            "provider_as_user": caller("user", self.provider.id),
         }
 
     async def booking(self, *, deleted: bool = False) -> booking_pb2.Booking:
@@ -82,13 +90,41 @@ async def _expect(call: Awaitable[Any], code: grpc.StatusCode) -> None:
         await expect_error(call, code)
 
 
+async def _check_done(world: World, who: str, rpc: str, booking: booking_pb2.Booking, response: Any) -> None:
+    """What an OK call returned and what it changed, as an admin reads it afterwards."""
+    admin, actor = world.callers["admin"], world.callers[who]
+    if rpc == "GetBooking":
+        assert response.booking == booking
+        return
+    if rpc == "ListBookingAuditEntries":
+        assert [(e.booking_id, e.action) for e in response.entries] == [(booking.id, booking_pb2.AUDIT_ACTION_CREATED)]
+        return
+    if rpc == "HardDeleteBooking":
+        assert response.booking_id == booking.id
+        await expect_error(admin.get(booking.id), NOT_FOUND)
+        assert (await admin.audit(booking.id))[-1].action == booking_pb2.AUDIT_ACTION_HARD_DELETED
+        return
+    now = await admin.get(booking.id)
+    assert response.booking == now and now.etag != booking.etag
+    if rpc == "DeleteBooking":
+        assert now.HasField("delete_time") and now.deleted_by.id == actor.id
+    else:  # RestoreBooking
+        assert not now.HasField("delete_time") and not now.HasField("deleted_by")
+    assert (await admin.audit(booking.id))[-1].actor.id == actor.id
+
+
 @pytest.mark.parametrize("who", CALLERS)
 @pytest.mark.parametrize("rpc", sorted(MATRIX))
 async def test_rpc_on_existing_booking(caller: Callers, rpc: str, who: str) -> None:
     world = World(caller)
     booking = await world.booking(deleted=rpc in NEEDS_DELETED)
     expected, _ = MATRIX[rpc][who]
-    await _expect(world.callers[who].call(rpc, _request(rpc, booking.id)), expected)
+    call = world.callers[who].call(rpc, _request(rpc, booking.id))
+    if expected != OK:
+        await expect_error(call, expected)
+        assert await world.callers["admin"].get(booking.id) == booking  # nothing changed
+        return
+    await _check_done(world, who, rpc, booking, await call)
 
 
 @pytest.mark.parametrize("who", CALLERS)
@@ -99,7 +135,7 @@ async def test_rpc_on_missing_booking(caller: Callers, rpc: str, who: str) -> No
     await _expect(world.callers[who].call(rpc, _request(rpc, str(uuid.uuid4()))), expected)
 
 
-@pytest.mark.parametrize("who", ["customer", "provider", "other_user", "other_provider"])
+@pytest.mark.parametrize("who", [who for who in CALLERS if who != "admin"])
 async def test_deleted_booking_is_not_found_for_everyone_but_admins(caller: Callers, who: str) -> None:
     world = World(caller)
     booking = await world.booking(deleted=True)

@@ -92,9 +92,11 @@ async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every
     assert_exactly(reader, committed)
 
     received = []
+    # A deadline: with a broken slow-consumer bound this stream would never end.
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        async for response in stalled:
-            received.append(response.event.event_id)
+        async with asyncio.timeout(120):
+            async for response in stalled:
+                received.append(response.event.event_id)
     assert_status(ended.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "SLOW_CONSUMER", NOTIFY_DOMAIN)
     assert 0 < len(received) < len(committed)
     assert received == [event_id for event_id, _, _ in committed[: len(received)]]

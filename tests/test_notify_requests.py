@@ -3,6 +3,7 @@ follows the shared booking service's event stream."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from notify_service.server import running
 from notify_service.settings import Settings
-from tests.support.events import CREATED, DELETED, NOTIFY_DOMAIN, Subscription, eventually
+from tests.support.events import CREATED, DELETED, NOTIFY_DOMAIN, RESTORED, Subscription, eventually
 from tests.support.helpers import BAD_HEADERS, Caller, assert_status, auth, details_bin, field_violations, uid
 from tests.support.servers import ServiceProcess, notify_env
 
@@ -190,3 +191,55 @@ async def test_cancelled_and_disconnected_subscribers_leave_nothing_behind(
         await eventually(lambda: notify.hub.subscriber_count == 1, lambda: f"{notify.hub.subscriber_count} left")
         await kept.close()
         await eventually(lambda: notify.hub.subscriber_count == 0, lambda: f"{notify.hub.subscriber_count} left")
+
+
+async def test_booking_id_filters_and_colliding_identities_never_widen_what_a_stream_carries(
+    notifier: ServiceProcess, caller: Callable[[str, str], Caller]
+) -> None:
+    """A booking_id narrows the caller's scope, live and from history; it never opens someone else's booking,
+    and a sub that is a provider's id does not see that provider's bookings as a user (nor the reverse)."""
+    alice, bob, prov = uid("alice"), uid("bob"), uid("prov")
+    admin = caller("admin", uid("admin"))
+    target = await admin.create(customer_id=alice, provider_id=prov)
+    live = {
+        "alice_target": (Subscription("user", alice), {"booking_id": target.id}),
+        "bob_target": (Subscription("user", bob), {"booking_id": target.id}),
+        "prov_as_user": (Subscription("user", prov), {}),
+        "alice_as_provider": (Subscription("provider", alice), {}),
+        "admin": (Subscription("admin", uid("ops")), {}),
+    }
+    history = {
+        "alice_target": (Subscription("user", alice), {"booking_id": target.id, "resume_after": "0-0"}),
+        "bob_target": (Subscription("user", bob), {"booking_id": target.id, "resume_after": "0-0"}),
+        "admin": (Subscription("admin", uid("ops")), {"booking_id": target.id, "resume_after": "0-0"}),
+    }
+    try:
+        for subscription, filters in live.values():
+            await subscription.open(notifier.address, filters=filters)
+        other = await admin.create(customer_id=bob, provider_id=prov)
+        await admin.delete(target.id, reason="filter test")
+        await admin.restore(target.id)
+        last = await admin.create(customer_id=bob, provider_id=uid("prov"))
+        await eventually_has(live["admin"][0], last.id, CREATED)
+        await eventually_has(live["alice_target"][0], target.id, RESTORED)
+        await asyncio.sleep(0.5)  # anything else on this instance was dispatched before `last`
+        assert [(e.booking.id, e.type) for e in live["alice_target"][0].events] == [
+            (target.id, DELETED),
+            (target.id, RESTORED),
+        ]
+        for name in ("bob_target", "prov_as_user", "alice_as_provider"):
+            assert live[name][0].events == [] and live[name][0].error is None, name
+        assert other.id in {e.booking.id for e in live["admin"][0].events}
+
+        for subscription, filters in history.values():
+            await subscription.open(notifier.address, filters=filters)
+        await eventually_has(history["admin"][0], target.id, RESTORED)
+        await eventually_has(history["alice_target"][0], target.id, RESTORED)
+        await asyncio.sleep(0.5)
+        wanted = [(target.id, CREATED), (target.id, DELETED), (target.id, RESTORED)]
+        assert [(e.booking.id, e.type) for e in history["alice_target"][0].events] == wanted
+        assert [(e.booking.id, e.type) for e in history["admin"][0].events] == wanted
+        assert history["bob_target"][0].events == [] and history["bob_target"][0].error is None
+    finally:
+        for subscription, _ in (*live.values(), *history.values()):
+            await subscription.close()

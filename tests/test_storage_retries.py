@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -12,11 +13,12 @@ import pytest
 from booking_service.database import Connection, Database, DatabaseConfig
 from booking_service.domain import Actor, NewBooking
 from booking_service.rows import booking_from_record
-from booking_service.storage import CREATE_SQL
+from booking_service.storage import CREATE_SQL, Storage
 from svc_common.auth import Role
 from svc_common.errors import Aborted, Unavailable
 
 ACTOR = Actor("tester", "Tester", Role.ADMIN)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -97,6 +99,77 @@ async def test_an_unreachable_database_is_unavailable(storage: Database) -> None
         await storage.run(work)
     assert info.value.reason == "DATABASE_UNAVAILABLE"
     assert len(attempts) == 3
+
+
+class LosesFirstReply(Database):
+    """A database whose first statement commits and then loses its connection before the reply is read, as a
+    network cut would: the retry must find the committed work through storage's own `committed` checks."""
+
+    lost = 0
+
+    async def run(self, work: Callable[[Connection], Awaitable[T]], **kwargs: Any) -> T:
+        async def once_lost(conn: Connection) -> T:
+            result = await work(conn)
+            if not self.lost:
+                self.lost += 1
+                await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            return result
+
+        return await super().run(once_lost, **kwargs)
+
+
+@pytest.fixture
+async def flaky(new_database: Callable[[], str]) -> AsyncIterator[tuple[Storage, LosesFirstReply]]:
+    db = LosesFirstReply(DatabaseConfig(dsn=new_database(), attempts=3, retry_backoff=0.01))
+    await db.open()
+    await db.prepare_schema(None)
+    yield Storage(db), db
+    await db.close()
+
+
+async def _count(db: Database, sql: str, *args: object) -> int:
+    conn = await asyncpg.connect(db._config.dsn)
+    try:
+        count: int = await conn.fetchval(sql, *args)
+        return count
+    finally:
+        await conn.close()
+
+
+async def test_each_write_whose_reply_was_lost_after_commit_returns_what_it_committed_once(
+    flaky: tuple[Storage, LosesFirstReply],
+) -> None:
+    storage, db = flaky
+    start = datetime(2032, 2, 1, tzinfo=UTC)
+    new = NewBooking("cust", "prov", "svc", start, start + timedelta(hours=1), "")
+    booking_id = uuid.uuid4()
+
+    booking, created = await storage.create(
+        new, booking_id=booking_id, op_id=uuid.uuid4(), actor=ACTOR, request_id=None
+    )
+    assert (booking.id, created, db.lost) == (str(booking_id), True, 1)
+
+    db.lost = 0
+    deleted = await storage.soft_delete(
+        booking_id, op_id=uuid.uuid4(), actor=ACTOR, reason="r", scope_customer=None, scope_provider=None, version=None
+    )
+    assert deleted is not None and deleted.deleted and db.lost == 1
+
+    db.lost = 0
+    restored = await storage.restore(booking_id, op_id=uuid.uuid4(), actor=ACTOR, version=None)
+    assert restored is not None and not restored.deleted and db.lost == 1
+
+    await storage.soft_delete(
+        booking_id, op_id=uuid.uuid4(), actor=ACTOR, reason="r", scope_customer=None, scope_provider=None, version=None
+    )
+    db.lost = 0
+    assert await storage.hard_delete(booking_id, op_id=uuid.uuid4(), actor=ACTOR) is True
+    assert db.lost == 1
+
+    actions = ["CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
+    audit = "SELECT count(*) FROM booking_audit WHERE booking_id = $1"
+    assert await _count(db, audit, booking_id) == len(actions)
+    assert await _count(db, "SELECT count(*) FROM booking_outbox WHERE booking->>'id' = $1", str(booking_id)) == 5
 
 
 def vars_of(new: NewBooking) -> tuple[object, ...]:

@@ -6,6 +6,7 @@ subscriber must end up with exactly those events: none missing, none repeated, i
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench check lint typecheck buflint gen install clean token
+.PHONY: run test soak mutants bench check lint typecheck buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
@@ -43,6 +43,14 @@ test: gen
 SOAK_SECONDS ?= 600
 soak: gen
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py $(PYTEST_ARGS)
+
+# Mutation testing: mutmut over the pure modules against the unit tier ([tool.mutmut] in pyproject.toml), a
+# table per module, then the hand-written SQL mutants against the integration tests. Takes several minutes.
+mutants: gen
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 >/dev/null || true
+	$(PY) -m tests.mutation.report
+	$(PY) -m tests.mutation.sql_mutants
 
 # Benchmarks, each against a baseline run side by side; prints JSON with the ratio.
 bench: gen

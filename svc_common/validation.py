@@ -16,9 +16,8 @@ MAX_ID_CHARS = 128  # customer, provider, service and request ids
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
 
 
-def _has_control(value: str, *, allow_newlines: bool) -> bool:
-    allowed = "\n\r\t" if allow_newlines else ""
-    return any((ord(ch) < 32 or ord(ch) == 127) and ch not in allowed for ch in value)
+def _has_control(value: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
 
 
 class Checker:
@@ -37,7 +36,7 @@ class Checker:
             return None
         if len(value) > MAX_ID_CHARS:
             self.fail(field, f"at most {MAX_ID_CHARS} characters")
-        elif _has_control(value, allow_newlines=False) or value != value.strip():
+        elif _has_control(value) or value != value.strip():
             self.fail(field, "must not contain control characters or surrounding spaces")
         return value
 

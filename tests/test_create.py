@@ -91,9 +91,16 @@ async def test_same_request_id_returns_first_result_even_when_concurrent(caller:
 async def test_request_id_is_per_caller(caller: Callers) -> None:
     alice, bob = caller("user", uid("alice")), caller("user", uid("bob"))
     request_id = uid("req")
-    a = await alice.create(provider_id=uid("prov"), request_id=request_id)
-    b = await bob.create(provider_id=uid("prov"), request_id=request_id)
-    assert a.id != b.id
+    asked = {"alice": (uid("prov"), *fresh_slot()), "bob": (uid("prov"), *fresh_slot())}
+    made = {}
+    for who, client in (("alice", alice), ("bob", bob)):
+        provider, start, end = asked[who]
+        made[who] = await client.create(provider_id=provider, start=start, end=end, request_id=request_id)
+    assert made["alice"].id != made["bob"].id
+    # Each caller's replay finds its own booking, never the other's.
+    for who, client in (("bob", bob), ("alice", alice)):
+        provider, start, end = asked[who]
+        assert await client.create(provider_id=provider, start=start, end=end, request_id=request_id) == made[who]
 
 
 async def test_request_id_reused_for_a_different_booking_is_invalid_argument(caller: Callers) -> None:

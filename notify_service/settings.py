@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from notify_service.hub import BatchLimits
 from notify_service.subscriptions import SubscriptionConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
@@ -21,17 +22,28 @@ class Settings:
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
+    max_batch_events: int = BatchLimits.max_events  # what one Subscribe response may carry
+    max_batch_bytes: int = BatchLimits.max_bytes
+
+    @property
+    def subscriptions(self) -> SubscriptionConfig:
+        return SubscriptionConfig(self.max_queue, BatchLimits(self.max_batch_events, self.max_batch_bytes))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
-        max_queue = env.integer(environ, "SUBSCRIBER_QUEUE_SIZE", cls.max_queue)
-        if max_queue < 1:
-            raise env.SettingsError("SUBSCRIBER_QUEUE_SIZE must be at least 1")
+        def at_least_one(name: str, default: int) -> int:
+            value = env.integer(environ, name, default)
+            if value < 1:
+                raise env.SettingsError(f"{name} must be at least 1")
+            return value
+
         return cls(
             redis_url=env.require(environ, "REDIS_URL"),
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
-            max_queue=max_queue,
+            max_queue=at_least_one("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),
+            max_batch_events=at_least_one("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
+            max_batch_bytes=at_least_one("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes),
         )

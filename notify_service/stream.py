@@ -48,7 +48,9 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
     except DecodeError:
         log.error("stream entry %r does not hold a BookingEvent; skipped", entry_id)
         return None
-    response = notify_pb2.SubscribeResponse(event=event)
+    # A response of this one event; responses of several are the concatenation of theirs (protobuf appends
+    # repeated fields), so each event is serialized once however many subscribers and batches carry it.
+    response = notify_pb2.SubscribeResponse(events=[event])
     return Event(
         id=event_id,
         customer_id=fields.get(stream.FIELD_CUSTOMER, b"").decode(),

@@ -9,10 +9,11 @@ events are gone ends the call with OUT_OF_RANGE instead of skipping them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from notify_service.hub import EventFilter, Hub, Subscriber, cursor_expired
+from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, cursor_expired, take_batch
 from notify_service.stream import StreamReader
 from svc_common.eventstream import ORIGIN, EventId
 
@@ -22,6 +23,7 @@ HISTORY_BATCH = 500
 @dataclass(frozen=True)
 class SubscriptionConfig:
     max_queue: int = 1000  # events a subscriber may fall behind before it is ended as SLOW_CONSUMER
+    limits: BatchLimits = field(default_factory=BatchLimits)  # what one response may carry
 
 
 class Subscriptions:
@@ -32,7 +34,7 @@ class Subscriptions:
 
     def open(self, event_filter: EventFilter, resume_after: EventId | None) -> Subscriber:
         """A new subscriber; a live one (no cursor) is registered at once, so it gets every event from now on."""
-        subscriber = Subscriber(event_filter, self._hub.last, self._config.max_queue)
+        subscriber = Subscriber(event_filter, self._hub.last, self._config.max_queue, self._config.limits)
         if resume_after is None:
             self._hub.add(subscriber)
         return subscriber
@@ -63,12 +65,19 @@ class Subscriptions:
             if first and not events and not await self._known(position):
                 raise cursor_expired(cursor)
             first = False
+            matched: deque[bytes] = deque()
+            gap = False
             for event in events:
                 if not event.id.follows(position):
-                    raise cursor_expired(position)
+                    gap = True
+                    break
                 position = event.id
                 if subscriber.filter.matches(event):
-                    yield event.payload  # type: ignore[misc]  # matches() excludes None
+                    matched.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
+            while matched:  # what came before a gap is delivered before the call ends
+                yield take_batch(matched, subscriber.limits)
+            if gap:
+                raise cursor_expired(position)
             hub = self._hub.last
             if not events or hub is None or position >= hub:
                 subscriber.last = position

@@ -92,12 +92,12 @@ async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every
     await reader.wait_for(committed[-1][0])
     assert_exactly(reader, committed)
 
-    received = []
+    received: list[str] = []
     # A deadline: with a broken slow-consumer bound this stream would never end.
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         async with asyncio.timeout(120):
             async for response in stalled:
-                received.append(response.event.event_id)
+                received.extend(event.event_id for event in response.events)
     assert_status(ended.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "SLOW_CONSUMER", NOTIFY_DOMAIN)
     assert 0 < len(received) < len(committed)
     assert received == [event_id for event_id, _, _ in committed[: len(received)]]

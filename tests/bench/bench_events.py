@@ -91,14 +91,14 @@ class Clients:
             time.sleep(0.1)
 
     def finish(self) -> list[tuple[int, str, float]]:
-        """Every response received: (stream, "<booking id>/<event type>", receipt time in seconds)."""
+        """Every event received: (stream, "<booking id>/<event type>", receipt time of its response, seconds)."""
         records: list[tuple[int, str, float]] = []
         for n, (process, out) in enumerate(zip(self.processes, self.outs, strict=True)):
             process.send_signal(signal.SIGTERM)
             process.wait(60)
             for i, received_ms, data in json.loads(Path(out).read_text()):
-                event = notify_pb2.SubscribeResponse.FromString(base64.b64decode(data)).event
-                records.append((n * 100_000 + i, f"{event.booking.id}/{event.type}", received_ms / 1000))
+                for event in notify_pb2.SubscribeResponse.FromString(base64.b64decode(data)).events:
+                    records.append((n * 100_000 + i, f"{event.booking.id}/{event.type}", received_ms / 1000))
         return records
 
 
@@ -155,7 +155,7 @@ async def write_redis(url: str, rate: float, seconds: float) -> dict[str, tuple[
             event = events_pb2.BookingEvent(
                 booking=booking_pb2.Booking(id=str(k)), type=events_pb2.BOOKING_EVENT_TYPE_CREATED
             )
-            payload = notify_pb2.SubscribeResponse(event=event).SerializeToString()
+            payload = notify_pb2.SubscribeResponse(events=[event]).SerializeToString()
             await client.xadd(BASELINE_STREAM, {"response": payload}, maxlen=100_000)
             return f"{k}/1"
 

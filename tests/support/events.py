@@ -153,7 +153,7 @@ class Subscription:
     async def _read(self, call: Any) -> None:
         try:
             async for response in call:
-                self.events.append(response.event)
+                self.events.extend(response.events)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 self.error = error

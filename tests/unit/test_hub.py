@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import pytest
 
-from notify_service.hub import Event, EventFilter, Hub, Subscriber, cursor_expired
+from notify_service.hub import BatchLimits, Event, EventFilter, Hub, Subscriber, cursor_expired, take_batch
 from svc_common.auth import Principal, Role
 from svc_common.errors import OutOfRange, ResourceExhausted, Unavailable
 from svc_common.eventstream import EventId
@@ -61,7 +62,7 @@ async def test_an_entry_without_an_event_advances_the_position_and_is_never_deli
     subscriber = Subscriber(EventFilter(ADMIN), None, 10)
     hub.add(subscriber)
     hub.dispatch([event(1), event(2, payload=False), event(3)])
-    assert await drain(subscriber) == [b"e1", b"e3"]
+    assert await drain(subscriber) == [b"e1e3"]  # one response of the two events, none for the placeholder
     assert subscriber.failure is None and subscriber.last == EventId(1003, 3)
 
 
@@ -164,3 +165,20 @@ def test_errors_say_exactly_how_to_recover() -> None:
         "the subscriber fell more than 1 events behind; resume from the last event_id received"
     )
     assert Hub().last is None
+
+
+async def test_a_response_carries_what_waits_within_the_limits_in_order_with_no_gap_or_repeat() -> None:
+    subscriber = Subscriber(EventFilter(ADMIN), None, 100, BatchLimits(max_events=3, max_bytes=7))
+    subscriber.offer([event(n) for n in range(1, 9)])  # payloads e1 .. e8, two bytes each
+    responses = await drain(subscriber)
+    assert responses == [b"e1e2e3", b"e4e5e6", b"e7e8"]  # three events per response at most (6 <= 7 bytes)
+    tight = Subscriber(EventFilter(ADMIN), None, 100, BatchLimits(max_events=100, max_bytes=5))
+    tight.offer([event(n) for n in range(1, 6)])
+    assert await drain(tight) == [b"e1e2", b"e3e4", b"e5"]  # two per response by size
+
+
+def test_a_single_event_larger_than_the_byte_limit_still_goes_alone() -> None:
+    queue = deque([b"x" * 10, b"y"])
+    assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"x" * 10
+    assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"y"
+    assert not queue

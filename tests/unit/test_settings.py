@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from booking_service.settings import Settings as BookingSettings
+from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
 from svc_common.settings import SettingsError
 
@@ -98,3 +99,12 @@ def test_the_queue_size_refusal_says_what_is_allowed() -> None:
     with pytest.raises(SettingsError) as raised:
         NotifySettings.from_env({**BASE, "SUBSCRIBER_QUEUE_SIZE": "-5"})
     assert str(raised.value) == "SUBSCRIBER_QUEUE_SIZE must be at least 1"
+
+
+def test_batch_limits_are_read_and_must_be_positive() -> None:
+    settings = NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_EVENTS": "8", "SUBSCRIBE_MAX_BATCH_BYTES": "999"})
+    assert (settings.subscriptions.limits.max_events, settings.subscriptions.limits.max_bytes) == (8, 999)
+    assert NotifySettings.from_env(BASE).subscriptions.limits == BatchLimits(256, 256 * 1024)
+    for name in ("SUBSCRIBE_MAX_BATCH_EVENTS", "SUBSCRIBE_MAX_BATCH_BYTES"):
+        with pytest.raises(SettingsError, match=f"{name} must be at least 1"):
+            NotifySettings.from_env({**BASE, name: "0"})

@@ -123,6 +123,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     )
     server = GrpcServer(
         listen=settings.listen,
+        reuse_port=settings.reuse_port,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

@@ -23,6 +23,7 @@ class Settings:
     redis_url: str
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
+    reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
     db_min_connections: int = DatabaseConfig.min_connections
     db_max_connections: int = DatabaseConfig.max_connections
     db_attempts: int = DatabaseConfig.attempts
@@ -37,12 +38,13 @@ class Settings:
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
         return cls(
             database_url=env.require(environ, "DATABASE_URL"),
             redis_url=env.require(environ, "REDIS_URL"),
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
+            reuse_port=reuse_port,
             db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", cls.db_min_connections),
             db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", cls.db_max_connections),
             db_attempts=env.integer(environ, "DB_ATTEMPTS", cls.db_attempts),

@@ -45,6 +45,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
         listen=settings.listen,
+        reuse_port=settings.reuse_port,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

@@ -19,6 +19,7 @@ class Settings:
     redis_url: str
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
+    reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
@@ -30,7 +31,7 @@ class Settings:
         return SubscriptionConfig(self.max_queue, BatchLimits(self.max_batch_events, self.max_batch_bytes))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
         def at_least_one(name: str, default: int) -> int:
             value = env.integer(environ, name, default)
             if value < 1:
@@ -41,6 +42,7 @@ class Settings:
             redis_url=env.require(environ, "REDIS_URL"),
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
+            reuse_port=reuse_port,
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
             max_queue=at_least_one("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),

@@ -1,4 +1,5 @@
-"""The command line both services share: `python -m <service> --listen HOST:PORT`, settings from the environment."""
+"""The command line both services share: `python -m <service> --listen HOST:PORT [--workers N]`, settings from
+the environment."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from svc_common.grpc_server import ListenError
 from svc_common.settings import SettingsError
+from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers
 
 S = TypeVar("S")
 
@@ -20,23 +22,44 @@ def run_service(
     name: str,
     description: str,
     default_listen: str,
-    read_settings: Callable[[Mapping[str, str], str], S],
+    read_settings: Callable[[Mapping[str, str], str, bool], S],
     serve: Callable[[S], Coroutine[Any, Any, None]],
     argv: list[str] | None = None,
 ) -> int:
-    """Parse the arguments, read the settings (exit status 2 if they are wrong) and serve until signalled."""
+    """Parse the arguments, read the settings (exit status 2 if they are wrong) and serve until signalled: in
+    this process with one worker, else as the supervisor of `--workers` processes (svc_common.workers)."""
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=description)
     parser.add_argument("--listen", default=default_listen, help=f"host:port to serve on (default {default_listen})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the address (default: env WORKERS, else the number of CPUs this process may use)",
+    )
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = read_settings(os.environ, args.listen)
+        workers = args.workers if args.workers is not None else _workers_from_env()
+        settings = read_settings(os.environ, args.listen, args.worker)
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     try:
+        if workers > 1 and not args.worker:
+            check_free(args.listen)
+            return Workers(name, args.listen, workers).run()
         asyncio.run(serve(settings))
     except ListenError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _workers_from_env() -> int:
+    raw = os.environ.get("WORKERS", "").strip()
+    if not raw:
+        return default_workers()
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"WORKERS must be a whole number of at least 1, got {raw!r}")
+    return int(raw)

@@ -242,6 +242,7 @@ class GrpcServer:
         verifier: TokenVerifier,
         error_domain: str,
         service_names: Sequence[str],
+        reuse_port: bool = False,
     ) -> None:
         self.health = HealthServicer()
         self._listen = listen
@@ -249,8 +250,9 @@ class GrpcServer:
         options = [
             *KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-            # grpcio sets SO_REUSEPORT by default, so a second server on a port in use would silently share it.
-            ("grpc.so_reuseport", 0),
+            # grpcio sets SO_REUSEPORT by default, so a second server on a port in use would silently share it:
+            # only workers of one supervisor share their address (svc_common.workers).
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
         self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, error_domain)], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -189,11 +189,12 @@ async def test_health_list_answers_every_name_on_both_services(
         assert all(s.status == health_pb2.HealthCheckResponse.SERVING for s in listed.statuses.values())
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("module", ["booking_service", "notify_service"])
 def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
-    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str
+    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str, workers: str
 ) -> None:
-    env = {**os.environ, **booking_env(booking_db_url, redis_url)}
+    env = {**os.environ, **booking_env(booking_db_url, redis_url), "WORKERS": workers}
     done = subprocess.run(
         [sys.executable, "-m", module, "--listen", booking_server.address],
         env=env,

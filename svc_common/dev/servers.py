@@ -55,12 +55,13 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The pids of the live processes whose parent is `pid`."""
     found = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
+            if int(fields[1]) == pid and fields[0] != "Z":
                 found.append(int(Path(stat).parent.name))
     return found
 
@@ -220,7 +221,7 @@ class PostgresServer:
             postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return
-        victims = [postmaster, *_children(postmaster)]
+        victims = [postmaster, *children(postmaster)]
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -127,12 +127,18 @@ def booking_env(database_url: str, redis_url: str, *, least_privilege: bool = Tr
         "EVENT_STREAM_KEY": stream_key(database_url),
         "JWT_SECRET": JWT_SECRET,
         "HEALTH_INTERVAL_SECONDS": "0.5",
+        "WORKERS": "1",  # one process, whose pid is the server's (tests with workers set their own)
     }
 
 
 def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
     """A notify instance following the event stream of the booking database at `database_url`."""
-    return {"REDIS_URL": redis_url, "EVENT_STREAM_KEY": stream_key(database_url), "JWT_SECRET": JWT_SECRET}
+    return {
+        "REDIS_URL": redis_url,
+        "EVENT_STREAM_KEY": stream_key(database_url),
+        "JWT_SECRET": JWT_SECRET,
+        "WORKERS": "1",
+    }
 
 
 async def terminate_backends(database_url: str, database: str) -> int:

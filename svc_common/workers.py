@@ -1,0 +1,101 @@
+"""Every core: `python -m <service> --workers N` runs N processes of the service on one listen address
+(SO_REUSEPORT: the kernel spreads new connections over them), supervised by this parent process.
+
+A worker that dies is logged and replaced (with backoff, so a worker that cannot start does not spin); one that
+exits with status 2 (bad settings, address in use) stops them all, since its siblings would fail the same way.
+SIGTERM and SIGINT reach every worker, each drains and exits within its own bounded shutdown, and the parent
+exits after them with status 0, or the first non-zero status a worker ended with on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from svc_common.backoff import Backoff
+from svc_common.grpc_server import ListenError
+
+log = logging.getLogger(__name__)
+
+WORKER_FLAG = "--worker"  # tells a child process it is one of the workers (and so binds with SO_REUSEPORT)
+STOP_WAIT_SECONDS = 60.0  # after SIGTERM, how long workers get before they are killed (each bounds its own)
+POLL_SECONDS = 0.2
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def check_free(listen: str) -> None:
+    """Refuse an address something already listens on (the workers' SO_REUSEPORT would share it silently)."""
+    parts = urlsplit(f"//{listen}")
+    if parts.port in (None, 0):
+        raise ListenError(f"cannot listen on {listen}: workers need a fixed port")
+    family = socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((parts.hostname or "0.0.0.0", parts.port))
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror}") from exc
+
+
+class Workers:
+    def __init__(self, module: str, listen: str, count: int) -> None:
+        self._command = [sys.executable, "-m", module, "--listen", listen, WORKER_FLAG]
+        self._count = count
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._stopping = False
+        self._backoff = Backoff(0.5, 10.0)
+
+    def _spawn(self) -> None:
+        worker = subprocess.Popen(self._command)
+        self._workers.append(worker)
+        log.info("worker %d started", worker.pid)
+
+    def _stop(self, *_: object) -> None:
+        self._stopping = True
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        for _ in range(self._count):
+            self._spawn()
+        status = 0
+        while not self._stopping:
+            time.sleep(POLL_SECONDS)
+            for worker in list(self._workers):
+                if self._stopping or worker.poll() is None:
+                    continue  # once stopping, every worker is waited for (and its status kept) below
+                self._workers.remove(worker)
+                if worker.returncode == 2:
+                    log.error("worker %d cannot run (exit status 2); stopping", worker.pid)
+                    status = 2
+                    self._stop()
+                    break
+                delay = self._backoff.next()
+                log.error("worker %d exited (%s); starting another in %.1fs", worker.pid, worker.returncode, delay)
+                time.sleep(delay)
+                self._spawn()
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        for worker in self._workers:
+            try:
+                code = worker.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop; killing it", worker.pid)
+                worker.kill()
+                code = worker.wait()
+            level = logging.INFO if code == 0 else logging.ERROR
+            log.log(level, "worker %d stopped (exit status %s)", worker.pid, code)
+            status = status or (code if code > 0 else 1 if code else 0)
+        log.info("all workers stopped")
+        return status

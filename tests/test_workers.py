@@ -1,0 +1,92 @@
+"""Every core: `--workers N` processes of a service on one address, supervised by a parent that replaces a
+worker that dies and stops them all on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+
+from svc_common.dev.servers import children
+from tests.support.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
+from tests.support.helpers import uid
+from tests.support.servers import ServiceProcess
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+async def keep_following(subscription: Subscription, address: str, stop: asyncio.Event) -> int:
+    """Resume whenever the stream ends (its worker killed): returns how many times it had to."""
+    resumes = 0
+    while not stop.is_set():
+        if subscription.error is not None:
+            assert subscription.error.code() == grpc.StatusCode.UNAVAILABLE, subscription.error
+            resumes += 1
+            await subscription.open(address, resume=True, options=OWN_CONNECTION)
+        await asyncio.sleep(0.05)
+    return resumes
+
+
+def workers_of(process: ServiceProcess) -> list[int]:
+    assert process.process is not None
+    return sorted(children(process.process.pid))
+
+
+async def test_workers_share_an_address_a_killed_one_is_replaced_and_its_subscribers_miss_nothing(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    booking = system.booking(WORKERS="2")
+    notify = system.notify(WORKERS="2")
+    assert len(workers_of(booking)) == 2
+    before = workers_of(notify)
+    assert len(before) == 2
+    # A connection each (no shared subchannels), which the kernel spreads over the workers.
+    watchers = [Subscription("admin", uid("ops")) for _ in range(8)]
+    for watcher in watchers:
+        await watcher.open(notify.address, options=OWN_CONNECTION)
+    stop = asyncio.Event()
+    followers = [asyncio.create_task(keep_following(w, notify.address, stop)) for w in watchers]
+    churn = Churn([await admin_on(booking, channels)])
+    churn.start()
+    try:
+        await churn.until(40)
+        await eventually(lambda: all(w.events for w in watchers), lambda: "a watcher got nothing")
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        await eventually(
+            lambda: len(workers_of(notify)) == 2 and victim not in workers_of(notify),
+            lambda: f"workers {workers_of(notify)} after killing {victim}",
+        )
+        await churn.until(churn.changes + 40)
+    finally:
+        changes = await churn.stop()
+    committed = await system.wait_relayed(changes)
+    for watcher in watchers:
+        await watcher.wait_for(committed[-1][0])
+    stop.set()
+    resumes = await asyncio.gather(*followers)
+    assert sum(resumes) >= 1, "no subscriber was on the killed worker"
+    for watcher in watchers:
+        assert_exactly(watcher, committed)
+        await watcher.close()
+    assert f"worker {victim} exited" in notify.log()
+
+    # SIGTERM reaches every worker; the parent exits after them, within their bounded shutdown.
+    running = workers_of(notify)
+    started = time.monotonic()
+    notify.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(notify.wait, 30) == 0
+    assert time.monotonic() - started < 15
+    assert not [pid for pid in running if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

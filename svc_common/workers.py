@@ -94,8 +94,9 @@ class Workers:
                 log.error("worker %d did not stop; killing it", worker.pid)
                 worker.kill()
                 code = worker.wait()
-            level = logging.INFO if code == 0 else logging.ERROR
-            log.log(level, "worker %d stopped (exit status %s)", worker.pid, code)
-            status = status or (code if code > 0 else 1 if code else 0)
+            # -SIGTERM: a worker still starting (its handlers not installed yet) that had nothing to drain.
+            clean = code in (0, -signal.SIGTERM)
+            log.log(logging.INFO if clean else logging.ERROR, "worker %d stopped (exit status %s)", worker.pid, code)
+            status = status or (0 if clean else code if code > 0 else 1)
         log.info("all workers stopped")
         return status

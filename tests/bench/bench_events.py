@@ -331,7 +331,8 @@ async def _idle_growth(address: str, pid: int, idle: int) -> float:
 
 
 async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer) -> Any:
-    env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
+    # One process, whose memory is the subscriptions' (with workers, the pid would be their supervisor's).
+    env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM, "WORKERS": "1"}
     notifier = ServiceProcess("notify_service", env, workdir)
     port = free_port()
     bare = start_bare(port, rds.url)

@@ -7,11 +7,10 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import grpc
 
-from svc_common.dev.servers import children
+from svc_common.dev.servers import alive, children
 from tests.support.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
 from tests.support.helpers import uid
 from tests.support.servers import ServiceProcess
@@ -82,11 +81,3 @@ async def test_workers_share_an_address_a_killed_one_is_replaced_and_its_subscri
     assert await asyncio.to_thread(notify.wait, 30) == 0
     assert time.monotonic() - started < 15
     assert not [pid for pid in running if alive(pid)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -66,7 +66,8 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -226,7 +227,7 @@ class PostgresServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in victims) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Where nothing reaps orphans, the dead postmaster lingers as a zombie whose pid PostgreSQL would take
         # for a live server; its lock files are stale either way.

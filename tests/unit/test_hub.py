@@ -182,3 +182,11 @@ def test_a_single_event_larger_than_the_byte_limit_still_goes_alone() -> None:
     assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"x" * 10
     assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"y"
     assert not queue
+
+
+def test_each_limit_is_inclusive_and_holds_on_its_own() -> None:
+    events = [f"e{n}".encode() for n in range(1, 8)]  # two bytes each
+    by_count = deque(events)
+    assert take_batch(by_count, BatchLimits(max_events=3, max_bytes=1000)) == b"e1e2e3"
+    by_size = deque(events)
+    assert take_batch(by_size, BatchLimits(max_events=1000, max_bytes=6)) == b"e1e2e3"  # exactly 6 bytes fit

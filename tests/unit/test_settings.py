@@ -108,3 +108,9 @@ def test_batch_limits_are_read_and_must_be_positive() -> None:
     for name in ("SUBSCRIBE_MAX_BATCH_EVENTS", "SUBSCRIBE_MAX_BATCH_BYTES"):
         with pytest.raises(SettingsError, match=f"{name} must be at least 1"):
             NotifySettings.from_env({**BASE, name: "0"})
+
+
+def test_workers_bind_with_reuse_port_and_a_lone_process_does_not() -> None:
+    assert not BookingSettings.from_env(BASE).reuse_port and not NotifySettings.from_env(BASE).reuse_port
+    assert BookingSettings.from_env(BASE, reuse_port=True).reuse_port
+    assert NotifySettings.from_env(BASE, reuse_port=True).reuse_port

@@ -32,10 +32,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
-        def at_least_one(name: str, default: int) -> int:
+        def at_least_one(name: str, default: int, at_most: int | None = None) -> int:
             value = env.integer(environ, name, default)
             if value < 1:
                 raise env.SettingsError(f"{name} must be at least 1")
+            if at_most is not None and value > at_most:
+                raise env.SettingsError(f"{name} must be at most {at_most}")
             return value
 
         return cls(
@@ -47,5 +49,6 @@ class Settings:
             max_queue=at_least_one("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),
             max_batch_events=at_least_one("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
-            max_batch_bytes=at_least_one("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes),
+            # grpc clients refuse messages over 4 MiB unless told otherwise.
+            max_batch_bytes=at_least_one("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, at_most=4 * 1024 * 1024),
         )

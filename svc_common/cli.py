@@ -16,6 +16,7 @@ from svc_common.settings import SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers
 
 S = TypeVar("S")
+MAX_WORKERS = 64
 
 
 def run_service(
@@ -41,6 +42,8 @@ def run_service(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         workers = args.workers if args.workers is not None else _workers_from_env()
+        if not 1 <= workers <= MAX_WORKERS:
+            raise SettingsError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
         settings = read_settings(os.environ, args.listen, args.worker)
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -60,6 +63,6 @@ def _workers_from_env() -> int:
     raw = os.environ.get("WORKERS", "").strip()
     if not raw:
         return default_workers()
-    if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"WORKERS must be a whole number of at least 1, got {raw!r}")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS:
+        raise SettingsError(f"WORKERS must be a whole number from 1 to {MAX_WORKERS}, got {raw!r}")
     return int(raw)

@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
+from svc_common.cli import run_service
 from svc_common.dev.servers import as_role, describe_servers, from_wheel, postgres_bindir, redis_binary
 
 
@@ -24,3 +27,17 @@ def test_the_servers_come_from_where_they_were_asked_for() -> None:
 def test_urls_for_a_role_keep_host_port_and_database() -> None:
     assert as_role("postgresql://postgres@127.0.0.1:5/db", "app") == "postgresql://app@127.0.0.1:5/db"
     assert as_role("postgresql://u:secret@h/db?sslmode=off", "app") == "postgresql://app@h/db?sslmode=off"
+
+
+def test_worker_counts_are_bounded_with_one_line_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, env in ((["--workers", "0"], {}), (["--workers", "65"], {}), ([], {"WORKERS": "two"})):
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            code = run_service("svc", "", "127.0.0.1:1", lambda *_: None, _never, argv)
+        assert code == 2
+        assert "svc: " in capsys.readouterr().err
+
+
+async def _never(_: object) -> None:
+    raise AssertionError("a bad worker count must not start anything")

@@ -114,3 +114,9 @@ def test_workers_bind_with_reuse_port_and_a_lone_process_does_not() -> None:
     assert not BookingSettings.from_env(BASE).reuse_port and not NotifySettings.from_env(BASE).reuse_port
     assert BookingSettings.from_env(BASE, reuse_port=True).reuse_port
     assert NotifySettings.from_env(BASE, reuse_port=True).reuse_port
+
+
+def test_a_batch_no_client_could_receive_is_refused() -> None:
+    assert NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024)}).max_batch_bytes
+    with pytest.raises(SettingsError, match="SUBSCRIBE_MAX_BATCH_BYTES must be at most 4194304"):
+        NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024 + 1)})

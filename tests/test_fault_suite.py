@@ -19,25 +19,12 @@ from notify_service.server import running
 from notify_service.settings import Settings
 from tests.support.events import Churn, EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import uid
-from tests.support.servers import PROJECT, ServiceProcess, notify_env, terminate_backends
+from tests.support.servers import PROJECT, notify_env, terminate_backends
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 KEEPALIVE_BOUND_SECONDS = 40  # the README: a vanished client is noticed within 40 s
-
-
-async def wait_health(process: ServiceProcess, wanted: int, service: str = "", within: float = 30.0) -> None:
-    async def status() -> int | None:
-        try:
-            return await asyncio.to_thread(process.health, service)
-        except grpc.RpcError:
-            return None
-
-    deadline = time.monotonic() + within
-    while (got := await status()) != wanted:
-        assert time.monotonic() < deadline, f"{process.module} health {service!r} is {got}, not {wanted}"
-        await asyncio.sleep(0.1)
 
 
 async def test_connection_terminations_under_load_never_answer_internal_and_background_work_survives(
@@ -77,14 +64,14 @@ async def test_connection_terminations_under_load_never_answer_internal_and_back
     assert codes[grpc.StatusCode.OK] > 100
 
     # Health still follows the database: the watcher survived (it notices the database refusing connections).
-    await wait_health(booking, SERVING)
+    await booking.wait_health(SERVING)
     admin_conn = await asyncpg.connect(system.database_url.rpartition("/")[0] + "/postgres")
     try:
         await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         await terminate_backends(system.database_url, database)
-        await wait_health(booking, NOT_SERVING, within=15)
+        await booking.wait_health(NOT_SERVING, within=15)
         await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        await wait_health(booking, SERVING, within=15)
+        await booking.wait_health(SERVING, within=15)
     finally:
         await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin_conn.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -59,18 +58,6 @@ async def client(
         yield service, lambda role, sub: Caller(stub, role, sub)
 
 
-async def _wait_health(service: ServiceProcess, wanted: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if await asyncio.to_thread(service.health) == wanted:
-                return
-        except grpc.RpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"health never became {wanted}")
-
-
 @pytest.mark.parametrize("how", ["restart", "crash"])
 async def test_service_survives_postgres_going_away_and_serves_again(
     client: tuple[ServiceProcess, Callable[[str, str], Caller]], pg: PostgresServer, how: str
@@ -83,13 +70,13 @@ async def test_service_survives_postgres_going_away_and_serves_again(
         await asyncio.to_thread(pg.kill)
     else:
         await asyncio.to_thread(pg.stop, "fast")
-    await _wait_health(service, NOT_SERVING)
+    await service.wait_health(NOT_SERVING)
     # While it is down: UNAVAILABLE with a reason, never UNKNOWN or INTERNAL, for reads and writes.
     await expect_error(alice.create(provider_id=uid("prov")), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     await expect_error(alice.get(before.id), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
 
     await asyncio.to_thread(pg.start)
-    await _wait_health(service, SERVING)
+    await service.wait_health(SERVING)
     assert await alice.get(before.id) == before
     after = await alice.create(provider_id=uid("prov"))
     assert set(await alice.list_all()) == {before.id, after.id}
@@ -102,9 +89,9 @@ async def test_service_waits_for_its_database_at_start_up(
     await asyncio.to_thread(pg.stop, "fast")
     service = spawn(pg.url)
     service.start(wait_serving=False)
-    await _wait_health(service, NOT_SERVING)
+    await service.wait_health(NOT_SERVING)
     await asyncio.to_thread(pg.start)
-    await _wait_health(service, SERVING)
+    await service.wait_health(SERVING)
 
 
 async def test_two_instances_starting_at_once_migrate_an_empty_database_once(

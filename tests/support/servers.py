@@ -76,6 +76,20 @@ class ServiceProcess:
             time.sleep(0.1)
         raise TimeoutError(f"{self.module} not serving after {timeout}s:\n{self.log()}")
 
+    async def wait_health(self, wanted: int, service: str = "", within: float = 30.0) -> None:
+        """Wait until health for `service` reports `wanted` (no answer counts as not yet)."""
+
+        async def status() -> int | None:
+            try:
+                return await asyncio.to_thread(self.health, service)
+            except grpc.RpcError:
+                return None
+
+        deadline = time.monotonic() + within
+        while (got := await status()) != wanted:
+            assert time.monotonic() < deadline, f"{self.module} health {service!r} is {got}, not {wanted}"
+            await asyncio.sleep(0.1)
+
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
         self.process.send_signal(sig)

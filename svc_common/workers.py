@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 WORKER_FLAG = "--worker"  # tells a child process it is one of the workers (and so binds with SO_REUSEPORT)
 STOP_WAIT_SECONDS = 60.0  # after SIGTERM, how long workers get before they are killed (each bounds its own)
 POLL_SECONDS = 0.2
+STABLE_SECONDS = 60.0  # a worker that ran this long before dying is replaced without the grown backoff
 
 
 def default_workers() -> int:
@@ -53,10 +54,12 @@ class Workers:
         self._workers: list[subprocess.Popen[bytes]] = []
         self._stopping = False
         self._backoff = Backoff(0.5, 10.0)
+        self._started: dict[int, float] = {}  # pid -> when it started
 
     def _spawn(self) -> None:
         worker = subprocess.Popen(self._command)
         self._workers.append(worker)
+        self._started[worker.pid] = time.monotonic()
         log.info("worker %d started", worker.pid)
 
     def _stop(self, *_: object) -> None:
@@ -82,6 +85,8 @@ class Workers:
                     status = 2
                     self._stop()
                     break
+                if time.monotonic() - self._started.pop(worker.pid) > STABLE_SECONDS:
+                    self._backoff.reset()  # a worker that ran a while failed on its own, not in a start-up loop
                 delay = self._backoff.next()
                 log.error("worker %d exited (%s); starting another in %.1fs", worker.pid, worker.returncode, delay)
                 time.sleep(delay)

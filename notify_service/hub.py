@@ -7,6 +7,10 @@ position in the stream and checks that each event follows the one before it (eve
 subscriber never skips an event unnoticed: a gap (history trimmed, or lost with Redis's data) ends its stream
 with OUT_OF_RANGE `CURSOR_EXPIRED`.
 
+The hub also keeps the most recent events it dispatched (`recent`, a bounded window, contiguous in seq), so
+subscribers resuming from a recent cursor (a notify instance died, a client reconnected) catch up from memory
+without reading Redis at all.
+
 A subscriber's queue is bounded: one that still holds `max_queue` undelivered events when the next batch
 arrives from Redis is ended with RESOURCE_EXHAUSTED `SLOW_CONSUMER` (so it holds at most `max_queue` plus one
 batch), and dispatching never waits for it.
@@ -17,10 +21,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 from svc_common.errors import OutOfRange, ResourceExhausted, ServiceError
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
+
+DEFAULT_WINDOW = 10_000  # recent events a hub keeps for subscribers that resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +156,43 @@ class Subscriber:
 
 
 class Hub:
-    """The subscribers of this instance and the stream position the reader has dispatched up to."""
+    """The subscribers of this instance, the stream position the reader has dispatched up to, and the most
+    recent `window` events (contiguous in seq) for subscribers that catch up."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.last: EventId | None = None
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
+        self._recent: deque[Event] = deque(maxlen=window)
+
+    def start_at(self, last: EventId | None, recent: list[Event]) -> None:
+        """Set the position the stream is followed from, with the events that led up to it (oldest first)."""
+        self.last = last
+        self._recent.clear()
+        self._remember(recent)
+
+    def _remember(self, events: list[Event]) -> None:
+        if self._recent.maxlen == 0:
+            return
+        for event in events:  # the window stays contiguous: a gap (lost history) starts it afresh
+            if self._recent and not event.id.follows(self._recent[-1].id):
+                self._recent.clear()
+            self._recent.append(event)
+
+    def recent_after(self, position: EventId, limit: int) -> list[Event] | None:
+        """Up to `limit` events that follow `position`, from memory ([] if `position` is the newest one), or None
+        if the window does not reach back to `position`."""
+        recent = self._recent
+        if not recent:
+            return None
+        offset = position.seq - recent[0].id.seq + 1  # the index of the event after `position`
+        if offset < 0 or offset > len(recent):
+            return None
+        if offset == 0 and not recent[0].id.follows(position):
+            return None
+        if offset > 0 and recent[offset - 1].id != position:
+            return None  # same seq, other event: a cursor from before Redis lost its data
+        return list(islice(recent, offset, offset + limit))
 
     @property
     def subscriber_count(self) -> int:
@@ -179,6 +217,7 @@ class Hub:
         # Released at once: a subscriber ended as SLOW_CONSUMER may sit in a write its client never reads.
         self._subscribers.difference_update(ended)
         self.last = events[-1].id
+        self._remember(events)
 
     def close(self, error: ServiceError) -> None:
         """End every subscription with `error` and refuse new ones."""

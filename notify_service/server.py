@@ -40,8 +40,8 @@ class Running:
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """A started notify server; on exit it ends open streams, then stops."""
     client = connect(settings.redis_url)
-    hub = Hub()
-    reader = StreamReader(client, settings.stream_key, hub)
+    hub = Hub(settings.history_window)
+    reader = StreamReader(client, settings.stream_key, hub, window=settings.history_window)
     subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
         listen=settings.listen,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from notify_service.hub import BatchLimits
+from notify_service.hub import DEFAULT_WINDOW, BatchLimits
 from notify_service.subscriptions import SubscriptionConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
@@ -25,6 +25,7 @@ class Settings:
     grace_seconds: float = 5.0
     max_batch_events: int = BatchLimits.max_events  # what one Subscribe response may carry
     max_batch_bytes: int = BatchLimits.max_bytes
+    history_window: int = DEFAULT_WINDOW  # recent events kept in memory for resuming subscribers
 
     @property
     def subscriptions(self) -> SubscriptionConfig:
@@ -32,10 +33,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
-        def at_least_one(name: str, default: int, at_most: int | None = None) -> int:
+        def bounded(name: str, default: int, at_most: int | None = None, least: int = 1) -> int:
             value = env.integer(environ, name, default)
-            if value < 1:
-                raise env.SettingsError(f"{name} must be at least 1")
+            if value < least:
+                raise env.SettingsError(f"{name} must be at least {least}")
             if at_most is not None and value > at_most:
                 raise env.SettingsError(f"{name} must be at most {at_most}")
             return value
@@ -46,9 +47,11 @@ class Settings:
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
-            max_queue=at_least_one("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
+            max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),
-            max_batch_events=at_least_one("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
+            max_batch_events=bounded("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
             # grpc clients refuse messages over 4 MiB unless told otherwise.
-            max_batch_bytes=at_least_one("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, at_most=4 * 1024 * 1024),
+            max_batch_bytes=bounded("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, at_most=4 * 1024 * 1024),
+            # 1,000,000 events of a few hundred bytes: a few hundred MB, as much as anyone should keep.
+            history_window=bounded("SUBSCRIBE_HISTORY_WINDOW", cls.history_window, at_most=1_000_000, least=0),
         )

@@ -1,14 +1,22 @@
 """The Redis side: one reader per instance that follows the event stream and feeds the hub, and history reads
 for subscribers that resume.
 
+History reads are shared: subscribers that need the same range at the same time wait for one XRANGE, the last
+few full ranges read are kept in memory, reads end on multiples of their size in seq (so subscribers that
+started from different cursors go on to read the same ranges), and only a few run at once, so a crowd resuming
+at once costs Redis a bounded number of reads. Subscribers resuming from a recent cursor need none: the hub
+remembers recent events (see notify_service.hub).
+
 Redis trouble never ends a subscription: the reader reconnects and continues from the last id it dispatched, and
 history reads wait for Redis to come back, so subscribers see a delay, not a gap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
@@ -16,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2
-from notify_service.hub import Event, Hub
+from notify_service.hub import DEFAULT_WINDOW, Event, Hub
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 1.0
+HISTORY_READS_AT_ONCE = 4  # history XRANGEs in flight per process; the rest queue behind them
 
 
 def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
@@ -64,13 +73,70 @@ def _events(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
     return [event for entry_id, fields in entries if (event := decode(entry_id, fields)) is not None]
 
 
+class SharedReads:
+    """Reads by key: concurrent reads of one key share one call (cancelled when nobody waits for it any more),
+    at most `at_once` calls run at a time, and the last `kept` results that `keep` accepts are answered from
+    memory (only results that can no longer change should be kept)."""
+
+    def __init__(self, at_once: int, kept: int = 16) -> None:
+        self._reads: dict[Hashable, tuple[asyncio.Future[Any], list[int]]] = {}
+        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
+        self._max_kept = kept
+        self._slots = asyncio.Semaphore(at_once)
+        self.calls = 0  # reads actually made
+
+    async def _limited(self, read: Callable[[], Awaitable[T]]) -> T:
+        async with self._slots:
+            self.calls += 1
+            return await read()
+
+    async def get(self, key: Hashable, read: Callable[[], Awaitable[T]], keep: Callable[[T], bool]) -> T:
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            result: T = self._kept[key]
+            return result
+        shared = self._reads.get(key)
+        if shared is None:
+            shared = (asyncio.ensure_future(self._limited(read)), [0])
+            self._reads[key] = shared
+        task, waiting = shared
+        waiting[0] += 1
+        try:
+            result = await asyncio.shield(task)
+        finally:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                if self._reads.get(key) is shared:
+                    del self._reads[key]
+                task.cancel()  # a no-op once it is done
+        if keep(result) and self._max_kept > 0:
+            self._kept[key] = result
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._max_kept:
+                self._kept.popitem(last=False)
+        return result
+
+
 class StreamReader:
-    def __init__(self, client: redis.Redis, key: str, hub: Hub, *, batch: int = 500, block_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        hub: Hub,
+        *,
+        batch: int = 500,
+        block_ms: int = 1000,
+        window: int = DEFAULT_WINDOW,
+        history_batch: int = 1000,
+    ) -> None:
         self._redis = client
         self._key = key
         self._hub = hub
         self._batch = batch
         self._block_ms = block_ms
+        self._window = window  # recent events loaded into the hub at start
+        self.history_batch = history_batch
+        self.history = SharedReads(HISTORY_READS_AT_ONCE)
         self.connected = False
         self.on_change: Callable[[bool], Awaitable[None]] | None = None  # told when `connected` changes
 
@@ -95,9 +161,9 @@ class StreamReader:
         while True:
             try:
                 if position is None:
-                    newest: Any = await self._redis.xrevrange(self._key, count=1)
+                    newest: Any = await self._redis.xrevrange(self._key, count=max(self._window, 1))
                     # An empty stream: read from its start, and take whatever event comes first.
-                    self._hub.last = EventId.parse(newest[0][0]) if newest else None
+                    self._hub.start_at(EventId.parse(newest[0][0]) if newest else None, _events(newest[::-1]))
                     position = newest[0][0] if newest else b"0-0"
                 await self._set_connected(True)
                 reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
@@ -119,10 +185,17 @@ class StreamReader:
             except REDIS_ERRORS:
                 await backoff.sleep()
 
-    async def after(self, position: EventId, count: int) -> list[Event]:
-        """Up to `count` events that follow `position`, oldest first."""
-        entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=f"({position}", count=count))
-        return _events(entries)
+    async def after(self, position: EventId) -> list[Event]:
+        """The events that follow `position`, oldest first, up to the next multiple of `history_batch` in seq
+        (at most `history_batch` of them)."""
+        count = self.history_batch - position.seq % self.history_batch
+
+        async def read() -> list[Event]:
+            entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=f"({position}", count=count))
+            return _events(entries)  # decoded once for everyone who shares the read
+
+        # A full range never changes (the stream only grows at its end), so it may be kept for others.
+        return await self.history.get((position, count), read, keep=lambda events: len(events) == count)
 
     async def holds(self, event_id: EventId) -> bool:
         """Whether the stream still has the event `event_id`."""

@@ -1,10 +1,11 @@
 """The Subscribe use case: live events, or history from a cursor followed by live events, with no gap and no
 duplicate at the seam.
 
-A resuming subscriber first reads history from Redis until it reaches the position the hub has dispatched up to,
-then joins the hub in the same step of the event loop (no await in between), so the hub offers it exactly the
-events after its position. It keeps checking that each event follows the previous one, so a cursor whose next
-events are gone ends the call with OUT_OF_RANGE instead of skipping them.
+A resuming subscriber first reads history (from the hub's window of recent events while its position lies in
+it, otherwise from Redis in shared ranges: notify_service.stream) until it reaches the position the hub has
+dispatched up to, then joins the hub in the same step of the event loop (no await in between), so the hub
+offers it exactly the events after its position. It keeps checking that each event follows the previous one,
+so a cursor whose next events are gone ends the call with OUT_OF_RANGE instead of skipping them.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, cursor
 from notify_service.stream import StreamReader
 from svc_common.eventstream import ORIGIN, EventId
 
-HISTORY_BATCH = 500
-
 
 @dataclass(frozen=True)
 class SubscriptionConfig:
     max_queue: int = 1000  # events a subscriber may fall behind before it is ended as SLOW_CONSUMER
     limits: BatchLimits = field(default_factory=BatchLimits)  # what one response may carry
+    window: int = 10_000  # recent events kept in memory for subscribers that resume (0: none)
 
 
 class Subscriptions:
@@ -61,9 +61,11 @@ class Subscriptions:
         position = cursor
         first = True
         while True:
-            events = await self._reader.after(position, HISTORY_BATCH)
-            if first and not events and not await self._known(position):
-                raise cursor_expired(cursor)
+            events = self._hub.recent_after(position, self._reader.history_batch)
+            if events is None:
+                events = await self._reader.after(position)
+                if first and not events and not await self._known(position):
+                    raise cursor_expired(cursor)
             first = False
             matched: deque[bytes] = deque()
             gap = False

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from svc_common.grpc_server import ListenError
 from svc_common.settings import SettingsError
-from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers
+from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
 S = TypeVar("S")
 MAX_WORKERS = 64
@@ -52,6 +52,8 @@ def run_service(
         if workers > 1 and not args.worker:
             check_free(args.listen)
             return Workers(name, args.listen, workers).run()
+        if args.worker:
+            follow_parent()
         asyncio.run(serve(settings))
     except ListenError as exc:
         print(f"{name}: {exc}", file=sys.stderr)

@@ -4,11 +4,14 @@
 A worker that dies is logged and replaced (with backoff, so a worker that cannot start does not spin); one that
 exits with status 2 (bad settings, address in use) stops them all, since its siblings would fail the same way.
 SIGTERM and SIGINT reach every worker, each drains and exits within its own bounded shutdown, and the parent
-exits after them with status 0, or the first non-zero status a worker ended with on shutdown.
+exits after them with status 0, or the first non-zero status a worker ended with on shutdown. A parent that dies
+without that (SIGKILL, OOM) takes its workers with it: the kernel sends each SIGTERM (PR_SET_PDEATHSIG), so no
+orphan keeps the address while a new instance starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -41,10 +44,24 @@ def check_free(listen: str) -> None:
         raise ListenError(f"cannot listen on {listen}: workers need a fixed port")
     family = socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As grpc binds: connections of a previous instance lingering in TIME_WAIT do not hold the address.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((parts.hostname or "0.0.0.0", parts.port))
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror}") from exc
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def follow_parent() -> None:
+    """In a worker: be sent SIGTERM when the supervisor dies (Linux); already orphaned, stop now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to follow the supervisor (prctl: errno %d)", ctypes.get_errno())
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Workers:

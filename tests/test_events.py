@@ -211,11 +211,18 @@ async def test_after_redis_lost_its_data_an_old_cursor_gives_out_of_range_never_
     await system.flush_redis()  # events 7-12 are gone from Redis
     await book_and_cancel([caller], 3)
     committed = await system.wait_relayed(18)
+    started_after = system.notify()  # its memory of recent events comes from Redis: 13-18 only
 
-    error = await expect_stream_error(returning, notifier.address)
+    # The instance that was running throughout still holds 7-12 among its recent events: nothing is lost there.
+    await returning.open(notifier.address, resume=True)
+    await returning.wait_for(committed[-1][0])
+    assert_exactly(returning, committed)
+    # Where they are gone, the cursor is refused: never a gap.
+    returning.events = returning.events[:6]
+    error = await expect_stream_error(returning, started_after.address)
     assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
     whole_history = subscriptions("admin", uid("history"))
-    await whole_history.open(notifier.address, filters={"resume_after": "0-0"})
+    await whole_history.open(started_after.address, filters={"resume_after": "0-0"})
     error = await whole_history.wait_error()
     assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
     # A subscriber connected throughout missed nothing: the stream continues where it was.
@@ -257,8 +264,10 @@ async def test_a_cursor_older_than_the_retained_history_is_out_of_range(
     subscriptions: Callable[[str, str], Subscription],
     channels: list[grpc.aio.Channel],
 ) -> None:
-    # Retention by count keeps at least the last 10 events (Redis trims whole stream nodes of 100 entries).
-    booking, notifier = system.booking(EVENT_STREAM_MAX_LEN="10"), system.notify()
+    # Retention by count keeps at least the last 10 events (Redis trims whole stream nodes of 100 entries); the
+    # notify instance remembers as few (an instance remembering more would serve the early cursor from memory).
+    booking = system.booking(EVENT_STREAM_MAX_LEN="10")
+    notifier = system.notify(SUBSCRIBE_HISTORY_WINDOW="10")
     early = subscriptions("admin", uid("early"))
     await early.open(notifier.address)
     caller = await admin_on(booking, channels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 
 import grpc
@@ -81,3 +82,32 @@ async def test_workers_share_an_address_a_killed_one_is_replaced_and_its_subscri
     assert await asyncio.to_thread(notify.wait, 30) == 0
     assert time.monotonic() - started < 15
     assert not [pid for pid in running if alive(pid)]
+
+
+async def test_workers_of_a_killed_supervisor_stop_so_the_instance_can_start_again(system: EventSystem) -> None:
+    notify = system.notify(WORKERS="2")
+    workers = workers_of(notify)
+    assert len(workers) == 2
+    notify.signal(signal.SIGKILL)  # the supervisor only, as an OOM kill would
+    assert await asyncio.to_thread(notify.wait, 30) == -signal.SIGKILL
+    await eventually(lambda: not [pid for pid in workers if alive(pid)], lambda: f"orphaned workers {workers} run on")
+    notify.start()  # the same address: free again
+    assert len(workers_of(notify)) == 2
+
+
+async def test_an_instance_killed_with_its_clients_connected_starts_again_on_its_address(system: EventSystem) -> None:
+    notify = system.notify(WORKERS="2")
+    # Clients that close their end after the server's, as grpc-js does: the server's end lingers in TIME_WAIT.
+    clients = [socket.create_connection(("127.0.0.1", notify.port)) for _ in range(4)]
+    await asyncio.sleep(0.5)  # accepted by the workers
+    for pid in workers_of(notify):  # a crash of the whole instance
+        os.kill(pid, signal.SIGKILL)
+    notify.signal(signal.SIGKILL)
+    await asyncio.to_thread(notify.wait, 30)
+    for client in clients:
+        client.settimeout(10)
+        while client.recv(65536):  # to the server's FIN
+            pass
+        client.close()
+    notify.start()  # the same address, at once
+    assert len(workers_of(notify)) == 2

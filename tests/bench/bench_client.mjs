@@ -1,53 +1,188 @@
-// Subscriber load for tests/bench_events.py: `count` Subscribe streams on one notify (or baseline) server,
-// recording each response's receipt time. Node's gRPC client costs a fraction of a Python one per message,
-// so the measurement is of the servers, not of the clients competing with them for the same two cores.
+// The subscriber load of tests/bench/bench_events.py, the same program for both systems: COUNT subscribers on
+// one server, each event's receipt time recorded under its change ("<booking id>/<event type>").
 //
-//   node tests/bench/bench_client.mjs HOST:PORT COUNT OUT TOKEN
+//   node tests/bench/bench_client.mjs grpc HOST:PORT COUNT OUT TOKEN   # notify.v1.NotifyService/Subscribe
+//   node tests/bench/bench_client.mjs sio  HOST:PORT COUNT OUT         # Socket.IO, event "booking"
 //
-// Writes OUT.ready once every stream is subscribed; on SIGTERM writes OUT: [[stream, ms, base64 response], ...].
+// A gRPC subscriber whose stream ends resumes from the last event it got (what a client of this project does);
+// a Socket.IO client reconnects by itself (socket.io-client's default), which is all that system offers.
+// Writes OUT.ready once every subscriber is connected; on SIGTERM writes OUT:
+//   {"changes": {key: [receipt ms, ...]}, "streams": {key: distinct subscribers}, "resumes": n}
+// Node's clients cost a fraction of a Python one per message, so the servers are measured, not the clients.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 
 const require = createRequire(process.env.BENCH_NODE_MODULES + '/');
-const grpc = require('@grpc/grpc-js');
-
-const [target, countText, out, token] = process.argv.slice(2);
+const [mode, target, countText, out, token] = process.argv.slice(2);
 const count = Number(countText);
-const identity = (b) => b;
-const Client = grpc.makeGenericClientConstructor({
-  Subscribe: {
-    path: '/notify.v1.NotifyService/Subscribe',
-    requestStream: false,
-    responseStream: true,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity,
-  },
-});
+const now = () => performance.timeOrigin + performance.now();
 
-const records = [];
-const calls = [];
+const times = new Map(); // key -> receipt times
+const seen = new Map(); // key -> Set of subscribers that got it
+let resumes = 0;
 let ready = 0;
-let client;
-for (let i = 0; i < count; i++) {
-  if (i % 50 === 0) {  // 50 streams per connection
-    client = new Client(target, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+
+function received(subscriber, key, at) {
+  let list = times.get(key);
+  if (list === undefined) {
+    list = [];
+    times.set(key, list);
+    seen.set(key, new Set());
   }
-  const metadata = new grpc.Metadata();
-  metadata.set('authorization', `Bearer ${token}`);
-  const call = client.Subscribe(Buffer.alloc(0), metadata);
-  call.on('metadata', () => {
-    ready += 1;
-    if (ready === count) fs.writeFileSync(`${out}.ready`, '');
-  });
-  call.on('data', (data) => records.push([i, performance.timeOrigin + performance.now(), data]));
-  call.on('error', () => {});
-  calls.push(call);
+  list.push(at);
+  seen.get(key).add(subscriber);
 }
 
+function connected() {
+  ready += 1;
+  if (ready === count) fs.writeFileSync(`${out}.ready`, '');
+}
+
+// --- protobuf, just what a subscriber needs ------------------------------------------------------------------
+
+function varint(buf, pos) {
+  let value = 0;
+  let shift = 0;
+  for (;;) {
+    const byte = buf[pos++];
+    value += (byte & 0x7f) * 2 ** shift;
+    if (byte < 0x80) return [value, pos];
+    shift += 7;
+  }
+}
+
+// Calls visit(field, wireType, value, start, end) for each field of the message in buf[start:end].
+function fields(buf, start, end, visit) {
+  let pos = start;
+  while (pos < end) {
+    let tag;
+    [tag, pos] = varint(buf, pos);
+    const field = Math.floor(tag / 8);
+    const wire = tag & 7;
+    if (wire === 0) {
+      let value;
+      [value, pos] = varint(buf, pos);
+      visit(field, wire, value, 0, 0);
+    } else if (wire === 2) {
+      let length;
+      [length, pos] = varint(buf, pos);
+      visit(field, wire, 0, pos, pos + length);
+      pos += length;
+    } else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else throw new Error(`wire type ${wire}`);
+  }
+}
+
+// SubscribeResponse { repeated BookingEvent events = 2 } -> [[event_id, "<booking id>/<type>"], ...]
+function events(buf) {
+  const found = [];
+  fields(buf, 0, buf.length, (field, _wire, _value, start, end) => {
+    if (field !== 2) return;
+    let eventId = '';
+    let type = 0;
+    let bookingId = '';
+    fields(buf, start, end, (f, w, value, s, e) => {
+      if (f === 1) eventId = buf.toString('utf8', s, e);
+      else if (f === 2 && w === 0) type = value;
+      else if (f === 3) {
+        fields(buf, s, e, (bf, _bw, _bv, bs, be) => {
+          if (bf === 1) bookingId = buf.toString('utf8', bs, be);
+        });
+      }
+    });
+    found.push([eventId, `${bookingId}/${type}`]);
+  });
+  return found;
+}
+
+function subscribeRequest(resumeAfter) {
+  if (!resumeAfter) return Buffer.alloc(0);
+  const text = Buffer.from(resumeAfter);
+  return Buffer.concat([Buffer.from([0x0a, text.length]), text]); // field 1 (resume_after), length < 128
+}
+
+// --- the two systems ---------------------------------------------------------------------------------------
+
+const closers = [];
+
+function grpcSubscribers() {
+  const grpc = require('@grpc/grpc-js');
+  const identity = (b) => b;
+  const Client = grpc.makeGenericClientConstructor({
+    Subscribe: {
+      path: '/notify.v1.NotifyService/Subscribe',
+      requestStream: false,
+      responseStream: true,
+      requestSerialize: identity,
+      requestDeserialize: identity,
+      responseSerialize: identity,
+      responseDeserialize: identity,
+    },
+  });
+  let client;
+  for (let i = 0; i < count; i++) {
+    if (i % 50 === 0) {
+      // 50 streams per connection
+      client = new Client(target, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+    }
+    const own = client;
+    let last = '';
+    let first = true;
+    let call;
+    const subscribe = () => {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${token}`);
+      call = own.Subscribe(subscribeRequest(last), metadata);
+      call.on('metadata', () => {
+        if (first) connected();
+        first = false;
+      });
+      call.on('data', (data) => {
+        const at = now();
+        for (const [eventId, key] of events(data)) {
+          last = eventId;
+          received(i, key, at);
+        }
+      });
+      call.on('error', (error) => {
+        if (error.code === grpc.status.CANCELLED) return;
+        resumes += 1;
+        setTimeout(subscribe, 50 + Math.random() * 200); // jittered, as a client of ours does
+      });
+    };
+    subscribe();
+    closers.push(() => call.cancel());
+  }
+}
+
+function socketIoSubscribers() {
+  const { io } = require('socket.io-client');
+  for (let i = 0; i < count; i++) {
+    const socket = io(`http://${target}`, { transports: ['websocket'], forceNew: true });
+    let first = true;
+    socket.on('connect', () => {
+      if (first) connected();
+      else resumes += 1;
+      first = false;
+    });
+    socket.on('booking', (event) => received(i, `${event.booking.id}/${event.type}`, now()));
+    closers.push(() => socket.close());
+  }
+}
+
+if (mode === 'grpc') grpcSubscribers();
+else if (mode === 'sio') socketIoSubscribers();
+else throw new Error(`mode ${mode}: grpc or sio`);
+
 process.on('SIGTERM', () => {
-  for (const call of calls) call.cancel();
-  fs.writeFileSync(out, JSON.stringify(records.map(([i, t, data]) => [i, t, data.toString('base64')])));
+  for (const close of closers) close();
+  const changes = {};
+  const streams = {};
+  for (const [key, list] of times) {
+    changes[key] = list;
+    streams[key] = seen.get(key).size;
+  }
+  fs.writeFileSync(out, JSON.stringify({ changes, streams, resumes }));
   process.exit(0);
 });

@@ -1,239 +1,558 @@
-"""Event-path benchmarks, each against a baseline run side by side in the same run.
+"""Realtime fan-out, side by side with the system it replaces, in one run.
 
-    python -m tests.bench.bench_events [--seconds 10] [--rate 100] [--subscribers 200] [--idle 2000]
+    python -m tests.bench.bench_events [--seconds 15] [--rate 100] [--subscribers 200]
+        [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
 
-1. Latency: changes are written through booking_service at `rate` per second (alternating CreateBooking and
-   DeleteBooking) while `subscribers` streams, split over two notify_service instances, receive them. Latency is
-   measured per event and subscriber, from the moment the write was sent and from the moment it returned (the
-   commit lies in between), to receipt. Baseline, same load and clients: a bare fan-out server (one Redis XREAD
-   loop writing each entry to every open stream; no auth, filters, bounds, history, PostgreSQL or relay) fed
-   by XADDs at the same rate. Every subscriber must get every change.
-   The subscribers are Node.js processes (@grpc/grpc-js, installed under .local/bench-node on first use), which
-   cost a fraction of a Python client per message: on two cores, Python clients would measure themselves.
-2. Idle subscriber memory: a server's RSS growth per idle subscription, over `idle` subscriptions; the bare
-   fan-out server is the baseline.
+The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
+(tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
+on one, the writes (HTTP, a row in PostgreSQL, then io.emit of the booking event) on the other. This project:
+the subscribers on one notify_service instance, the writes through booking_service (CreateBooking and
+DeleteBooking, alternating), both with their default workers (one per core). The systems take turns on the same
+PostgreSQL and Redis servers, driven by the same Node.js subscriber program (tests/bench/bench_client.mjs) and
+the same paced writer; latency runs from the send of each write to its receipt by each subscriber.
 
-Targets: latency p50 <= 3 ms and p99 <= 10 ms at 100 changes/s with 200 subscribers; <= 20 KB per idle subscriber.
+Scenarios:
+- steady: `subscribers` on one instance, `rate` changes/s: p50, p99, max, server CPU per delivery (the CPU time
+  of every process of the subscribers' instance over the run, divided by the deliveries), lost;
+- capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
+  the most deliveries/s held with p99 under 100 ms and nothing lost;
+- faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down
+  for 2 s): lost deliveries of (subscribers x committed changes);
+- memory: server RSS per idle subscription, against a bare grpc.aio fan-out server.
+
+Results: a table on the terminal, .local/bench/events.json, and .local/bench/latency_cdf.png (steady latency).
+Progress goes to stderr while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import contextlib
 import json
+import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+import httpx
 import redis.asyncio as redis
 
-from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
+from svc_common.dev.servers import PostgresServer, RedisServer, children, free_port, wait_for_port
 from tests.support.helpers import JWT_SECRET, auth, token, ts
-from tests.support.servers import PROJECT, ServiceProcess, run_benchmark
+from tests.support.servers import PROJECT, ServiceProcess
 
 BASELINE_STREAM = "bench:baseline"
 STREAM = "bench:events"
 EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
 NODE_DIR = PROJECT / ".local" / "bench-node"
+OUT_DIR = PROJECT / ".local" / "bench"
+BENCH = PROJECT / "tests" / "bench"
+NODE_PACKAGES = {
+    "@grpc/grpc-js": "1",
+    "socket.io": "4",
+    "socket.io-client": "4",
+    "@socket.io/redis-adapter": "8",
+    "redis": "4",
+    "pg": "8",
+}
+PER_PROCESS = 500  # subscribers per Node.js process
+SETTLE_SECONDS = 3.0  # after the last write, for the last deliveries
+HELD_P99_MS = 100.0
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def node_modules() -> Path:
+    """The Node.js packages of the clients and of the reference system, installed on first use."""
+    modules = NODE_DIR / "node_modules"
+    if not all((modules / name).exists() for name in NODE_PACKAGES):
+        npm = shutil.which("npm")
+        if npm is None or shutil.which("node") is None:
+            raise SystemExit("bench_events needs Node.js and npm (apt-get install nodejs npm)")
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        progress(f"installing {', '.join(NODE_PACKAGES)} under {NODE_DIR}")
+        packages = [f"{name}@{version}" for name, version in NODE_PACKAGES.items()]
+        subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), *packages], check=True
+        )
+    return modules
+
+
+def node_env() -> dict[str, str]:
+    return {**os.environ, "BENCH_NODE_MODULES": str(node_modules())}
 
 
 # --- subscribers -------------------------------------------------------------------------------------------
 
 
-def node_modules() -> Path:
-    """@grpc/grpc-js for the Node.js subscriber processes, installed on first use."""
-    modules = NODE_DIR / "node_modules"
-    if not (modules / "@grpc" / "grpc-js").exists():
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            raise SystemExit("bench_events needs Node.js and npm for its subscriber processes (apt-get install npm)")
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), "@grpc/grpc-js@1"],
-            check=True,
-        )
-    return modules
+@dataclass
+class Received:
+    """What the subscribers got: each change's receipt times and how many distinct subscribers got it."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+    streams: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
 
 
-class Clients:
-    """Node.js subscriber processes, `per_process` streams each, started and stopped together."""
+class Subscribers:
+    """`count` subscribers of one system on `target`, in Node.js processes of PER_PROCESS each."""
 
-    def __init__(self, workdir: Path, name: str, targets: list[str], per_process: int) -> None:
-        self.outs = [str(workdir / f"{name}-{n}.json") for n in range(len(targets))]
-        env = {**os.environ, "BENCH_NODE_MODULES": str(node_modules())}
-        bearer = token("admin", "bench-subscriber")
-        self.processes = [
-            subprocess.Popen(
-                ["node", str(PROJECT / "tests" / "bench" / "bench_client.mjs"), target, str(per_process), out, bearer],
-                cwd=PROJECT,
-                env=env,
-            )
-            for target, out in zip(targets, self.outs, strict=True)
-        ]
+    def __init__(self, workdir: Path, name: str, mode: str, target: str, count: int) -> None:
+        shares = [min(PER_PROCESS, count - start) for start in range(0, count, PER_PROCESS)]
+        self.outs = [str(workdir / f"{name}-{n}.json") for n in range(len(shares))]
+        bearer = [token("admin", "bench-subscriber")] if mode == "grpc" else []
+        with (workdir / "clients.log").open("ab") as log:
+            self.processes = [
+                subprocess.Popen(
+                    ["node", str(BENCH / "bench_client.mjs"), mode, target, str(share), out, *bearer],
+                    cwd=PROJECT,
+                    env=node_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                for share, out in zip(shares, self.outs, strict=True)
+            ]
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 120
         while not all(Path(out + ".ready").exists() for out in self.outs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                self.kill()
                 raise RuntimeError("subscriber processes did not get ready")
             time.sleep(0.1)
 
-    def finish(self) -> list[tuple[int, str, float]]:
-        """Every event received: (stream, "<booking id>/<event type>", receipt time of its response, seconds)."""
-        records: list[tuple[int, str, float]] = []
-        for n, (process, out) in enumerate(zip(self.processes, self.outs, strict=True)):
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def finish(self) -> Received:
+        received = Received()
+        for process, out in zip(self.processes, self.outs, strict=True):
             process.send_signal(signal.SIGTERM)
-            process.wait(60)
-            for i, received_ms, data in json.loads(Path(out).read_text()):
-                for event in notify_pb2.SubscribeResponse.FromString(base64.b64decode(data)).events:
-                    records.append((n * 100_000 + i, f"{event.booking.id}/{event.type}", received_ms / 1000))
-        return records
+            process.wait(120)
+            data = json.loads(Path(out).read_text())
+            for key, times in data["changes"].items():
+                received.times.setdefault(key, []).extend(t / 1000 for t in times)
+                received.streams[key] = received.streams.get(key, 0) + data["streams"][key]
+            received.resumes += data["resumes"]
+        return received
 
 
 # --- writers -----------------------------------------------------------------------------------------------
 
 
-async def _paced(rate: float, seconds: float, write: Any) -> dict[str, tuple[float, float]]:
-    """Call `write(k)` `rate` times per second; returns each change's key -> (sent, returned) wall times."""
-    sent: dict[str, tuple[float, float]] = {}
+async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[str]]) -> dict[str, float]:
+    """Call `write(k)` `rate` times per second; returns each change's key -> when its write was sent."""
+    sent: dict[str, float] = {}
     start = time.perf_counter()
     for k in range(int(rate * seconds)):
         delay = start + k / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         t0 = time.time()
-        key = await write(k)
-        sent[key] = (t0, time.time())
+        with contextlib.suppress(grpc.aio.AioRpcError, httpx.HTTPError):  # not committed: not expected either
+            sent[await write(k)] = t0
     return sent
 
 
-async def write_bookings(address: str, rate: float, seconds: float) -> dict[str, tuple[float, float]]:
+def slot(k: int) -> tuple[datetime, datetime]:
+    start = EPOCH + timedelta(hours=k)
+    return start, start + timedelta(minutes=30)
+
+
+async def write_bookings(address: str, rate: float, seconds: float) -> dict[str, float]:
+    """This project's writes: CreateBooking, then DeleteBooking of what was created, alternating."""
     metadata = auth("admin", "bench-writer")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = booking_pb2_grpc.BookingServiceStub(channel)
         last: list[str] = []
 
         async def write(k: int) -> str:
-            if k % 2 == 0:
-                start = EPOCH + timedelta(hours=k)
+            if k % 2 == 0 or not last:
+                start, end = slot(k)
                 booking = booking_pb2.Booking(
                     customer_id="bench-customer",
                     provider_id="bench-provider",
                     service_id="svc",
                     start_time=ts(start),
-                    end_time=ts(start + timedelta(minutes=30)),
+                    end_time=ts(end),
                 )
-                created = await stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata)
+                created = await stub.CreateBooking(
+                    booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata, timeout=10
+                )
                 last[:] = [created.booking.id]
                 return f"{created.booking.id}/1"
+            booking_id = last.pop()
             await stub.DeleteBooking(
-                booking_pb2.DeleteBookingRequest(booking_id=last[0], reason="bench"), metadata=metadata
+                booking_pb2.DeleteBookingRequest(booking_id=booking_id, reason="bench"), metadata=metadata, timeout=10
             )
-            return f"{last[0]}/2"
+            return f"{booking_id}/2"
 
-        return await _paced(rate, seconds, write)
+        return await paced(rate, seconds, write)
 
 
-async def write_redis(url: str, rate: float, seconds: float) -> dict[str, tuple[float, float]]:
-    """The baseline's changes: each an XADD of a ready-made response, keyed like a booking's creation."""
-    client = redis.Redis.from_url(url)
-    try:
+async def write_http(base_url: str, rate: float, seconds: float) -> dict[str, float]:
+    """The reference system's writes, the same changes through its HTTP API."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        last: list[str] = []
 
         async def write(k: int) -> str:
-            event = events_pb2.BookingEvent(
-                booking=booking_pb2.Booking(id=str(k)), type=events_pb2.BOOKING_EVENT_TYPE_CREATED
+            if k % 2 == 0 or not last:
+                start, end = slot(k)
+                body = {
+                    "customer_id": "bench-customer",
+                    "provider_id": "bench-provider",
+                    "service_id": "svc",
+                    "start_time": start.isoformat(),
+                    "end_time": end.isoformat(),
+                }
+                response = await client.post("/bookings", json=body)
+                response.raise_for_status()
+                last[:] = [response.json()["id"]]
+                return f"{last[0]}/1"
+            booking_id = last.pop()
+            (await client.delete(f"/bookings/{booking_id}")).raise_for_status()
+            return f"{booking_id}/2"
+
+        return await paced(rate, seconds, write)
+
+
+# --- the two systems ---------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the live processes `pids`."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class System(Protocol):
+    name: str
+    mode: str  # the subscriber client's mode
+
+    @property
+    def target(self) -> str: ...
+    def instance_pids(self) -> list[int]: ...
+    def kill_instance(self) -> None: ...
+    def restart_instance(self) -> None: ...
+    async def write(self, rate: float, seconds: float) -> dict[str, float]: ...
+    def stop(self) -> None: ...
+
+
+class ThisProject:
+    name = "this project"
+    mode = "grpc"
+
+    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer) -> None:
+        env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
+        self.booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url}, workdir)
+        self.notify = ServiceProcess("notify_service", env, workdir)
+        self.booking.start()
+        self.notify.start()
+
+    @property
+    def target(self) -> str:
+        return self.notify.address
+
+    def instance_pids(self) -> list[int]:
+        assert self.notify.process is not None
+        return [self.notify.process.pid, *children(self.notify.process.pid)]
+
+    def kill_instance(self) -> None:
+        for pid in reversed(self.instance_pids()):  # its workers, then its supervisor: a crash of the whole
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.notify.wait()
+
+    def restart_instance(self) -> None:
+        self.notify.start()
+
+    async def write(self, rate: float, seconds: float) -> dict[str, float]:
+        return await write_bookings(self.booking.address, rate, seconds)
+
+    def stop(self) -> None:
+        self.notify.stop()
+        self.booking.stop()
+
+
+class SocketIo:
+    name = "Socket.IO + Redis adapter"
+    mode = "sio"
+
+    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer) -> None:
+        self._workdir, self._pg, self._rds = workdir, pg, rds
+        self.subscribers_port, self.writes_port = free_port(), free_port()
+        self.writes = self._spawn(self.writes_port, pg.url)
+        self.instance = self._spawn(self.subscribers_port)
+
+    def _spawn(self, port: int, database_url: str | None = None) -> subprocess.Popen[bytes]:
+        with (self._workdir / f"socketio-{port}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    "node",
+                    str(BENCH / "socketio_server.mjs"),
+                    str(port),
+                    self._rds.url,
+                    *([database_url] if database_url else []),
+                ],
+                cwd=PROJECT,
+                env=node_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-            payload = notify_pb2.SubscribeResponse(events=[event]).SerializeToString()
-            await client.xadd(BASELINE_STREAM, {"response": payload}, maxlen=100_000)
-            return f"{k}/1"
+        wait_for_port(port)
+        return process
 
-        return await _paced(rate, seconds, write)
-    finally:
-        await client.aclose()
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.subscribers_port}"
+
+    def instance_pids(self) -> list[int]:
+        return [self.instance.pid]
+
+    def kill_instance(self) -> None:
+        self.instance.kill()
+        self.instance.wait()
+
+    def restart_instance(self) -> None:
+        self.instance = self._spawn(self.subscribers_port)
+
+    async def write(self, rate: float, seconds: float) -> dict[str, float]:
+        return await write_http(f"http://127.0.0.1:{self.writes_port}", rate, seconds)
+
+    def stop(self) -> None:
+        for process in (self.instance, self.writes):
+            process.terminate()
+            process.wait(30)
 
 
-def latency_report(
-    sent: dict[str, tuple[float, float]], records: list[tuple[int, str, float]], subscribers: int
-) -> dict[str, Any]:
-    got: dict[int, list[str]] = defaultdict(list)
-    from_sent, from_returned = [], []
-    for stream, key, received in records:
-        got[stream].append(key)
-        if key in sent:
-            from_sent.append((received - sent[key][0]) * 1000)
-            from_returned.append((received - sent[key][1]) * 1000)
-    complete = sum(1 for keys in got.values() if sorted(keys) == sorted(sent))
+# --- scenarios ---------------------------------------------------------------------------------------------
 
-    def pct(values: list[float], q: float) -> float:
-        return round(statistics.quantiles(values, n=1000)[int(q * 1000) - 1], 2)
 
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else float("nan")
+
+
+def summary(sent: dict[str, float], received: Received, subscribers: int, seconds: float) -> dict[str, Any]:
+    latencies = sorted((t - sent[key]) * 1000 for key in sent for t in received.times.get(key, ()))
+    got_once = sum(min(received.streams.get(key, 0), subscribers) for key in sent)
+    delivered = len(latencies)
     return {
+        "subscribers": subscribers,
         "changes": len(sent),
-        "subscribers_with_every_change_once": f"{complete}/{subscribers}",
-        "p50_ms_from_sent": pct(from_sent, 0.5),
-        "p99_ms_from_sent": pct(from_sent, 0.99),
-        "p50_ms_from_returned": pct(from_returned, 0.5),
-        "p99_ms_from_returned": pct(from_returned, 0.99),
-        "max_ms_from_sent": round(max(from_sent), 2),
+        "expected": subscribers * len(sent),
+        "delivered": delivered,
+        "lost": subscribers * len(sent) - got_once,
+        "duplicates": delivered - got_once,
+        "resumes": received.resumes,
+        "deliveries_per_s": round(delivered / seconds),
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "max_ms": round(latencies[-1], 2) if latencies else None,
+        "_latencies": latencies,
     }
 
 
-async def bench_latency(args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer) -> Any:
-    env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
-    booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url}, workdir)
-    notifiers = [ServiceProcess("notify_service", env, workdir) for _ in range(2)]
-    bare_ports = [free_port(), free_port()]
-    bare = [start_bare(port, rds.url) for port in bare_ports]
-    started = [booking, *notifiers]
+async def scenario(
+    system: System,
+    workdir: Path,
+    name: str,
+    subscribers: int,
+    rate: float,
+    seconds: float,
+    fault: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> dict[str, Any]:
+    progress(f"{system.name}: {name}: {subscribers} subscribers, {rate:g} changes/s for {seconds:g} s")
+    clients = Subscribers(workdir, f"{system.mode}-{name}", system.mode, system.target, subscribers)
     try:
-        for process in started:
-            process.start()
-        for port in bare_ports:
-            wait_for_port(port)
-        half = args.subscribers // 2
-        results = {}
-        for mode in ("baseline", "service"):
-            if mode == "baseline":
-                clients = Clients(workdir, mode, [f"127.0.0.1:{port}" for port in bare_ports], half)
-            else:
-                clients = Clients(workdir, mode, [n.address for n in notifiers], half)
-            clients.wait_ready()
-            if mode == "baseline":
-                sent = await write_redis(rds.url, args.rate, args.seconds)
-            else:
-                sent = await write_bookings(booking.address, args.rate, args.seconds)
-            await asyncio.sleep(2)  # let the last events arrive
-            results[mode] = latency_report(sent, clients.finish(), 2 * half)
-        base, svc = results["baseline"], results["service"]
-        return {
-            "benchmark": f"event latency at {args.rate:g} changes/s, {2 * half} subscribers on 2 server instances",
-            "baseline_bare_fanout": base,
-            "service": svc,
-            "ratio_p50_service_from_returned_to_baseline": round(
-                svc["p50_ms_from_returned"] / base["p50_ms_from_returned"], 2
-            ),
-            "ratio_p99_service_from_returned_to_baseline": round(
-                svc["p99_ms_from_returned"] / base["p99_ms_from_returned"], 2
-            ),
-            "target": "p50 <= 3 ms, p99 <= 10 ms, every subscriber gets every change",
-        }
-    finally:
-        for process in started:
-            process.stop()
-        for server in bare:
-            stop_bare(server)
+        await asyncio.to_thread(clients.wait_ready)
+        pids = system.instance_pids()
+        cpu_before = cpu_seconds(pids)
+        faulting = asyncio.create_task(fault()) if fault is not None else None
+        sent = await system.write(rate, seconds)
+        if faulting is not None:
+            await faulting
+        await asyncio.sleep(SETTLE_SECONDS if fault is None else 3 * SETTLE_SECONDS)
+        cpu = cpu_seconds(pids) - cpu_before
+        result = summary(sent, await asyncio.to_thread(clients.finish), subscribers, seconds)
+    except BaseException:
+        clients.kill()
+        raise
+    if fault is None:
+        result["cpu_us_per_delivery"] = round(cpu / max(result["delivered"], 1) * 1e6, 1)
+    progress(f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, lost {result['lost']} of {result['expected']}")
+    return result
+
+
+def kill_instance_at(system: System, after: float) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def fault() -> None:
+        await asyncio.sleep(after)
+        progress(f"  SIGKILL the subscribers' instance of {system.name}, then restart it")
+        system.kill_instance()
+        await asyncio.to_thread(system.restart_instance)
+
+    return fault
+
+
+def restart_redis_at(rds: RedisServer, after: float, down: float = 2.0) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def fault() -> None:
+        await asyncio.sleep(after)
+        progress(f"  Redis stopped for {down:g} s, then started")
+        await asyncio.to_thread(rds.stop)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(rds.start)
+
+    return fault
+
+
+async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for make in (SocketIo, ThisProject):
+        system: System = make(workdir, pg, rds)
+        try:
+            mine: dict[str, Any] = {}
+            mine["steady"] = await scenario(system, workdir, "steady", args.subscribers, args.rate, args.seconds)
+            mine["capacity"] = [
+                await scenario(system, workdir, f"capacity-{n}", n, args.rate, args.step_seconds) for n in args.steps
+            ]
+            at = args.fault_seconds / 3
+            mine["instance_killed"] = await scenario(
+                system,
+                workdir,
+                "instance-killed",
+                args.subscribers,
+                args.rate,
+                args.fault_seconds,
+                kill_instance_at(system, at),
+            )
+            mine["redis_restarted"] = await scenario(
+                system,
+                workdir,
+                "redis-restarted",
+                args.subscribers,
+                args.rate,
+                args.fault_seconds,
+                restart_redis_at(rds, at),
+            )
+            results[make.name] = mine
+        finally:
+            system.stop()
+    return results
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+
+def held(steps: list[dict[str, Any]]) -> int:
+    """The most deliveries/s of a step with p99 under HELD_P99_MS and nothing lost (0 if none)."""
+    return max((s["deliveries_per_s"] for s in steps if s["p99_ms"] < HELD_P99_MS and s["lost"] == 0), default=0)
+
+
+def targets(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, bool]:
+    steady, reference = ours["steady"], theirs["steady"]
+    return {
+        "steady p50 <= Socket.IO's": steady["p50_ms"] <= reference["p50_ms"],
+        "steady p99 <= Socket.IO's": steady["p99_ms"] <= reference["p99_ms"],
+        "steady CPU per delivery <= Socket.IO's": steady["cpu_us_per_delivery"] <= reference["cpu_us_per_delivery"],
+        "steady: 0 lost": steady["lost"] == 0,
+        "capacity >= Socket.IO's": held(ours["capacity"]) >= held(theirs["capacity"]),
+        "instance killed: 0 lost": ours["instance_killed"]["lost"] == 0,
+        "Redis restarted: 0 lost": ours["redis_restarted"]["lost"] == 0,
+    }
+
+
+def table(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b else "-"
+
+    rows: list[tuple[str, Any, Any, str]] = []
+    for label, key in (
+        ("p50 ms", "p50_ms"),
+        ("p99 ms", "p99_ms"),
+        ("max ms", "max_ms"),
+        ("CPU us per delivery", "cpu_us_per_delivery"),
+    ):
+        a, b = ours["steady"][key], theirs["steady"][key]
+        rows.append((f"steady: {label}", a, b, ratio(a, b)))
+    rows.append(("steady: lost", ours["steady"]["lost"], theirs["steady"]["lost"], ""))
+    for mine, ref in zip(ours["capacity"], theirs["capacity"], strict=True):
+        rows.append(
+            (
+                f"{mine['subscribers']} subscribers: deliveries/s | p99 ms | lost",
+                f"{mine['deliveries_per_s']} | {mine['p99_ms']} | {mine['lost']}",
+                f"{ref['deliveries_per_s']} | {ref['p99_ms']} | {ref['lost']}",
+                "",
+            )
+        )
+    a, b = held(ours["capacity"]), held(theirs["capacity"])
+    rows.append((f"capacity: deliveries/s held at p99 < {HELD_P99_MS:g} ms", a, b, ratio(a, b)))
+    for label, key in (("instance SIGKILLed + restarted", "instance_killed"), ("Redis restarted", "redis_restarted")):
+        mine, ref = ours[key], theirs[key]
+        rows.append(
+            (
+                f"{label}: lost of expected",
+                f"{mine['lost']} of {mine['expected']}",
+                f"{ref['lost']} of {ref['expected']} ({ref['lost'] / max(ref['expected'], 1):.1%})",
+                "",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    head = ("", "this project", "Socket.IO + Redis adapter", "ratio")
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *rows]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def chart(ours: dict[str, Any], theirs: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, steady in (("this project", ours["steady"]), ("Socket.IO + Redis adapter", theirs["steady"])):
+        latencies = steady["_latencies"]
+        if latencies:
+            axes.plot(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=name)
+    axes.set_xscale("log")
+    axes.set_xlabel("latency from the write's send to receipt (ms, log scale)")
+    axes.set_ylabel("fraction of deliveries")
+    axes.set_title(f"steady: {ours['steady']['subscribers']} subscribers, {ours['steady']['changes']} changes")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def public(value: Any) -> Any:
+    """`value` without the raw latencies (keys starting with _)."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [public(v) for v in value]
+    return value
 
 
 # --- idle memory -------------------------------------------------------------------------------------------
@@ -354,16 +673,31 @@ async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer
         stop_bare(bare)
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> list[Any]:
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
-    rds = RedisServer(workdir / "redis")
+    rds = RedisServer(workdir / "redis", persist=True)  # as production runs it: a restart keeps the stream
     pg.start()
     rds.start()
     try:
-        return [await bench_latency(args, workdir, pg, rds), await bench_memory(args, workdir, rds)]
+        systems = await compare(args, workdir, pg, rds)
+        progress("memory per idle subscriber")
+        memory = await bench_memory(args, workdir, rds)
     finally:
         rds.stop()
         pg.stop("fast")
+    ours, theirs = systems[ThisProject.name], systems[SocketIo.name]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    chart(ours, theirs, OUT_DIR / "latency_cdf.png")
+    result = {
+        "benchmark": "realtime fan-out, this project against Socket.IO 4 + @socket.io/redis-adapter, one run",
+        "rate_changes_per_s": args.rate,
+        "systems": public(systems),
+        "targets_met": targets(ours, theirs),
+        "memory": memory,
+        "table": table(ours, theirs).splitlines(),
+    }
+    (OUT_DIR / "events.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main() -> None:
@@ -371,12 +705,29 @@ def main() -> None:
         asyncio.run(_bare_server(int(sys.argv[2]), sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="steady scenario length")
+    parser.add_argument("--rate", type=float, default=100.0, help="changes per second")
     parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--steps", type=lambda text: [int(n) for n in text.split(",")], default=[200, 500, 1000, 2000])
+    parser.add_argument("--step-seconds", type=float, default=8.0)
+    parser.add_argument("--fault-seconds", type=float, default=24.0)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync")
-    run_benchmark(run, parser.parse_args())
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        result = asyncio.run(run(args, workdir))
+    print("\n".join(result["table"]))
+    print()
+    for name, met in result["targets_met"].items():
+        print(f"{'met   ' if met else 'MISSED'} {name}")
+    memory = result["memory"]
+    print(
+        f"memory per idle subscriber: {memory['service_bytes']} bytes (bare grpc.aio fan-out: "
+        f"{memory['baseline_bare_fanout_bytes']}; ratio {memory['ratio_service_to_baseline']})"
+    )
+    print(f"written: {OUT_DIR / 'events.json'}, {OUT_DIR / 'latency_cdf.png'}")
 
 
 if __name__ == "__main__":

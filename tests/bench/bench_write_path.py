@@ -1,23 +1,34 @@
-"""Write-path benchmark: CreateBooking + DeleteBooking through the service vs raw asyncpg running the same SQL.
+"""Write-path benchmark: the service against raw asyncpg running the same SQL, side by side in one run.
 
-    python -m tests.bench.bench_write_path [--seconds 8] [--concurrency 32] [--rounds 3]
+    python -m tests.bench.bench_write_path [--rate 200] [--fixed-seconds 30] [--seconds 8] [--concurrency 32]
+        [--rounds 3]
 
-Both sides run side by side in one run, against one private PostgreSQL server, with the same concurrency
-and pool size, alternating rounds; the report is the ratio of their median throughputs (target >= 0.8).
-The SQL includes the outbox insert of each change event; the service also relays those events to Redis.
-The service runs as its own process (`python -m booking_service`), called over gRPC on a real port.
+1. Fixed rate (the target): CreateBooking sent at `rate` per second (open loop: a slow call does not delay the
+   next) for `fixed-seconds` in all, against raw asyncpg running the same statement at the same rate; p50 and
+   p99 of each, from send to answer. Target: the service adds at most 1 ms to raw's p50 and 3 ms to its p99.
+2. Saturation: CreateBooking + DeleteBooking pairs with the same concurrency and pool size on both sides; the
+   ratio of their median throughputs (reported, not the target).
+
+Both run against one private PostgreSQL server, alternating halves or rounds so that drift on a shared machine
+hits both alike. The SQL includes the outbox insert of each change event; the service also relays those events
+to Redis. The service runs as its own process (`python -m booking_service`), called over gRPC on a real port.
+Results: a table on the terminal and .local/bench/write_path.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -27,7 +38,9 @@ from booking_service.database import Database, DatabaseConfig, release_connectio
 from booking_service.storage import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.support.helpers import auth, ts
-from tests.support.servers import ServiceProcess, run_benchmark
+from tests.support.servers import PROJECT, ServiceProcess
+
+OUT_DIR = PROJECT / ".local" / "bench"
 
 POOL_SIZE = 10
 EPOCH = datetime(2040, 1, 1, tzinfo=UTC)
@@ -93,6 +106,81 @@ async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> flo
         await pool.close()
 
 
+async def paced_latencies(rate: float, seconds: float, call: Callable[[int], Awaitable[object]]) -> list[float]:
+    """Start `call(k)` `rate` times per second for `seconds`, whatever the calls before it are doing; returns
+    each call's latency in ms."""
+    latencies: list[float] = []
+
+    async def timed(k: int) -> None:
+        started = time.perf_counter()
+        await call(k)
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    start = time.perf_counter()
+    for k in range(int(rate * seconds)):
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(k)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def raw_fixed(dsn: str, rate: float, seconds: float, tag: str) -> list[float]:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, server_settings={"timezone": "UTC"}, reset=release_connection
+    )
+    try:
+
+        async def create(k: int) -> None:
+            start, end = _slot(k)
+            async with pool.acquire() as conn:
+                await conn.fetchrow(
+                    CREATE_SQL,
+                    uuid.uuid4(),
+                    "customer",
+                    f"{tag}-p",
+                    "svc",
+                    start,
+                    end,
+                    "",
+                    "bench",
+                    None,
+                    uuid.uuid4(),
+                    "Bench",
+                    "admin",
+                )
+
+        return await paced_latencies(rate, seconds, create)
+    finally:
+        await pool.close()
+
+
+async def service_fixed(address: str, rate: float, seconds: float, tag: str) -> list[float]:
+    metadata = auth("admin", "bench")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = booking_pb2_grpc.BookingServiceStub(channel)
+
+        async def create(k: int) -> None:
+            start, end = _slot(k)
+            booking = booking_pb2.Booking(
+                customer_id="customer",
+                provider_id=f"{tag}-p",
+                service_id="svc",
+                start_time=ts(start),
+                end_time=ts(end),
+            )
+            await stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata)
+
+        return await paced_latencies(rate, seconds, create)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
 async def service_round(address: str, concurrency: int, seconds: float, tag: str) -> float:
     metadata = auth("admin", "bench")
     async with grpc.aio.insecure_channel(address) as channel:
@@ -133,7 +221,7 @@ async def _create_databases(server_url: str, *names: str) -> None:
         await conn.close()
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
     pg.start()
     rds = RedisServer(workdir / "redis")  # the service publishes its change events there
@@ -154,22 +242,44 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             workdir,
         )
         service.start()
-        raw, svc = [], []
         # Warm-up, then alternate so that drift on a shared machine hits both sides alike.
         await raw_round(pg.url_for("raw"), args.concurrency, 1, "warm")
         await service_round(service.address, args.concurrency, 1, "warm")
+        raw_ms: list[float] = []
+        svc_ms: list[float] = []
+        half = args.fixed_seconds / 2
+        for h in range(2):
+            progress(
+                f"fixed rate, half {h + 1} of 2: raw asyncpg, then the service, {args.rate:g}/s for {half:g} s each"
+            )
+            raw_ms += await raw_fixed(pg.url_for("raw"), args.rate, half, f"fixed{h}")
+            svc_ms += await service_fixed(service.address, args.rate, half, f"fixed{h}")
+        raw, svc = [], []
         for r in range(args.rounds):
+            progress(f"saturation, round {r + 1} of {args.rounds}: {args.concurrency} concurrent pairs")
             raw.append(await raw_round(pg.url_for("raw"), args.concurrency, args.seconds, f"r{r}"))
             svc.append(await service_round(service.address, args.concurrency, args.seconds, f"r{r}"))
+        fixed = {
+            "rate_per_s": args.rate,
+            "seconds": args.fixed_seconds,
+            "raw_asyncpg": {"p50_ms": _quantile(raw_ms, 0.5), "p99_ms": _quantile(raw_ms, 0.99)},
+            "service": {"p50_ms": _quantile(svc_ms, 0.5), "p99_ms": _quantile(svc_ms, 0.99)},
+        }
+        fixed["added_p50_ms"] = round(fixed["service"]["p50_ms"] - fixed["raw_asyncpg"]["p50_ms"], 2)
+        fixed["added_p99_ms"] = round(fixed["service"]["p99_ms"] - fixed["raw_asyncpg"]["p99_ms"], 2)
+        fixed["target_met"] = fixed["added_p50_ms"] <= 1.0 and fixed["added_p99_ms"] <= 3.0
         return {
-            "benchmark": "write path: CreateBooking + DeleteBooking pairs per second",
+            "benchmark": "write path: the service against raw asyncpg running the same SQL",
             "postgres_fsync": not args.no_fsync,
-            "concurrency": args.concurrency,
-            "pool_size": POOL_SIZE,
-            "raw_asyncpg_pairs_per_s": [round(x, 1) for x in raw],
-            "service_pairs_per_s": [round(x, 1) for x in svc],
-            "ratio_service_to_raw": round(statistics.median(svc) / statistics.median(raw), 3),
-            "target": ">= 0.8",
+            "fixed_rate_create": fixed,
+            "fixed_rate_target": "the service adds <= 1 ms to raw's p50 and <= 3 ms to its p99",
+            "saturation": {
+                "concurrency": args.concurrency,
+                "pool_size": POOL_SIZE,
+                "raw_asyncpg_pairs_per_s": [round(x, 1) for x in raw],
+                "service_pairs_per_s": [round(x, 1) for x in svc],
+                "ratio_service_to_raw": round(statistics.median(svc) / statistics.median(raw), 3),
+            },
         }
     finally:
         if service is not None:
@@ -178,13 +288,40 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         pg.stop("fast")
 
 
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def report(result: dict[str, Any]) -> None:
+    fixed, saturation = result["fixed_rate_create"], result["saturation"]
+    raw, svc = fixed["raw_asyncpg"], fixed["service"]
+    print(f"CreateBooking at {fixed['rate_per_s']:g}/s for {fixed['seconds']:g} s | raw asyncpg | service | added")
+    print(f"p50 ms | {raw['p50_ms']} | {svc['p50_ms']} | {fixed['added_p50_ms']} (target <= 1)")
+    print(f"p99 ms | {raw['p99_ms']} | {svc['p99_ms']} | {fixed['added_p99_ms']} (target <= 3)")
+    print(
+        f"saturation, pairs/s (median of {len(saturation['raw_asyncpg_pairs_per_s'])} rounds) | "
+        f"ratio service/raw {saturation['ratio_service_to_raw']}"
+    )
+    print(f"{'met' if fixed['target_met'] else 'MISSED'}: {result['fixed_rate_target']}")
+    print(f"written: {OUT_DIR / 'write_path.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="fixed-rate CreateBookings per second")
+    parser.add_argument("--fixed-seconds", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync (harder on us)")
-    run_benchmark(run, parser.parse_args())
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        result = asyncio.run(run(args, workdir))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "write_path.json").write_text(json.dumps(result, indent=2))
+    report(result)
 
 
 if __name__ == "__main__":

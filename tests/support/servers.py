@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import asyncpg
 import grpc
@@ -23,14 +20,6 @@ from svc_common.healthcheck import serving_status
 from tests.support.helpers import JWT_SECRET
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def run_benchmark(run: Callable[[Any, Path], Coroutine[Any, Any, Any]], args: Any) -> None:
-    """Run a benchmark in a fresh working directory (traversable by the postgres user) and print its result."""
-    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        print(json.dumps(asyncio.run(run(args, workdir)), indent=2))
 
 
 class ServiceProcess:

@@ -190,3 +190,30 @@ def test_each_limit_is_inclusive_and_holds_on_its_own() -> None:
     assert take_batch(by_count, BatchLimits(max_events=3, max_bytes=1000)) == b"e1e2e3"
     by_size = deque(events)
     assert take_batch(by_size, BatchLimits(max_events=1000, max_bytes=6)) == b"e1e2e3"  # exactly 6 bytes fit
+
+
+def test_the_window_serves_exactly_what_follows_a_recent_cursor() -> None:
+    hub = Hub(window=5)
+    hub.dispatch([event(seq) for seq in range(1, 9)])  # keeps 4..8
+    assert [e.id.seq for e in hub.recent_after(EventId(1003, 3), 10) or []] == [4, 5, 6, 7, 8]
+    assert [e.id.seq for e in hub.recent_after(EventId(1005, 5), 2) or []] == [6, 7]
+    assert hub.recent_after(EventId(1008, 8), 10) == []  # the newest: nothing follows, no Redis read either
+    assert hub.recent_after(EventId(1002, 2), 10) is None  # older than the window
+    assert hub.recent_after(EventId(1009, 9), 10) is None  # newer than anything dispatched here
+    assert hub.recent_after(EventId(77, 5), 10) is None  # same seq, another event: not ours to answer
+
+
+def test_the_window_restarts_after_a_gap_so_it_never_answers_across_one() -> None:
+    hub = Hub(window=10)
+    hub.dispatch([event(1), event(2)])
+    hub.dispatch([event(5), event(6)])
+    assert hub.recent_after(EventId(1002, 2), 10) is None
+    assert [e.id.seq for e in hub.recent_after(EventId(1004, 4), 10) or []] == [5, 6]
+
+
+def test_a_window_of_zero_keeps_nothing() -> None:
+    hub = Hub(window=0)
+    hub.start_at(EventId(1002, 2), [event(1), event(2)])
+    hub.dispatch([event(3)])
+    assert hub.recent_after(EventId(1002, 2), 10) is None
+    assert hub.last == EventId(1003, 3)

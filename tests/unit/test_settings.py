@@ -120,3 +120,12 @@ def test_a_batch_no_client_could_receive_is_refused() -> None:
     assert NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024)}).max_batch_bytes
     with pytest.raises(SettingsError, match="SUBSCRIBE_MAX_BATCH_BYTES must be at most 4194304"):
         NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024 + 1)})
+
+
+def test_the_history_window_may_be_zero_and_is_bounded() -> None:
+    assert NotifySettings.from_env(BASE).history_window == 10_000
+    assert NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": "0"}).history_window == 0
+    assert NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": "1000000"}).history_window == 1_000_000
+    for value, message in (("-1", "at least 0"), ("1000001", "at most 1000000")):
+        with pytest.raises(SettingsError, match=f"SUBSCRIBE_HISTORY_WINDOW must be {message}"):
+            NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": value})

@@ -1,0 +1,204 @@
+"""Batches and catch-up: a burst goes out in few responses, a subscriber far behind catches up in large reads,
+and a crowd resuming at once converges on a bounded number of Redis reads while live delivery goes on.
+
+The events are written straight into the stream (as the relay would), so the test controls every position; the
+notify server runs in this process on a real port against a private Redis, so the test can count its reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
+from notify_service.server import running
+from notify_service.settings import Settings
+from svc_common import eventstream
+from svc_common.dev.servers import RedisServer
+from tests.support.helpers import JWT_SECRET, auth
+
+KEY = "catch-up:events"
+CUSTOMERS = [f"customer-{n}" for n in range(10)]
+
+
+def event_id(seq: int) -> str:
+    return f"{1_000_000 + seq}-{seq}"
+
+
+def entry(seq: int) -> dict[Any, Any]:
+    customer = CUSTOMERS[seq % len(CUSTOMERS)]
+    booking = booking_pb2.Booking(id=str(uuid.uuid4()), customer_id=customer, provider_id="provider", notes="x" * 200)
+    event = events_pb2.BookingEvent(event_id=event_id(seq), type=events_pb2.BOOKING_EVENT_TYPE_CREATED, booking=booking)
+    return {
+        eventstream.FIELD_EVENT: event.SerializeToString(),
+        eventstream.FIELD_CUSTOMER: customer.encode(),
+        eventstream.FIELD_PROVIDER: b"provider",
+        eventstream.FIELD_BOOKING: booking.id.encode(),
+    }
+
+
+class Stream:
+    """The test's event stream: it appends events 1, 2, ... and counts what Redis was asked for."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.top = 0
+
+    async def append(self, count: int) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _ in range(count):
+                self.top += 1
+                pipe.xadd(KEY, entry(self.top), id=event_id(self.top))
+            await pipe.execute()
+
+    async def range_reads(self) -> int:
+        stats: Any = await self.client.info("commandstats")
+        return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+@pytest.fixture(scope="module")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir / "redis-catch-up")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def stream(redis_server: RedisServer) -> AsyncIterator[Stream]:
+    client = redis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield Stream(client)
+    await client.aclose()
+
+
+def settings(redis_server: RedisServer, **env: str) -> Settings:
+    environ = {"REDIS_URL": redis_server.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": KEY, **env}
+    return Settings.from_env(environ, listen="127.0.0.1:0")
+
+
+class Reader:
+    """One Subscribe call, read to the end of what the test expects: event ids and responses counted."""
+
+    def __init__(
+        self, stub: notify_pb2_grpc.NotifyServiceAsyncStub, role: str, sub: str, resume_after: str = ""
+    ) -> None:
+        request = notify_pb2.SubscribeRequest(resume_after=resume_after)
+        self.call = stub.Subscribe(request, metadata=auth(role, sub))
+        self.ids: list[str] = []
+        self.responses = 0
+
+    async def until(self, last: str) -> None:
+        async for response in self.call:
+            self.responses += 1
+            self.ids.extend(e.event_id for e in response.events)
+            if self.ids and self.ids[-1] == last:
+                return
+        raise AssertionError(f"the stream ended after {len(self.ids)} events")
+
+
+async def started(stub: notify_pb2_grpc.NotifyServiceAsyncStub, role: str, sub: str, resume_after: str = "") -> Reader:
+    reader = Reader(stub, role, sub, resume_after)
+    await reader.call.initial_metadata()
+    return reader
+
+
+def ids(first: int, last: int, customer: str | None = None) -> list[str]:
+    """The ids of events first..last (inclusive) that `customer` (None: an admin) may see."""
+    return [event_id(s) for s in range(first, last + 1) if customer in (None, CUSTOMERS[s % len(CUSTOMERS)])]
+
+
+async def test_a_burst_goes_out_in_few_responses_in_order_with_nothing_missing_or_repeated(
+    redis_server: RedisServer, stream: Stream
+) -> None:
+    await stream.append(1)
+    async with running(settings(redis_server, SUBSCRIBE_MAX_BATCH_EVENTS="100")) as notify:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
+            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
+            admin = await started(stub, "admin", "ops")
+            user = await started(stub, "user", CUSTOMERS[3])
+            await stream.append(2000)
+            async with asyncio.timeout(30):
+                await admin.until(event_id(2001))
+                await user.until(ids(2, 2001, CUSTOMERS[3])[-1])
+    assert admin.ids == ids(2, 2001)
+    assert user.ids == ids(2, 2001, CUSTOMERS[3])
+    # One write per event would be 2,000 responses; batches of up to 100 take about 20.
+    assert admin.responses <= 60, admin.responses
+    assert user.responses <= 20, user.responses
+
+
+async def test_a_subscriber_ten_thousand_events_behind_catches_up_in_large_reads_then_goes_on_live(
+    redis_server: RedisServer, stream: Stream
+) -> None:
+    await stream.append(10_000)
+    # A window smaller than the backlog: most of the history comes from Redis.
+    async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="2000")) as notify:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
+            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
+            reads_before = await stream.range_reads()
+            behind = await started(stub, "admin", "ops", resume_after=str(eventstream.ORIGIN))
+            live = asyncio.create_task(stream.append(500))  # the seam between history and live moves meanwhile
+            async with asyncio.timeout(60):
+                await live
+                await behind.until(event_id(10_500))
+            reads = await stream.range_reads() - reads_before
+    assert behind.ids == ids(1, 10_500)
+    assert behind.responses <= 10_500 / 50, behind.responses
+    # 8,000 events older than the window, read 1,000 at a time (one read more finds where the window starts).
+    assert reads <= 10, reads
+
+
+async def test_a_thousand_subscribers_resuming_at_once_converge_on_few_redis_reads_while_live_goes_on(
+    redis_server: RedisServer, stream: Stream
+) -> None:
+    """As after an instance died: 1,000 subscribers resume on one that has just started, users and admins,
+    900 of them from recent cursors and 100 from older ones, while events keep coming and a live subscriber
+    keeps receiving them."""
+    await stream.append(3000)
+    async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="2000")) as notify:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") for _ in range(10)]
+        try:
+            stubs: list[notify_pb2_grpc.NotifyServiceAsyncStub] = [
+                notify_pb2_grpc.NotifyServiceStub(channel) for channel in channels
+            ]
+            watcher = await started(stubs[0], "admin", "watcher")
+            reads_before = await stream.range_reads()
+            crowd: list[tuple[Reader, int, str | None]] = []
+            for n in range(1000):
+                # Recent cursors spread over the last 500 events; old ones on 10 distinct positions before the
+                # window (subscribers that had fallen behind).
+                cursor = 2500 + n % 500 if n < 900 else 100 + 50 * (n % 10)
+                customer = CUSTOMERS[n % len(CUSTOMERS)] if n % 3 else None
+                role, sub = ("user", customer) if customer else ("admin", f"admin-{n}")
+                crowd.append((Reader(stubs[n % 10], role, sub, event_id(cursor)), cursor, customer))
+            writing = asyncio.create_task(paced_append(stream, 200, per_second=100))
+            async with asyncio.timeout(120):
+                await writing
+                last = stream.top
+                await watcher.until(event_id(last))
+                await asyncio.gather(*(reader.until(ids(1, last, customer)[-1]) for reader, _, customer in crowd))
+            reads = await stream.range_reads() - reads_before
+        finally:
+            for channel in channels:
+                await channel.close()
+    assert watcher.ids == ids(3001, last)
+    for reader, cursor, customer in crowd:
+        assert reader.ids == ids(cursor + 1, last, customer), (cursor, customer)
+    # Without sharing, each of the 100 old cursors reads its own ranges (200+ reads); without the window, each of
+    # the 1,000 reads at least once. With both: 10 first reads, then ranges the 100 share up to the window.
+    assert reads <= 40, reads
+
+
+async def paced_append(stream: Stream, count: int, *, per_second: float) -> None:
+    for _ in range(count):
+        await stream.append(1)
+        await asyncio.sleep(1 / per_second)

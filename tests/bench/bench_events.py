@@ -1,7 +1,8 @@
 """Realtime fan-out, side by side with the system it replaces, in one run.
 
-    python -m tests.bench.bench_events [--seconds 15] [--rate 100] [--subscribers 200]
+    python -m tests.bench.bench_events [--seconds 10] [--rounds 3] [--rate 100] [--subscribers 200]
         [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
+        [--booking-workers N] [--notify-workers N] [--only-steady] [--profile]
 
 The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
 (tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
@@ -12,8 +13,9 @@ PostgreSQL and Redis servers, driven by the same Node.js subscriber program (tes
 the same paced writer; latency runs from the send of each write to its receipt by each subscriber.
 
 Scenarios:
-- steady: `subscribers` on one instance, `rate` changes/s: p50, p99, max, server CPU per delivery (the CPU time
-  of every process of the subscribers' instance over the run, divided by the deliveries), lost;
+- steady: `subscribers` on one instance, `rate` changes/s, in `rounds` rounds of `seconds`, the systems taking
+  turns: p50, p99, max, server CPU per delivery (the CPU time of every process of the subscribers' instance
+  over the run, divided by the deliveries), lost; `--profile` adds py-spy's hottest functions of notify;
 - capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
   the most deliveries/s held with p99 under 100 ms and nothing lost;
 - faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +51,7 @@ import grpc
 import httpx
 import redis.asyncio as redis
 
-from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, children, free_port, wait_for_port
 from tests.support.helpers import JWT_SECRET, auth, token, ts
@@ -158,78 +161,75 @@ class Subscribers:
 # --- writers -----------------------------------------------------------------------------------------------
 
 
-async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[str]]) -> dict[str, float]:
-    """Call `write(k)` `rate` times per second; returns each change's key -> when its write was sent."""
-    sent: dict[str, float] = {}
+Sent = dict[str, tuple[float, float]]  # change key -> (when its write was sent, when it returned)
+
+
+async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[str]]) -> tuple[Sent, int]:
+    """Start `write(k)` `rate` times per second, whatever the writes before it are doing (open loop: a write
+    held up by a fault does not hold up the next); returns each committed change's send and return times, and
+    how many writes failed."""
+    sent: Sent = {}
+    failed: list[BaseException] = []
+
+    async def timed(k: int) -> None:
+        t0 = time.time()
+        try:
+            key = await write(k)
+        except (grpc.aio.AioRpcError, httpx.HTTPError) as exc:  # not committed: not expected either
+            failed.append(exc)
+        else:
+            sent[key] = (t0, time.time())
+
+    tasks = []
     start = time.perf_counter()
     for k in range(int(rate * seconds)):
         delay = start + k / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        t0 = time.time()
-        with contextlib.suppress(grpc.aio.AioRpcError, httpx.HTTPError):  # not committed: not expected either
-            sent[await write(k)] = t0
-    return sent
+        tasks.append(asyncio.create_task(timed(k)))
+    await asyncio.gather(*tasks)
+    if failed:
+        kinds = sorted({type(exc).__name__ for exc in failed})
+        progress(f"  {len(failed)} of {len(tasks)} writes failed ({', '.join(kinds)}): their changes are not expected")
+    return sent, len(failed)
 
 
-def slot(k: int) -> tuple[datetime, datetime]:
+def booking_fields(k: int, provider: str) -> tuple[datetime, datetime, dict[str, str]]:
     start = EPOCH + timedelta(hours=k)
-    return start, start + timedelta(minutes=30)
+    ids = {"customer_id": "bench-customer", "provider_id": provider, "service_id": "svc"}
+    return start, start + timedelta(minutes=30), ids
 
 
-async def write_bookings(address: str, rate: float, seconds: float) -> dict[str, float]:
-    """This project's writes: CreateBooking, then DeleteBooking of what was created, alternating."""
+async def write_bookings(address: str, rate: float, seconds: float) -> tuple[Sent, int]:
+    """This project's changes: CreateBooking calls (a new provider for each run, so no slot is taken)."""
     metadata = auth("admin", "bench-writer")
+    provider = f"bench-provider-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(address) as channel:
         stub = booking_pb2_grpc.BookingServiceStub(channel)
-        last: list[str] = []
 
         async def write(k: int) -> str:
-            if k % 2 == 0 or not last:
-                start, end = slot(k)
-                booking = booking_pb2.Booking(
-                    customer_id="bench-customer",
-                    provider_id="bench-provider",
-                    service_id="svc",
-                    start_time=ts(start),
-                    end_time=ts(end),
-                )
-                created = await stub.CreateBooking(
-                    booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata, timeout=10
-                )
-                last[:] = [created.booking.id]
-                return f"{created.booking.id}/1"
-            booking_id = last.pop()
-            await stub.DeleteBooking(
-                booking_pb2.DeleteBookingRequest(booking_id=booking_id, reason="bench"), metadata=metadata, timeout=10
-            )
-            return f"{booking_id}/2"
+            start, end, ids = booking_fields(k, provider)
+            booking = booking_pb2.Booking(start_time=ts(start), end_time=ts(end))
+            booking.customer_id, booking.provider_id, booking.service_id = ids.values()
+            request = booking_pb2.CreateBookingRequest(booking=booking)
+            created = await stub.CreateBooking(request, metadata=metadata, timeout=10)
+            return f"{created.booking.id}/1"
 
         return await paced(rate, seconds, write)
 
 
-async def write_http(base_url: str, rate: float, seconds: float) -> dict[str, float]:
-    """The reference system's writes, the same changes through its HTTP API."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        last: list[str] = []
+async def write_http(base_url: str, rate: float, seconds: float) -> tuple[Sent, int]:
+    """The reference system's changes: the same bookings created through its HTTP API."""
+    provider = f"bench-provider-{uuid.uuid4().hex[:8]}"
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
 
         async def write(k: int) -> str:
-            if k % 2 == 0 or not last:
-                start, end = slot(k)
-                body = {
-                    "customer_id": "bench-customer",
-                    "provider_id": "bench-provider",
-                    "service_id": "svc",
-                    "start_time": start.isoformat(),
-                    "end_time": end.isoformat(),
-                }
-                response = await client.post("/bookings", json=body)
-                response.raise_for_status()
-                last[:] = [response.json()["id"]]
-                return f"{last[0]}/1"
-            booking_id = last.pop()
-            (await client.delete(f"/bookings/{booking_id}")).raise_for_status()
-            return f"{booking_id}/2"
+            start, end, ids = booking_fields(k, provider)
+            body = {**ids, "start_time": start.isoformat(), "end_time": end.isoformat()}
+            response = await client.post("/bookings", json=body)
+            response.raise_for_status()
+            return f"{response.json()['id']}/1"
 
         return await paced(rate, seconds, write)
 
@@ -256,7 +256,7 @@ class System(Protocol):
     def instance_pids(self) -> list[int]: ...
     def kill_instance(self) -> None: ...
     def restart_instance(self) -> None: ...
-    async def write(self, rate: float, seconds: float) -> dict[str, float]: ...
+    async def write(self, rate: float, seconds: float) -> tuple[Sent, int]: ...
     def stop(self) -> None: ...
 
 
@@ -264,10 +264,11 @@ class ThisProject:
     name = "this project"
     mode = "grpc"
 
-    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer) -> None:
+    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer, workers: tuple[str, str]) -> None:
         env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM}
-        self.booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url}, workdir)
-        self.notify = ServiceProcess("notify_service", env, workdir)
+        booking_workers, notify_workers = ({"WORKERS": n} if n else {} for n in workers)
+        self.booking = ServiceProcess("booking_service", {**env, "DATABASE_URL": pg.url, **booking_workers}, workdir)
+        self.notify = ServiceProcess("notify_service", {**env, **notify_workers}, workdir)
         self.booking.start()
         self.notify.start()
 
@@ -288,7 +289,7 @@ class ThisProject:
     def restart_instance(self) -> None:
         self.notify.start()
 
-    async def write(self, rate: float, seconds: float) -> dict[str, float]:
+    async def write(self, rate: float, seconds: float) -> tuple[Sent, int]:
         return await write_bookings(self.booking.address, rate, seconds)
 
     def stop(self) -> None:
@@ -300,7 +301,7 @@ class SocketIo:
     name = "Socket.IO + Redis adapter"
     mode = "sio"
 
-    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer) -> None:
+    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer, _workers: tuple[str, str]) -> None:
         self._workdir, self._pg, self._rds = workdir, pg, rds
         self.subscribers_port, self.writes_port = free_port(), free_port()
         self.writes = self._spawn(self.writes_port, pg.url)
@@ -338,13 +339,68 @@ class SocketIo:
     def restart_instance(self) -> None:
         self.instance = self._spawn(self.subscribers_port)
 
-    async def write(self, rate: float, seconds: float) -> dict[str, float]:
+    async def write(self, rate: float, seconds: float) -> tuple[Sent, int]:
         return await write_http(f"http://127.0.0.1:{self.writes_port}", rate, seconds)
 
     def stop(self) -> None:
         for process in (self.instance, self.writes):
             process.terminate()
             process.wait(30)
+
+
+class BareGrpc:
+    """The floor of grpc.aio: a bare fan-out server (one XREAD loop writing each entry's ready-made response
+    to every open stream; no auth, filters, bounds, history, PostgreSQL or relay; one process), fed by XADDs of
+    a response like this project's. Steady scenario only: it shows what any grpc.aio fan-out costs."""
+
+    name = "bare grpc.aio fan-out"
+    mode = "grpc"
+
+    def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer, _workers: tuple[str, str]) -> None:
+        self._rds = rds
+        self.port = free_port()
+        self.process = start_bare(self.port, rds.url)
+        wait_for_port(self.port)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def instance_pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def kill_instance(self) -> None:
+        raise NotImplementedError("steady scenario only")
+
+    def restart_instance(self) -> None:
+        raise NotImplementedError("steady scenario only")
+
+    async def write(self, rate: float, seconds: float) -> tuple[Sent, int]:
+        client = redis.Redis.from_url(self._rds.url)
+        try:
+
+            async def write(k: int) -> str:
+                start, end, ids = booking_fields(k, "bench-provider")
+                booking = booking_pb2.Booking(id=str(uuid.uuid4()), start_time=ts(start), end_time=ts(end))
+                booking.customer_id, booking.provider_id, booking.service_id = ids.values()
+                booking.create_time.CopyFrom(ts(datetime.now(UTC)))
+                booking.update_time.CopyFrom(booking.create_time)
+                booking.etag = "1"
+                event = events_pb2.BookingEvent(
+                    event_id=f"{k + 1}-{k + 1}", type=events_pb2.BOOKING_EVENT_TYPE_CREATED, booking=booking
+                )
+                event.actor.id, event.actor.name = "bench-writer", "bench-writer name"
+                event.occur_time.CopyFrom(booking.create_time)
+                payload = notify_pb2.SubscribeResponse(events=[event]).SerializeToString()
+                await client.xadd(BASELINE_STREAM, {"response": payload}, maxlen=100_000)
+                return f"{booking.id}/1"
+
+            return await paced(rate, seconds, write)
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        stop_bare(self.process)
 
 
 # --- scenarios ---------------------------------------------------------------------------------------------
@@ -354,24 +410,62 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else float("nan")
 
 
-def summary(sent: dict[str, float], received: Received, subscribers: int, seconds: float) -> dict[str, Any]:
-    latencies = sorted((t - sent[key]) * 1000 for key in sent for t in received.times.get(key, ()))
-    got_once = sum(min(received.streams.get(key, 0), subscribers) for key in sent)
-    delivered = len(latencies)
-    return {
-        "subscribers": subscribers,
-        "changes": len(sent),
-        "expected": subscribers * len(sent),
-        "delivered": delivered,
-        "lost": subscribers * len(sent) - got_once,
-        "duplicates": delivered - got_once,
-        "resumes": received.resumes,
-        "deliveries_per_s": round(delivered / seconds),
+@dataclass
+class Run:
+    """What one scenario run of one system measured."""
+
+    subscribers: int
+    seconds: float
+    changes: int
+    received: int  # (change, subscriber) pairs received at least once
+    latencies: list[float]  # ms, every receipt of a committed change
+    writes: list[float]  # ms, each write's own call
+    resumes: int
+    cpu: float | None  # CPU seconds of the subscribers' instance (None across a restart)
+    writes_failed: int
+
+
+def measured(sent: Sent, failed: int, received: Received, subscribers: int, seconds: float, cpu: float | None) -> Run:
+    return Run(
+        subscribers=subscribers,
+        seconds=seconds,
+        changes=len(sent),
+        received=sum(min(received.streams.get(key, 0), subscribers) for key in sent),
+        latencies=[(t - sent[key][0]) * 1000 for key in sent for t in received.times.get(key, ())],
+        writes=[(returned - t0) * 1000 for t0, returned in sent.values()],
+        resumes=received.resumes,
+        cpu=cpu,
+        writes_failed=failed,
+    )
+
+
+def summary(runs: list[Run]) -> dict[str, Any]:
+    """The figures of one or more runs of one system (rounds pooled)."""
+    latencies = sorted(t for run in runs for t in run.latencies)
+    writes = sorted(t for run in runs for t in run.writes)
+    expected = sum(run.subscribers * run.changes for run in runs)
+    received = sum(run.received for run in runs)
+    result = {
+        "subscribers": runs[0].subscribers,
+        "rounds": len(runs),
+        "changes": sum(run.changes for run in runs),
+        "writes_failed": sum(run.writes_failed for run in runs),
+        "expected": expected,
+        "delivered": len(latencies),
+        "lost": expected - received,
+        "duplicates": len(latencies) - received,
+        "resumes": sum(run.resumes for run in runs),
+        "deliveries_per_s": round(len(latencies) / sum(run.seconds for run in runs)),
         "p50_ms": round(percentile(latencies, 0.50), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(latencies[-1], 2) if latencies else None,
+        "write_p50_ms": round(percentile(writes, 0.50), 2),  # the write's own call, send to return
         "_latencies": latencies,
     }
+    if all(run.cpu is not None for run in runs):
+        cpu = sum(run.cpu or 0.0 for run in runs)
+        result["cpu_us_per_delivery"] = round(cpu / max(len(latencies), 1) * 1e6, 1)
+    return result
 
 
 async def scenario(
@@ -382,27 +476,27 @@ async def scenario(
     rate: float,
     seconds: float,
     fault: Callable[[], Coroutine[Any, Any, None]] | None = None,
-) -> dict[str, Any]:
+) -> Run:
     progress(f"{system.name}: {name}: {subscribers} subscribers, {rate:g} changes/s for {seconds:g} s")
     clients = Subscribers(workdir, f"{system.mode}-{name}", system.mode, system.target, subscribers)
     try:
         await asyncio.to_thread(clients.wait_ready)
+        await asyncio.sleep(1)  # the same pause for every system between its subscribers' start and the writes
         pids = system.instance_pids()
         cpu_before = cpu_seconds(pids)
         faulting = asyncio.create_task(fault()) if fault is not None else None
-        sent = await system.write(rate, seconds)
+        sent, failed = await system.write(rate, seconds)
         if faulting is not None:
             await faulting
         await asyncio.sleep(SETTLE_SECONDS if fault is None else 3 * SETTLE_SECONDS)
-        cpu = cpu_seconds(pids) - cpu_before
-        result = summary(sent, await asyncio.to_thread(clients.finish), subscribers, seconds)
+        cpu = cpu_seconds(pids) - cpu_before if fault is None else None
+        run = measured(sent, failed, await asyncio.to_thread(clients.finish), subscribers, seconds, cpu)
     except BaseException:
         clients.kill()
         raise
-    if fault is None:
-        result["cpu_us_per_delivery"] = round(cpu / max(result["delivered"], 1) * 1e6, 1)
-    progress(f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, lost {result['lost']} of {result['expected']}")
-    return result
+    brief = summary([run])
+    progress(f"  p50 {brief['p50_ms']} ms, p99 {brief['p99_ms']} ms, lost {brief['lost']} of {brief['expected']}")
+    return run
 
 
 def kill_instance_at(system: System, after: float) -> Callable[[], Coroutine[Any, Any, None]]:
@@ -426,39 +520,98 @@ def restart_redis_at(rds: RedisServer, after: float, down: float = 2.0) -> Calla
     return fault
 
 
+def profile(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy recording `pids` for `seconds` (collapsed stacks, one file per process), if py-spy is installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        progress("py-spy is not installed: no profile")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-d",
+                str(int(seconds)),
+                "-p",
+                str(pid),
+                "-o",
+                str(out / f"{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+def hot_functions(out: Path, top: int = 25) -> list[str]:
+    """The functions with the most samples on top of the stack (self time) in py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    total = 0
+    for path in out.glob("*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            total += int(count)
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
+    return [f"{100 * n / max(total, 1):5.1f}% {frame}" for frame, n in ranked]
+
+
 async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for make in (SocketIo, ThisProject):
-        system: System = make(workdir, pg, rds)
-        try:
-            mine: dict[str, Any] = {}
-            mine["steady"] = await scenario(system, workdir, "steady", args.subscribers, args.rate, args.seconds)
-            mine["capacity"] = [
-                await scenario(system, workdir, f"capacity-{n}", n, args.rate, args.step_seconds) for n in args.steps
-            ]
-            at = args.fault_seconds / 3
-            mine["instance_killed"] = await scenario(
-                system,
-                workdir,
-                "instance-killed",
-                args.subscribers,
-                args.rate,
-                args.fault_seconds,
-                kill_instance_at(system, at),
+    """Both systems run throughout (the idle one costs next to nothing) and take turns, scenario by scenario;
+    the steady scenario alternates them over several rounds so that drift on a shared machine hits both."""
+    systems: list[System] = []
+    try:
+        for make in (SocketIo, ThisProject):
+            systems.append(make(workdir, pg, rds, (args.booking_workers, args.notify_workers)))
+        floor = BareGrpc(workdir, pg, rds, ("", ""))
+        systems.append(floor)
+        runs: dict[str, dict[str, Any]] = {system.name: {"steady": []} for system in systems}
+        for r in range(args.rounds):
+            for system in systems:
+                spies = []
+                if args.profile and system.mode == "grpc" and r == 0:
+                    shutil.rmtree(OUT_DIR / "profile", ignore_errors=True)
+                    pids = system.instance_pids()
+                    spies = profile(pids[1:] or pids, args.seconds, OUT_DIR / "profile")
+                run = await scenario(system, workdir, f"steady-{r}", args.subscribers, args.rate, args.seconds)
+                runs[system.name]["steady"].append(run)
+                for spy in spies:
+                    spy.wait(60)
+        results: dict[str, Any] = {name: {"steady": summary(r["steady"])} for name, r in runs.items()}
+        if args.profile:
+            results[ThisProject.name]["steady"]["profile_self_time"] = hot_functions(OUT_DIR / "profile")
+        systems.remove(floor)
+        floor.stop()
+        if args.only_steady:
+            return results
+        for n in args.steps:
+            for system in systems:
+                run = await scenario(system, workdir, f"capacity-{n}", n, args.rate, args.step_seconds)
+                results[system.name].setdefault("capacity", []).append(summary([run]))
+        at = args.fault_seconds / 3
+        for system in systems:
+            fault = kill_instance_at(system, at)
+            run = await scenario(
+                system, workdir, "instance-killed", args.subscribers, args.rate, args.fault_seconds, fault
             )
-            mine["redis_restarted"] = await scenario(
-                system,
-                workdir,
-                "redis-restarted",
-                args.subscribers,
-                args.rate,
-                args.fault_seconds,
-                restart_redis_at(rds, at),
+            results[system.name]["instance_killed"] = summary([run])
+        for system in systems:
+            fault = restart_redis_at(rds, at)
+            run = await scenario(
+                system, workdir, "redis-restarted", args.subscribers, args.rate, args.fault_seconds, fault
             )
-            results[make.name] = mine
-        finally:
+            results[system.name]["redis_restarted"] = summary([run])
+        return results
+    finally:
+        for system in systems:
             system.stop()
-    return results
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -482,7 +635,7 @@ def targets(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def table(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+def table(ours: dict[str, Any], theirs: dict[str, Any], floor: dict[str, Any]) -> str:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if b else "-"
 
@@ -496,6 +649,15 @@ def table(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
         a, b = ours["steady"][key], theirs["steady"][key]
         rows.append((f"steady: {label}", a, b, ratio(a, b)))
     rows.append(("steady: lost", ours["steady"]["lost"], theirs["steady"]["lost"], ""))
+    bare = floor["steady"]
+    rows.append(
+        (
+            "steady, bare grpc.aio fan-out: p50 | p99 | CPU us",
+            f"{bare['p50_ms']} | {bare['p99_ms']} | {bare['cpu_us_per_delivery']}",
+            "",
+            "(the floor of any grpc.aio server)",
+        )
+    )
     for mine, ref in zip(ours["capacity"], theirs["capacity"], strict=True):
         rows.append(
             (
@@ -511,9 +673,10 @@ def table(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
         mine, ref = ours[key], theirs[key]
         rows.append(
             (
-                f"{label}: lost of expected",
-                f"{mine['lost']} of {mine['expected']}",
-                f"{ref['lost']} of {ref['expected']} ({ref['lost'] / max(ref['expected'], 1):.1%})",
+                f"{label}: lost of expected (writes failed)",
+                f"{mine['lost']} of {mine['expected']} ({mine['writes_failed']})",
+                f"{ref['lost']} of {ref['expected']} ({ref['lost'] / max(ref['expected'], 1):.1%})"
+                f" ({ref['writes_failed']})",
                 "",
             )
         )
@@ -582,9 +745,15 @@ async def _bare_server(port: int, redis_url: str) -> None:
 
     async def follow() -> None:
         client = redis.Redis.from_url(redis_url)
-        position = "$"
+        newest: Any = await client.xrevrange(BASELINE_STREAM, count=1)
+        position = newest[0][0] if newest else "0-0"
         while True:
-            reply: Any = await client.xread({BASELINE_STREAM: position}, block=0)
+            try:
+                reply: Any = await client.xread({BASELINE_STREAM: position}, block=1000)
+            except redis.RedisError as exc:  # the bench's Redis restarts: carry on when it is back
+                print(f"bare fan-out server: {exc!r}", file=sys.stderr)
+                await asyncio.sleep(0.1)
+                continue
             for _key, entries in reply:
                 for entry_id, fields in entries:
                     for queue in queues:
@@ -680,6 +849,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rds.start()
     try:
         systems = await compare(args, workdir, pg, rds)
+        if args.only_steady:
+            return {"only_steady": public(systems)}
         progress("memory per idle subscriber")
         memory = await bench_memory(args, workdir, rds)
     finally:
@@ -694,7 +865,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "systems": public(systems),
         "targets_met": targets(ours, theirs),
         "memory": memory,
-        "table": table(ours, theirs).splitlines(),
+        "table": table(ours, theirs, systems[BareGrpc.name]).splitlines(),
     }
     (OUT_DIR / "events.json").write_text(json.dumps(result, indent=2))
     return result
@@ -705,7 +876,8 @@ def main() -> None:
         asyncio.run(_bare_server(int(sys.argv[2]), sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0, help="steady scenario length")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each round of the steady scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the steady scenario, systems alternating")
     parser.add_argument("--rate", type=float, default=100.0, help="changes per second")
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--steps", type=lambda text: [int(n) for n in text.split(",")], default=[200, 500, 1000, 2000])
@@ -713,11 +885,18 @@ def main() -> None:
     parser.add_argument("--fault-seconds", type=float, default=24.0)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync")
+    parser.add_argument("--booking-workers", default="", help="WORKERS of booking_service (default: its own)")
+    parser.add_argument("--notify-workers", default="", help="WORKERS of notify_service (default: its own)")
+    parser.add_argument("--only-steady", action="store_true", help="the steady scenario only (for quick work)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the notify workers during steady")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)
         result = asyncio.run(run(args, workdir))
+    if args.only_steady:
+        print(json.dumps(result, indent=2))
+        return
     print("\n".join(result["table"]))
     print()
     for name, met in result["targets_met"].items():

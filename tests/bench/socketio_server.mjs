@@ -4,9 +4,9 @@
 //
 //   node tests/bench/socketio_server.mjs PORT REDIS_URL [DATABASE_URL]
 //
-// With DATABASE_URL it also takes writes, as the old backend did: POST /bookings and DELETE /bookings/ID insert
-// or soft-delete a row in PostgreSQL, then io.emit('booking', event) the booking event (the fields of
-// booking.v1.BookingEvent, as JSON), then answer. Every server accepts Socket.IO clients.
+// With DATABASE_URL it also takes writes, as the old backend did: POST /bookings inserts a row in PostgreSQL,
+// then io.emit('booking', event) the booking event (the fields of booking.v1.BookingEvent, as JSON), then
+// answers. Every server accepts Socket.IO clients.
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -71,15 +71,6 @@ async function write(request) {
       [randomUUID(), b.customer_id, b.provider_id, b.service_id, b.start_time, b.end_time],
     );
     return [201, 1, rows[0]];
-  }
-  const match = request.method === 'DELETE' && /^\/bookings\/([0-9a-f-]{36})$/.exec(request.url);
-  if (match) {
-    const { rows } = await pool.query(
-      `UPDATE reference_bookings SET delete_time = now(), update_time = now(), deletion_reason = 'bench'
-       WHERE id = $1 AND delete_time IS NULL RETURNING *`,
-      [match[1]],
-    );
-    return rows.length ? [200, 2, rows[0]] : [404, 0, null];
   }
   return [404, 0, null];
 }

@@ -31,6 +31,9 @@ from svc_common.eventstream import EventId
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
+# Sent by the relay when it places events while Redis is down (payload: the newest seq); notify instances
+# reading the outbox instead of the stream meanwhile LISTEN to it (notify_service.fallback).
+PLACED_CHANNEL = "booking_outbox_placed"
 CLOSE_SECONDS = 2.0
 
 _EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time"
@@ -44,12 +47,9 @@ _TOP = """
     ) known ORDER BY seq DESC LIMIT 1
 """
 
-# $1: batch size; $2: the published seq to mark durably now (0: none this round); $3: the last seq this relay
-# published. Only one relay runs at a time (RELAY_LOCK_ID), so positions follow on from the newest one.
-ROUND_SQL = f"""
-WITH marked AS (
-    UPDATE booking_outbox_state SET published_seq = $2 WHERE $2 > published_seq
-), top AS ({_TOP}
+# The CTEs that give up to $1 committed events their positions, following on from the newest one (only one
+# relay runs at a time: RELAY_LOCK_ID); `assigned` holds the rows placed.
+_PLACING = f"""top AS ({_TOP}
 ), next_place AS (
     SELECT seq, greatest(stream_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms FROM top
 ), pending AS (
@@ -59,7 +59,14 @@ WITH marked AS (
     UPDATE booking_outbox o SET seq = next_place.seq + pending.n, stream_ms = next_place.ms
       FROM pending, next_place WHERE o.id = pending.id
     RETURNING o.*
-)
+)"""
+
+# $1: batch size; $2: the published seq to mark durably now (0: none this round); $3: the last seq this relay
+# published.
+ROUND_SQL = f"""
+WITH marked AS (
+    UPDATE booking_outbox_state SET published_seq = $2 WHERE $2 > published_seq
+), {_PLACING}
 SELECT * FROM (
     SELECT {_EVENT_COLUMNS} FROM assigned
     UNION ALL  -- placed earlier but not published yet; the statement's snapshot shows the rows `assigned`
@@ -68,6 +75,22 @@ SELECT * FROM (
      WHERE seq > greatest($3, (SELECT published_seq FROM booking_outbox_state))
 ) unpublished ORDER BY seq LIMIT $1
 """
+
+# $1: batch size; $2: the channel to notify. Places committed events without reading anything back, and tells
+# whoever listens the newest seq placed (the notification goes out when the statement commits).
+PLACE_SQL = f"""
+WITH {_PLACING}
+SELECT count(*) AS placed, pg_notify($2, max(seq)::text) FROM assigned HAVING count(*) > 0
+"""
+
+# $1: the seq to read after; $2: how many. Placed events in stream order, for readers of the outbox itself.
+AFTER_SQL = f"SELECT {_EVENT_COLUMNS} FROM booking_outbox WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+# The event at one position, if the outbox still has it ($1: seq, $2: stream_ms).
+AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
+
+# The newest position handed out.
+TOP_SQL = f"SELECT seq, stream_ms FROM ({_TOP}) t"
 
 # Published events older than the stream's retention are of no more use; the newest position is kept first.
 DELETE_PUBLISHED_SQL = f"""
@@ -171,6 +194,12 @@ class OutboxConnection:
         in stream order (one statement); with `mark`, first record durably that `published` is published."""
         records = await self._conn.fetch(ROUND_SQL, batch, published if mark else 0, published)
         return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+
+    async def place(self, batch: int) -> int:
+        """Give up to `batch` committed events their positions without publishing them (Redis is down) and
+        notify PLACED_CHANNEL; returns how many were placed."""
+        placed: int | None = await self._conn.fetchval(PLACE_SQL, batch, PLACED_CHANNEL)
+        return placed or 0
 
     async def set_aside(self, failures: Sequence[tuple[int, str]]) -> None:
         """Copy the events at these seqs into the dead-letter table with their errors (idempotent)."""

@@ -5,7 +5,9 @@ Woken after events commit (by `RelayWaker`), with a periodic sweep as a backstop
 and records durably how far it has published about once a second. A crash between XADD and that mark means
 the events are published again under the same ids, which Redis refuses (ids only increase): the publisher
 skips what the stream already holds.
-While Redis is down, events wait in the outbox and go out in order once it is back.
+While Redis is down, events wait in the outbox and go out in order once it is back; meanwhile the relay still
+gives them their positions as they commit and tells notify instances (PLACED_CHANNEL), which read them from the
+outbox until Redis is back (notify_service.fallback), under the same ids.
 
 Housekeeping trims the stream by age (XTRIM MINID; XADD trims by count) and deletes published outbox rows of
 the same age.
@@ -175,13 +177,26 @@ class EventRelay:
             except REDIS_ERRORS as exc:
                 backlog = await outbox.backlog()
                 log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, backlog)
-                await backoff.sleep()
+                await self._place_until(outbox, time.monotonic() + backoff.next())
                 continue
             backoff.reset()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
             # event is set. (redis-py can swallow one too; svc_common.grpc_server.cancel_and_wait repeats it.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.sweep_seconds):
+                    await self._wake.wait()
+
+    async def _place_until(self, outbox: OutboxConnection, deadline: float) -> None:
+        """Until `deadline` (when publishing is tried again), place events as they commit, so that readers of the
+        outbox get them while Redis is down."""
+        while True:
+            self._wake.clear()
+            await outbox.place(self._config.batch)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
                     await self._wake.wait()
 
     async def _relay_all(self, outbox: OutboxConnection) -> None:

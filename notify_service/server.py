@@ -1,7 +1,8 @@
 """Wiring only: Redis client, stream reader, hub, servicer, health, reflection, signals and shutdown.
 
 Health: the overall status ("") and notify.v1.NotifyService are SERVING while the instance accepts
-subscriptions; "events" follows whether the event stream can be read (while it cannot, subscribers wait).
+subscriptions; "events" follows whether events can be read, from the Redis stream or, while that cannot be
+read, from the outbox in PostgreSQL (DATABASE_URL; notify_service.fallback). While neither can, subscribers wait.
 On SIGTERM the instance reports NOT_SERVING, ends every open stream with UNAVAILABLE `SHUTTING_DOWN` (clients
 resume on another instance with their cursor) and stops within its grace period.
 """
@@ -13,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from notify_service.fallback import OutboxReader
 from notify_service.hub import Hub
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
@@ -41,7 +43,17 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     """A started notify server; on exit it ends open streams, then stops."""
     client = connect(settings.redis_url)
     hub = Hub(settings.history_window)
-    reader = StreamReader(client, settings.stream_key, hub, window=settings.history_window)
+    outbox = OutboxReader(settings.database_url) if settings.database_url else None
+    if outbox is None:
+        log.warning("DATABASE_URL is not set: while Redis cannot be read, subscribers wait for it")
+    reader = StreamReader(
+        client,
+        settings.stream_key,
+        hub,
+        window=settings.history_window,
+        outbox=outbox,
+        fallback_after=settings.fallback_after_seconds,
+    )
     subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
         listen=settings.listen,

@@ -26,6 +26,8 @@ class Settings:
     max_batch_events: int = BatchLimits.max_events  # what one Subscribe response may carry
     max_batch_bytes: int = BatchLimits.max_bytes
     history_window: int = DEFAULT_WINDOW  # recent events kept in memory for resuming subscribers
+    database_url: str = ""  # booking_service's database, read while Redis cannot be ("": no fallback)
+    fallback_after_seconds: float = 2.0  # how long Redis may be unreadable before the outbox is followed
 
     @property
     def subscriptions(self) -> SubscriptionConfig:
@@ -41,8 +43,13 @@ class Settings:
                 raise env.SettingsError(f"{name} must be at most {at_most}")
             return value
 
+        fallback_after = env.number(environ, "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds)
+        if not 0 < fallback_after <= 3600:
+            raise env.SettingsError("REDIS_FALLBACK_AFTER_SECONDS must be more than 0 and at most 3600")
         return cls(
             redis_url=env.require(environ, "REDIS_URL"),
+            database_url=env.text(environ, "DATABASE_URL", ""),
+            fallback_after_seconds=fallback_after,
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,

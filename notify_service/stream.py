@@ -14,10 +14,12 @@ history reads wait for Redis to come back, so subscribers see a delay, not a gap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as redis
 from google.protobuf.message import DecodeError
@@ -27,13 +29,15 @@ from booking_api.notify.v1 import notify_pb2
 from notify_service.hub import DEFAULT_WINDOW, Event, Hub
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
-from svc_common.eventstream import EventId
+from svc_common.eventstream import ORIGIN, EventId
 from svc_common.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 1.0
+OUTBOX_SWEEP_SECONDS = 0.25  # following the outbox: how long to wait for the relay's notification at most
+PROBE_SECONDS = 0.5  # following the outbox: how often to ask whether Redis is back
 HISTORY_READS_AT_ONCE = 4  # history XRANGEs in flight per process; the rest queue behind them
 
 
@@ -117,6 +121,23 @@ class SharedReads:
         return result
 
 
+class OutboxUnavailable(Exception):
+    """PostgreSQL cannot be read (notify_service.fallback)."""
+
+
+class Outbox(Protocol):
+    """The outbox in PostgreSQL, read while Redis cannot be (notify_service.fallback.OutboxReader)."""
+
+    @property
+    def is_open(self) -> bool: ...
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def after(self, position: EventId | None, count: int) -> list[Event]: ...
+    async def holds(self, event_id: EventId) -> bool: ...
+    async def top(self) -> EventId | None: ...
+    async def wait(self, seconds: float) -> None: ...
+
+
 class StreamReader:
     def __init__(
         self,
@@ -128,6 +149,8 @@ class StreamReader:
         block_ms: int = 1000,
         window: int = DEFAULT_WINDOW,
         history_batch: int = 1000,
+        outbox: Outbox | None = None,
+        fallback_after: float = 2.0,
     ) -> None:
         self._redis = client
         self._key = key
@@ -137,15 +160,18 @@ class StreamReader:
         self._window = window  # recent events loaded into the hub at start
         self.history_batch = history_batch
         self.history = SharedReads(HISTORY_READS_AT_ONCE)
+        self._outbox = outbox
+        self._fallback_after = fallback_after
+        self.path = "redis"  # where events come from now: "redis", or "postgres" while Redis cannot be read
         self.connected = False
         self.on_change: Callable[[bool], Awaitable[None]] | None = None  # told when `connected` changes
 
     async def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
             self.connected = connected
-            if connected:
+            if connected and self.path == "redis":
                 log.info("reading event stream %r", self._key)
-            else:
+            elif not connected:
                 log.warning("cannot read event stream %r; reconnecting", self._key)
             if self.on_change is not None:
                 await self.on_change(connected)
@@ -155,9 +181,11 @@ class StreamReader:
         await self._set_connected(False)
 
     async def run(self) -> None:
-        """Follow the stream from its current end, dispatching to the hub, until cancelled."""
+        """Follow the stream from its current end, dispatching to the hub, until cancelled; while Redis cannot
+        be read for `fallback_after` seconds, follow the outbox instead (when there is one)."""
         position: bytes | None = None  # the last entry read (ours or not)
         backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
+        unreadable_since: float | None = None
         while True:
             try:
                 if position is None:
@@ -168,20 +196,90 @@ class StreamReader:
                 await self._set_connected(True)
                 reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
                 backoff.reset()
+                unreadable_since = None
             except REDIS_ERRORS:
                 await self._set_connected(False)
+                now = time.monotonic()
+                unreadable_since = unreadable_since or now
+                if self._outbox is not None and now - unreadable_since >= self._fallback_after:
+                    if await self._follow_outbox(now - unreadable_since):
+                        # Back to the stream exactly where the outbox left off.
+                        position = str(self._hub.last).encode() if self._hub.last is not None else None
+                        unreadable_since = None
+                        backoff.reset()
+                        continue
                 await backoff.sleep()
                 continue
             for _key, entries in reply or ():
                 position = entries[-1][0]
                 self._hub.dispatch(_events(entries))
 
-    async def _patiently(self, read: Callable[[], Awaitable[T]]) -> T:
-        """Run a read, waiting for Redis while it is unreachable."""
+    async def _follow_outbox(self, unreadable_for: float) -> bool:
+        """Feed the hub from the outbox until the stream holds the events up to the hub's position again; False
+        if PostgreSQL cannot be read either."""
+        outbox = self._outbox
+        assert outbox is not None
+        try:
+            await outbox.open()
+        except OutboxUnavailable as exc:
+            log.warning("cannot read the outbox in PostgreSQL either (%s); waiting for Redis", exc)
+            return False
+        log.warning(
+            "cannot read event stream %r for %.1fs: following the outbox in PostgreSQL from %s",
+            self._key,
+            unreadable_for,
+            self._hub.last,
+        )
+        self.path = "postgres"
+        await self._set_connected(True)
+        try:
+            if self._hub.last is None:
+                self._hub.start_at(await outbox.top(), [])
+            next_probe = 0.0
+            while True:
+                events = await outbox.after(self._hub.last, self._batch)
+                if events:
+                    self._hub.dispatch(events)
+                    continue
+                now = time.monotonic()
+                if now >= next_probe:
+                    if await self._stream_caught_up():
+                        log.info(
+                            "event stream %r readable again and holds %s: back to Redis", self._key, self._hub.last
+                        )
+                        return True
+                    next_probe = now + PROBE_SECONDS
+                await outbox.wait(OUTBOX_SWEEP_SECONDS)
+        except OutboxUnavailable as exc:
+            log.warning("lost the outbox in PostgreSQL (%s); waiting for Redis", exc)
+            await self._set_connected(False)
+            return False
+        finally:
+            self.path = "redis"
+            with contextlib.suppress(OutboxUnavailable):
+                await outbox.close()
+
+    async def _stream_caught_up(self) -> bool:
+        """Whether Redis answers and its stream has reached the hub's position (the relay republishes what it
+        lacks), so that reading it from there misses nothing."""
+        try:
+            newest: Any = await self._redis.xrevrange(self._key, count=1)
+        except REDIS_ERRORS:
+            return False
+        if self._hub.last is None:
+            return True
+        return bool(newest) and (EventId.parse(newest[0][0]) or ORIGIN) >= self._hub.last
+
+    async def _either(self, from_redis: Callable[[], Awaitable[T]], from_outbox: Callable[[Outbox], Awaitable[T]]) -> T:
+        """Run a read on Redis, or on the outbox while that is where events come from; waits for one of them."""
         backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         while True:
+            outbox = self._outbox
+            if self.path == "postgres" and outbox is not None and outbox.is_open:
+                with contextlib.suppress(OutboxUnavailable):
+                    return await from_outbox(outbox)
             try:
-                return await read()
+                return await from_redis()
             except REDIS_ERRORS:
                 await backoff.sleep()
 
@@ -190,15 +288,20 @@ class StreamReader:
         (at most `history_batch` of them)."""
         count = self.history_batch - position.seq % self.history_batch
 
-        async def read() -> list[Event]:
-            entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=f"({position}", count=count))
-            return _events(entries)  # decoded once for everyone who shares the read
+        async def from_redis() -> list[Event]:
+            return _events(await self._redis.xrange(self._key, min=f"({position}", count=count))  # type: ignore[arg-type]
+
+        async def read() -> list[Event]:  # decoded once for everyone who shares the read
+            return await self._either(from_redis, lambda outbox: outbox.after(position, count))
 
         # A full range never changes (the stream only grows at its end), so it may be kept for others.
         return await self.history.get((position, count), read, keep=lambda events: len(events) == count)
 
     async def holds(self, event_id: EventId) -> bool:
-        """Whether the stream still has the event `event_id`."""
+        """Whether the stream (or, while it is followed instead, the outbox) still has the event `event_id`."""
         text = str(event_id)
-        entries: Any = await self._patiently(lambda: self._redis.xrange(self._key, min=text, max=text, count=1))
-        return bool(entries)
+
+        async def from_redis() -> bool:
+            return bool(await self._redis.xrange(self._key, min=text, max=text, count=1))
+
+        return await self._either(from_redis, lambda outbox: outbox.holds(event_id))

@@ -18,6 +18,10 @@ const { createClient } = require('redis');
 
 const [portText, redisUrl, databaseUrl] = process.argv.slice(2);
 
+// A Redis restart rejects the adapter's pending publishes; unhandled, Node would exit (as it did in this
+// benchmark's first runs). A production server logs them and carries on, as this one does.
+process.on('unhandledRejection', (error) => console.error('unhandled rejection:', error?.message ?? error));
+
 const pubClient = createClient({ url: redisUrl });
 const subClient = pubClient.duplicate();
 for (const client of [pubClient, subClient]) client.on('error', () => {}); // reconnects by itself

@@ -135,9 +135,11 @@ def booking_env(database_url: str, redis_url: str, *, least_privilege: bool = Tr
 
 
 def notify_env(database_url: str, redis_url: str) -> dict[str, str]:
-    """A notify instance following the event stream of the booking database at `database_url`."""
+    """A notify instance following the event stream of the booking database at `database_url` (a superuser's
+    URL; it reads the outbox, while Redis cannot be read, as SERVICE_ROLE)."""
     return {
         "REDIS_URL": redis_url,
+        "DATABASE_URL": as_role(database_url, SERVICE_ROLE),
         "EVENT_STREAM_KEY": stream_key(database_url),
         "JWT_SECRET": JWT_SECRET,
         "WORKERS": "1",

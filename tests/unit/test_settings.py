@@ -73,10 +73,32 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         relay_sweep_seconds=0.5,
         migration_database_url="postgresql://owner@h/db",
     )
-    notify = {**BASE, "EVENT_STREAM_KEY": "k", "SUBSCRIBER_QUEUE_SIZE": "1", "SHUTDOWN_GRACE_SECONDS": "2.5"}
+    notify = {
+        **BASE,
+        "EVENT_STREAM_KEY": "k",
+        "SUBSCRIBER_QUEUE_SIZE": "1",
+        "SHUTDOWN_GRACE_SECONDS": "2.5",
+        "REDIS_FALLBACK_AFTER_SECONDS": "0.5",
+    }
     assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
-        redis_url="redis://h", jwt_secret=SECRET, listen="0.0.0.0:2", stream_key="k", max_queue=1, grace_seconds=2.5
+        redis_url="redis://h",
+        jwt_secret=SECRET,
+        listen="0.0.0.0:2",
+        stream_key="k",
+        max_queue=1,
+        grace_seconds=2.5,
+        database_url="postgresql://u@h/db",
+        fallback_after_seconds=0.5,
     )
+
+
+def test_notify_falls_back_only_with_a_database_and_after_a_positive_delay() -> None:
+    without = {k: v for k, v in BASE.items() if k != "DATABASE_URL"}
+    assert NotifySettings.from_env(without).database_url == ""
+    assert NotifySettings.from_env(BASE).fallback_after_seconds == 2.0
+    for value in ("0", "-1", "3601"):
+        with pytest.raises(SettingsError, match="REDIS_FALLBACK_AFTER_SECONDS must be more than 0"):
+            NotifySettings.from_env({**BASE, "REDIS_FALLBACK_AFTER_SECONDS": value})
 
 
 def test_every_default_when_nothing_but_the_required_is_set() -> None:
@@ -84,7 +106,9 @@ def test_every_default_when_nothing_but_the_required_is_set() -> None:
         database_url="postgresql://u@h/db", redis_url="redis://h", jwt_secret=SECRET
     )
     assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).db_attempts == BookingSettings.db_attempts
-    assert NotifySettings.from_env(BASE) == NotifySettings(redis_url="redis://h", jwt_secret=SECRET)
+    assert NotifySettings.from_env(BASE) == NotifySettings(
+        redis_url="redis://h", jwt_secret=SECRET, database_url="postgresql://u@h/db"
+    )
     assert (BookingSettings.listen, NotifySettings.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
     assert (BookingSettings.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
 

@@ -1,0 +1,125 @@
+"""Events from PostgreSQL while Redis cannot be read: the outbox is the log, Redis its fan-out accelerator.
+
+booking_service's relay gives every committed event its stream position in the outbox (`seq`, `stream_ms`)
+whether or not Redis answers, and while it cannot publish it notifies PLACED_CHANNEL as it places them. A notify
+process that cannot read the stream for REDIS_FALLBACK_AFTER_SECONDS follows the outbox instead, on one
+connection (one reader per process, not per subscriber), woken by those notifications with a short sweep as a
+backstop, and feeds the hub the very events Redis would have carried: same ids, same bytes, same order. It goes
+back to the stream, at its exact position, once Redis answers and holds the events up to it (see
+notify_service.stream).
+
+The outbox belongs to booking_service; this module reads it through booking_service.outbox (its SQL) and
+booking_service.relay (the encoding of an event), so both paths make the same entries. The role needs SELECT
+on booking_outbox only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from booking_service.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
+from booking_service.relay import stream_fields
+from notify_service.hub import Event
+from notify_service.stream import OutboxUnavailable, decode
+from svc_common import eventstream as stream
+from svc_common.eventstream import EventId
+
+log = logging.getLogger(__name__)
+
+CONNECT_SECONDS = 5.0
+# What a lost or refused connection looks like (asyncpg's own errors, and the socket's).
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _event(row: PlacedRow) -> Event | None:
+    try:
+        fields = stream_fields(row.read())
+    except Exception as exc:  # noqa: BLE001 - the relay sets such a row aside; its place is passed over
+        fields = {stream.FIELD_SKIPPED: f"{type(exc).__name__}: {exc}".encode()}
+    return decode(str(row.event_id).encode(), fields)
+
+
+class OutboxReader:
+    """One connection to the outbox: reads placed events and waits for the relay's notifications."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # the follower and history reads share the connection
+        self._placed = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_SECONDS,
+                command_timeout=CONNECT_SECONDS,
+                server_settings={"application_name": "notify_service outbox reader"},
+            )
+        except DATABASE_ERRORS as exc:
+            raise OutboxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            await conn.add_listener(PLACED_CHANNEL, self._notified)
+        except BaseException as exc:
+            conn.terminate()
+            if isinstance(exc, DATABASE_ERRORS):
+                raise OutboxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        self._conn = conn
+
+    def _notified(self, *_: object) -> None:
+        self._placed.set()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.close(timeout=CONNECT_SECONDS)
+        except DATABASE_ERRORS:
+            conn.terminate()
+        except BaseException:
+            conn.terminate()
+            raise
+
+    async def _query(self, method: str, *args: object) -> Any:
+        """Run one query on the connection (one at a time), as OutboxUnavailable if the database is lost."""
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                raise OutboxUnavailable("the outbox reader is closed")
+            try:
+                return await getattr(self._conn, method)(*args)
+            except DATABASE_ERRORS as exc:
+                raise OutboxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def after(self, position: EventId | None, count: int) -> list[Event]:
+        """Up to `count` placed events after `position` (None: after the start), oldest first."""
+        records = await self._query("fetch", AFTER_SQL, position.seq if position else 0, count)
+        rows = [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+        return [event for row in rows if (event := _event(row)) is not None]
+
+    async def holds(self, event_id: EventId) -> bool:
+        return bool(await self._query("fetchval", AT_SQL, event_id.seq, event_id.ms))
+
+    async def top(self) -> EventId | None:
+        """The newest position handed out (None: none yet)."""
+        record = await self._query("fetchrow", TOP_SQL)
+        if record is None or not record["seq"]:
+            return None
+        return EventId(record["stream_ms"], record["seq"])
+
+    async def wait(self, seconds: float) -> None:
+        """Until the relay places events, or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._placed.wait()
+        self._placed.clear()

@@ -2,7 +2,8 @@
 
 Health: the overall status ("") and notify.v1.NotifyService are SERVING while the instance accepts
 subscriptions; "events" follows whether events can be read, from the Redis stream or, while that cannot be
-read, from the outbox in PostgreSQL (DATABASE_URL; notify_service.fallback). While neither can, subscribers wait.
+read, from the outbox in PostgreSQL (DATABASE_URL; notify_service.fallback); "redis" whether they come from the
+stream. While neither can be read, subscribers wait.
 On SIGTERM the instance reports NOT_SERVING, ends every open stream with UNAVAILABLE `SHUTTING_DOWN` (clients
 resume on another instance with their cursor) and stops within its grace period.
 """
@@ -30,6 +31,9 @@ from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_afte
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "notify.v1"
+# Health name that says which path events come by: SERVING while from the Redis stream, NOT_SERVING while
+# from the outbox in PostgreSQL (or from nowhere: then "events" is NOT_SERVING too).
+STREAM_HEALTH_NAME = "redis"
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     )
     server.server.add_generic_rpc_handlers((NotifyServicer(subscriptions).handler(),))
 
-    async def events_health(readable: bool) -> None:
+    async def events_health(readable: bool, path: str) -> None:
         await server.set_serving(readable, names=[eventstream.HEALTH_NAME])
+        await server.set_serving(readable and path == "redis", names=[STREAM_HEALTH_NAME])
 
     async def shut_down() -> None:
         await server.health.enter_graceful_shutdown()
@@ -74,7 +79,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(client.aclose)
-        await server.set_serving(False, names=[eventstream.HEALTH_NAME])
+        await server.set_serving(False, names=[eventstream.HEALTH_NAME, STREAM_HEALTH_NAME])
         port = await server.start()
         stack.push_async_callback(shut_down)
         await server.set_serving(True)

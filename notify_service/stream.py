@@ -164,7 +164,9 @@ class StreamReader:
         self._fallback_after = fallback_after
         self.path = "redis"  # where events come from now: "redis", or "postgres" while Redis cannot be read
         self.connected = False
-        self.on_change: Callable[[bool], Awaitable[None]] | None = None  # told when `connected` changes
+        self._reported = (False, "redis")
+        # Told whether events can be read and from where ("redis" or "postgres") whenever either changes.
+        self.on_change: Callable[[bool, str], Awaitable[None]] | None = None
 
     async def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
@@ -173,8 +175,10 @@ class StreamReader:
                 log.info("reading event stream %r", self._key)
             elif not connected:
                 log.warning("cannot read event stream %r; reconnecting", self._key)
+        if (connected, self.path) != self._reported:
+            self._reported = (connected, self.path)
             if self.on_change is not None:
-                await self.on_change(connected)
+                await self.on_change(connected, self.path)
 
     async def lost(self) -> None:
         """The reading task failed (its supervisor restarts it): subscribers wait meanwhile."""

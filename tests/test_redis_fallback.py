@@ -23,6 +23,7 @@ from tests.support.helpers import Caller, auth, uid
 from tests.support.servers import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FALLBACK_AFTER = 2.0  # notify's default REDIS_FALLBACK_AFTER_SECONDS
 
 
@@ -144,8 +145,9 @@ async def outage(
     began = time.monotonic()
     system.redis.stop()
     await asyncio.sleep(FALLBACK_AFTER + 1)
-    for notifier in notifiers:  # subscribers are served from PostgreSQL now
+    for notifier in notifiers:  # subscribers are served from PostgreSQL now, and health says so
         await notifier.wait_health(SERVING, "events")
+        await notifier.wait_health(NOT_SERVING, "redis")
     if resume_during:
         # A subscriber moves to the other instance during the outage, with its cursor.
         moving = watchers[0]
@@ -158,7 +160,9 @@ async def outage(
         (system.redis.base_dir / "dump.rdb").unlink(missing_ok=True)
     system.redis.start()
     ended = time.monotonic()
-    await asyncio.sleep(5)
+    for notifier in notifiers:  # back on the stream
+        await notifier.wait_health(SERVING, "redis")
+    await asyncio.sleep(3)
     return notifiers, writer, began, ended
 
 

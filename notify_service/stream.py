@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2
+from notify_service import metrics
 from notify_service.hub import DEFAULT_WINDOW, Event, Hub
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
@@ -235,6 +236,8 @@ class StreamReader:
             self._hub.last,
         )
         self.path = "postgres"
+        metrics.EVENTS_FROM_POSTGRES.set(1)
+        metrics.EVENT_SOURCE_SWITCHES.labels(to="postgres").inc()
         await self._set_connected(True)
         try:
             if self._hub.last is None:
@@ -251,6 +254,7 @@ class StreamReader:
                         log.info(
                             "event stream %r readable again and holds %s: back to Redis", self._key, self._hub.last
                         )
+                        metrics.EVENT_SOURCE_SWITCHES.labels(to="redis").inc()
                         return True
                     next_probe = now + PROBE_SECONDS
                 await outbox.wait(OUTBOX_SWEEP_SECONDS)
@@ -260,6 +264,7 @@ class StreamReader:
             return False
         finally:
             self.path = "redis"
+            metrics.EVENTS_FROM_POSTGRES.set(0)
             with contextlib.suppress(OutboxUnavailable):
                 await outbox.close()
 

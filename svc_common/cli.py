@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from svc_common.grpc_server import ListenError
+from svc_common.metrics import MetricsServer, metrics_listen
 from svc_common.settings import SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
@@ -45,19 +46,30 @@ def run_service(
         if not 1 <= workers <= MAX_WORKERS:
             raise SettingsError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
         settings = read_settings(os.environ, args.listen, args.worker)
+        address = metrics_listen(os.environ)
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    # Workers write their metrics for the supervisor to serve; a lone process serves its own.
+    metrics = MetricsServer(address) if address is not None and not args.worker else None
     try:
         if workers > 1 and not args.worker:
             check_free(args.listen)
-            return Workers(name, args.listen, workers).run()
+            if metrics is not None:
+                metrics.prepare_workers()
+                metrics.start()
+            return Workers(name, args.listen, workers, on_exit=metrics.worker_exited if metrics else None).run()
         if args.worker:
             follow_parent()
+        if metrics is not None:
+            metrics.start()
         asyncio.run(serve(settings))
     except ListenError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from svc_common.backoff import Backoff
@@ -65,19 +66,24 @@ def follow_parent() -> None:
 
 
 class Workers:
-    def __init__(self, module: str, listen: str, count: int) -> None:
+    def __init__(self, module: str, listen: str, count: int, *, on_exit: Callable[[int], None] | None = None) -> None:
         self._command = [sys.executable, "-m", module, "--listen", listen, WORKER_FLAG]
         self._count = count
+        self._on_exit = on_exit  # told the pid of each worker that ended
         self._workers: list[subprocess.Popen[bytes]] = []
         self._stopping = False
         self._backoff = Backoff(0.5, 10.0)
         self._started: dict[int, float] = {}  # pid -> when it started
 
     def _spawn(self) -> None:
+        if self._stopping:
+            return  # SIGTERM came while a replacement waited for its backoff
         worker = subprocess.Popen(self._command)
         self._workers.append(worker)
         self._started[worker.pid] = time.monotonic()
         log.info("worker %d started", worker.pid)
+        if self._stopping:  # ... or as it started: it must stop with the others
+            worker.send_signal(signal.SIGTERM)
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
@@ -97,6 +103,8 @@ class Workers:
                 if self._stopping or worker.poll() is None:
                     continue  # once stopping, every worker is waited for (and its status kept) below
                 self._workers.remove(worker)
+                if self._on_exit is not None:
+                    self._on_exit(worker.pid)
                 if worker.returncode == 2:
                     log.error("worker %d cannot run (exit status 2); stopping", worker.pid)
                     status = 2

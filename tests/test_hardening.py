@@ -18,10 +18,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from svc_common.dev.servers import SERVICE_ROLE, as_role
+from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
-from tests.support.servers import ServiceProcess, booking_env
+from tests.support.servers import ServiceProcess, booking_env, notify_env
 
 Callers = Callable[[str, str], Caller]
 
@@ -180,7 +180,7 @@ async def test_health_list_answers_every_name_on_both_services(
     notifier = system.notify()
     wanted = {
         booking_server.address: {"", "booking.v1.BookingService", "events"},
-        notifier.address: {"", "notify.v1.NotifyService", "events"},
+        notifier.address: {"", "notify.v1.NotifyService", "events", "redis"},
     }
     for address, names in wanted.items():
         async with grpc.aio.insecure_channel(address) as channel:
@@ -204,6 +204,28 @@ def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
     )
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on {booking_server.address}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_metrics_port_in_use_gives_one_clear_line_and_exit_status_2(
+    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, workers: str
+) -> None:
+    env = {
+        **os.environ,
+        **notify_env(booking_db_url, redis_url),
+        "WORKERS": workers,
+        "METRICS_LISTEN": booking_server.address,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "notify_service", "--listen", f"127.0.0.1:{free_port()}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on {booking_server.address}" in done.stderr
     assert "Traceback" not in done.stderr
 
 

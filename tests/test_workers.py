@@ -111,3 +111,15 @@ async def test_an_instance_killed_with_its_clients_connected_starts_again_on_its
         client.close()
     notify.start()  # the same address, at once
     assert len(workers_of(notify)) == 2
+
+
+async def test_sigterm_while_a_replacement_waits_stops_everything_and_starts_nothing(system: EventSystem) -> None:
+    notify = system.notify(WORKERS="2")
+    victim, other = workers_of(notify)
+    os.kill(victim, signal.SIGKILL)
+    await eventually(lambda: "starting another in" in notify.log(), lambda: "the supervisor did not notice")
+    notify.signal(signal.SIGTERM)  # during the replacement's backoff
+    assert await asyncio.to_thread(notify.wait, 15) == 0
+    assert "all workers stopped" in notify.log()
+    assert not alive(other)
+    assert notify.log().count("started") == 2  # no replacement was started after SIGTERM

@@ -7,6 +7,7 @@ import pytest
 from booking_service.settings import Settings as BookingSettings
 from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
+from svc_common.metrics import metrics_listen
 from svc_common.settings import SettingsError
 
 SECRET = "s" * 32
@@ -153,3 +154,12 @@ def test_the_history_window_may_be_zero_and_is_bounded() -> None:
     for value, message in (("-1", "at least 0"), ("1000001", "at most 1000000")):
         with pytest.raises(SettingsError, match=f"SUBSCRIBE_HISTORY_WINDOW must be {message}"):
             NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": value})
+
+
+def test_metrics_are_served_where_metrics_listen_says_or_nowhere() -> None:
+    assert metrics_listen({}) is None
+    assert metrics_listen({"METRICS_LISTEN": "  "}) is None
+    assert metrics_listen({"METRICS_LISTEN": "127.0.0.1:9092"}) == ("127.0.0.1", 9092)
+    for bad in ("9092", "host", "host:port", "host:99999", ":9092"):
+        with pytest.raises(SettingsError, match="METRICS_LISTEN must be HOST:PORT"):
+            metrics_listen({"METRICS_LISTEN": bad})

@@ -1,0 +1,78 @@
+"""Prometheus metrics over HTTP at /metrics on METRICS_LISTEN (empty: none), for the whole instance.
+
+A lone process serves its own metrics. With workers, the supervisor makes a fresh directory and hands it to
+them as PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode: each worker writes its metrics to
+files there, set before the worker's Python starts), serves /metrics summed over every worker's files, forgets
+the live gauges of a worker that exits, and removes the directory when it stops. So a scrape sees the instance,
+not whichever worker answered.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+from urllib.parse import urlsplit
+
+from svc_common.grpc_server import ListenError
+from svc_common.settings import SettingsError
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_listen(environ: dict[str, str] | os._Environ[str]) -> tuple[str, int] | None:
+    """METRICS_LISTEN as (host, port), or None when it is empty (no metrics served)."""
+    raw = environ.get("METRICS_LISTEN", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(f"//{raw}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise SettingsError(f"METRICS_LISTEN must be HOST:PORT (or empty for no metrics), got {raw!r}")
+    return parts.hostname, port
+
+
+class MetricsServer:
+    """/metrics over HTTP in a background thread (prometheus_client's server)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self._server: Any = None
+        self._directory: str | None = None
+
+    def prepare_workers(self) -> None:
+        """Before workers start: the directory they write their metrics to (inherited through the environment)."""
+        self._directory = tempfile.mkdtemp(prefix="service-metrics-")
+        os.environ[MULTIPROCESS_DIR] = self._directory
+
+    def start(self) -> None:
+        from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = REGISTRY
+        if self._directory is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self._directory)  # type: ignore[no-untyped-call]
+        host, port = self.address
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise ListenError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+
+    def worker_exited(self, pid: int) -> None:
+        """A worker is gone: its live gauges no longer count."""
+        if self._directory is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(pid, self._directory)  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)

@@ -21,7 +21,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
-from tests.support.servers import ServiceProcess, booking_env, notify_env
+from tests.support.servers import ServiceProcess, booking_env
 
 Callers = Callable[[str, str], Caller]
 
@@ -190,42 +190,24 @@ async def test_health_list_answers_every_name_on_both_services(
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-@pytest.mark.parametrize("module", ["booking_service", "notify_service"])
+@pytest.mark.parametrize(
+    ("module", "taken"),
+    [("booking_service", "grpc"), ("notify_service", "grpc"), ("notify_service", "metrics")],
+)
 def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
-    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str, workers: str
+    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str, taken: str, workers: str
 ) -> None:
+    """The gRPC address, or METRICS_LISTEN's, already taken (here by the shared booking server)."""
     env = {**os.environ, **booking_env(booking_db_url, redis_url), "WORKERS": workers}
+    listen = booking_server.address
+    if taken == "metrics":
+        env["METRICS_LISTEN"], listen = booking_server.address, f"127.0.0.1:{free_port()}"
     done = subprocess.run(
-        [sys.executable, "-m", module, "--listen", booking_server.address],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", module, "--listen", listen], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2, done.stderr
-    assert f"cannot listen on {booking_server.address}" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_metrics_port_in_use_gives_one_clear_line_and_exit_status_2(
-    booking_server: ServiceProcess, booking_db_url: str, redis_url: str, workers: str
-) -> None:
-    env = {
-        **os.environ,
-        **notify_env(booking_db_url, redis_url),
-        "WORKERS": workers,
-        "METRICS_LISTEN": booking_server.address,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "notify_service", "--listen", f"127.0.0.1:{free_port()}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert f"cannot serve metrics on {booking_server.address}" in done.stderr
+    what = "cannot listen on" if taken == "grpc" else "cannot serve metrics on"
+    assert f"{what} {booking_server.address}" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -179,6 +179,11 @@ class Hub:
                 self._recent.clear()
             self._recent.append(event)
 
+    @property
+    def oldest(self) -> EventId | None:
+        """The oldest event this hub remembers (or its position, if it remembers none)."""
+        return self._recent[0].id if self._recent else self.last
+
     def recent_after(self, position: EventId, limit: int) -> list[Event] | None:
         """Up to `limit` events that follow `position`, from memory ([] if `position` is the newest one), or None
         if the window does not reach back to `position`."""

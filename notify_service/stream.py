@@ -164,6 +164,9 @@ class StreamReader:
         self._outbox = outbox
         self._fallback_after = fallback_after
         self.path = "redis"  # where events come from now: "redis", or "postgres" while Redis cannot be read
+        # While following the outbox: history from the outbox only from here on (the oldest event this process
+        # had seen when Redis went away); older history is Redis's to serve, under Redis's retention.
+        self._outbox_floor: EventId | None = None
         self.connected = False
         self._reported = (False, "redis")
         # Told whether events can be read and from where ("redis" or "postgres") whenever either changes.
@@ -235,6 +238,7 @@ class StreamReader:
             unreadable_for,
             self._hub.last,
         )
+        self._outbox_floor = self._hub.oldest
         self.path = "postgres"
         metrics.EVENTS_FROM_POSTGRES.set(1)
         metrics.EVENT_SOURCE_SWITCHES.labels(to="postgres").inc()
@@ -279,12 +283,21 @@ class StreamReader:
             return True
         return bool(newest) and (EventId.parse(newest[0][0]) or ORIGIN) >= self._hub.last
 
-    async def _either(self, from_redis: Callable[[], Awaitable[T]], from_outbox: Callable[[Outbox], Awaitable[T]]) -> T:
-        """Run a read on Redis, or on the outbox while that is where events come from; waits for one of them."""
+    async def _either(
+        self, position: EventId, from_redis: Callable[[], Awaitable[T]], from_outbox: Callable[[Outbox], Awaitable[T]]
+    ) -> T:
+        """Run a read from `position` on Redis, or on the outbox while that is where events come from and
+        `position` is not older than what this process had seen when it switched; waits for one of them."""
         backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         while True:
             outbox = self._outbox
-            if self.path == "postgres" and outbox is not None and outbox.is_open:
+            floor = self._outbox_floor
+            if (
+                self.path == "postgres"
+                and outbox is not None
+                and outbox.is_open
+                and (floor is None or position >= floor)
+            ):
                 with contextlib.suppress(OutboxUnavailable):
                     return await from_outbox(outbox)
             try:
@@ -301,7 +314,7 @@ class StreamReader:
             return _events(await self._redis.xrange(self._key, min=f"({position}", count=count))  # type: ignore[arg-type]
 
         async def read() -> list[Event]:  # decoded once for everyone who shares the read
-            return await self._either(from_redis, lambda outbox: outbox.after(position, count))
+            return await self._either(position, from_redis, lambda outbox: outbox.after(position, count))
 
         # A full range never changes (the stream only grows at its end), so it may be kept for others.
         return await self.history.get((position, count), read, keep=lambda events: len(events) == count)
@@ -313,4 +326,4 @@ class StreamReader:
         async def from_redis() -> bool:
             return bool(await self._redis.xrange(self._key, min=text, max=text, count=1))
 
-        return await self._either(from_redis, lambda outbox: outbox.holds(event_id))
+        return await self._either(event_id, from_redis, lambda outbox: outbox.holds(event_id))

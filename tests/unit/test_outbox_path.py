@@ -1,0 +1,82 @@
+"""The stream reader while it follows the outbox (Redis unreadable), with stand-ins for Redis and PostgreSQL:
+history comes from the outbox only back to what the process had seen when it switched."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from notify_service.hub import Event, Hub
+from notify_service.stream import StreamReader
+from svc_common.eventstream import EventId
+
+
+def event(seq: int) -> Event:
+    return Event(EventId(1000 + seq, seq), "c", "p", "b", f"e{seq}".encode())
+
+
+class DownRedis:
+    """Every call fails as an unreachable Redis does."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*_: object, **__: object) -> None:
+            raise redis.ConnectionError("Redis is down")
+
+        return fail
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.is_open = False
+        self.reads: list[EventId | None] = []
+
+    async def open(self) -> None:
+        self.is_open = True
+
+    async def close(self) -> None:
+        self.is_open = False
+
+    async def after(self, position: EventId | None, count: int) -> list[Event]:
+        self.reads.append(position)
+        return []
+
+    async def holds(self, event_id: EventId) -> bool:
+        return True
+
+    async def top(self) -> EventId | None:
+        return None
+
+    async def wait(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+async def test_history_from_the_outbox_only_back_to_what_was_seen_older_waits_for_redis() -> None:
+    hub = Hub(window=5)
+    outbox = Outbox()
+    reader = StreamReader(DownRedis(), "k", hub, outbox=outbox, fallback_after=0.1)  # type: ignore[arg-type]
+    switched = asyncio.Event()
+
+    async def changed(readable: bool, path: str) -> None:
+        if readable and path == "postgres":
+            switched.set()
+
+    reader.on_change = changed
+    hub.start_at(EventId(1020, 20), [event(seq) for seq in range(16, 21)])  # what it had seen: 16..20
+    following = asyncio.create_task(reader.run())
+    try:
+        async with asyncio.timeout(5):
+            await switched.wait()
+            assert await reader.after(EventId(1018, 18)) == []  # from the outbox
+            assert EventId(1018, 18) in outbox.reads
+            assert await reader.holds(EventId(1016, 16))
+        with pytest.raises(TimeoutError):  # older than anything seen: Redis's to answer, under its retention
+            async with asyncio.timeout(0.5):
+                await reader.after(EventId(1010, 10))
+        assert EventId(1010, 10) not in outbox.reads
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    assert reader.path == "redis" and not outbox.is_open

@@ -151,6 +151,7 @@ async def test_a_subscriber_ten_thousand_events_behind_catches_up_in_large_reads
                 await live
                 await behind.until(event_id(10_500))
             reads = await stream.range_reads() - reads_before
+    print(f"\n10,500 events caught up in {behind.responses} responses and {reads} Redis range reads")
     assert behind.ids == ids(1, 10_500)
     assert behind.responses <= 10_500 / 50, behind.responses
     # 8,000 events older than the window, read 1,000 at a time (one read more finds where the window starts).
@@ -190,6 +191,7 @@ async def test_a_thousand_subscribers_resuming_at_once_converge_on_few_redis_rea
         finally:
             for channel in channels:
                 await channel.close()
+    print(f"\n1,000 subscribers resumed on {reads} Redis range reads")
     assert watcher.ids == ids(3001, last)
     for reader, cursor, customer in crowd:
         assert reader.ids == ids(cursor + 1, last, customer), (cursor, customer)

@@ -124,6 +124,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     server = GrpcServer(
         listen=settings.listen,
         reuse_port=settings.reuse_port,
+        metrics=settings.metrics,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

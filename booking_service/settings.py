@@ -24,6 +24,7 @@ class Settings:
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
+    metrics: bool = False  # record metrics: METRICS_LISTEN is set (svc_common.metrics serves them)
     db_min_connections: int = DatabaseConfig.min_connections
     db_max_connections: int = DatabaseConfig.max_connections
     db_attempts: int = DatabaseConfig.attempts
@@ -45,6 +46,7 @@ class Settings:
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
+            metrics=bool(env.text(environ, "METRICS_LISTEN", "")),
             db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", cls.db_min_connections),
             db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", cls.db_max_connections),
             db_attempts=env.integer(environ, "DB_ATTEMPTS", cls.db_attempts),

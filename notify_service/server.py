@@ -62,6 +62,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     server = GrpcServer(
         listen=settings.listen,
         reuse_port=settings.reuse_port,
+        metrics=settings.metrics,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

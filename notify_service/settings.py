@@ -20,6 +20,7 @@ class Settings:
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
+    metrics: bool = False  # record metrics: METRICS_LISTEN is set (svc_common.metrics serves them)
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
@@ -53,6 +54,7 @@ class Settings:
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
+            metrics=bool(env.text(environ, "METRICS_LISTEN", "")),
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
             max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,8 +24,11 @@ from grpc_status import rpc_status
 
 from svc_common import errors
 from svc_common.auth import TokenVerifier, set_current_principal
+from svc_common.grpc_metrics import MethodMetrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -119,12 +123,56 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Authentication (all but health and reflection) and error mapping; each method's wrapper is built once."""
+class _Counting:
+    """A servicer context whose writes are counted (grpc_server_msg_sent_total), for streaming methods."""
 
-    def __init__(self, verifier: TokenVerifier, domain: str) -> None:
+    __slots__ = ("_context", "_sent")
+
+    def __init__(self, context: Any, sent: Any) -> None:
+        self._context = context
+        self._sent = sent
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._sent.inc()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _final_code(context: Any) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
+
+
+async def _measured(metrics: MethodMetrics, context: Any, call: Awaitable[T]) -> T:
+    """Await one RPC's handling, counting it as started, then handled with its final status and duration (an
+    RPC ended by its client, or by cancellation, counts as CANCELLED)."""
+    started = time.perf_counter()
+    metrics.started.inc()
+    metrics.received.inc()
+    code = grpc.StatusCode.CANCELLED
+    try:
+        result = await call
+        code = _final_code(context)
+        return result
+    except grpc.aio.AbortError:
+        code = _final_code(context)
+        raise
+    finally:
+        metrics.handled(code, time.perf_counter() - started)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication (all but health and reflection), error mapping and, when `metrics`, the gRPC server
+    metrics (svc_common.grpc_metrics); each method's wrapper is built once."""
+
+    def __init__(self, verifier: TokenVerifier, domain: str, *, metrics: bool = False) -> None:
         self._verifier = verifier
         self._domain = domain
+        self._metrics = metrics
         self._wrapped: dict[str, Any] = {}
         if code_pb2.INTERNAL != grpc.StatusCode.INTERNAL.value[0]:  # pragma: no cover - sanity of the mapping
             raise RuntimeError("google.rpc codes and grpc.StatusCode disagree")
@@ -140,7 +188,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrap(handler, authenticate=not method.startswith(PUBLIC_METHOD_PREFIXES))
+            wrapped = self._wrap(handler, method, authenticate=not method.startswith(PUBLIC_METHOD_PREFIXES))
             self._wrapped[method] = wrapped
         return wrapped
 
@@ -172,10 +220,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             status = rich_status(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", domain=self._domain)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _wrap(self, handler: Any, *, authenticate: bool) -> Any:
+    def _wrap(self, handler: Any, method: str, *, authenticate: bool) -> Any:
         decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             unary = handler.unary_unary
+            metrics = MethodMetrics(method, "unary") if self._metrics else None
 
             async def unary_behavior(request: Any, context: Any) -> Any:
                 try:
@@ -186,11 +235,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
                     await self._abort(context, exc)
 
+            async def measured_unary(request: Any, context: Any) -> Any:
+                assert metrics is not None
+                response = await _measured(metrics, context, unary_behavior(request, context))
+                metrics.sent.inc()
+                return response
+
             return grpc.unary_unary_rpc_method_handler(
-                unary_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
+                measured_unary if metrics else unary_behavior,
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:  # served by a coroutine that sends with context.write()
             writer = handler.unary_stream
+            metrics = MethodMetrics(method, "server_stream") if self._metrics else None
 
             async def write_behavior(request: Any, context: Any) -> None:
                 try:
@@ -201,8 +259,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
                     await self._abort(context, exc)
 
+            async def measured_stream(request: Any, context: Any) -> None:
+                assert metrics is not None
+                await _measured(metrics, context, write_behavior(request, _Counting(context, metrics.sent)))
+
             return grpc.unary_stream_rpc_method_handler(
-                write_behavior, request_deserializer=decode, response_serializer=handler.response_serializer
+                measured_stream if metrics else write_behavior,
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
             )
         if not authenticate:  # reflection's bidirectional stream: served as the library made it
             return handler
@@ -243,6 +307,7 @@ class GrpcServer:
         error_domain: str,
         service_names: Sequence[str],
         reuse_port: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.health = HealthServicer()
         self._listen = listen
@@ -254,7 +319,8 @@ class GrpcServer:
             # only workers of one supervisor share their address (svc_common.workers).
             ("grpc.so_reuseport", int(reuse_port)),
         ]
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(verifier, error_domain)], options=options)
+        interceptor = ServiceInterceptor(verifier, error_domain, metrics=metrics)
+        self.server = grpc.aio.server(interceptors=[interceptor], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -11,18 +11,16 @@ import asyncio
 import shutil
 import statistics
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, admin_on, eventually
-from tests.support.helpers import Caller, auth, uid
+from tests.support.helpers import Caller, auth, scrape, uid
 from tests.support.servers import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -231,17 +229,6 @@ async def test_redis_back_without_its_data_the_relay_republishes_and_nobody_miss
     await everyone_got_exactly_what_was_committed(system, watchers, writer)
     for notifier in notifiers:
         assert "back to Redis" in notifier.log()
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The samples at /metrics, by name and labels ("name{label=value}")."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 async def test_metrics_summed_over_workers_say_which_path_events_come_by(system: EventSystem) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import grpc
 import jwt
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.auth import Role, mint
@@ -218,3 +220,14 @@ BAD_HEADERS = {
     "alg_none": "Bearer "
     + jwt.encode({"sub": "a", "name": "a", "role": "admin", "exp": int(time.time()) + 60}, None, "none"),
 }
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The samples a service serves at /metrics on `port`, by name and sorted labels ("name{k=v,k=v}")."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

@@ -1,0 +1,62 @@
+"""/metrics (METRICS_LISTEN): the gRPC server metrics, by method and status, as go-grpc-middleware names
+them, summed over a service's workers."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
+from svc_common.dev.servers import free_port
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
+from tests.support.helpers import scrape, uid
+
+BOOKING = "grpc_service=booking.v1.BookingService,grpc_type=unary"
+NOTIFY = "grpc_service=notify.v1.NotifyService,grpc_type=server_stream"
+
+
+def sample(samples: dict[str, float], name: str, method: str, labels: str, code: str = "") -> float:
+    key = f"{name}{{{f'grpc_code={code},' if code else ''}grpc_method={method},{labels}}}"
+    return samples.get(key, 0.0)
+
+
+async def test_every_rpc_is_counted_by_method_and_code_across_workers(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    booking_port, notify_port = free_port(), free_port()
+    booking = system.booking(WORKERS="2", METRICS_LISTEN=f"127.0.0.1:{booking_port}")
+    notify = system.notify(METRICS_LISTEN=f"127.0.0.1:{notify_port}")
+    watcher = Subscription("admin", uid("ops"))
+    await watcher.open(notify.address)
+    admin = await admin_on(booking, channels)
+    made = [await admin.create(provider_id=uid("prov"), customer_id=uid("cust")) for _ in range(3)]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await admin.get(str(uuid.uuid4()))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    anonymous = booking_pb2_grpc.BookingServiceStub(channels[0])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await anonymous.GetBooking(booking_pb2.GetBookingRequest(booking_id=made[0].id), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await eventually(lambda: len(watcher.events) >= 3, lambda: f"{len(watcher.events)} events")
+    await watcher.close()
+
+    samples = scrape(booking_port)
+    assert sample(samples, "grpc_server_started_total", "CreateBooking", BOOKING) == 3
+    assert sample(samples, "grpc_server_handled_total", "CreateBooking", BOOKING, "OK") == 3
+    assert sample(samples, "grpc_server_msg_received_total", "CreateBooking", BOOKING) == 3
+    assert sample(samples, "grpc_server_msg_sent_total", "CreateBooking", BOOKING) == 3
+    assert sample(samples, "grpc_server_handling_seconds_count", "CreateBooking", BOOKING) == 3
+    assert sample(samples, "grpc_server_handled_total", "GetBooking", BOOKING, "NotFound") == 1
+    assert sample(samples, "grpc_server_handled_total", "GetBooking", BOOKING, "Unauthenticated") == 1
+    assert sample(samples, "grpc_server_started_total", "GetBooking", BOOKING) == 2
+
+    def subscribe_ended() -> bool:
+        return sample(scrape(notify_port), "grpc_server_handled_total", "Subscribe", NOTIFY, "Canceled") == 1
+
+    await eventually(subscribe_ended, lambda: f"metrics: {scrape(notify_port)}")
+    samples = scrape(notify_port)
+    assert sample(samples, "grpc_server_started_total", "Subscribe", NOTIFY) == 1
+    # One response per event at this pace (or fewer, batched): never more, never none.
+    assert 1 <= sample(samples, "grpc_server_msg_sent_total", "Subscribe", NOTIFY) <= len(watcher.events)

@@ -100,6 +100,12 @@ class Database:
             reset=release_connection,
         )
 
+    def connections_in_use(self) -> int:
+        """Pool connections acquired by calls right now (0 before the pool opens)."""
+        if self._pool is None:
+            return 0
+        return self._pool.get_size() - self._pool.get_idle_size()
+
     async def close(self) -> None:
         """Close the pool, waiting up to `close_seconds` for connections in use, then terminating them."""
         timeout = self._config.close_seconds

@@ -111,8 +111,10 @@ SELECT o.seq, o.stream_ms, o.id, o.event_type, o.booking, o.actor_id, o.actor_na
 ON CONFLICT (seq) DO NOTHING
 """
 
+# $1: the last seq this relay published (it marks it durably only about once a second).
 BACKLOG_SQL = """
-SELECT count(*) FROM booking_outbox WHERE seq IS NULL OR seq > (SELECT published_seq FROM booking_outbox_state)
+SELECT count(*) AS waiting, coalesce(extract(epoch FROM now() - min(occur_time)), 0)::float8 AS oldest_age
+  FROM booking_outbox WHERE seq IS NULL OR seq > greatest($1, (SELECT published_seq FROM booking_outbox_state))
 """
 
 
@@ -210,6 +212,8 @@ class OutboxConnection:
         status = await self._conn.execute(DELETE_PUBLISHED_SQL, before)
         return int(status.split()[-1])
 
-    async def backlog(self) -> int:
-        count: int = await self._conn.fetchval(BACKLOG_SQL)
-        return count
+    async def backlog(self, published: int) -> tuple[int, float]:
+        """How many committed events are not published yet (after seq `published`), and the oldest one's age."""
+        record = await self._conn.fetchrow(BACKLOG_SQL, published)
+        assert record is not None
+        return record["waiting"], record["oldest_age"]

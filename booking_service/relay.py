@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as redis
 
+from booking_service import metrics
 from booking_service.convert import event_to_proto
 from booking_service.database import LOST_CONNECTION, Database
 from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent, PlacedRow
@@ -36,6 +37,7 @@ from svc_common.redis_client import REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 MARK_INTERVAL_SECONDS = 1.0  # how often the relay records durably how far it has published
+BACKLOG_SAMPLE_SECONDS = 5.0  # how often the relay counts what waits in the outbox (metrics)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class EventRelay:
         self._next_housekeeping = 0.0
         self._published = 0  # the last seq this relay published (marked in the database about once a second)
         self._next_mark = 0.0
+        self._next_sample = 0.0  # when to sample the backlog for the metrics next
         self.relaying = False  # whether this instance holds the relay lock
 
     async def run(self) -> None:
@@ -175,8 +178,8 @@ class EventRelay:
                 await self._relay_all(outbox)
                 await self._housekeeping(outbox)
             except REDIS_ERRORS as exc:
-                backlog = await outbox.backlog()
-                log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, backlog)
+                waiting, _ = await self._sample_backlog(outbox)
+                log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, waiting)
                 await self._place_until(outbox, time.monotonic() + backoff.next())
                 continue
             backoff.reset()
@@ -199,22 +202,34 @@ class EventRelay:
                 async with asyncio.timeout(remaining):
                     await self._wake.wait()
 
+    async def _sample_backlog(self, outbox: OutboxConnection) -> tuple[int, float]:
+        waiting, oldest_age = await outbox.backlog(self._published)
+        metrics.OUTBOX_BACKLOG.set(waiting)
+        metrics.OUTBOX_OLDEST_AGE.set(oldest_age)
+        self._next_sample = time.monotonic() + BACKLOG_SAMPLE_SECONDS
+        return waiting, oldest_age
+
     async def _relay_all(self, outbox: OutboxConnection) -> None:
+        if time.monotonic() >= self._next_sample:
+            await self._sample_backlog(outbox)
         batch = self._config.batch
         while True:
             now = time.monotonic()
             mark = now >= self._next_mark
             if mark:
                 self._next_mark = now + MARK_INTERVAL_SECONDS
+            started = time.perf_counter()
             rows = await outbox.round(batch, self._published, mark=mark)
             if rows:
                 entries, failures = entries_of(rows)
                 if failures:
                     await outbox.set_aside(failures)
                 await self._publisher.publish(entries)
+                metrics.EVENTS_PUBLISHED.inc(len(entries))
                 # Marked published durably by a later round (about once a second): a crash before that only
                 # means publishing them again, which the stream refuses.
                 self._published = rows[-1].event_id.seq
+            metrics.RELAY_ROUNDS.observe(time.perf_counter() - started)
             if len(rows) < batch:
                 return
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service import pagination
+from booking_service import metrics, pagination
 from booking_service.database import LOST_CONNECTION, Database, DatabaseConfig
 from booking_service.domain import ERROR_DOMAIN
 from booking_service.relay import EventRelay, RelayConfig, RelayWaker
@@ -78,6 +78,9 @@ async def _watch_health(
     events: bool | None = None
     while True:
         now, redis_now = await asyncio.gather(db.ping(), _redis_ok(client))
+        metrics.DATABASE_UP.set(now)
+        metrics.REDIS_UP.set(redis_now)
+        metrics.POOL_IN_USE.set(db.connections_in_use())
         events_now = redis_now and not supervisor.failing(*RELAY_TASKS)
         if now != serving:
             log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")

@@ -94,7 +94,18 @@ def take_batch(queue: deque[bytes], limits: BatchLimits) -> bytes:
 
 
 class Subscriber:
-    __slots__ = ("_queue", "_ready", "failure", "filter", "last", "limits", "max_queue")
+    __slots__ = (
+        "_queue",
+        "_ready",
+        "delivered",
+        "failure",
+        "filter",
+        "last",
+        "limits",
+        "max_queue",
+        "reported",
+        "responses",
+    )
 
     def __init__(
         self, event_filter: EventFilter, last: EventId | None, max_queue: int, limits: BatchLimits = BatchLimits()
@@ -104,6 +115,9 @@ class Subscriber:
         self.max_queue = max_queue  # events, whatever the responses they go out in
         self.limits = limits
         self.failure: ServiceError | None = None
+        self.delivered = 0  # events handed out in responses, and those responses (for the metrics)
+        self.responses = 0
+        self.reported = (0, 0)  # (delivered, responses) as far as the metrics have counted them
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
 
@@ -152,7 +166,11 @@ class Subscriber:
             await self._ready.wait()
         if self.failure is not None:
             raise self.failure
-        return take_batch(self._queue, self.limits)
+        waiting = len(self._queue)
+        batch = take_batch(self._queue, self.limits)
+        self.delivered += waiting - len(self._queue)
+        self.responses += 1
+        return batch
 
 
 class Hub:
@@ -202,6 +220,10 @@ class Hub:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def subscribers(self) -> frozenset[Subscriber]:
+        return frozenset(self._subscribers)
 
     def add(self, subscriber: Subscriber) -> None:
         if self._closing is not None:

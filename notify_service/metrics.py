@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
+
+from notify_service.hub import Subscriber
 
 EVENTS_FROM_POSTGRES = Gauge(
     "notify_events_from_postgres",
@@ -14,3 +18,33 @@ EVENT_SOURCE_SWITCHES = Counter(
     "Switches of where events are read from: to='postgres' when Redis cannot be read, to='redis' when it is back",
     ["to"],
 )
+SUBSCRIPTIONS_OPEN = Gauge("notify_subscriptions_open", "Subscribe streams open", multiprocess_mode="livesum")
+SUBSCRIPTIONS_ENDED = Counter(
+    "notify_subscriptions_ended",
+    "Subscribe streams ended, by why: SLOW_CONSUMER, CURSOR_EXPIRED, SHUTTING_DOWN, CANCELLED (by the client)",
+    ["reason"],
+)
+EVENTS_DELIVERED = Counter("notify_events_delivered", "Events written to subscribers (counted about once a second)")
+RESPONSES_WRITTEN = Counter(
+    "notify_responses_written", "Subscribe responses written, each carrying one or more events (about once a second)"
+)
+READ_LAG = Gauge(
+    "notify_stream_read_lag_seconds",
+    "Now minus when the newest event read had been given its stream position (its id's milliseconds)",
+    multiprocess_mode="livemax",
+)
+
+
+def count_deliveries(subscribers: Iterable[Subscriber]) -> None:
+    """Add what `subscribers` were handed since last counted to the delivery counters (one inc each, not one
+    per write: the write path stays as it is)."""
+    events = responses = 0
+    for subscriber in subscribers:
+        counted_events, counted_responses = subscriber.reported
+        events += subscriber.delivered - counted_events
+        responses += subscriber.responses - counted_responses
+        subscriber.reported = (subscriber.delivered, subscriber.responses)
+    if events:
+        EVENTS_DELIVERED.inc(events)
+    if responses:
+        RESPONSES_WRITTEN.inc(responses)

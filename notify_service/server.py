@@ -10,11 +10,13 @@ resume on another instance with their cursor) and stops within its grace period.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from notify_service import metrics
 from notify_service.fallback import OutboxReader
 from notify_service.hub import Hub
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
@@ -34,6 +36,7 @@ ERROR_DOMAIN = "notify.v1"
 # Health name that says which path events come by: SERVING while from the Redis stream, NOT_SERVING while
 # from the outbox in PostgreSQL (or from nowhere: then "events" is NOT_SERVING too).
 STREAM_HEALTH_NAME = "redis"
+DELIVERY_COUNT_SECONDS = 1.0  # how often deliveries are added to the metrics
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,19 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
         reader.on_change = events_health
-        reading = Supervisor().start("stream reader", reader.run, on_failure=reader.lost)
+        supervisor = Supervisor()
+        reading = supervisor.start("stream reader", reader.run, on_failure=reader.lost)
         stack.push_async_callback(cancel_and_wait, reading)
+        counting = supervisor.start("delivery metrics", lambda: _count_deliveries(hub))
+        stack.push_async_callback(cancel_and_wait, counting)
         log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
         yield Running(port, hub)
+
+
+async def _count_deliveries(hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(DELIVERY_COUNT_SECONDS)
+        metrics.count_deliveries(hub.subscribers)
 
 
 async def serve(settings: Settings) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import grpc
 
 from booking_api.notify.v1 import notify_pb2
+from notify_service import metrics
 from notify_service.hub import EventFilter
 from notify_service.subscriptions import Subscriptions
 from svc_common.auth import current_principal
+from svc_common.errors import ServiceError
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
 from svc_common.validation import Checker
@@ -45,6 +47,8 @@ class NotifyServicer:
     ) -> None:
         event_filter, cursor = _request(request)
         subscriber = self._subscriptions.open(event_filter, cursor)
+        metrics.SUBSCRIPTIONS_OPEN.inc()
+        ended = "CANCELLED"  # unless the service ends it (by the client, or by the server's own cancellation)
         try:
             # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event).
             await context.send_initial_metadata(())
@@ -53,8 +57,13 @@ class NotifyServicer:
                     await context.write(payload)
             while True:  # the hot path: one wait and one write per event, no generators in between
                 await context.write(await subscriber.next())
+        except ServiceError as exc:
+            ended = exc.reason or type(exc).__name__
+            raise
         finally:
             self._subscriptions.close(subscriber)
+            metrics.SUBSCRIPTIONS_OPEN.dec()
+            metrics.SUBSCRIPTIONS_ENDED.labels(reason=ended).inc()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; responses are already serialized, so they pass through as they are."""

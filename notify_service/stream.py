@@ -221,6 +221,9 @@ class StreamReader:
             for _key, entries in reply or ():
                 position = entries[-1][0]
                 self._hub.dispatch(_events(entries))
+                newest = EventId.parse(position)
+                if newest is not None:
+                    metrics.READ_LAG.set(max(0.0, time.time() - newest.ms / 1000))
 
     async def _follow_outbox(self, unreadable_for: float) -> bool:
         """Feed the hub from the outbox until the stream holds the events up to the hub's position again; False

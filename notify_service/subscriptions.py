@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from notify_service import metrics
 from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, cursor_expired, take_batch
 from notify_service.stream import StreamReader
 from svc_common.eventstream import ORIGIN, EventId
@@ -47,8 +48,9 @@ class Subscriptions:
         self._hub.add(subscriber)
 
     def close(self, subscriber: Subscriber) -> None:
-        """Forget `subscriber` (whether or not it was registered yet)."""
+        """Forget `subscriber` (whether or not it was registered yet), counting what it was handed last."""
         self._hub.discard(subscriber)
+        metrics.count_deliveries((subscriber,))
 
     async def _known(self, cursor: EventId) -> bool:
         """Whether nothing follows `cursor` because it is the newest event (not because it is unknown)."""
@@ -77,7 +79,11 @@ class Subscriptions:
                 if subscriber.filter.matches(event):
                     matched.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
             while matched:  # what came before a gap is delivered before the call ends
-                yield take_batch(matched, subscriber.limits)
+                waiting = len(matched)
+                batch = take_batch(matched, subscriber.limits)
+                subscriber.delivered += waiting - len(matched)
+                subscriber.responses += 1
+                yield batch
             if gap:
                 raise cursor_expired(position)
             hub = self._hub.last

@@ -59,4 +59,19 @@ async def test_every_rpc_is_counted_by_method_and_code_across_workers(
     samples = scrape(notify_port)
     assert sample(samples, "grpc_server_started_total", "Subscribe", NOTIFY) == 1
     # One response per event at this pace (or fewer, batched): never more, never none.
-    assert 1 <= sample(samples, "grpc_server_msg_sent_total", "Subscribe", NOTIFY) <= len(watcher.events)
+    responses = sample(samples, "grpc_server_msg_sent_total", "Subscribe", NOTIFY)
+    assert 1 <= responses <= len(watcher.events)
+    # The service's own view of the same stream.
+    assert samples["notify_responses_written_total"] == responses
+    assert samples["notify_events_delivered_total"] == len(watcher.events) == 3
+    assert samples["notify_subscriptions_open"] == 0
+    assert samples["notify_subscriptions_ended_total{reason=CANCELLED}"] == 1
+    assert samples["notify_events_from_postgres"] == 0
+    assert 0 <= samples["notify_stream_read_lag_seconds"] < 60
+
+    samples = scrape(booking_port)
+    assert samples["booking_events_published_total"] == 3
+    assert samples["booking_relay_round_seconds_count"] >= 1
+    assert samples["booking_database_up"] == 1 and samples["booking_redis_up"] == 1
+    assert samples["booking_outbox_unpublished_events"] == 0
+    assert samples["booking_db_pool_connections_in_use"] >= 0

@@ -200,13 +200,17 @@ async def test_booking_id_filters_and_colliding_identities_never_widen_what_a_st
     and a sub that is a provider's id does not see that provider's bookings as a user (nor the reverse)."""
     alice, bob, prov = uid("alice"), uid("bob"), uid("prov")
     admin = caller("admin", uid("admin"))
+    # The admin subscribes first, to see `target` dispatched: the others subscribe after it (live: from then on).
+    watching = Subscription("admin", uid("ops"))
+    await watching.open(notifier.address)
     target = await admin.create(customer_id=alice, provider_id=prov)
+    await eventually_has(watching, target.id, CREATED)
     live = {
         "alice_target": (Subscription("user", alice), {"booking_id": target.id}),
         "bob_target": (Subscription("user", bob), {"booking_id": target.id}),
         "prov_as_user": (Subscription("user", prov), {}),
         "alice_as_provider": (Subscription("provider", alice), {}),
-        "admin": (Subscription("admin", uid("ops")), {}),
+        "admin": (watching, {}),
     }
     history = {
         "alice_target": (Subscription("user", alice), {"booking_id": target.id, "resume_after": "0-0"}),
@@ -214,8 +218,9 @@ async def test_booking_id_filters_and_colliding_identities_never_widen_what_a_st
         "admin": (Subscription("admin", uid("ops")), {"booking_id": target.id, "resume_after": "0-0"}),
     }
     try:
-        for subscription, filters in live.values():
-            await subscription.open(notifier.address, filters=filters)
+        for name, (subscription, filters) in live.items():
+            if name != "admin":
+                await subscription.open(notifier.address, filters=filters)
         other = await admin.create(customer_id=bob, provider_id=prov)
         await admin.delete(target.id, reason="filter test")
         await admin.restore(target.id)

@@ -1,0 +1,32 @@
+"""The booking service's own metrics (svc_common.metrics serves them, summed over workers). Gauges only the
+relaying process knows are reported by the highest value among live workers (the others report 0)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DATABASE_UP = Gauge(
+    "booking_database_up", "1 while every worker reaches PostgreSQL (its health check)", multiprocess_mode="livemin"
+)
+REDIS_UP = Gauge(
+    "booking_redis_up", "1 while every worker reaches Redis (its health check)", multiprocess_mode="livemin"
+)
+POOL_IN_USE = Gauge(
+    "booking_db_pool_connections_in_use", "Database connections in use by calls", multiprocess_mode="livesum"
+)
+OUTBOX_BACKLOG = Gauge(
+    "booking_outbox_unpublished_events",
+    "Committed change events not yet published to Redis (sampled by the relay every few seconds)",
+    multiprocess_mode="livemax",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "booking_outbox_oldest_unpublished_age_seconds",
+    "Age of the oldest committed change event not yet published (0: none waits)",
+    multiprocess_mode="livemax",
+)
+EVENTS_PUBLISHED = Counter("booking_events_published", "Change events appended to the Redis stream by the relay")
+RELAY_ROUNDS = Histogram(
+    "booking_relay_round_seconds",
+    "Relay rounds (place committed events, publish them) and how long each took",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -3,6 +3,8 @@ them, summed over a service's workers."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 
 import grpc
@@ -11,7 +13,8 @@ import pytest
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
-from tests.support.helpers import scrape, uid
+from tests.support.helpers import exported_names, scrape, uid
+from tests.support.servers import PROJECT
 
 BOOKING = "grpc_service=booking.v1.BookingService,grpc_type=unary"
 NOTIFY = "grpc_service=notify.v1.NotifyService,grpc_type=server_stream"
@@ -75,3 +78,14 @@ async def test_every_rpc_is_counted_by_method_and_code_across_workers(
     assert samples["booking_database_up"] == 1 and samples["booking_redis_up"] == 1
     assert samples["booking_outbox_unpublished_events"] == 0
     assert samples["booking_db_pool_connections_in_use"] >= 0
+
+    # The dashboard in deploy/ charts only what the services export.
+    dashboard = json.loads((PROJECT / "deploy" / "grafana" / "booking-backend.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"([a-z_]+)\{", target["expr"])
+    }
+    assert len(charted) >= 15
+    assert charted <= exported_names(booking_port) | exported_names(notify_port)

@@ -231,3 +231,13 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+def exported_names(port: int) -> set[str]:
+    """Every metric name a service at `port` exports, with and without samples yet (a labelled counter no
+    label has been counted for shows only its HELP and TYPE)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {family.name, f"{family.name}_total"} | {sample.name for sample in family.samples}
+    return names

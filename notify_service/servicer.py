@@ -6,6 +6,8 @@ a pass-through serializer and writes those bytes as they are.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from booking_api.notify.v1 import notify_pb2
@@ -15,8 +17,11 @@ from notify_service.subscriptions import Subscriptions
 from svc_common.auth import current_principal
 from svc_common.errors import ServiceError
 from svc_common.eventstream import EventId
+from svc_common.logs import REQUEST_ID_HEADER, call_fields, current_request_id
 from svc_common.scope import Scope
 from svc_common.validation import Checker
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = notify_pb2.DESCRIPTOR.services_by_name["NotifyService"].full_name
 
@@ -49,9 +54,13 @@ class NotifyServicer:
         subscriber = self._subscriptions.open(event_filter, cursor)
         metrics.SUBSCRIPTIONS_OPEN.inc()
         ended = "CANCELLED"  # unless the service ends it (by the client, or by the server's own cancellation)
+        principal = current_principal()
+        opened = {"method": "Subscribe", "caller": principal.id, "role": principal.role.value}
+        opened |= {"request_id": current_request_id(), "resume_after": str(cursor) if cursor else ""}
+        log.info("subscribed", extra={"rpc": opened})
         try:
             # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event).
-            await context.send_initial_metadata(())
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, current_request_id()),))
             if cursor is not None:
                 async for payload in self._subscriptions.replay(subscriber, cursor):
                     await context.write(payload)
@@ -64,6 +73,7 @@ class NotifyServicer:
             self._subscriptions.close(subscriber)
             metrics.SUBSCRIPTIONS_OPEN.dec()
             metrics.SUBSCRIPTIONS_ENDED.labels(reason=ended).inc()
+            call_fields().update(events=subscriber.delivered, ended=ended)  # on the call's own log line
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; responses are already serialized, so they pass through as they are."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+from svc_common import logs
 from svc_common.grpc_server import ListenError
 from svc_common.metrics import MetricsServer, metrics_listen
 from svc_common.settings import SettingsError
@@ -40,8 +40,8 @@ def run_service(
     )
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        logs.configure(os.environ)
         workers = args.workers if args.workers is not None else _workers_from_env()
         if not 1 <= workers <= MAX_WORKERS:
             raise SettingsError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")

@@ -23,10 +23,12 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from svc_common import errors
-from svc_common.auth import TokenVerifier, set_current_principal
+from svc_common.auth import TokenVerifier, current_principal, set_current_principal
 from svc_common.grpc_metrics import MethodMetrics
+from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
 
 log = logging.getLogger(__name__)
+calls_log = logging.getLogger("svc_common.rpc")  # the line of each finished RPC
 
 T = TypeVar("T")
 
@@ -147,27 +149,33 @@ def _final_code(context: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
 
 
-async def _measured(metrics: MethodMetrics, context: Any, call: Awaitable[T]) -> T:
-    """Await one RPC's handling, counting it as started, then handled with its final status and duration (an
-    RPC ended by its client, or by cancellation, counts as CANCELLED)."""
-    started = time.perf_counter()
-    metrics.started.inc()
-    metrics.received.inc()
-    code = grpc.StatusCode.CANCELLED
+SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+OUTAGES = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def _log_call(fields: dict[str, Any], code: grpc.StatusCode, seconds: float, *, public: bool) -> None:
+    """The one line of a finished RPC: expected client errors at INFO, outages at WARNING, faults at ERROR
+    (their traceback was logged where they were caught); health and reflection at DEBUG."""
+    line = {"method": fields.pop("method"), "code": code.name, "reason": fields.pop("reason", "")}
+    line["duration_ms"] = round(seconds * 1000, 2)
     try:
-        result = await call
-        code = _final_code(context)
-        return result
-    except grpc.aio.AbortError:
-        code = _final_code(context)
-        raise
-    finally:
-        metrics.handled(code, time.perf_counter() - started)
+        principal = current_principal()
+    except LookupError:
+        pass
+    else:
+        line["caller"], line["role"] = principal.id, principal.role.value
+    line |= fields  # request_id, peer, and what the handler added
+    if public:
+        level = logging.DEBUG
+    else:
+        level = logging.ERROR if code in SERVER_FAULTS else logging.WARNING if code in OUTAGES else logging.INFO
+    calls_log.log(level, "rpc", extra={"rpc": line})
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Authentication (all but health and reflection), error mapping and, when `metrics`, the gRPC server
-    metrics (svc_common.grpc_metrics); each method's wrapper is built once."""
+    """Authentication (all but health and reflection), error mapping, the request id, one log line per RPC
+    (svc_common.logs) and, when `metrics`, the gRPC server metrics (svc_common.grpc_metrics); each method's
+    wrapper is built once."""
 
     def __init__(self, verifier: TokenVerifier, domain: str, *, metrics: bool = False) -> None:
         self._verifier = verifier
@@ -206,6 +214,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
 
     async def _abort(self, context: Any, exc: Exception) -> None:
+        call_fields()["reason"] = exc.reason if isinstance(exc, errors.ServiceError) else "INTERNAL"
         if isinstance(exc, errors.ServiceError):
             status = rich_status(
                 status_code_for(exc),
@@ -220,31 +229,58 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             status = rich_status(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", domain=self._domain)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
+    async def _observed(
+        self, method: str, metrics: MethodMetrics | None, context: Any, call: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Run one RPC's handling (`call(request_id)`), then count it and log its line."""
+        started = time.perf_counter()
+        sent = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER:
+                sent = value
+                break
+        fields = start_call({"method": method, "request_id": request_id(sent), "peer": context.peer()})
+        if metrics is not None:
+            metrics.started.inc()
+            metrics.received.inc()
+        code = grpc.StatusCode.CANCELLED  # unless it ends otherwise: cancelled by its client or by shutdown
+        try:
+            result = await call(fields["request_id"])
+            code = _final_code(context)
+            return result
+        except grpc.aio.AbortError:
+            code = _final_code(context)
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if metrics is not None:
+                metrics.handled(code, seconds)
+            _log_call(fields, code, seconds, public=method.startswith(PUBLIC_METHOD_PREFIXES))
+
     def _wrap(self, handler: Any, method: str, *, authenticate: bool) -> Any:
         decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             unary = handler.unary_unary
             metrics = MethodMetrics(method, "unary") if self._metrics else None
 
-            async def unary_behavior(request: Any, context: Any) -> Any:
+            async def unary_behavior(request: Any, context: Any, rid: str) -> Any:
                 try:
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
                     self._prepare(request, context, authenticate)
-                    return await unary(request, context)
+                    response = await unary(request, context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
                     await self._abort(context, exc)
-
-            async def measured_unary(request: Any, context: Any) -> Any:
-                assert metrics is not None
-                response = await _measured(metrics, context, unary_behavior(request, context))
-                metrics.sent.inc()
+                if metrics is not None:
+                    metrics.sent.inc()
                 return response
 
+            async def observed_unary(request: Any, context: Any) -> Any:
+                return await self._observed(method, metrics, context, lambda rid: unary_behavior(request, context, rid))
+
             return grpc.unary_unary_rpc_method_handler(
-                measured_unary if metrics else unary_behavior,
-                request_deserializer=decode,
-                response_serializer=handler.response_serializer,
+                observed_unary, request_deserializer=decode, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:  # served by a coroutine that sends with context.write()
             writer = handler.unary_stream
@@ -253,20 +289,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def write_behavior(request: Any, context: Any) -> None:
                 try:
                     self._prepare(request, context, authenticate)
-                    await writer(request, context)
+                    # The handler sends the initial metadata (with current_request_id()) when it is ready.
+                    await writer(request, context if metrics is None else _Counting(context, metrics.sent))
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
                     await self._abort(context, exc)
 
-            async def measured_stream(request: Any, context: Any) -> None:
-                assert metrics is not None
-                await _measured(metrics, context, write_behavior(request, _Counting(context, metrics.sent)))
+            async def observed_stream(request: Any, context: Any) -> None:
+                await self._observed(method, metrics, context, lambda _: write_behavior(request, context))
 
             return grpc.unary_stream_rpc_method_handler(
-                measured_stream if metrics else write_behavior,
-                request_deserializer=decode,
-                response_serializer=handler.response_serializer,
+                observed_stream, request_deserializer=decode, response_serializer=handler.response_serializer
             )
         if not authenticate:  # reflection's bidirectional stream: served as the library made it
             return handler

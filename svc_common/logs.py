@@ -1,0 +1,93 @@
+"""Logging for both services: LOG_FORMAT (`text` or `json`, one object per line) and LOG_LEVEL, and the one
+line every finished RPC gets (svc_common.grpc_server): method, code, reason, duration_ms, caller, role,
+request_id, peer, plus what the handler adds (Subscribe: events sent, why it ended).
+
+The request id is the `x-request-id` a client sent (at most 128 printable ASCII characters; anything else is
+replaced) or one made here; it is sent back in the response's initial metadata. Nothing logged carries a token
+or a booking's contents. (A formatter of a dozen lines rather than a logging library: the standard library
+does the rest, and the JSON keys are ours to keep stable.)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from svc_common.settings import SettingsError
+
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128
+FORMATS = ("text", "json")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# The current RPC's log fields: the interceptor starts them, the handler may add to them.
+_call: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("call_log")
+
+
+def request_id(sent: str | bytes | None) -> str:
+    """The id of this request: the client's, if it is a usable one, else a new one."""
+    if isinstance(sent, str) and 0 < len(sent) <= MAX_REQUEST_ID and sent.isascii() and sent.isprintable():
+        return sent
+    return uuid.uuid4().hex
+
+
+def start_call(fields: dict[str, Any]) -> dict[str, Any]:
+    _call.set(fields)
+    return fields
+
+
+def call_fields() -> dict[str, Any]:
+    """The current RPC's log fields (an empty, unused mapping outside an RPC)."""
+    return _call.get({})
+
+
+def current_request_id() -> str:
+    return str(call_fields().get("request_id", ""))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "rpc", {}))
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "rpc", None)
+        if not fields:
+            return line
+        head, _, rest = line.partition("\n")  # a traceback stays below the line
+        pairs = " ".join(f"{key}={value}" for key, value in fields.items() if value not in (None, ""))
+        return f"{head} {pairs}" + (f"\n{rest}" if rest else "")
+
+
+def configure(environ: Mapping[str, str]) -> None:
+    """Set up the root logger from LOG_FORMAT and LOG_LEVEL (SettingsError names a bad value)."""
+    log_format = environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+    level = environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_format not in FORMATS:
+        raise SettingsError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    if level not in LEVELS:
+        raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LEVELS)}, got {level!r}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -128,6 +128,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         listen=settings.listen,
         reuse_port=settings.reuse_port,
         metrics=settings.metrics,
+        tls=settings.tls,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

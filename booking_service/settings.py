@@ -10,6 +10,7 @@ from booking_service.relay import RelayConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
+from svc_common.tls import TlsConfig, tls_from_env
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -25,6 +26,7 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
     metrics: bool = False  # record metrics: METRICS_LISTEN is set (svc_common.metrics serves them)
+    tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
     db_min_connections: int = DatabaseConfig.min_connections
     db_max_connections: int = DatabaseConfig.max_connections
     db_attempts: int = DatabaseConfig.attempts
@@ -47,6 +49,7 @@ class Settings:
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
             metrics=bool(env.text(environ, "METRICS_LISTEN", "")),
+            tls=tls_from_env(environ),
             db_min_connections=env.integer(environ, "DB_MIN_CONNECTIONS", cls.db_min_connections),
             db_max_connections=env.integer(environ, "DB_MAX_CONNECTIONS", cls.db_max_connections),
             db_attempts=env.integer(environ, "DB_ATTEMPTS", cls.db_attempts),

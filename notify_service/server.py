@@ -66,6 +66,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         listen=settings.listen,
         reuse_port=settings.reuse_port,
         metrics=settings.metrics,
+        tls=settings.tls,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],

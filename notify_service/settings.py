@@ -10,6 +10,7 @@ from notify_service.subscriptions import SubscriptionConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
+from svc_common.tls import TlsConfig, tls_from_env
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 
@@ -21,6 +22,7 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
     metrics: bool = False  # record metrics: METRICS_LISTEN is set (svc_common.metrics serves them)
+    tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
@@ -55,6 +57,7 @@ class Settings:
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
             metrics=bool(env.text(environ, "METRICS_LISTEN", "")),
+            tls=tls_from_env(environ),
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
             max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
             grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),

@@ -26,6 +26,7 @@ from svc_common import errors
 from svc_common.auth import TokenVerifier, current_principal, set_current_principal
 from svc_common.grpc_metrics import MethodMetrics
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
+from svc_common.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 calls_log = logging.getLogger("svc_common.rpc")  # the line of each finished RPC
@@ -342,9 +343,11 @@ class GrpcServer:
         service_names: Sequence[str],
         reuse_port: bool = False,
         metrics: bool = False,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.health = HealthServicer()
         self._listen = listen
+        self._tls = tls
         self._service_names = tuple(service_names)
         options = [
             *KEEPALIVE_OPTIONS,
@@ -363,7 +366,10 @@ class GrpcServer:
     async def start(self) -> int:
         """Listen and serve; returns the port."""
         try:
-            port: int = self.server.add_insecure_port(self._listen)
+            if self._tls is None:
+                port: int = self.server.add_insecure_port(self._listen)
+            else:
+                port = self.server.add_secure_port(self._listen, self._tls.server_credentials())
         except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
             raise ListenError(f"cannot listen on {self._listen}: in use, or not an address of this host") from exc
         if port == 0:

@@ -1,19 +1,34 @@
 """Exit 0 if a gRPC server reports SERVING: `python -m svc_common.healthcheck HOST:PORT [SERVICE]`.
 
-For container health checks and scripts; grpcurl users can call grpc.health.v1.Health/Check instead.
+For container health checks and scripts; grpcurl users can call grpc.health.v1.Health/Check instead. Run with
+the service's environment, it speaks TLS when the service does (svc_common.tls).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from svc_common.settings import SettingsError
+from svc_common.tls import client_channel_options, client_credentials
 
-def serving_status(address: str, service: str = "", timeout: float = 3.0) -> int:
+
+def serving_status(
+    address: str,
+    service: str = "",
+    timeout: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: list[tuple[str, str]] | None = None,
+) -> int:
     """The health status a server reports for `service`; raises grpc.RpcError when it does not answer."""
-    with grpc.insecure_channel(address) as channel:
+    with (
+        grpc.secure_channel(address, credentials, options=options)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    ) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout
         )
@@ -27,7 +42,12 @@ def main(argv: list[str]) -> int:
         return 2
     address, service = argv[0], argv[1] if len(argv) == 2 else ""
     try:
-        status = serving_status(address, service)
+        credentials = client_credentials(os.environ)
+    except SettingsError as exc:
+        print(f"healthcheck: {exc}", file=sys.stderr)
+        return 2
+    try:
+        status = serving_status(address, service, credentials=credentials, options=client_channel_options(os.environ))
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)
         return 1

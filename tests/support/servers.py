@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
+from svc_common.tls import client_channel_options, client_credentials
 from tests.support.helpers import JWT_SECRET
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,14 @@ class ServiceProcess:
             self.wait_serving(timeout)
 
     def health(self, service: str = "") -> int:
-        return serving_status(self.address, service, timeout=2)
+        """Its health, asked as its own health check would (over TLS when it speaks TLS)."""
+        return serving_status(
+            self.address,
+            service,
+            timeout=2,
+            credentials=client_credentials(self.env),
+            options=client_channel_options(self.env),
+        )
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,130 @@
+"""TLS: TLS_CERT_FILE and TLS_KEY_FILE switch a service to TLS, TLS_CLIENT_CA_FILE to mutual TLS; the health
+check command speaks whatever its service speaks; bad TLS settings are one line and exit status 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
+from tests.support.events import EventSystem
+from tests.support.helpers import auth
+from tests.support.servers import PROJECT, booking_env
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(directory: Path, name: str, subject: str, extensions: str) -> None:
+    """A key and a certificate for `name`, signed by the CA in `directory`."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", subject, cwd=directory)  # fmt: skip
+    (directory / f"{name}.ext").write_text(extensions)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A CA, a server certificate for localhost and 127.0.0.1, and a client certificate."""
+    directory = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=test CA", cwd=directory)  # fmt: skip
+    issue(directory, "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    issue(directory, "client", "/CN=a client", "extendedKeyUsage=clientAuth\n")
+    yield directory
+
+
+def channel(address: str, pki: Path, *, client: bool = False) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.crt").read_bytes(),
+        private_key=(pki / "client.key").read_bytes() if client else None,
+        certificate_chain=(pki / "client.crt").read_bytes() if client else None,
+    )
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def health(chan: grpc.aio.Channel) -> int:
+    response = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(response.status)
+
+
+def tls_env(pki: Path, *, mutual: bool = False) -> dict[str, str]:
+    env = {
+        "TLS_CERT_FILE": str(pki / "server.crt"),
+        "TLS_KEY_FILE": str(pki / "server.key"),
+        "TLS_CA_FILE": str(pki / "ca.crt"),  # what the health check trusts
+    }
+    if mutual:
+        env["TLS_CLIENT_CA_FILE"] = str(pki / "ca.crt")
+    return env
+
+
+async def test_a_service_with_a_certificate_speaks_tls_only(system: EventSystem, pki: Path) -> None:
+    notify = system.notify(**tls_env(pki))  # started: its health check spoke TLS
+    async with channel(notify.address, pki) as secure:
+        assert await health(secure) == SERVING
+        call = notify_pb2_grpc.NotifyServiceStub(secure).Subscribe(
+            notify_pb2.SubscribeRequest(), metadata=auth("admin", "ops")
+        )
+        await call.initial_metadata()  # an authenticated RPC over TLS
+        call.cancel()
+    async with grpc.aio.insecure_channel(notify.address) as plain:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health(plain)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "svc_common.healthcheck", notify.address],
+        env={**os.environ, **tls_env(pki)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(system: EventSystem, pki: Path) -> None:
+    notify = system.notify(**tls_env(pki, mutual=True))
+    async with channel(notify.address, pki, client=True) as with_certificate:
+        assert await health(with_certificate) == SERVING
+    async with channel(notify.address, pki) as without:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health(without)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"TLS_CERT_FILE": "server.crt"}, "TLS_CERT_FILE and TLS_KEY_FILE go together"),
+        ({"TLS_CERT_FILE": "server.crt", "TLS_KEY_FILE": "missing.key"}, "TLS_KEY_FILE: cannot read"),
+        ({"TLS_CLIENT_CA_FILE": "ca.crt"}, "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE"),
+    ],
+)
+def test_bad_tls_settings_are_one_line_and_exit_status_2(
+    booking_db_url: str, redis_url: str, pki: Path, settings: dict[str, str], message: str
+) -> None:
+    env = {**os.environ, **booking_env(booking_db_url, redis_url)}
+    env |= {name: str(pki / file) for name, file in settings.items()}
+    done = subprocess.run(
+        [sys.executable, "-m", "booking_service", "--listen", "127.0.0.1:0"],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,7 +18,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
-from tests.support.servers import ServiceProcess, booking_env
+from tests.support.servers import ServiceProcess, booking_env, refused_start
 
 Callers = Callable[[str, str], Caller]
 
@@ -198,17 +195,13 @@ def test_a_port_in_use_gives_one_clear_line_and_exit_status_2(
     booking_server: ServiceProcess, booking_db_url: str, redis_url: str, module: str, taken: str, workers: str
 ) -> None:
     """The gRPC address, or METRICS_LISTEN's, already taken (here by the shared booking server)."""
-    env = {**os.environ, **booking_env(booking_db_url, redis_url), "WORKERS": workers}
+    env = {**booking_env(booking_db_url, redis_url), "WORKERS": workers}
     listen = booking_server.address
     if taken == "metrics":
         env["METRICS_LISTEN"], listen = booking_server.address, f"127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [sys.executable, "-m", module, "--listen", listen], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2, done.stderr
+    stderr = refused_start(module, env, listen)
     what = "cannot listen on" if taken == "grpc" else "cannot serve metrics on"
-    assert f"{what} {booking_server.address}" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert f"{what} {booking_server.address}" in stderr
 
 
 async def test_the_service_role_can_only_read_and_append_to_the_audit_trail(

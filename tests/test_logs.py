@@ -5,9 +5,6 @@ method, code, reason, duration, caller, role, request id and peer; the request i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import grpc
@@ -16,7 +13,7 @@ import pytest
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import auth, fresh_slot, ts, uid
-from tests.support.servers import PROJECT, ServiceProcess, booking_env
+from tests.support.servers import ServiceProcess, booking_env, refused_start
 
 
 def lines(process: ServiceProcess) -> list[dict[str, Any]]:
@@ -114,14 +111,5 @@ async def test_log_level_warning_keeps_ordinary_calls_out(
 def test_a_bad_log_setting_is_one_line_and_exit_status_2(
     booking_db_url: str, redis_url: str, name: str, value: str
 ) -> None:
-    env = {**os.environ, **booking_env(booking_db_url, redis_url), name: value}
-    done = subprocess.run(
-        [sys.executable, "-m", "booking_service", "--listen", "127.0.0.1:0"],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert f"{name} must be one of" in done.stderr and "Traceback" not in done.stderr
+    stderr = refused_start("booking_service", {**booking_env(booking_db_url, redis_url), name: value})
+    assert f"{name} must be one of" in stderr

@@ -166,3 +166,19 @@ async def terminate_backends(database_url: str, database: str) -> int:
         )
     finally:
         await conn.close()
+
+
+def refused_start(module: str, env: dict[str, str], listen: str = "127.0.0.1:0") -> str:
+    """Start `module` with `env` (on top of this process's) expecting it to refuse: exit status 2, no
+    traceback; returns what it wrote to stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--listen", listen],
+        env={**os.environ, **env},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr

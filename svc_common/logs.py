@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.handlers
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from queue import SimpleQueue
 from typing import Any
 
 from svc_common.settings import SettingsError
@@ -78,6 +80,24 @@ class TextFormatter(logging.Formatter):
         return f"{head} {pairs}" + (f"\n{rest}" if rest else "")
 
 
+class _Background(logging.handlers.QueueHandler):
+    """Hands records to a thread that formats and writes them, so an RPC's response does not wait for its log
+    line; closing it (logging.shutdown, at exit or by the stuck-shutdown watchdog) writes what is queued."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        queue: SimpleQueue[Any] = SimpleQueue()
+        super().__init__(queue)
+        self._listener = logging.handlers.QueueListener(queue, target)
+        self._listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # formatted by the thread, exception and fields included
+
+    def close(self) -> None:
+        self._listener.stop()
+        super().close()
+
+
 def configure(environ: Mapping[str, str]) -> None:
     """Set up the root logger from LOG_FORMAT and LOG_LEVEL (SettingsError names a bad value)."""
     log_format = environ.get("LOG_FORMAT", "text").strip().lower() or "text"
@@ -89,5 +109,5 @@ def configure(environ: Mapping[str, str]) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Background(handler)]
     root.setLevel(level)

@@ -40,8 +40,34 @@ class Settings:
     relay_sweep_seconds: float = RelayConfig.sweep_seconds
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
 
+    def problems(self) -> list[str]:
+        """What is wrong with these values (each bound named), all at once."""
+        checks = [
+            (self.db_max_connections >= 1, "DB_MAX_CONNECTIONS must be at least 1"),
+            (
+                0 <= self.db_min_connections <= self.db_max_connections,
+                f"DB_MIN_CONNECTIONS must be from 0 to DB_MAX_CONNECTIONS ({self.db_max_connections})",
+            ),
+            (1 <= self.db_attempts <= 100, "DB_ATTEMPTS must be from 1 to 100"),
+            (self.grace_seconds > 0, "SHUTDOWN_GRACE_SECONDS must be more than 0"),
+            (self.health_interval_seconds >= 0.05, "HEALTH_INTERVAL_SECONDS must be at least 0.05"),
+            (self.retention_days >= 0, "RETENTION_DAYS must be at least 0 (0: no retention purge)"),
+            (self.retention_interval_seconds >= 0.1, "RETENTION_INTERVAL_SECONDS must be at least 0.1"),
+            (self.stream_max_len >= 1, "EVENT_STREAM_MAX_LEN must be at least 1"),
+            (self.stream_max_age_seconds > 0, "EVENT_STREAM_MAX_AGE_SECONDS must be more than 0"),
+            (self.relay_sweep_seconds >= 0.01, "RELAY_SWEEP_SECONDS must be at least 0.01"),
+        ]
+        return [message for ok, message in checks if not ok]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
+        settings = cls._read(environ, listen=listen, reuse_port=reuse_port)
+        if problems := settings.problems():
+            raise env.SettingsError("; ".join(problems))
+        return settings
+
+    @classmethod
+    def _read(cls, environ: Mapping[str, str], *, listen: str | None, reuse_port: bool) -> Settings:
         return cls(
             database_url=env.require(environ, "DATABASE_URL"),
             redis_url=env.require(environ, "REDIS_URL"),

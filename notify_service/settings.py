@@ -46,6 +46,9 @@ class Settings:
                 raise env.SettingsError(f"{name} must be at most {at_most}")
             return value
 
+        grace = env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds)
+        if not grace > 0:
+            raise env.SettingsError("SHUTDOWN_GRACE_SECONDS must be more than 0")
         fallback_after = env.number(environ, "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds)
         if not 0 < fallback_after <= 3600:
             raise env.SettingsError("REDIS_FALLBACK_AFTER_SECONDS must be more than 0 and at most 3600")
@@ -60,7 +63,7 @@ class Settings:
             tls=tls_from_env(environ),
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
             max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
-            grace_seconds=env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds),
+            grace_seconds=grace,
             max_batch_events=bounded("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
             # grpc clients refuse messages over 4 MiB unless told otherwise.
             max_batch_bytes=bounded("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, at_most=4 * 1024 * 1024),

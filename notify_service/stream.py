@@ -201,8 +201,10 @@ class StreamReader:
                     # An empty stream: read from its start, and take whatever event comes first.
                     self._hub.start_at(EventId.parse(newest[0][0]) if newest else None, _events(newest[::-1]))
                     position = newest[0][0] if newest else b"0-0"
-                await self._set_connected(True)
+                    await self._set_connected(True)
                 reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
+                # Readable once a read succeeded (not before each attempt: that flapped during an outage).
+                await self._set_connected(True)
                 backoff.reset()
                 unreadable_since = None
             except REDIS_ERRORS:

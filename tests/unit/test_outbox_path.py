@@ -80,3 +80,28 @@ async def test_history_from_the_outbox_only_back_to_what_was_seen_older_waits_fo
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
     assert reader.path == "redis" and not outbox.is_open
+
+
+class RedisThatWentDown:
+    """Answers the first read (the stream's end), then fails every read as a Redis that went down."""
+
+    async def xrevrange(self, *_: object, **__: object) -> list[Any]:
+        return []
+
+    async def xread(self, *_: object, **__: object) -> None:
+        raise redis.ConnectionError("Redis is down")
+
+
+async def test_readability_does_not_flap_while_redis_is_down() -> None:
+    reader = StreamReader(RedisThatWentDown(), "k", Hub())  # type: ignore[arg-type]
+    reported: list[bool] = []
+
+    async def changed(readable: bool, _path: str) -> None:
+        reported.append(readable)
+
+    reader.on_change = changed
+    reading = asyncio.create_task(reader.run())
+    await asyncio.sleep(1.5)  # many reconnection attempts
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    assert reported == [True, False]  # up once (the stream's end was read), then down, and it stays down

@@ -163,3 +163,21 @@ def test_metrics_are_served_where_metrics_listen_says_or_nowhere() -> None:
     for bad in ("9092", "host", "host:port", "host:99999", ":9092"):
         with pytest.raises(SettingsError, match="METRICS_LISTEN must be HOST:PORT"):
             metrics_listen({"METRICS_LISTEN": bad})
+
+
+def test_booking_values_out_of_bounds_are_refused_all_at_once() -> None:
+    bad = {
+        **BASE,
+        "DB_ATTEMPTS": "0",
+        "HEALTH_INTERVAL_SECONDS": "0",
+        "DB_MIN_CONNECTIONS": "20",
+        "DB_MAX_CONNECTIONS": "10",
+        "RELAY_SWEEP_SECONDS": "0",
+    }
+    with pytest.raises(SettingsError) as refused:
+        BookingSettings.from_env(bad)
+    message = str(refused.value)
+    for name in ("DB_ATTEMPTS", "HEALTH_INTERVAL_SECONDS", "DB_MIN_CONNECTIONS", "RELAY_SWEEP_SECONDS"):
+        assert name in message
+    assert "\n" not in message  # one line
+    assert BookingSettings.from_env({**BASE, "DB_MIN_CONNECTIONS": "10", "DB_MAX_CONNECTIONS": "10"})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 import asyncpg
@@ -28,8 +27,6 @@ from notify_service.hub import Event
 from notify_service.stream import OutboxUnavailable, decode
 from svc_common import eventstream as stream
 from svc_common.eventstream import EventId
-
-log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 5.0
 # What a lost or refused connection looks like (asyncpg's own errors, and the socket's).

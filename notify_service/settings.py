@@ -10,9 +10,11 @@ from notify_service.subscriptions import SubscriptionConfig
 from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
+from svc_common.metrics import metrics_listen
 from svc_common.tls import TlsConfig, tls_from_env
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9092"  # METRICS_LISTEN when unset ("" turns metrics off)
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class Settings:
     jwt_secret: str
     listen: str = DEFAULT_LISTEN
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
-    metrics: bool = False  # record metrics: METRICS_LISTEN is set (svc_common.metrics serves them)
+    metrics: bool = True  # record metrics: METRICS_LISTEN is not empty (svc_common.metrics serves them)
     tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
@@ -59,7 +61,7 @@ class Settings:
             jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             listen=listen or DEFAULT_LISTEN,
             reuse_port=reuse_port,
-            metrics=bool(env.text(environ, "METRICS_LISTEN", "")),
+            metrics=metrics_listen(environ, DEFAULT_METRICS_LISTEN) is not None,
             tls=tls_from_env(environ),
             stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
             max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),

@@ -27,6 +27,8 @@ def run_service(
     read_settings: Callable[[Mapping[str, str], str, bool], S],
     serve: Callable[[S], Coroutine[Any, Any, None]],
     argv: list[str] | None = None,
+    *,
+    metrics_default: str = "",
 ) -> int:
     """Parse the arguments, read the settings (exit status 2 if they are wrong) and serve until signalled: in
     this process with one worker, else as the supervisor of `--workers` processes (svc_common.workers)."""
@@ -46,7 +48,7 @@ def run_service(
         if not 1 <= workers <= MAX_WORKERS:
             raise SettingsError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
         settings = read_settings(os.environ, args.listen, args.worker)
-        address = metrics_listen(os.environ)
+        address = metrics_listen(os.environ, metrics_default)
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,9 +22,10 @@ from svc_common.settings import SettingsError
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def metrics_listen(environ: dict[str, str] | os._Environ[str]) -> tuple[str, int] | None:
-    """METRICS_LISTEN as (host, port), or None when it is empty (no metrics served)."""
-    raw = environ.get("METRICS_LISTEN", "").strip()
+def metrics_listen(environ: Mapping[str, str], default: str = "") -> tuple[str, int] | None:
+    """METRICS_LISTEN (`default` when unset) as (host, port), or None when it is empty (no metrics)."""
+    raw = environ.get("METRICS_LISTEN")
+    raw = (default if raw is None else raw).strip()
     if not raw:
         return None
     parts = urlsplit(f"//{raw}")

@@ -27,6 +27,9 @@ from tests.support.events import EventSystem
 from tests.support.helpers import Caller
 from tests.support.servers import ServiceProcess, booking_env
 
+# Services the suite starts serve no metrics unless a test asks: two on one host would collide on the defaults.
+os.environ.setdefault("METRICS_LISTEN", "")
+
 
 def pytest_report_header() -> str:
     return f"servers: {describe_servers()}"

@@ -34,7 +34,8 @@ class ServiceProcess:
         self.module = module
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env}
+        # No metrics unless a test asks (the default addresses would collide between instances).
+        self.env = {**os.environ, "METRICS_LISTEN": "", **env}
         self.log_path = log_dir / f"{module}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from booking_service import settings as booking_settings
 from booking_service.settings import Settings as BookingSettings
+from notify_service import settings as notify_settings
 from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
 from svc_common.metrics import metrics_listen
@@ -181,3 +183,17 @@ def test_booking_values_out_of_bounds_are_refused_all_at_once() -> None:
         assert name in message
     assert "\n" not in message  # one line
     assert BookingSettings.from_env({**BASE, "DB_MIN_CONNECTIONS": "10", "DB_MAX_CONNECTIONS": "10"})
+
+
+def test_metrics_are_on_by_default_at_9091_and_9092_and_an_empty_metrics_listen_turns_them_off() -> None:
+    assert metrics_listen({}, "127.0.0.1:9091") == ("127.0.0.1", 9091)
+    assert metrics_listen({"METRICS_LISTEN": ""}, "127.0.0.1:9091") is None
+    without = {k: v for k, v in BASE.items() if k != "METRICS_LISTEN"}
+    assert BookingSettings.from_env(without).metrics and NotifySettings.from_env(without).metrics
+    assert not BookingSettings.from_env({**without, "METRICS_LISTEN": ""}).metrics
+    assert (booking_settings.DEFAULT_METRICS_LISTEN, notify_settings.DEFAULT_METRICS_LISTEN) == (
+        "127.0.0.1:9091",
+        "127.0.0.1:9092",
+    )
+    with pytest.raises(SettingsError, match="METRICS_LISTEN must be HOST:PORT"):
+        NotifySettings.from_env({**without, "METRICS_LISTEN": "nowhere"})

@@ -54,6 +54,7 @@ import redis.asyncio as redis
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, children, free_port, wait_for_port
+from tests.bench.pacing import open_loop
 from tests.support.helpers import JWT_SECRET, auth, token, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -180,17 +181,10 @@ async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[st
         else:
             sent[key] = (t0, time.time())
 
-    tasks = []
-    start = time.perf_counter()
-    for k in range(int(rate * seconds)):
-        delay = start + k / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(timed(k)))
-    await asyncio.gather(*tasks)
+    started = await open_loop(rate, seconds, timed)
     if failed:
         kinds = sorted({type(exc).__name__ for exc in failed})
-        progress(f"  {len(failed)} of {len(tasks)} writes failed ({', '.join(kinds)}): their changes are not expected")
+        progress(f"  {len(failed)} of {started} writes failed ({', '.join(kinds)}): their changes are not expected")
     return sent, len(failed)
 
 

@@ -37,6 +37,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.storage import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
+from tests.bench.pacing import open_loop
 from tests.support.helpers import auth, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -69,6 +70,18 @@ def _slot(i: int) -> tuple[datetime, datetime]:
     return start, start + timedelta(minutes=30)
 
 
+async def _raw_create(pool: asyncpg.Pool[asyncpg.Record], provider: str, i: int) -> asyncpg.Record:
+    """CreateBooking's statement, as the service runs it, for slot `i` of `provider`."""
+    start, end = _slot(i)
+    async with pool.acquire() as conn:
+        record = await conn.fetchrow(
+            CREATE_SQL, uuid.uuid4(), "customer", provider, "svc", start, end, "", "bench", None, uuid.uuid4(),
+            "Bench", "admin",
+        )  # fmt: skip
+    assert record is not None
+    return record
+
+
 async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> float:
     # The same pool configuration as the service's (size, time zone, reset on release).
     pool = await asyncpg.create_pool(
@@ -77,25 +90,7 @@ async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> flo
     try:
 
         async def pair(worker: int, i: int) -> None:
-            start, end = _slot(i)
-            provider = f"{tag}-p{worker}"
-            async with pool.acquire() as conn:
-                record = await conn.fetchrow(
-                    CREATE_SQL,
-                    uuid.uuid4(),
-                    "customer",
-                    provider,
-                    "svc",
-                    start,
-                    end,
-                    "",
-                    "bench",
-                    None,
-                    uuid.uuid4(),
-                    "Bench",
-                    "admin",
-                )
-            assert record is not None
+            record = await _raw_create(pool, f"{tag}-p{worker}", i)
             async with pool.acquire() as conn:
                 await conn.fetchrow(
                     DELETE_SQL, record["id"], "bench", "Bench", "admin", "bench", None, None, None, uuid.uuid4()
@@ -116,14 +111,7 @@ async def paced_latencies(rate: float, seconds: float, call: Callable[[int], Awa
         await call(k)
         latencies.append((time.perf_counter() - started) * 1000)
 
-    tasks = []
-    start = time.perf_counter()
-    for k in range(int(rate * seconds)):
-        delay = start + k / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(timed(k)))
-    await asyncio.gather(*tasks)
+    await open_loop(rate, seconds, timed)
     return latencies
 
 
@@ -134,44 +122,34 @@ async def raw_fixed(dsn: str, rate: float, seconds: float, tag: str) -> list[flo
     try:
 
         async def create(k: int) -> None:
-            start, end = _slot(k)
-            async with pool.acquire() as conn:
-                await conn.fetchrow(
-                    CREATE_SQL,
-                    uuid.uuid4(),
-                    "customer",
-                    f"{tag}-p",
-                    "svc",
-                    start,
-                    end,
-                    "",
-                    "bench",
-                    None,
-                    uuid.uuid4(),
-                    "Bench",
-                    "admin",
-                )
+            await _raw_create(pool, f"{tag}-p", k)
 
         return await paced_latencies(rate, seconds, create)
     finally:
         await pool.close()
 
 
+async def _service_create(
+    stub: booking_pb2_grpc.BookingServiceAsyncStub, metadata: Any, provider: str, i: int
+) -> booking_pb2.CreateBookingResponse:
+    """CreateBooking for slot `i` of `provider`, the same booking `_raw_create` inserts."""
+    start, end = _slot(i)
+    booking = booking_pb2.Booking(
+        customer_id="customer", provider_id=provider, service_id="svc", start_time=ts(start), end_time=ts(end)
+    )
+    response: booking_pb2.CreateBookingResponse = await stub.CreateBooking(
+        booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata
+    )
+    return response
+
+
 async def service_fixed(address: str, rate: float, seconds: float, tag: str) -> list[float]:
     metadata = auth("admin", "bench")
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = booking_pb2_grpc.BookingServiceStub(channel)
+        stub: booking_pb2_grpc.BookingServiceAsyncStub = booking_pb2_grpc.BookingServiceStub(channel)
 
         async def create(k: int) -> None:
-            start, end = _slot(k)
-            booking = booking_pb2.Booking(
-                customer_id="customer",
-                provider_id=f"{tag}-p",
-                service_id="svc",
-                start_time=ts(start),
-                end_time=ts(end),
-            )
-            await stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata)
+            await _service_create(stub, metadata, f"{tag}-p", k)
 
         return await paced_latencies(rate, seconds, create)
 
@@ -184,18 +162,10 @@ def _quantile(values: list[float], q: float) -> float:
 async def service_round(address: str, concurrency: int, seconds: float, tag: str) -> float:
     metadata = auth("admin", "bench")
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = booking_pb2_grpc.BookingServiceStub(channel)
+        stub: booking_pb2_grpc.BookingServiceAsyncStub = booking_pb2_grpc.BookingServiceStub(channel)
 
         async def pair(worker: int, i: int) -> None:
-            start, end = _slot(i)
-            booking = booking_pb2.Booking(
-                customer_id="customer",
-                provider_id=f"{tag}-p{worker}",
-                service_id="svc",
-                start_time=ts(start),
-                end_time=ts(end),
-            )
-            created = await stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=metadata)
+            created = await _service_create(stub, metadata, f"{tag}-p{worker}", i)
             await stub.DeleteBooking(
                 booking_pb2.DeleteBookingRequest(booking_id=created.booking.id, reason="bench"), metadata=metadata
             )

@@ -38,7 +38,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -54,7 +53,7 @@ import redis.asyncio as redis
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, children, free_port, wait_for_port
-from tests.bench.pacing import open_loop
+from tests.bench.common import OUT_DIR, open_loop, progress, run_in_workdir
 from tests.support.helpers import JWT_SECRET, auth, token, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -62,7 +61,6 @@ BASELINE_STREAM = "bench:baseline"
 STREAM = "bench:events"
 EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
 NODE_DIR = PROJECT / ".local" / "bench-node"
-OUT_DIR = PROJECT / ".local" / "bench"
 BENCH = PROJECT / "tests" / "bench"
 NODE_PACKAGES = {
     "@grpc/grpc-js": "1",
@@ -75,10 +73,6 @@ NODE_PACKAGES = {
 PER_PROCESS = 500  # subscribers per Node.js process
 SETTLE_SECONDS = 3.0  # after the last write, for the last deliveries
 HELD_P99_MS = 100.0
-
-
-def progress(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def node_modules() -> Path:
@@ -888,10 +882,7 @@ def main() -> None:
     parser.add_argument("--only-steady", action="store_true", help="the steady scenario only (for quick work)")
     parser.add_argument("--profile", action="store_true", help="py-spy the notify workers during steady")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        result = asyncio.run(run(args, workdir))
+    result = run_in_workdir(run, args)
     if args.only_steady:
         print(json.dumps(result, indent=2))
         return

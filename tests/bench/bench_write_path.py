@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,11 +35,9 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.storage import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.bench.pacing import open_loop
+from tests.bench.common import OUT_DIR, open_loop, progress, run_in_workdir
 from tests.support.helpers import auth, ts
-from tests.support.servers import PROJECT, ServiceProcess
-
-OUT_DIR = PROJECT / ".local" / "bench"
+from tests.support.servers import ServiceProcess
 
 POOL_SIZE = 10
 EPOCH = datetime(2040, 1, 1, tzinfo=UTC)
@@ -258,10 +254,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pg.stop("fast")
 
 
-def progress(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
 def report(result: dict[str, Any]) -> None:
     fixed, saturation = result["fixed_rate_create"], result["saturation"]
     raw, svc = fixed["raw_asyncpg"], fixed["service"]
@@ -285,10 +277,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync (harder on us)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        result = asyncio.run(run(args, workdir))
+    result = run_in_workdir(run, args)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "write_path.json").write_text(json.dumps(result, indent=2))
     report(result)

@@ -1,0 +1,46 @@
+"""What both benchmarks share: where results go, progress lines, a throwaway working directory, and open-loop
+load (one call every 1/rate seconds, whatever the calls before it are doing: a slow or stuck call never holds
+up the next, as real clients would not wait for each other)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from tests.support.servers import PROJECT
+
+OUT_DIR = PROJECT / ".local" / "bench"  # JSON results and charts
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run_in_workdir(
+    run: Callable[[argparse.Namespace, Path], Coroutine[Any, Any, dict[str, Any]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """`run(args, workdir)` in a fresh directory the postgres user can traverse, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="booking-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        return asyncio.run(run(args, workdir))
+
+
+async def open_loop(rate: float, seconds: float, one: Callable[[int], Coroutine[Any, Any, None]]) -> int:
+    """Run `one(k)` for k = 0, 1, ... at `rate` per second for `seconds`; returns how many were started, once
+    all have finished."""
+    tasks = []
+    start = time.perf_counter()
+    for k in range(int(rate * seconds)):
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(k)))
+    await asyncio.gather(*tasks)
+    return len(tasks)

@@ -231,7 +231,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _observed(
-        self, method: str, metrics: MethodMetrics | None, context: Any, call: Callable[[str], Awaitable[T]]
+        self,
+        method: str,
+        metrics: MethodMetrics | None,
+        context: Any,
+        call: Callable[[str], Awaitable[T]],
+        *,
+        public: bool,
     ) -> T:
         """Run one RPC's handling (`call(request_id)`), then count it and log its line."""
         started = time.perf_counter()
@@ -256,7 +262,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             seconds = time.perf_counter() - started
             if metrics is not None:
                 metrics.handled(code, seconds)
-            _log_call(fields, code, seconds, public=method.startswith(PUBLIC_METHOD_PREFIXES))
+            _log_call(fields, code, seconds, public=public)
 
     def _wrap(self, handler: Any, method: str, *, authenticate: bool) -> Any:
         decode = _tolerant(handler.request_deserializer)
@@ -278,7 +284,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             async def observed_unary(request: Any, context: Any) -> Any:
-                return await self._observed(method, metrics, context, lambda rid: unary_behavior(request, context, rid))
+                return await self._observed(
+                    method, metrics, context, lambda rid: unary_behavior(request, context, rid), public=not authenticate
+                )
 
             return grpc.unary_unary_rpc_method_handler(
                 observed_unary, request_deserializer=decode, response_serializer=handler.response_serializer
@@ -298,7 +306,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(context, exc)
 
             async def observed_stream(request: Any, context: Any) -> None:
-                await self._observed(method, metrics, context, lambda _: write_behavior(request, context))
+                await self._observed(
+                    method, metrics, context, lambda _: write_behavior(request, context), public=not authenticate
+                )
 
             return grpc.unary_stream_rpc_method_handler(
                 observed_stream, request_deserializer=decode, response_serializer=handler.response_serializer

@@ -125,10 +125,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         )
     )
     server = GrpcServer(
-        listen=settings.listen,
-        reuse_port=settings.reuse_port,
-        metrics=settings.metrics,
-        tls=settings.tls,
+        settings.server,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
@@ -188,7 +185,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
                 )
             )
         stack.push_async_callback(_cancel_all, background)
-        log.info("booking service listening on %s", settings.listen)
+        log.info("booking service listening on %s", settings.server.listen)
         yield server
 
 

@@ -14,7 +14,7 @@ if __name__ == "__main__":
             "notify_service",
             "Notify gRPC service: streams booking change events",
             DEFAULT_LISTEN,
-            lambda environ, listen, reuse_port: Settings.from_env(environ, listen=listen, reuse_port=reuse_port),
+            Settings.read,
             serve,
             metrics_default=DEFAULT_METRICS_LISTEN,
         )

@@ -63,10 +63,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     )
     subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
-        listen=settings.listen,
-        reuse_port=settings.reuse_port,
-        metrics=settings.metrics,
-        tls=settings.tls,
+        settings.server,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
@@ -94,7 +91,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         stack.push_async_callback(cancel_and_wait, reading)
         counting = supervisor.start("delivery metrics", lambda: _count_deliveries(hub))
         stack.push_async_callback(cancel_and_wait, counting)
-        log.info("notify service listening on %s, stream %r", settings.listen, settings.stream_key)
+        log.info("notify service listening on %s, stream %r", settings.server.listen, settings.stream_key)
         yield Running(port, hub)
 
 

@@ -7,24 +7,23 @@ from dataclasses import dataclass
 
 from notify_service.hub import DEFAULT_WINDOW, BatchLimits
 from notify_service.subscriptions import SubscriptionConfig
-from svc_common import settings as env
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
-from svc_common.metrics import metrics_listen
-from svc_common.tls import TlsConfig, tls_from_env
+from svc_common.grpc_server import ServerConfig
+from svc_common.settings import Env, read_checked
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9092"  # METRICS_LISTEN when unset ("" turns metrics off)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN)
 
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
     jwt_secret: str
-    listen: str = DEFAULT_LISTEN
-    reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
-    metrics: bool = True  # record metrics: METRICS_LISTEN is not empty (svc_common.metrics serves them)
-    tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
+    server: ServerConfig = DEFAULT_SERVER
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
@@ -40,35 +39,28 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
-        def bounded(name: str, default: int, at_most: int | None = None, least: int = 1) -> int:
-            value = env.integer(environ, name, default)
-            if value < least:
-                raise env.SettingsError(f"{name} must be at least {least}")
-            if at_most is not None and value > at_most:
-                raise env.SettingsError(f"{name} must be at most {at_most}")
-            return value
+        """The settings, or SettingsError naming every problem."""
+        return read_checked(cls.read, environ, listen=listen or DEFAULT_LISTEN, reuse_port=reuse_port)
 
-        grace = env.number(environ, "SHUTDOWN_GRACE_SECONDS", cls.grace_seconds)
-        if not grace > 0:
-            raise env.SettingsError("SHUTDOWN_GRACE_SECONDS must be more than 0")
-        fallback_after = env.number(environ, "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds)
-        if not 0 < fallback_after <= 3600:
-            raise env.SettingsError("REDIS_FALLBACK_AFTER_SECONDS must be more than 0 and at most 3600")
+    @classmethod
+    def read(cls, env: Env, *, listen: str, reuse_port: bool) -> Settings:
+        """Read every setting; what is wrong is recorded in `env` (each bound named), for `env.check()`."""
         return cls(
-            redis_url=env.require(environ, "REDIS_URL"),
-            database_url=env.text(environ, "DATABASE_URL", ""),
-            fallback_after_seconds=fallback_after,
-            jwt_secret=env.secret(environ, "JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
-            listen=listen or DEFAULT_LISTEN,
-            reuse_port=reuse_port,
-            metrics=metrics_listen(environ, DEFAULT_METRICS_LISTEN) is not None,
-            tls=tls_from_env(environ),
-            stream_key=env.text(environ, "EVENT_STREAM_KEY", cls.stream_key),
-            max_queue=bounded("SUBSCRIBER_QUEUE_SIZE", cls.max_queue),
-            grace_seconds=grace,
-            max_batch_events=bounded("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events),
+            redis_url=env.url("REDIS_URL", REDIS_SCHEMES, required=True),
+            jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
+            server=ServerConfig.read(env, listen=listen, reuse_port=reuse_port, metrics_default=DEFAULT_METRICS_LISTEN),
+            database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES),
+            fallback_after_seconds=env.number(
+                "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds, above=0, most=3600
+            ),
+            stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
+            max_queue=env.integer("SUBSCRIBER_QUEUE_SIZE", cls.max_queue, least=1, most=1_000_000),
+            grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", cls.grace_seconds, above=0, most=3600),
+            max_batch_events=env.integer("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events, least=1, most=100_000),
             # grpc clients refuse messages over 4 MiB unless told otherwise.
-            max_batch_bytes=bounded("SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, at_most=4 * 1024 * 1024),
+            max_batch_bytes=env.integer(
+                "SUBSCRIBE_MAX_BATCH_BYTES", cls.max_batch_bytes, least=1, most=4 * 1024 * 1024
+            ),
             # 1,000,000 events of a few hundred bytes: a few hundred MB, as much as anyone should keep.
-            history_window=bounded("SUBSCRIBE_HISTORY_WINDOW", cls.history_window, at_most=1_000_000, least=0),
+            history_window=env.integer("SUBSCRIBE_HISTORY_WINDOW", cls.history_window, least=0, most=1_000_000),
         )

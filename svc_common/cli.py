@@ -1,5 +1,6 @@
-"""The command line both services share: `python -m <service> --listen HOST:PORT [--workers N]`, settings from
-the environment."""
+"""The command line both services share: `python -m <service> --listen HOST:PORT [--workers N] [--check-config]`,
+settings from the environment (svc_common.settings).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from svc_common import logs
 from svc_common.grpc_server import ListenError
-from svc_common.metrics import MetricsServer, metrics_listen
-from svc_common.settings import SettingsError
+from svc_common.metrics import MetricsServer
+from svc_common.settings import Env, SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
 S = TypeVar("S")
@@ -24,14 +25,15 @@ def run_service(
     name: str,
     description: str,
     default_listen: str,
-    read_settings: Callable[[Mapping[str, str], str, bool], S],
+    read_settings: Callable[..., S],
     serve: Callable[[S], Coroutine[Any, Any, None]],
     argv: list[str] | None = None,
     *,
     metrics_default: str = "",
 ) -> int:
-    """Parse the arguments, read the settings (exit status 2 if they are wrong) and serve until signalled: in
-    this process with one worker, else as the supervisor of `--workers` processes (svc_common.workers)."""
+    """Parse the arguments, read the settings (every problem on stderr, exit status 2) and serve until
+    signalled: in this process with one worker, else as the supervisor of `--workers` processes
+    (svc_common.workers). With --check-config, print the effective settings and exit."""
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=description)
     parser.add_argument("--listen", default=default_listen, help=f"host:port to serve on (default {default_listen})")
     parser.add_argument(
@@ -40,18 +42,26 @@ def run_service(
         default=None,
         help="processes sharing the address (default: env WORKERS, else the number of CPUs this process may use)",
     )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the settings, print the effective ones (secrets redacted) and exit: 0 if usable, else 2",
+    )
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
+    env = Env(os.environ)
+    config = read_config(env, read_settings, args.listen, args.worker, args.workers, metrics_default)
     try:
-        logs.configure(os.environ)
-        workers = args.workers if args.workers is not None else _workers_from_env()
-        if not 1 <= workers <= MAX_WORKERS:
-            raise SettingsError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
-        settings = read_settings(os.environ, args.listen, args.worker)
-        address = metrics_listen(os.environ, metrics_default)
+        env.check()
     except SettingsError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{name}: {problem}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(f"# {name}: the settings are usable\n--listen={args.listen}\n{env.report()}")
+        return 0
+    settings, log_config, workers, address = config
+    logs.configure(log_config)
     # Workers write their metrics for the supervisor to serve; a lone process serves its own.
     metrics = MetricsServer(address) if address is not None and not args.worker else None
     try:
@@ -75,10 +85,23 @@ def run_service(
     return 0
 
 
-def _workers_from_env() -> int:
-    raw = os.environ.get("WORKERS", "").strip()
-    if not raw:
-        return default_workers()
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS:
-        raise SettingsError(f"WORKERS must be a whole number from 1 to {MAX_WORKERS}, got {raw!r}")
-    return int(raw)
+def read_config(
+    env: Env,
+    read_settings: Callable[..., S],
+    listen: str,
+    worker: bool,
+    workers: int | None,
+    metrics_default: str,
+) -> tuple[S, logs.LogConfig, int, tuple[str, int] | None]:
+    """Every setting a service starts with, read through `env` (problems are recorded there): the service's
+    own (`read_settings(env, listen=..., reuse_port=...)`), logging, WORKERS (unless --workers gave it) and
+    METRICS_LISTEN."""
+    log_config = logs.LogConfig.read(env)
+    from_env = env.integer("WORKERS", default_workers(), least=1, most=MAX_WORKERS, shown_default="CPUs")
+    if workers is None:
+        workers = from_env
+    elif not 1 <= workers <= MAX_WORKERS:
+        env.problem(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
+    address = env.address("METRICS_LISTEN", metrics_default)
+    settings = read_settings(env, listen=listen, reuse_port=worker)
+    return settings, log_config, workers, address

@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -26,7 +27,8 @@ from svc_common import errors
 from svc_common.auth import TokenVerifier, current_principal, set_current_principal
 from svc_common.grpc_metrics import MethodMetrics
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
-from svc_common.tls import TlsConfig
+from svc_common.settings import Env
+from svc_common.tls import TlsConfig, tls_from_env
 
 log = logging.getLogger(__name__)
 calls_log = logging.getLogger("svc_common.rpc")  # the line of each finished RPC
@@ -341,32 +343,62 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthListResponse(statuses=statuses)
 
 
-class GrpcServer:
-    """A grpc.aio server with auth, error mapping, health, reflection and graceful shutdown."""
+@dataclass(frozen=True)
+class ServerConfig:
+    """What both services' gRPC servers are configured with (read by `read`, from the command line and env)."""
 
-    def __init__(
-        self,
-        *,
-        listen: str,
-        verifier: TokenVerifier,
-        error_domain: str,
-        service_names: Sequence[str],
-        reuse_port: bool = False,
-        metrics: bool = False,
-        tls: TlsConfig | None = None,
-    ) -> None:
-        self.health = HealthServicer()
-        self._listen = listen
-        self._tls = tls
-        self._service_names = tuple(service_names)
+    listen: str
+    reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
+    metrics: bool = True  # record metrics: METRICS_LISTEN is not empty (svc_common.metrics serves them)
+    tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
+    # A connection is closed (GOAWAY) after about this long, so clients spread over instances added since they
+    # connected; calls still open get the grace, then end with UNAVAILABLE (subscribers resume elsewhere).
+    max_connection_age_seconds: float = 600.0  # 0: connections are never aged out
+    max_connection_age_grace_seconds: float = 30.0
+
+    @classmethod
+    def read(cls, env: Env, *, listen: str, reuse_port: bool, metrics_default: str) -> ServerConfig:
+        return cls(
+            listen=listen,
+            reuse_port=reuse_port,
+            metrics=env.address("METRICS_LISTEN", metrics_default) is not None,
+            tls=tls_from_env(env),
+            max_connection_age_seconds=env.number(
+                "MAX_CONNECTION_AGE_SECONDS", cls.max_connection_age_seconds, least=0, most=7 * 86400
+            ),
+            max_connection_age_grace_seconds=env.number(
+                "MAX_CONNECTION_AGE_GRACE_SECONDS", cls.max_connection_age_grace_seconds, least=0, most=86400
+            ),
+        )
+
+    def options(self) -> list[tuple[str, int]]:
         options = [
             *KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
             # grpcio sets SO_REUSEPORT by default, so a second server on a port in use would silently share it:
             # only workers of one supervisor share their address (svc_common.workers).
-            ("grpc.so_reuseport", int(reuse_port)),
+            ("grpc.so_reuseport", int(self.reuse_port)),
         ]
-        interceptor = ServiceInterceptor(verifier, error_domain, metrics=metrics)
+        if self.max_connection_age_seconds > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(self.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace_seconds * 1000)),
+            ]
+        return options
+
+
+class GrpcServer:
+    """A grpc.aio server with auth, error mapping, health, reflection and graceful shutdown."""
+
+    def __init__(
+        self, config: ServerConfig, *, verifier: TokenVerifier, error_domain: str, service_names: Sequence[str]
+    ) -> None:
+        self.health = HealthServicer()
+        self._listen = config.listen
+        self._tls = config.tls
+        self._service_names = tuple(service_names)
+        options = config.options()
+        interceptor = ServiceInterceptor(verifier, error_domain, metrics=config.metrics)
         self.server = grpc.aio.server(interceptors=[interceptor], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

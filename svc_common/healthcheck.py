@@ -12,7 +12,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from svc_common.settings import SettingsError
+from svc_common.settings import Env, SettingsError
 from svc_common.tls import client_channel_options, client_credentials
 
 
@@ -41,13 +41,15 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     address, service = argv[0], argv[1] if len(argv) == 2 else ""
+    env = Env(os.environ)
+    credentials, options = client_credentials(env), client_channel_options(env)
     try:
-        credentials = client_credentials(os.environ)
+        env.check()
     except SettingsError as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 2
     try:
-        status = serving_status(address, service, credentials=credentials, options=client_channel_options(os.environ))
+        status = serving_status(address, service, credentials=credentials, options=options)
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)
         return 1

@@ -15,12 +15,12 @@ import json
 import logging
 import logging.handlers
 import uuid
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
-from svc_common.settings import SettingsError
+from svc_common.settings import Env
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 128
@@ -98,14 +98,21 @@ class _Background(logging.handlers.QueueHandler):
         super().close()
 
 
-def configure(environ: Mapping[str, str]) -> None:
-    """Set up the root logger from LOG_FORMAT and LOG_LEVEL (SettingsError names a bad value)."""
-    log_format = environ.get("LOG_FORMAT", "text").strip().lower() or "text"
-    level = environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    if log_format not in FORMATS:
-        raise SettingsError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, got {log_format!r}")
-    if level not in LEVELS:
-        raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LEVELS)}, got {level!r}")
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "INFO"
+
+    @classmethod
+    def read(cls, env: Env) -> LogConfig:
+        return cls(
+            env.text("LOG_FORMAT", cls.format, choices=FORMATS), env.text("LOG_LEVEL", cls.level, choices=LEVELS)
+        )
+
+
+def configure(config: LogConfig) -> None:
+    """Set up the root logger: one line per record, in `config.format`, at `config.level` and above."""
+    log_format, level = config.format, config.level
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -12,30 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from svc_common.grpc_server import ListenError
-from svc_common.settings import SettingsError
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def metrics_listen(environ: Mapping[str, str], default: str = "") -> tuple[str, int] | None:
-    """METRICS_LISTEN (`default` when unset) as (host, port), or None when it is empty (no metrics)."""
-    raw = environ.get("METRICS_LISTEN")
-    raw = (default if raw is None else raw).strip()
-    if not raw:
-        return None
-    parts = urlsplit(f"//{raw}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or port is None:
-        raise SettingsError(f"METRICS_LISTEN must be HOST:PORT (or empty for no metrics), got {raw!r}")
-    return parts.hostname, port
 
 
 class MetricsServer:

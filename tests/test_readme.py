@@ -19,6 +19,12 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from booking_api.booking.v1 import booking_pb2
+from booking_service.settings import DEFAULT_METRICS_LISTEN as BOOKING_METRICS
+from booking_service.settings import Settings as BookingSettings
+from notify_service.settings import DEFAULT_METRICS_LISTEN as NOTIFY_METRICS
+from notify_service.settings import Settings as NotifySettings
+from svc_common.cli import read_config
+from svc_common.settings import Env
 from tests.support.helpers import token
 from tests.support.servers import ServiceProcess, booking_env, notify_env
 
@@ -165,3 +171,25 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
 
 
 READMES_CHANGES = ["CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
+
+
+def readme_settings_table() -> dict[str, tuple[str, str]]:
+    """The Configuration table: env name -> (booking's default, notify's default) as printed."""
+    section = README.read_text().split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
+    return {name.strip().strip("`"): (booking.strip(), notify.strip()) for name, booking, notify in rows}
+
+
+def test_the_readme_settings_table_is_what_each_service_reads_with_its_defaults() -> None:
+    """Every setting either service reads (through the command line's own path) has a row, with the default
+    each service uses or `—` where it does not read it; no row names a setting nobody reads."""
+    required = {"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h", "JWT_SECRET": "s" * 32}
+    read = []
+    for settings, metrics_default in ((BookingSettings, BOOKING_METRICS), (NotifySettings, NOTIFY_METRICS)):
+        env = Env(required)
+        read_config(env, settings.read, "127.0.0.1:1", False, None, metrics_default)
+        env.check()
+        read.append({name: entry.default for name, entry in env.entries.items()})
+    booking, notify = read
+    expected = {name: (booking.get(name, "—"), notify.get(name, "—")) for name in booking.keys() | notify.keys()}
+    assert readme_settings_table() == expected

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
+from svc_common.settings import Env
 from svc_common.tls import client_channel_options, client_credentials
 from tests.support.helpers import JWT_SECRET
 
@@ -57,8 +58,8 @@ class ServiceProcess:
             self.address,
             service,
             timeout=2,
-            credentials=client_credentials(self.env),
-            options=client_channel_options(self.env),
+            credentials=client_credentials(Env(self.env)),
+            options=client_channel_options(Env(self.env)),
         )
 
     def wait_serving(self, timeout: float = 60.0) -> None:

@@ -9,8 +9,9 @@ from booking_service.settings import Settings as BookingSettings
 from notify_service import settings as notify_settings
 from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
-from svc_common.metrics import metrics_listen
-from svc_common.settings import SettingsError
+from svc_common.grpc_server import ServerConfig
+from svc_common.logs import LogConfig
+from svc_common.settings import Env, SettingsError, redact_url
 
 SECRET = "s" * 32
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h", "JWT_SECRET": SECRET}
@@ -62,7 +63,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         database_url="postgresql://u@h/db",
         redis_url="redis://h",
         jwt_secret=SECRET,
-        listen="0.0.0.0:1",
+        server=ServerConfig("0.0.0.0:1"),
         db_min_connections=3,
         db_max_connections=7,
         db_attempts=5,
@@ -82,11 +83,13 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         "SUBSCRIBER_QUEUE_SIZE": "1",
         "SHUTDOWN_GRACE_SECONDS": "2.5",
         "REDIS_FALLBACK_AFTER_SECONDS": "0.5",
+        "MAX_CONNECTION_AGE_SECONDS": "60",
+        "MAX_CONNECTION_AGE_GRACE_SECONDS": "5",
     }
     assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
         redis_url="redis://h",
         jwt_secret=SECRET,
-        listen="0.0.0.0:2",
+        server=ServerConfig("0.0.0.0:2", max_connection_age_seconds=60, max_connection_age_grace_seconds=5),
         stream_key="k",
         max_queue=1,
         grace_seconds=2.5,
@@ -100,7 +103,7 @@ def test_notify_falls_back_only_with_a_database_and_after_a_positive_delay() -> 
     assert NotifySettings.from_env(without).database_url == ""
     assert NotifySettings.from_env(BASE).fallback_after_seconds == 2.0
     for value in ("0", "-1", "3601"):
-        with pytest.raises(SettingsError, match="REDIS_FALLBACK_AFTER_SECONDS must be more than 0"):
+        with pytest.raises(SettingsError, match="REDIS_FALLBACK_AFTER_SECONDS must be more than 0 and at most 3600"):
             NotifySettings.from_env({**BASE, "REDIS_FALLBACK_AFTER_SECONDS": value})
 
 
@@ -112,7 +115,7 @@ def test_every_default_when_nothing_but_the_required_is_set() -> None:
     assert NotifySettings.from_env(BASE) == NotifySettings(
         redis_url="redis://h", jwt_secret=SECRET, database_url="postgresql://u@h/db"
     )
-    assert (BookingSettings.listen, NotifySettings.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
+    assert (BookingSettings.server.listen, NotifySettings.server.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
     assert (BookingSettings.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
 
 
@@ -125,7 +128,7 @@ def test_each_required_variable_is_named_when_missing(missing: str) -> None:
 def test_the_queue_size_refusal_says_what_is_allowed() -> None:
     with pytest.raises(SettingsError) as raised:
         NotifySettings.from_env({**BASE, "SUBSCRIBER_QUEUE_SIZE": "-5"})
-    assert str(raised.value) == "SUBSCRIBER_QUEUE_SIZE must be at least 1"
+    assert str(raised.value) == "SUBSCRIBER_QUEUE_SIZE must be from 1 to 1000000, got -5"
 
 
 def test_batch_limits_are_read_and_must_be_positive() -> None:
@@ -133,19 +136,19 @@ def test_batch_limits_are_read_and_must_be_positive() -> None:
     assert (settings.subscriptions.limits.max_events, settings.subscriptions.limits.max_bytes) == (8, 999)
     assert NotifySettings.from_env(BASE).subscriptions.limits == BatchLimits(256, 256 * 1024)
     for name in ("SUBSCRIBE_MAX_BATCH_EVENTS", "SUBSCRIBE_MAX_BATCH_BYTES"):
-        with pytest.raises(SettingsError, match=f"{name} must be at least 1"):
+        with pytest.raises(SettingsError, match=f"{name} must be from 1 to"):
             NotifySettings.from_env({**BASE, name: "0"})
 
 
 def test_workers_bind_with_reuse_port_and_a_lone_process_does_not() -> None:
-    assert not BookingSettings.from_env(BASE).reuse_port and not NotifySettings.from_env(BASE).reuse_port
-    assert BookingSettings.from_env(BASE, reuse_port=True).reuse_port
-    assert NotifySettings.from_env(BASE, reuse_port=True).reuse_port
+    assert not BookingSettings.from_env(BASE).server.reuse_port and not NotifySettings.from_env(BASE).server.reuse_port
+    assert BookingSettings.from_env(BASE, reuse_port=True).server.reuse_port
+    assert NotifySettings.from_env(BASE, reuse_port=True).server.reuse_port
 
 
 def test_a_batch_no_client_could_receive_is_refused() -> None:
     assert NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024)}).max_batch_bytes
-    with pytest.raises(SettingsError, match="SUBSCRIBE_MAX_BATCH_BYTES must be at most 4194304"):
+    with pytest.raises(SettingsError, match="SUBSCRIBE_MAX_BATCH_BYTES must be from 1 to 4194304"):
         NotifySettings.from_env({**BASE, "SUBSCRIBE_MAX_BATCH_BYTES": str(4 * 1024 * 1024 + 1)})
 
 
@@ -153,9 +156,16 @@ def test_the_history_window_may_be_zero_and_is_bounded() -> None:
     assert NotifySettings.from_env(BASE).history_window == 10_000
     assert NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": "0"}).history_window == 0
     assert NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": "1000000"}).history_window == 1_000_000
-    for value, message in (("-1", "at least 0"), ("1000001", "at most 1000000")):
-        with pytest.raises(SettingsError, match=f"SUBSCRIBE_HISTORY_WINDOW must be {message}"):
+    for value in ("-1", "1000001"):
+        with pytest.raises(SettingsError, match=f"SUBSCRIBE_HISTORY_WINDOW must be from 0 to 1000000, got {value}"):
             NotifySettings.from_env({**BASE, "SUBSCRIBE_HISTORY_WINDOW": value})
+
+
+def metrics_listen(environ: dict[str, str], default: str = "") -> tuple[str, int] | None:
+    env = Env(environ)
+    address = env.address("METRICS_LISTEN", default)
+    env.check()
+    return address
 
 
 def test_metrics_are_served_where_metrics_listen_says_or_nowhere() -> None:
@@ -189,11 +199,79 @@ def test_metrics_are_on_by_default_at_9091_and_9092_and_an_empty_metrics_listen_
     assert metrics_listen({}, "127.0.0.1:9091") == ("127.0.0.1", 9091)
     assert metrics_listen({"METRICS_LISTEN": ""}, "127.0.0.1:9091") is None
     without = {k: v for k, v in BASE.items() if k != "METRICS_LISTEN"}
-    assert BookingSettings.from_env(without).metrics and NotifySettings.from_env(without).metrics
-    assert not BookingSettings.from_env({**without, "METRICS_LISTEN": ""}).metrics
+    assert BookingSettings.from_env(without).server.metrics and NotifySettings.from_env(without).server.metrics
+    assert not BookingSettings.from_env({**without, "METRICS_LISTEN": ""}).server.metrics
     assert (booking_settings.DEFAULT_METRICS_LISTEN, notify_settings.DEFAULT_METRICS_LISTEN) == (
         "127.0.0.1:9091",
         "127.0.0.1:9092",
     )
     with pytest.raises(SettingsError, match="METRICS_LISTEN must be HOST:PORT"):
         NotifySettings.from_env({**without, "METRICS_LISTEN": "nowhere"})
+
+
+def test_notify_values_out_of_bounds_are_refused_all_at_once_each_named() -> None:
+    bad = {
+        **BASE,
+        "SUBSCRIBER_QUEUE_SIZE": "0",
+        "SHUTDOWN_GRACE_SECONDS": "0",
+        "REDIS_FALLBACK_AFTER_SECONDS": "x",
+        "SUBSCRIBE_HISTORY_WINDOW": "2000000",
+        "MAX_CONNECTION_AGE_SECONDS": "-1",
+        "REDIS_URL": "http://h",
+        "JWT_SECRET": "",
+    }
+    with pytest.raises(SettingsError) as refused:
+        NotifySettings.from_env(bad)
+    assert refused.value.problems == [
+        "REDIS_URL must be a URL starting with redis:// or rediss:// or unix://",
+        "environment variable JWT_SECRET is required",
+        "MAX_CONNECTION_AGE_SECONDS must be from 0 to 604800, got -1",
+        "REDIS_FALLBACK_AFTER_SECONDS must be a number, got 'x'",
+        "SUBSCRIBER_QUEUE_SIZE must be from 1 to 1000000, got 0",
+        "SHUTDOWN_GRACE_SECONDS must be more than 0 and at most 3600, got 0",
+        "SUBSCRIBE_HISTORY_WINDOW must be from 0 to 1000000, got 2000000",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DATABASE_URL", "mysql://h/db", "DATABASE_URL must be a URL starting with postgresql:// or postgres://"),
+        ("DATABASE_URL", "postgresql://h:port/db", "DATABASE_URL must be a URL"),
+        ("MIGRATION_DATABASE_URL", "owner@h/db", "MIGRATION_DATABASE_URL must be a URL"),
+        ("REDIS_URL", "localhost:6379", "REDIS_URL must be a URL starting with redis://"),
+        ("SHUTDOWN_GRACE_SECONDS", "inf", "SHUTDOWN_GRACE_SECONDS must be a finite number, got 'inf'"),
+        ("HEALTH_INTERVAL_SECONDS", "nan", "HEALTH_INTERVAL_SECONDS must be a finite number"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'"),
+        ("MAX_CONNECTION_AGE_GRACE_SECONDS", "-2", "MAX_CONNECTION_AGE_GRACE_SECONDS must be from 0 to 86400"),
+        ("DB_MAX_CONNECTIONS", "0", "DB_MAX_CONNECTIONS must be from 1 to 1000, got 0"),
+        ("RETENTION_DAYS", "-1", "RETENTION_DAYS must be from 0 to 36500, got -1"),
+        ("TLS_CLIENT_CA_FILE", "/etc/hostname", "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE"),
+        ("TLS_CERT_FILE", "/nonexistent.pem", "TLS_CERT_FILE: cannot read /nonexistent.pem"),
+    ],
+)
+def test_each_bad_booking_value_gets_its_own_message(name: str, value: str, message: str) -> None:
+    env = Env({**BASE, name: value})
+    LogConfig.read(env)
+    BookingSettings.read(env, listen="127.0.0.1:1", reuse_port=False)
+    with pytest.raises(SettingsError) as refused:
+        env.check()
+    assert any(problem.startswith(message) for problem in refused.value.problems), refused.value.problems
+
+
+def test_the_report_shows_every_setting_read_with_secrets_and_url_passwords_redacted() -> None:
+    env = Env({**BASE, "DATABASE_URL": "postgresql://app:hunter2@db:5432/booking", "DB_ATTEMPTS": "4"})
+    BookingSettings.read(env, listen="127.0.0.1:1", reuse_port=False)
+    env.check()
+    report = env.report()
+    assert SECRET not in report and "hunter2" not in report
+    lines = report.splitlines()
+    assert "JWT_SECRET=<redacted>" in lines
+    assert "DATABASE_URL=postgresql://app:<redacted>@db:5432/booking" in lines
+    assert "DB_ATTEMPTS=4" in lines and "DB_MAX_CONNECTIONS=10  # default" in lines
+    assert "MIGRATION_DATABASE_URL=unset  # default" in lines
+
+
+def test_redact_url_keeps_everything_but_the_password() -> None:
+    assert redact_url("redis://:pw@h:6379/0") == "redis://:<redacted>@h:6379/0"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"

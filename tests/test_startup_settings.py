@@ -1,0 +1,66 @@
+"""Starting a service with bad settings, and --check-config, as an operator would: real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.helpers import JWT_SECRET
+from tests.support.servers import PROJECT, refused_start
+
+BASE = {"DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/none", "REDIS_URL": "redis://127.0.0.1:1"}
+
+
+def run(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env={**os.environ, "JWT_SECRET": JWT_SECRET, **BASE, **env},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("module", ["booking_service", "notify_service"])
+def test_every_bad_setting_is_reported_at_once_one_line_each_with_exit_status_2(module: str) -> None:
+    bad = {
+        "JWT_SECRET": "short",
+        "REDIS_URL": "localhost:6379",
+        "SHUTDOWN_GRACE_SECONDS": "0",
+        "LOG_FORMAT": "xml",
+        "WORKERS": "0",
+        "METRICS_LISTEN": "nowhere",
+        "MAX_CONNECTION_AGE_SECONDS": "soon",
+    }
+    stderr = refused_start(module, {**BASE, **bad})
+    lines = stderr.strip().splitlines()
+    assert len(lines) == len(bad), stderr
+    assert all(line.startswith(f"{module}: ") for line in lines)
+    for name in bad:
+        assert sum(name in line for line in lines) == 1, (name, stderr)
+
+
+@pytest.mark.parametrize("module", ["booking_service", "notify_service"])
+def test_check_config_prints_the_effective_settings_with_secrets_redacted_and_exits(module: str) -> None:
+    """Nothing is served or connected to (the URLs point at closed ports): the settings are only read."""
+    done = run(module, {"DB_ATTEMPTS": "5", "LOG_FORMAT": "json", "WORKERS": "3"}, "--check-config")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"# {module}: the settings are usable"
+    assert JWT_SECRET not in done.stdout and "hunter2" not in done.stdout
+    assert "JWT_SECRET=<redacted>" in lines
+    assert "LOG_FORMAT=json" in lines and "WORKERS=3" in lines
+    assert "LOG_LEVEL=INFO  # default" in lines
+    assert "--listen=127.0.0.1:5005" + ("1" if module == "booking_service" else "2") in lines
+    if module == "booking_service":
+        assert "DATABASE_URL=postgresql://app:<redacted>@127.0.0.1:1/none" in lines and "DB_ATTEMPTS=5" in lines
+
+
+def test_check_config_with_a_bad_value_names_it_and_exits_2() -> None:
+    done = run("booking_service", {"DB_MIN_CONNECTIONS": "11"}, "--check-config")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "booking_service: DB_MIN_CONNECTIONS must be from 0 to 10, got 11"

@@ -35,6 +35,9 @@ calls_log = logging.getLogger("svc_common.rpc")  # the line of each finished RPC
 
 T = TypeVar("T")
 
+# The health name a liveness probe asks: SERVING from start until shutdown, whatever the database or Redis do
+# (readiness is "" and the service names, which follow them).
+LIVENESS = "liveness"
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # Each error class maps to exactly one status code (subclasses inherit their parent's).
@@ -416,6 +419,7 @@ class GrpcServer:
             raise ListenError(f"cannot listen on {self._listen}: in use, or not an address of this host") from exc
         if port == 0:
             raise ListenError(f"cannot listen on {self._listen}")
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         return port
 

@@ -71,6 +71,7 @@ async def test_service_survives_postgres_going_away_and_serves_again(
     else:
         await asyncio.to_thread(pg.stop, "fast")
     await service.wait_health(NOT_SERVING)
+    assert service.health("liveness") == SERVING  # not ready, but alive: a liveness probe must not restart it
     # While it is down: UNAVAILABLE with a reason, never UNKNOWN or INTERNAL, for reads and writes.
     await expect_error(alice.create(provider_id=uid("prov")), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     await expect_error(alice.get(before.id), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
@@ -90,6 +91,7 @@ async def test_service_waits_for_its_database_at_start_up(
     service = spawn(pg.url)
     service.start(wait_serving=False)
     await service.wait_health(NOT_SERVING)
+    assert service.health("liveness") == SERVING
     await asyncio.to_thread(pg.start)
     await service.wait_health(SERVING)
 

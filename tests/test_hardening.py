@@ -176,8 +176,8 @@ async def test_health_list_answers_every_name_on_both_services(
 ) -> None:
     notifier = system.notify()
     wanted = {
-        booking_server.address: {"", "booking.v1.BookingService", "events"},
-        notifier.address: {"", "notify.v1.NotifyService", "events", "redis"},
+        booking_server.address: {"", "booking.v1.BookingService", "events", "liveness"},
+        notifier.address: {"", "notify.v1.NotifyService", "events", "redis", "liveness"},
     }
     for address, names in wanted.items():
         async with grpc.aio.insecure_channel(address) as channel:

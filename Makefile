@@ -1,11 +1,11 @@
-# One entry point: `make run`, `make test`, `make check`, `make bench`.
+# One entry point: `make run`, `make test`, `make check`, `make bench` (and `make cluster`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak mutants bench check lint typecheck buflint gen install clean token
+.PHONY: run cluster lock test soak mutants bench check lint typecheck buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
@@ -39,6 +39,17 @@ gen: $(GENERATED)
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
 run: gen $(SERVERS)
 	$(PY) -m svc_common.dev.run
+
+# The compose topology from local binaries: nginx (deploy/nginx/nginx.conf) on 127.0.0.1:50050 in front of two
+# booking and two notify instances. Needs nginx (Debian: apt-get install nginx-light).
+cluster: gen $(SERVERS)
+	$(PY) -m svc_common.dev.cluster
+
+# The image's hash-pinned lock files (deploy/image/), from pyproject.toml's dependencies and build requirements.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o deploy/image/requirements.lock
+	$(VENV)/bin/uv pip compile deploy/image/build-requirements.in $(LOCK_FLAGS) -o deploy/image/build-requirements.lock
 
 # Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).
 SUB ?= alice

@@ -40,7 +40,7 @@ PRIVATE_REDIS_PORT = 56379
 DATABASE = "booking"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"make run: {message}", flush=True)
 
 
@@ -80,24 +80,24 @@ def _redis_answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _database(env: dict[str, str]) -> Iterator[None]:
+def database(env: dict[str, str]) -> Iterator[None]:
     url = env.get("DATABASE_URL", "")
     if url and asyncio.run(_postgres_answers(url)):
-        _say(f"using DATABASE_URL {url}")
+        say(f"using DATABASE_URL {url}")
         yield
         return
     folder = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
-    _say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; starting a private PostgreSQL in .local/{folder}")
+    say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; starting a private PostgreSQL in .local/{folder}")
     server = PostgresServer(LOCAL / folder, port=PRIVATE_PG_PORT)
     if not server.running():
         server.start()
     url = server.url_for(DATABASE)
     if asyncio.run(_ensure_database(server.url, DATABASE)):
         env["DATABASE_URL"], env["MIGRATION_DATABASE_URL"] = as_role(url, SERVICE_ROLE), as_role(url, OWNER_ROLE)
-        _say(f"MIGRATION_DATABASE_URL={env['MIGRATION_DATABASE_URL']} (the owner role applies the migrations)")
+        say(f"MIGRATION_DATABASE_URL={env['MIGRATION_DATABASE_URL']} (the owner role applies the migrations)")
     else:
         env["DATABASE_URL"] = url
-    _say(f"DATABASE_URL={env['DATABASE_URL']}")
+    say(f"DATABASE_URL={env['DATABASE_URL']}")
     try:
         yield
     finally:
@@ -105,18 +105,18 @@ def _database(env: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _redis(env: dict[str, str]) -> Iterator[None]:
+def redis(env: dict[str, str]) -> Iterator[None]:
     url = env.get("REDIS_URL", "")
     if url and _redis_answers(url):
-        _say(f"using REDIS_URL {url}")
+        say(f"using REDIS_URL {url}")
         yield
         return
     folder = "redis-embedded" if from_wheel(redis_binary()) else "redis"
-    _say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/{folder}")
+    say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/{folder}")
     server = RedisServer(LOCAL / folder, port=PRIVATE_REDIS_PORT, persist=True)
     server.start()
     env["REDIS_URL"] = server.url
-    _say(f"REDIS_URL={env['REDIS_URL']}")
+    say(f"REDIS_URL={env['REDIS_URL']}")
     try:
         yield
     finally:
@@ -125,17 +125,17 @@ def _redis(env: dict[str, str]) -> Iterator[None]:
 
 def main() -> int:
     env = dict(os.environ)
-    _say(f"local servers, if needed: {describe_servers()}")
+    say(f"local servers, if needed: {describe_servers()}")
     services = {
         "booking_service": env.get("BOOKING_LISTEN", "127.0.0.1:50051"),
         "notify_service": env.get("NOTIFY_LISTEN", "127.0.0.1:50052"),
     }
-    with _database(env), _redis(env):
+    with database(env), redis(env):
         processes = []
         for module, listen in services.items():
-            _say(f"starting {module} on {listen}")
+            say(f"starting {module} on {listen}")
             processes.append(subprocess.Popen([sys.executable, "-m", module, "--listen", listen], env=env))
-        _say("running (Ctrl-C stops both)")
+        say("running (Ctrl-C stops both)")
 
         # On Ctrl-C or SIGTERM, stop the services gracefully, then the private servers (as the with-blocks exit).
         def stop(*_: object) -> None:

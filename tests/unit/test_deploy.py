@@ -1,0 +1,89 @@
+"""The deployment files, checked offline: the Kubernetes manifests against the API schemas (kubernetes-validate)
+and the probes, grace and disruption budget they must have; docker-compose.yml's topology and its required
+secret; the Dockerfile's build from the lock files. (No container engine runs on our machines: the image is not
+built here, and the nginx configuration is exercised by tests/test_cluster.py through `make cluster`'s runner.)"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+MANIFESTS = sorted((PROJECT / "deploy" / "kubernetes").glob("*.yaml"))
+SERVICES = {"booking": ("booking.v1.BookingService", 50051), "notify": ("notify.v1.NotifyService", 50052)}
+
+
+def resources(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_each_manifest_is_valid_against_the_kubernetes_api_schemas(path: Path) -> None:
+    for resource in resources(path):
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_each_service_has_a_deployment_with_grpc_probes_a_drain_grace_and_a_disruption_budget() -> None:
+    by_kind: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in MANIFESTS:
+        for resource in resources(path):
+            by_kind[resource["kind"], resource["metadata"]["name"]] = resource
+    for name, (service, port) in SERVICES.items():
+        pod = by_kind["Deployment", name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": service}
+        env = {e["name"]: e for e in container["env"]}
+        assert pod["terminationGracePeriodSeconds"] > float(env["SHUTDOWN_GRACE_SECONDS"]["value"])
+        assert "value" not in env["JWT_SECRET"]  # from a Secret, never written here
+        assert pod["securityContext"]["runAsNonRoot"]
+        budget = by_kind["PodDisruptionBudget", name]["spec"]
+        assert budget["selector"]["matchLabels"] == by_kind["Deployment", name]["spec"]["selector"]["matchLabels"]
+        assert budget["minAvailable"] >= 1
+
+
+def test_compose_runs_two_of_each_service_behind_nginx_and_requires_a_jwt_secret() -> None:
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"booking-1", "booking-2", "notify-1", "notify-2", "nginx", "postgres", "redis"} == set(services)
+    for name in ("booking-1", "booking-2", "notify-1", "notify-2"):
+        assert services[name]["build"] == "."
+        assert services[name]["environment"]["JWT_SECRET"].startswith("${JWT_SECRET:?")  # no default
+    nginx = services["nginx"]
+    assert nginx["ports"] == ["50050:50050"]
+    assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    upstreams = (PROJECT / "deploy" / "nginx" / "upstreams.conf").read_text()
+    assert set(re.findall(r"server (\S+):\d+", upstreams)) == {"booking-1", "booking-2", "notify-1", "notify-2"}
+
+
+def test_the_image_is_multi_stage_non_root_with_a_health_check_and_installs_only_from_the_lock_files() -> None:
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", dockerfile, flags=re.M)) == 2
+    assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
+    assert re.search(r"^HEALTHCHECK .*\n.*svc_common\.healthcheck", dockerfile, flags=re.M)
+    installs = re.findall(r"pip (install|wheel) ([^\n\\&]*)", dockerfile)
+    assert installs and all("--require-hashes" in args or "--no-deps" in args for _, args in installs), installs
+
+
+def locked(path: Path) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), flags=re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+
+def test_the_lock_files_pin_every_dependency_the_project_declares_with_hashes() -> None:
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    image = PROJECT / "deploy" / "image"
+    for declared, lock in (
+        (project["project"]["dependencies"], image / "requirements.lock"),
+        (project["build-system"]["requires"], image / "build-requirements.lock"),
+    ):
+        pins = locked(lock)
+        names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]).lower() for d in declared}
+        assert names <= pins.keys(), names - pins.keys()
+        assert lock.read_text().count("--hash=sha256:") >= len(pins)

@@ -73,7 +73,7 @@ EVENT_TYPES = {
 
 
 def event_to_proto(
-    event_id: str, action: AuditAction, booking: Booking, actor: Actor, occur_time: datetime
+    event_id: str, action: AuditAction, booking: Booking, actor: Actor, occur_time: datetime, traceparent: str = ""
 ) -> events_pb2.BookingEvent:
     return events_pb2.BookingEvent(
         event_id=event_id,
@@ -81,4 +81,5 @@ def event_to_proto(
         booking=booking_to_proto(booking),
         actor=actor_to_proto(actor),
         occur_time=_timestamp(occur_time),
+        traceparent=traceparent,
     )

@@ -36,7 +36,7 @@ CHANNEL = "booking_outbox"
 PLACED_CHANNEL = "booking_outbox_placed"
 CLOSE_SECONDS = 2.0
 
-_EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time"
+_EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time, traceparent"
 
 # The newest position handed out: the outbox's highest seq, or the mark kept for when old rows are deleted.
 _TOP = """
@@ -104,9 +104,9 @@ DELETE FROM booking_outbox
 
 SET_ASIDE_SQL = """
 INSERT INTO booking_outbox_dead (seq, stream_ms, outbox_id, event_type, booking, actor_id, actor_name, actor_role,
-                                 occur_time, error)
+                                 occur_time, traceparent, error)
 SELECT o.seq, o.stream_ms, o.id, o.event_type, o.booking, o.actor_id, o.actor_name, o.actor_role, o.occur_time,
-       failed.error
+       o.traceparent, failed.error
   FROM booking_outbox o JOIN unnest($1::bigint[], $2::text[]) AS failed (seq, error) ON o.seq = failed.seq
 ON CONFLICT (seq) DO NOTHING
 """
@@ -127,6 +127,7 @@ class OutboxEvent:
     booking: Booking
     actor: Actor
     occur_time: datetime
+    traceparent: str = ""  # the writer's trace context (svc_common.tracing), if it traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class PlacedRow:
             booking=booking_from_json(json.loads(record["booking"])),
             actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
             occur_time=record["occur_time"],
+            traceparent=record["traceparent"] or "",
         )
 
 

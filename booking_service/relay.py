@@ -57,7 +57,9 @@ Entry = tuple[EventId, dict[bytes, bytes]]  # a stream entry: its id and fields
 
 
 def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
-    proto = event_to_proto(str(event.event_id), event.action, event.booking, event.actor, event.occur_time)
+    proto = event_to_proto(
+        str(event.event_id), event.action, event.booking, event.actor, event.occur_time, event.traceparent
+    )
     return {
         stream.FIELD_EVENT: proto.SerializeToString(),
         stream.FIELD_CUSTOMER: event.booking.customer_id.encode(),

@@ -24,7 +24,7 @@ from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import Storage
 from booking_service.usecases import BookingUseCases
-from svc_common import eventstream
+from svc_common import eventstream, tracing
 from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
@@ -197,6 +197,7 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 async def serve(settings: Settings) -> None:
     stop = stop_event_on_signals()
     log_tasks_on_sigusr1()
+    tracing.configure(settings.server.tracing)
     try:
         async with running(settings, stop):
             await stop.wait()
@@ -205,4 +206,6 @@ async def serve(settings: Settings) -> None:
     except LOST_CONNECTION:
         if not stop.is_set():
             raise
+    finally:
+        tracing.shutdown()
     log.info("stopped")

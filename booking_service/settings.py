@@ -11,12 +11,13 @@ from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
 from svc_common.settings import Env, read_checked
+from svc_common.tracing import TracingConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"  # METRICS_LISTEN when unset ("" turns metrics off)
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN)
+DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN, tracing=TracingConfig(service_name="booking_service"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,13 @@ class Settings:
             database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES, required=True),
             redis_url=env.url("REDIS_URL", REDIS_SCHEMES, required=True),
             jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
-            server=ServerConfig.read(env, listen=listen, reuse_port=reuse_port, metrics_default=DEFAULT_METRICS_LISTEN),
+            server=ServerConfig.read(
+                env,
+                listen=listen,
+                reuse_port=reuse_port,
+                metrics_default=DEFAULT_METRICS_LISTEN,
+                service_name="booking_service",
+            ),
             db_min_connections=env.integer("DB_MIN_CONNECTIONS", cls.db_min_connections, least=0, most=max_connections),
             db_max_connections=max_connections,
             db_attempts=env.integer("DB_ATTEMPTS", cls.db_attempts, least=1, most=100),

@@ -20,6 +20,7 @@ import asyncpg
 from booking_service.database import Connection, Database, Record
 from booking_service.domain import Actor, AuditEntry, Booking, NewBooking, SlotTaken
 from booking_service.rows import audit_from_record, booking_from_record
+from svc_common import tracing
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ _AUDIT_INSERT = """
 """
 # The change event goes into the outbox in the same statement, hence the same transaction (see outbox.py).
 _OUTBOX_INSERT = """
-    INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role)
+    INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, traceparent)
 """
 
 # Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
@@ -60,7 +61,7 @@ WITH gate AS (
     SELECT $10, ins.id, 'CREATED', $8, $11, $12, '', to_jsonb(ins) FROM ins
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'CREATED', to_jsonb(ins), $8, $11, $12 FROM ins
+    SELECT 'CREATED', to_jsonb(ins), $8, $11, $12, $13::text FROM ins
 )
 SELECT * FROM ins
 """
@@ -80,7 +81,7 @@ WITH upd AS (
     SELECT $9, upd.id, 'DELETED', $2, $3, $4, $5, to_jsonb(upd) FROM upd
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'DELETED', to_jsonb(upd), $2, $3, $4 FROM upd
+    SELECT 'DELETED', to_jsonb(upd), $2, $3, $4, $10::text FROM upd
 )
 SELECT * FROM upd
 """
@@ -97,7 +98,7 @@ WITH upd AS (
     SELECT $3, upd.id, 'RESTORED', $4, $5, $6, '', to_jsonb(upd) FROM upd
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'RESTORED', to_jsonb(upd), $4, $5, $6 FROM upd
+    SELECT 'RESTORED', to_jsonb(upd), $4, $5, $6, $7::text FROM upd
 )
 SELECT * FROM upd
 """
@@ -108,8 +109,8 @@ def _hard_delete_sql(victims: str) -> str:
     audit trail (its entries remain) and record a HARD_DELETED entry and event for each (the event carries the
     booking as it was, so subscribers can tell whose it was).
 
-    Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking);
-    `victims` uses $6 onwards.
+    Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking),
+    $6 the writer's traceparent (NULL: none); `victims` uses $7 onwards.
     """
     return f"""
 WITH victims AS ({victims}),
@@ -122,15 +123,15 @@ del AS (
     SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'HARD_DELETED', to_jsonb(del), $1, $2, $3 FROM del
+    SELECT 'HARD_DELETED', to_jsonb(del), $1, $2, $3, $6::text FROM del
 )
 SELECT del.id FROM del, erase
 """
 
 
-HARD_DELETE_SQL = _hard_delete_sql("SELECT $6::uuid AS id")
+HARD_DELETE_SQL = _hard_delete_sql("SELECT $7::uuid AS id")
 PURGE_BATCH_SQL = _hard_delete_sql(
-    "SELECT id FROM bookings WHERE delete_time < $6 ORDER BY delete_time, id LIMIT $7 FOR UPDATE SKIP LOCKED"
+    "SELECT id FROM bookings WHERE delete_time < $7 ORDER BY delete_time, id LIMIT $8 FOR UPDATE SKIP LOCKED"
 )
 
 PURGE_PREVIEW_SQL = """
@@ -254,6 +255,7 @@ class Storage:
                     op_id,
                     actor.name,
                     actor.role.value,
+                    tracing.traceparent(),
                 )
             except asyncpg.ExclusionViolationError as exc:
                 # A concurrent call with the same request_id may hold the slot: that is its result, not a clash.
@@ -299,6 +301,7 @@ class Storage:
                 scope_provider,
                 version,
                 op_id,
+                tracing.traceparent(),
             )
             return booking_from_record(record) if record else None
 
@@ -310,7 +313,14 @@ class Storage:
         async def work(conn: Connection) -> Booking | None:
             try:
                 record = await conn.fetchrow(
-                    RESTORE_SQL, booking_id, version, op_id, actor.id, actor.name, actor.role.value
+                    RESTORE_SQL,
+                    booking_id,
+                    version,
+                    op_id,
+                    actor.id,
+                    actor.name,
+                    actor.role.value,
+                    tracing.traceparent(),
                 )
             except asyncpg.ExclusionViolationError as exc:
                 raise SlotTaken() from exc
@@ -321,7 +331,7 @@ class Storage:
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
         async def work(conn: Connection) -> bool:
             deleted = await conn.fetchval(
-                HARD_DELETE_SQL, actor.id, actor.name, actor.role.value, "", op_id, booking_id
+                HARD_DELETE_SQL, actor.id, actor.name, actor.role.value, "", op_id, tracing.traceparent(), booking_id
             )
             return deleted is not None
 
@@ -348,7 +358,15 @@ class Storage:
 
             async def work(conn: Connection) -> Sequence[Record]:
                 return await conn.fetch(
-                    PURGE_BATCH_SQL, actor.id, actor.name, actor.role.value, reason, None, deleted_before, batch
+                    PURGE_BATCH_SQL,
+                    actor.id,
+                    actor.name,
+                    actor.role.value,
+                    reason,
+                    None,
+                    tracing.traceparent(),
+                    deleted_before,
+                    batch,
                 )
 
             records = await self._db.run(work)

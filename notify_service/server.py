@@ -23,7 +23,7 @@ from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
 from notify_service.subscriptions import Subscriptions
-from svc_common import eventstream
+from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
@@ -104,8 +104,12 @@ async def _count_deliveries(hub: Hub) -> None:
 async def serve(settings: Settings) -> None:
     stop = stop_event_on_signals()
     log_tasks_on_sigusr1()
-    async with running(settings):
-        await stop.wait()
-        log.info("stopping: ending open streams, grace %.0fs", settings.grace_seconds)
-        exit_after(settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS, "shutdown")
+    tracing.configure(settings.server.tracing)
+    try:
+        async with running(settings):
+            await stop.wait()
+            log.info("stopping: ending open streams, grace %.0fs", settings.grace_seconds)
+            exit_after(settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS, "shutdown")
+    finally:
+        tracing.shutdown()
     log.info("stopped")

@@ -11,12 +11,13 @@ from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
 from svc_common.settings import Env, read_checked
+from svc_common.tracing import TracingConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9092"  # METRICS_LISTEN when unset ("" turns metrics off)
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN)
+DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN, tracing=TracingConfig(service_name="notify_service"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,13 @@ class Settings:
         return cls(
             redis_url=env.url("REDIS_URL", REDIS_SCHEMES, required=True),
             jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
-            server=ServerConfig.read(env, listen=listen, reuse_port=reuse_port, metrics_default=DEFAULT_METRICS_LISTEN),
+            server=ServerConfig.read(
+                env,
+                listen=listen,
+                reuse_port=reuse_port,
+                metrics_default=DEFAULT_METRICS_LISTEN,
+                service_name="notify_service",
+            ),
             database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES),
             fallback_after_seconds=env.number(
                 "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds, above=0, most=3600

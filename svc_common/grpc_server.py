@@ -23,12 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from svc_common import errors
+from svc_common import errors, tracing
 from svc_common.auth import TokenVerifier, current_principal, set_current_principal
 from svc_common.grpc_metrics import MethodMetrics
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
 from svc_common.settings import Env
 from svc_common.tls import TlsConfig, tls_from_env
+from svc_common.tracing import TRACING_OFF, TracingConfig
 
 log = logging.getLogger(__name__)
 calls_log = logging.getLogger("svc_common.rpc")  # the line of each finished RPC
@@ -315,6 +316,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     method, metrics, context, lambda _: write_behavior(request, context), public=not authenticate
                 )
 
+            if tracing.enabled():
+                # The tracing interceptor iterates a stream's responses, so it gets an async generator that yields
+                # none: the responses still go out through context.write(), one serialisation each.
+                traced_stream = observed_stream
+
+                async def observed_stream(request: Any, context: Any) -> Any:  # type: ignore[misc]
+                    await traced_stream(request, context)
+                    return
+                    yield
+
             return grpc.unary_stream_rpc_method_handler(
                 observed_stream, request_deserializer=decode, response_serializer=handler.response_serializer
             )
@@ -358,11 +369,13 @@ class ServerConfig:
     # connected; calls still open get the grace, then end with UNAVAILABLE (subscribers resume elsewhere).
     max_connection_age_seconds: float = 600.0  # 0: connections are never aged out
     max_connection_age_grace_seconds: float = 30.0
+    tracing: TracingConfig = TRACING_OFF  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     @classmethod
-    def read(cls, env: Env, *, listen: str, reuse_port: bool, metrics_default: str) -> ServerConfig:
+    def read(cls, env: Env, *, listen: str, reuse_port: bool, metrics_default: str, service_name: str) -> ServerConfig:
         return cls(
             listen=listen,
+            tracing=TracingConfig.read(env, service_name),
             reuse_port=reuse_port,
             metrics=env.address("METRICS_LISTEN", metrics_default) is not None,
             tls=tls_from_env(env),
@@ -397,12 +410,14 @@ class GrpcServer:
         self, config: ServerConfig, *, verifier: TokenVerifier, error_domain: str, service_names: Sequence[str]
     ) -> None:
         self.health = HealthServicer()
+        self.port = 0  # the port listened on, once started
         self._listen = config.listen
         self._tls = config.tls
         self._service_names = tuple(service_names)
         options = config.options()
         interceptor = ServiceInterceptor(verifier, error_domain, metrics=config.metrics)
-        self.server = grpc.aio.server(interceptors=[interceptor], options=options)
+        # Tracing's interceptor (when on) is outermost: the call's span holds everything, our log line included.
+        self.server = grpc.aio.server(interceptors=[*tracing.server_interceptors(), interceptor], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -421,6 +436,7 @@ class GrpcServer:
             raise ListenError(f"cannot listen on {self._listen}")
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
+        self.port = port
         return port
 
     async def set_serving(self, serving: bool, *, names: Sequence[str] | None = None) -> None:

@@ -61,6 +61,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(getattr(record, "rpc", {}))
+        if hasattr(record, "trace_id"):  # svc_common.tracing, when on
+            entry["trace_id"], entry["span_id"] = record.trace_id, getattr(record, "span_id", "")
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -72,7 +74,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = getattr(record, "rpc", None)
+        fields = getattr(record, "rpc", None) or {}
+        if hasattr(record, "trace_id"):  # svc_common.tracing, when on
+            fields = {**fields, "trace_id": record.trace_id}
         if not fields:
             return line
         head, _, rest = line.partition("\n")  # a traceback stays below the line

@@ -72,7 +72,7 @@ async def _raw_create(pool: asyncpg.Pool[asyncpg.Record], provider: str, i: int)
     async with pool.acquire() as conn:
         record = await conn.fetchrow(
             CREATE_SQL, uuid.uuid4(), "customer", provider, "svc", start, end, "", "bench", None, uuid.uuid4(),
-            "Bench", "admin",
+            "Bench", "admin", None,
         )  # fmt: skip
     assert record is not None
     return record
@@ -89,7 +89,7 @@ async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> flo
             record = await _raw_create(pool, f"{tag}-p{worker}", i)
             async with pool.acquire() as conn:
                 await conn.fetchrow(
-                    DELETE_SQL, record["id"], "bench", "Bench", "admin", "bench", None, None, None, uuid.uuid4()
+                    DELETE_SQL, record["id"], "bench", "Bench", "admin", "bench", None, None, None, uuid.uuid4(), None
                 )
 
         return await _drive(concurrency, seconds, pair)

@@ -34,7 +34,7 @@ def test_worker_counts_are_bounded_with_one_line_and_exit_status_2(capsys: pytes
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
                 patch.setenv(name, value)
-            code = run_service("svc", "", "127.0.0.1:1", lambda *_: None, _never, argv)
+            code = run_service("svc", "", "127.0.0.1:1", lambda *_, **__: None, _never, argv)
         assert code == 2
         assert "svc: " in capsys.readouterr().err
 

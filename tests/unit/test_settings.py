@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from booking_service import settings as booking_settings
@@ -9,7 +11,6 @@ from booking_service.settings import Settings as BookingSettings
 from notify_service import settings as notify_settings
 from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
-from svc_common.grpc_server import ServerConfig
 from svc_common.logs import LogConfig
 from svc_common.settings import Env, SettingsError, redact_url
 
@@ -63,7 +64,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         database_url="postgresql://u@h/db",
         redis_url="redis://h",
         jwt_secret=SECRET,
-        server=ServerConfig("0.0.0.0:1"),
+        server=replace(BookingSettings.server, listen="0.0.0.0:1"),
         db_min_connections=3,
         db_max_connections=7,
         db_attempts=5,
@@ -89,7 +90,9 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
     assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
         redis_url="redis://h",
         jwt_secret=SECRET,
-        server=ServerConfig("0.0.0.0:2", max_connection_age_seconds=60, max_connection_age_grace_seconds=5),
+        server=replace(
+            NotifySettings.server, listen="0.0.0.0:2", max_connection_age_seconds=60, max_connection_age_grace_seconds=5
+        ),
         stream_key="k",
         max_queue=1,
         grace_seconds=2.5,

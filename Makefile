@@ -5,15 +5,16 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run cluster lock test soak mutants bench check lint typecheck buflint gen install clean token
+.PHONY: run cluster lock bufbreaking test soak mutants bench check lint typecheck buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
 
-$(STAMP): pyproject.toml
+# The services (with the dev tools) and the client package (booking_client, bookingctl), both editable.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -88,7 +89,12 @@ typecheck: gen
 buflint: $(STAMP)
 	cd protos && ../$(VENV)/bin/buf lint
 
-check: lint typecheck buflint
+# The contract against the main branch's: a removed or renamed field, RPC or package fails (buf's FILE rules).
+BREAKING_AGAINST ?= ../.git\#branch=main,subdir=protos
+bufbreaking: $(STAMP)
+	cd protos && ../$(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'
+
+check: lint typecheck buflint bufbreaking
 
 clean:
 	rm -rf $(VENV) .local client/booking_api/booking client/booking_api/notify $(GENERATED)

@@ -41,6 +41,11 @@ def _request(request: notify_pb2.SubscribeRequest) -> tuple[EventFilter, EventId
     return EventFilter(scope, customer_id=customer, provider_id=provider, booking_id=booking), cursor
 
 
+# The initial metadata key that names the position a subscription starts after (absent: the instance has not
+# read the stream yet, so a live subscription's start has no name).
+POSITION_HEADER = "x-stream-position"
+
+
 class NotifyServicer:
     def __init__(self, subscriptions: Subscriptions) -> None:
         self._subscriptions = subscriptions
@@ -59,8 +64,11 @@ class NotifyServicer:
         opened |= {"request_id": current_request_id(), "resume_after": str(cursor) if cursor else ""}
         log.info("subscribed", extra={"rpc": opened})
         try:
-            # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event).
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, current_request_id()),))
+            # Tell the client now that it is subscribed (gRPC would otherwise wait for the first event), and from
+            # where: resuming after that position misses nothing, even before the first event arrives.
+            start = cursor if cursor is not None else subscriber.last
+            position = ((POSITION_HEADER, str(start)),) if start is not None else ()
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, current_request_id()), *position))
             if cursor is not None:
                 async for payload in self._subscriptions.replay(subscriber, cursor):
                     await context.write(payload)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Generate the typed Python code of every .proto here into the package booking_api (build output, never edited):
-#   client/booking_api/{booking,notify}/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs (mypy-protobuf).
+#   client/booking_api/{booking,notify}/v1/*_pb2.py, *_pb2_grpc.py and their .pyi stubs (mypy-protobuf), and a
+#   copy of the .proto files in client/booking_api/protos/.
 # protoc names generated modules after the .proto paths (booking.v1...), so their imports of each other are
 # rewritten to booking_api.booking.v1...; serialized descriptors and method paths keep the contract's names.
 # Usage: protos/generate.sh [PYTHON [OUT]]   (PYTHON must have grpcio-tools and mypy-protobuf installed)
@@ -38,4 +39,11 @@ find booking notify -type f | while read -r file; do
 done
 find booking notify -type d | while read -r dir; do
     touch "$out/booking_api/$dir/__init__.py"
+done
+# The contract itself ships with its code (booking_api/protos/), for clients in other languages and for grpcurl.
+rm -rf "$out/booking_api/protos"
+cd "$here"
+find booking notify -name '*.proto' | while read -r file; do
+    mkdir -p "$out/booking_api/protos/$(dirname "$file")"
+    cp "$file" "$out/booking_api/protos/$file"
 done

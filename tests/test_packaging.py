@@ -3,6 +3,7 @@ code itself, and the installed package imports from outside the source tree."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import PROJECT
+from tests.support.helpers import token
+from tests.support.servers import PROJECT, ServiceProcess
 
 
 def _clean_checkout(into: Path) -> Path:
@@ -59,3 +61,58 @@ def test_pip_install_builds_the_generated_code_and_the_package_imports_anywhere(
     assert "site-packages" in where and not where.startswith(str(PROJECT))
     assert int(migrations) == len(list((PROJECT / "booking_service" / "migrations").glob("*.sql")))
     assert typed == "True"
+
+
+SERVER_ONLY = {"asyncpg", "redis", "prometheus-client", "booking-backend", "grpcio-reflection", "grpcio-status"}
+
+
+@pytest.mark.timeout(900)
+def test_the_client_package_installs_alone_and_calls_a_real_service(
+    tmp_path: Path, booking_server: ServiceProcess
+) -> None:
+    """`pip install ./client` into a fresh virtual environment: the client, bookingctl, the generated code and
+    the .proto files, and no server dependency; then bookingctl and booking_client against a real service."""
+    source = _clean_checkout(tmp_path / "checkout")
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    venv = tmp_path / "venv" / "bin"
+    installed = subprocess.run(
+        [
+            str(venv / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(source / "client"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+    assert installed.returncode == 0, installed.stderr[-4000:]
+    listed = subprocess.run([str(venv / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"booking-client", "grpcio", "protobuf", "googleapis-common-protos", "rich"} <= names
+    assert not names & SERVER_ONLY and not any(n.startswith("opentelemetry") for n in names), names
+
+    admin = token("admin", "ops")
+    made = subprocess.run(
+        [str(venv / "bookingctl"), "--target", booking_server.address, "--token", admin, "-o", "json", "list"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert isinstance(json.loads(made.stdout), list)
+    probe = (
+        "import asyncio, booking_client, booking_api\n"
+        "from importlib.resources import files\n"
+        "print(files('booking_api').joinpath('protos/booking/v1/booking.proto').is_file())\n"
+        "async def main():\n"
+        f"    async with booking_client.BookingClient({booking_server.address!r}, token={admin!r}) as client:\n"
+        "        print(len([b async for b in client.list_bookings(provider_id='nobody')]))\n"
+        "asyncio.run(main())\n"
+    )
+    ran = subprocess.run([str(venv / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["True", "0"]

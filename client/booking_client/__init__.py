@@ -1,0 +1,60 @@
+"""A client of the booking backend for internal services, and `bookingctl`, the operators' command line.
+
+    from booking_client import BookingClient
+
+    async with BookingClient("booking:50051", "notify:50052", token=get_token) as client:
+        booking = await client.create_booking(provider_id="p1", start_time=start, end_time=end)
+        async for event in client.watch(provider_id="p1"):
+            ...
+
+The messages are the contract's own (booking_api.booking.v1, booking_api.notify.v1, generated from the .proto
+files shipped in booking_api/protos/). Errors: booking_client._errors, re-exported here.
+"""
+
+from booking_client._client import Backoff, BookingClient, PurgeResult, Tls
+from booking_client._errors import (
+    AdminOnly,
+    BookingError,
+    BookingNotDeleted,
+    Conflict,
+    CursorExpired,
+    DeadlineExceeded,
+    EtagMismatch,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    NotOwnBooking,
+    PermissionDenied,
+    RequestIdReused,
+    SlotUnavailable,
+    SlowConsumer,
+    Unauthenticated,
+    Unavailable,
+)
+from booking_client._informer import Change, Informer
+
+__all__ = [
+    "AdminOnly",
+    "Backoff",
+    "BookingClient",
+    "BookingError",
+    "BookingNotDeleted",
+    "Change",
+    "Conflict",
+    "CursorExpired",
+    "DeadlineExceeded",
+    "EtagMismatch",
+    "FieldViolation",
+    "Informer",
+    "InvalidArgument",
+    "NotFound",
+    "NotOwnBooking",
+    "PermissionDenied",
+    "PurgeResult",
+    "RequestIdReused",
+    "SlotUnavailable",
+    "SlowConsumer",
+    "Tls",
+    "Unauthenticated",
+    "Unavailable",
+]

@@ -1,0 +1,318 @@
+"""BookingClient: one typed async method per RPC of booking.v1.BookingService, and `watch`/`informer` over
+notify.v1.NotifyService.
+
+Every call carries the token (a string, or a callable returning a fresh one, sync or async), a request id
+(`x-request-id`, the same on each retry, so the server's log lines of one call share it) and a deadline.
+Calls that are safe to repeat are retried on UNAVAILABLE with jittered exponential backoff: reads, a purge
+preview, and CreateBooking, which gets a request_id of its own when none is given (the server answers a
+repeated request_id with the booking it made, never a second one). Failures raise the BookingError subclass
+for their reason (booking_client._errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
+from booking_api.notify.v1 import notify_pb2_grpc
+from booking_client._errors import from_rpc_error
+from booking_client._informer import Informer
+from booking_client._watch import Watch
+
+Token = str | Callable[[], str] | Callable[[], Awaitable[str]]
+M = TypeVar("M")
+
+REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_TIMEOUT = 10.0
+# Ping an idle connection every 20 s (the services allow one every 10 s), so a vanished server is noticed.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS towards the services: `ca_file` the CA to trust (None: the system's), `cert_file` and `key_file` a
+    client certificate for mutual TLS, `server_name` the name to check if the target's host is not it."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Full-jitter exponential backoff: attempt n waits a random time up to min(cap, base * 2**n)."""
+
+    base: float = 0.05
+    cap: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    count: int  # purged, or (without force) how many would be
+    sample: list[str]  # up to 100 of their ids
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+class BookingClient:
+    """`async with BookingClient("host:50051", "host:50052", token=...) as client:` ..."""
+
+    def __init__(
+        self,
+        booking_target: str,
+        notify_target: str | None = None,
+        *,
+        token: Token,
+        tls: Tls | bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 4,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.booking_target = booking_target
+        self.notify_target = notify_target or booking_target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._token = token
+        self._tls = Tls() if tls is True else (tls or None)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def __aenter__(self) -> BookingClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+            if self._tls is None:
+                self._channels[target] = grpc.aio.insecure_channel(target, options=options)
+            else:
+                if self._tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", self._tls.server_name))
+                self._channels[target] = grpc.aio.secure_channel(target, self._tls.credentials(), options=options)
+        return self._channels[target]
+
+    @property
+    def _booking(self) -> booking_pb2_grpc.BookingServiceAsyncStub:
+        stub: booking_pb2_grpc.BookingServiceAsyncStub = booking_pb2_grpc.BookingServiceStub(
+            self._channel(self.booking_target)
+        )
+        return stub
+
+    @property
+    def _notify(self) -> notify_pb2_grpc.NotifyServiceAsyncStub:
+        stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(
+            self._channel(self.notify_target)
+        )
+        return stub
+
+    async def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        token = self._token() if callable(self._token) else self._token
+        if inspect.isawaitable(token):
+            token = await token
+        return (("authorization", f"Bearer {token}"), (REQUEST_ID_HEADER, request_id))
+
+    async def _call(
+        self, rpc: Callable[..., Awaitable[M]], request: Any, *, idempotent: bool, timeout: float | None
+    ) -> M:
+        request_id = uuid.uuid4().hex
+        attempt = 0
+        while True:
+            try:
+                return await rpc(request, metadata=await self.metadata(request_id), timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if idempotent and exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    await asyncio.sleep(self.backoff.delay(attempt))
+                    attempt += 1
+                    continue
+                raise from_rpc_error(exc, request_id) from exc
+
+    # --- booking.v1.BookingService ------------------------------------------------------------------------
+
+    async def create_booking(
+        self,
+        *,
+        provider_id: str,
+        service_id: str,
+        start_time: datetime,
+        end_time: datetime,
+        customer_id: str = "",
+        notes: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.Booking:
+        """Book `service_id` of `provider_id` from `start_time` to `end_time` (customer_id: for whom; a user
+        books for itself and may leave it empty)."""
+        request = booking_pb2.CreateBookingRequest(
+            booking=booking_pb2.Booking(
+                customer_id=customer_id,
+                provider_id=provider_id,
+                service_id=service_id,
+                start_time=timestamp(start_time),
+                end_time=timestamp(end_time),
+                notes=notes,
+            ),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        response = await self._call(self._booking.CreateBooking, request, idempotent=True, timeout=timeout)
+        return response.booking
+
+    async def get_booking(self, booking_id: str, *, timeout: float | None = None) -> booking_pb2.Booking:
+        request = booking_pb2.GetBookingRequest(booking_id=booking_id)
+        response = await self._call(self._booking.GetBooking, request, idempotent=True, timeout=timeout)
+        return response.booking
+
+    async def _pages(
+        self, rpc: Callable[..., Awaitable[Any]], request: Callable[[str], Any], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        """Each response of a paginated RPC (AIP-158), following next_page_token to the end."""
+        token = ""
+        while True:
+            response = await self._call(rpc, request(token), idempotent=True, timeout=timeout)
+            yield response
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def list_bookings(
+        self,
+        *,
+        customer_id: str = "",
+        provider_id: str = "",
+        show_deleted: bool = False,
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> AsyncIterator[booking_pb2.Booking]:
+        """Every booking the caller may see (narrowed by the filters), page by page."""
+
+        def request(token: str) -> booking_pb2.ListBookingsRequest:
+            return booking_pb2.ListBookingsRequest(
+                page_size=page_size,
+                page_token=token,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                show_deleted=show_deleted,
+            )
+
+        async for response in self._pages(self._booking.ListBookings, request, timeout):
+            for booking in response.bookings:
+                yield booking
+
+    async def delete_booking(
+        self, booking_id: str, *, reason: str = "", etag: str = "", timeout: float | None = None
+    ) -> booking_pb2.Booking:
+        """Soft-delete; with `etag`, only if the booking has not changed since (else EtagMismatch)."""
+        request = booking_pb2.DeleteBookingRequest(booking_id=booking_id, reason=reason, etag=etag)
+        response = await self._call(self._booking.DeleteBooking, request, idempotent=False, timeout=timeout)
+        return response.booking
+
+    async def restore_booking(
+        self, booking_id: str, *, etag: str = "", timeout: float | None = None
+    ) -> booking_pb2.Booking:
+        request = booking_pb2.RestoreBookingRequest(booking_id=booking_id, etag=etag)
+        response = await self._call(self._booking.RestoreBooking, request, idempotent=False, timeout=timeout)
+        return response.booking
+
+    async def list_deleted_bookings(
+        self,
+        *,
+        customer_id: str = "",
+        provider_id: str = "",
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> AsyncIterator[booking_pb2.Booking]:
+        """Every soft-deleted booking (admins only), page by page."""
+
+        def request(token: str) -> booking_pb2.ListDeletedBookingsRequest:
+            return booking_pb2.ListDeletedBookingsRequest(
+                page_size=page_size, page_token=token, customer_id=customer_id, provider_id=provider_id
+            )
+
+        async for response in self._pages(self._booking.ListDeletedBookings, request, timeout):
+            for booking in response.bookings:
+                yield booking
+
+    async def hard_delete_booking(self, booking_id: str, *, timeout: float | None = None) -> str:
+        """Permanently remove a soft-deleted booking (admins only); returns its id."""
+        request = booking_pb2.HardDeleteBookingRequest(booking_id=booking_id)
+        response = await self._call(self._booking.HardDeleteBooking, request, idempotent=False, timeout=timeout)
+        return response.booking_id
+
+    async def purge_deleted_bookings(
+        self, deleted_before: datetime, *, force: bool = False, timeout: float | None = None
+    ) -> PurgeResult:
+        """Hard-delete every booking soft-deleted before `deleted_before` (admins only); without `force`, only
+        say how many would be, with a sample of their ids."""
+        request = booking_pb2.PurgeDeletedBookingsRequest(deleted_before=timestamp(deleted_before), force=force)
+        rpc = self._booking.PurgeDeletedBookings
+        response = await self._call(rpc, request, idempotent=not force, timeout=timeout or max(self.timeout, 60))
+        return PurgeResult(response.purge_count, list(response.purge_sample))
+
+    async def list_booking_audit_entries(
+        self, booking_id: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[booking_pb2.AuditEntry]:
+        """The audit trail of a booking, oldest first, page by page."""
+
+        def request(token: str) -> booking_pb2.ListBookingAuditEntriesRequest:
+            return booking_pb2.ListBookingAuditEntriesRequest(
+                booking_id=booking_id, page_size=page_size, page_token=token
+            )
+
+        async for response in self._pages(self._booking.ListBookingAuditEntries, request, timeout):
+            for entry in response.entries:
+                yield entry
+
+    # --- notify.v1.NotifyService ----------------------------------------------------------------------------
+
+    def watch(
+        self,
+        *,
+        resume_after: str | None = None,
+        customer_id: str = "",
+        provider_id: str = "",
+        booking_id: str = "",
+    ) -> AsyncIterator[events_pb2.BookingEvent]:
+        """Every change the caller may see, after `resume_after` (None: from now), resuming by itself after
+        the stream breaks; raises CursorExpired when it cannot continue (booking_client._watch)."""
+        return Watch(self, resume_after or "", customer_id, provider_id, booking_id).events()
+
+    def informer(self, *, customer_id: str = "", provider_id: str = "", show_deleted: bool = False) -> Informer:
+        """A local cache of the bookings the caller may see, kept equal to the server's state
+        (booking_client._informer)."""
+        return Informer(self, customer_id=customer_id, provider_id=provider_id, show_deleted=show_deleted)

@@ -1,0 +1,92 @@
+"""`BookingClient.watch()`: the change events a caller may see, as one stream that heals itself.
+
+The stream is resumed, from the last event yielded, whenever it breaks in a way another try can mend:
+UNAVAILABLE (an instance lost or shutting down, a connection aged out, Redis down), RESOURCE_EXHAUSTED (the
+subscriber fell behind: SLOW_CONSUMER), a stream reset by a proxy (nginx reports a vanished instance as INTERNAL
+"RST_STREAM"), or an end without an error. Waits between tries are jittered and grow while tries keep failing.
+Before the first event the cursor is the position the server names in its initial metadata
+(`x-stream-position`), so nothing committed in between is missed. No event is yielded twice or out of order
+(event ids increase: `ms-seq`). OUT_OF_RANGE (the stream no longer holds what follows the cursor) raises
+CursorExpired: the caller must re-read state (ListBookings) and watch again, as the informer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from booking_api.booking.v1 import events_pb2
+from booking_api.notify.v1 import notify_pb2
+from booking_client._errors import from_rpc_error
+
+if TYPE_CHECKING:
+    from booking_client._client import BookingClient
+
+POSITION_HEADER = "x-stream-position"
+RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+
+
+def position(event_id: str) -> tuple[int, int] | None:
+    """An event id's place in the stream (`ms-seq`), or None if it is not one."""
+    ms, _, seq = event_id.partition("-")
+    return (int(ms), int(seq)) if ms.isdigit() and seq.isdigit() else None
+
+
+def _mendable(error: grpc.aio.AioRpcError) -> bool:
+    if error.code() in RESUMABLE:
+        return True
+    return error.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
+
+
+class Watch:
+    def __init__(
+        self, client: BookingClient, resume_after: str, customer_id: str, provider_id: str, booking_id: str
+    ) -> None:
+        self.client = client
+        self.cursor = resume_after  # the last event yielded (or the start position): where a resume begins
+        self.filters = {"customer_id": customer_id, "provider_id": provider_id, "booking_id": booking_id}
+        self.resumes = 0  # how often the stream broke and was resumed
+        self.started = asyncio.Event()  # set once the server has accepted the first subscription
+
+    async def events(self) -> AsyncIterator[events_pb2.BookingEvent]:
+        failures = 0
+        while True:
+            request = notify_pb2.SubscribeRequest(resume_after=self.cursor, **self.filters)
+            request_id = f"watch-{id(self):x}-{self.resumes}"
+            call = self.client._notify.Subscribe(request, metadata=await self.client.metadata(request_id))
+            try:
+                await self._note_start(call)
+                async for response in call:
+                    failures = 0
+                    for event in response.events:
+                        if self._is_new(event.event_id):
+                            self.cursor = event.event_id
+                            yield event
+            except grpc.aio.AioRpcError as error:
+                if not _mendable(error):
+                    raise from_rpc_error(error, request_id) from error
+            finally:
+                call.cancel()
+            self.resumes += 1
+            await asyncio.sleep(self.client.backoff.delay(failures))
+            failures = min(failures + 1, 10)
+
+    async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+        metadata = await call.initial_metadata()
+        if not self.cursor:
+            named = dict(metadata or ()).get(POSITION_HEADER)
+            if isinstance(named, str) and position(named) is not None:
+                self.cursor = named
+        self.started.set()
+
+    def _is_new(self, event_id: str) -> bool:
+        """Whether `event_id` comes after the cursor (a resumed stream may repeat what was already yielded)."""
+        if not self.cursor:
+            return True
+        new, last = position(event_id), position(self.cursor)
+        if new is None or last is None:
+            return event_id != self.cursor
+        return new > last

@@ -1,0 +1,251 @@
+"""BookingClient.watch() and .informer() against real services behind the balancer: every committed change
+exactly once and in order across a notify instance SIGKILL, a Redis restart and a slow-consumer end; an informer
+that converges to the database's state, row by row, after thousands of changes, a kill and a Redis flush."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+import booking_client
+from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_client import BookingClient
+from svc_common.dev.cluster import Balancer
+from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
+from tests.support.events import EventSystem, eventually
+from tests.support.helpers import fresh_slot, token, uid
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Behind:
+    """One booking and two notify instances (small subscriber queues, so a slow reader is ended) behind nginx."""
+
+    def __init__(self, system: EventSystem) -> None:
+        self.system = system
+        self.booking = system.booking()
+        self.notifiers = [system.notify(SUBSCRIBER_QUEUE_SIZE="20") for _ in range(2)]
+        self.balancer = Balancer(
+            system.workdir / uid("nginx"),
+            ("127.0.0.1", free_port()),
+            [self.booking.address],
+            [n.address for n in self.notifiers],
+        )
+        self.balancer.start()
+
+    def client(self, role: str = "admin", sub: str = "ops") -> BookingClient:
+        return BookingClient(self.balancer.address, token=token(role, sub))
+
+
+@pytest.fixture
+def behind(system: EventSystem) -> Iterator[Behind]:
+    made = Behind(system)
+    yield made
+    made.balancer.stop()
+
+
+class Writers:
+    """Changes from several writers in the background: creates, deletes, restores, hard deletes."""
+
+    def __init__(self, client: BookingClient, writers: int = 3) -> None:
+        self.client = client
+        self.changes = 0
+        self.writers = writers
+        self.going = asyncio.Event()  # cleared: the writers wait (their calls in flight finish)
+        self.going.set()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._write(n)) for n in range(self.writers)]
+
+    async def _write(self, n: int) -> None:
+        rng = random.Random(n)
+        mine: list[booking_pb2.Booking] = []
+        while not self._stop.is_set():
+            await self.going.wait()
+            roll = rng.random()
+            if roll < 0.4 or not mine:
+                start, end = fresh_slot()
+                mine.append(
+                    await self.client.create_booking(
+                        service_id="haircut",
+                        provider_id=f"prov-{n % 2}",
+                        customer_id=f"c-{n}",
+                        start_time=start,
+                        end_time=end,
+                    )
+                )
+            elif roll < 0.65:
+                booking = mine[rng.randrange(len(mine))]
+                if booking.HasField("delete_time"):
+                    mine[mine.index(booking)] = await self.client.restore_booking(booking.id)
+                else:
+                    mine[mine.index(booking)] = await self.client.delete_booking(booking.id, reason="churn")
+            elif roll < 0.8:
+                deleted = [b for b in mine if b.HasField("delete_time")]
+                if not deleted:
+                    continue
+                await self.client.hard_delete_booking(deleted[0].id)
+                mine.remove(deleted[0])
+            else:
+                booking = mine[rng.randrange(len(mine))]
+                if booking.HasField("delete_time"):
+                    continue
+                mine[mine.index(booking)] = await self.client.delete_booking(booking.id, reason="churn")
+            self.changes += 1
+
+    async def until(self, changes: int, within: float = 120) -> None:
+        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes", within)
+
+    async def stop(self) -> int:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.changes
+
+
+async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_restart_and_a_slow_consumer_end(
+    behind: Behind,
+) -> None:
+    seen: list[events_pb2.BookingEvent] = []
+    slow = asyncio.Event()
+
+    async with behind.client() as client:
+        watch = client.watch()
+
+        async def read() -> None:
+            async for event in watch:
+                seen.append(event)
+                if slow.is_set():
+                    await asyncio.sleep(0.05)  # falls behind a queue of 20: the server ends it (SLOW_CONSUMER)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.5)
+        writers = Writers(client)
+        writers.start()
+        try:
+            await writers.until(30)
+            await eventually(lambda: len(seen) >= 10, lambda: "no events yet")
+            # 1: SIGKILL every notify instance in turn (the stream is on one of them), restarting each.
+            for notifier in behind.notifiers:
+                notifier.signal(signal.SIGKILL)
+                notifier.wait()
+                await writers.until(writers.changes + 20)
+                await asyncio.to_thread(notifier.start)
+            # 2: Redis restarts (its data kept).
+            await asyncio.to_thread(behind.system.redis.stop)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(behind.system.redis.start)
+            await writers.until(writers.changes + 30)
+            # 3: the reader slows down while writes go on: ended as a slow consumer, then resumed.
+            slow.set()
+            await writers.until(writers.changes + 80)
+            slow.clear()
+        finally:
+            changes = await writers.stop()
+        expected = [event_id for event_id, _, _ in await behind.system.wait_relayed(changes)]
+        await eventually(lambda: len(seen) >= len(expected), lambda: f"{len(seen)} of {len(expected)} events", 60)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    assert [e.event_id for e in seen] == expected  # every one, once, in stream order
+    ends = [line for n in behind.notifiers for line in n.log().splitlines() if "ended=SLOW_CONSUMER" in line]
+    assert ends, "the slow reader was never ended as a slow consumer"
+
+
+async def test_watch_raises_cursor_expired_when_the_stream_cannot_continue(behind: Behind) -> None:
+    async with behind.client() as client:
+        with pytest.raises(booking_client.CursorExpired):
+            async for _ in client.watch(resume_after="1-999999999"):
+                pass
+
+
+async def visible_rows(database_url: str, *, deleted: bool = False) -> dict[str, tuple[str, str, str, str, bool]]:
+    """What an admin may see (soft-deleted bookings too if `deleted`), as stored: id -> (etag, provider,
+    customer, start, deleted)."""
+    conn = await asyncpg.connect(as_role(database_url, SERVICE_ROLE))
+    try:
+        rows = await conn.fetch(
+            "SELECT id, version, provider_id, customer_id, start_time, delete_time IS NOT NULL AS deleted"
+            " FROM bookings WHERE $1 OR delete_time IS NULL",
+            deleted,
+        )
+    finally:
+        await conn.close()
+    return {
+        str(r["id"]): (
+            f'"{r["version"]}"',
+            r["provider_id"],
+            r["customer_id"],
+            r["start_time"].isoformat(),
+            r["deleted"],
+        )
+        for r in rows
+    }
+
+
+def cached(booking: booking_pb2.Booking) -> tuple[str, str, str, str, bool]:
+    start = booking.start_time.ToDatetime().isoformat() + "+00:00"
+    return booking.etag, booking.provider_id, booking.customer_id, start, booking.HasField("delete_time")
+
+
+async def test_the_informer_converges_to_the_database_after_thousands_of_changes_a_kill_and_a_redis_flush(
+    behind: Behind,
+) -> None:
+    async with (
+        behind.client() as client,
+        client.informer() as informer,
+        client.informer(show_deleted=True) as everything,
+    ):
+        await asyncio.wait_for(informer.wait_synced(), 30)
+        await asyncio.wait_for(everything.wait_synced(), 30)
+        changes: list[booking_client.Change] = []
+
+        async def record() -> None:
+            async for change in everything.changes():
+                changes.append(change)
+
+        recorder = asyncio.create_task(record())
+        writers = Writers(client, writers=4)
+        writers.start()
+        try:
+            await writers.until(600)
+            behind.notifiers[0].signal(signal.SIGKILL)
+            behind.notifiers[0].wait()
+            await writers.until(1200)
+            await asyncio.to_thread(behind.notifiers[0].start)
+            # Redis loses its data and both instances restart: they only know events after the flush, so the
+            # informer's cursor cannot be honoured anywhere (CURSOR_EXPIRED) and it must list again.
+            writers.going.clear()
+            await asyncio.sleep(0.5)
+            await behind.system.flush_redis()
+            for notifier in behind.notifiers:
+                notifier.signal(signal.SIGKILL)
+                notifier.wait()
+                await asyncio.to_thread(notifier.start)
+            writers.going.set()
+            await writers.until(2000, within=240)
+        finally:
+            await writers.stop()
+        expected = await visible_rows(behind.system.database_url)
+        expected_all = await visible_rows(behind.system.database_url, deleted=True)
+
+        def converged() -> bool:
+            return {b.id: cached(b) for b in informer.items()} == expected and {
+                b.id: cached(b) for b in everything.items()
+            } == expected_all
+
+        await eventually(converged, lambda: f"cache {len(informer.items())} rows, database {len(expected)}", 60)
+        assert len(expected_all) > len(expected) > 100
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recorder
+    assert informer.lists >= 2 and everything.lists >= 2, "the Redis flush did not make the informers list again"
+    assert changes, "no change was reported"
+    assert {c.kind for c in changes} == {"added", "updated", "removed"}

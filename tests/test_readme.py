@@ -8,8 +8,10 @@ A comment `# -> CODE` above a call says it must fail with that code; every other
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,40 @@ def test_the_readme_settings_table_is_what_each_service_reads_with_its_defaults(
     booking, notify = read
     expected = {name: (booking.get(name, "—"), notify.get(name, "—")) for name in booking.keys() | notify.keys()}
     assert readme_settings_table() == expected
+
+
+def readme_bookingctl_block() -> str:
+    (block,) = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    return str(block)
+
+
+def test_readme_bookingctl_walkthrough_runs_as_printed(
+    new_database: Callable[[], str], redis_url: str, workdir: Path
+) -> None:
+    """The block runs in bash, stopping at the first failing command, against services that use the secret it
+    exports (as `make run`'s do); only where they listen comes from the environment (BOOKING_TARGET, ...)."""
+    block = readme_bookingctl_block()
+    (secret,) = re.findall(r"export JWT_SECRET=(\S+)", block)
+    database = new_database()
+    booking = ServiceProcess("booking_service", {**booking_env(database, redis_url), "JWT_SECRET": secret}, workdir)
+    notify = ServiceProcess("notify_service", {**notify_env(database, redis_url), "JWT_SECRET": secret}, workdir)
+    booking.start()
+    notify.start()
+    try:
+        env = {**os.environ, "BOOKING_TARGET": booking.address, "BOOKING_NOTIFY_TARGET": notify.address}
+        lines = block.splitlines()
+        watch = [line for line in lines if line.startswith("bookingctl watch")]
+        script = "\n".join(line for line in lines if line not in watch)
+        # watch follows changes until stopped: it must still be running after 3 s, with nothing on stderr.
+        commands = [line.split("  #")[0] for line in watch]
+        script += "\n" + "\n".join(f"timeout 3 {command} || test $? = 124" for command in commands) + "\n"
+        script += "bookingctl -o json list-deleted\n"
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=README.parent,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.stderr == "", done.stderr
+        assert "SERVING" in done.stdout and "moved to March" in done.stdout
+        assert done.stdout.rstrip().endswith("[]")  # the purge removed the one soft-deleted booking
+    finally:
+        booking.stop()
+        notify.stop()

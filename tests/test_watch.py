@@ -65,6 +65,12 @@ class Writers:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._write(n)) for n in range(self.writers)]
 
+    async def create_one(self, n: int) -> booking_pb2.Booking:
+        start, end = fresh_slot()
+        return await self.client.create_booking(
+            service_id="haircut", provider_id=f"prov-{n % 2}", customer_id=f"c-{n}", start_time=start, end_time=end
+        )
+
     async def _write(self, n: int) -> None:
         rng = random.Random(n)
         mine: list[booking_pb2.Booking] = []
@@ -72,16 +78,7 @@ class Writers:
             await self.going.wait()
             roll = rng.random()
             if roll < 0.4 or not mine:
-                start, end = fresh_slot()
-                mine.append(
-                    await self.client.create_booking(
-                        service_id="haircut",
-                        provider_id=f"prov-{n % 2}",
-                        customer_id=f"c-{n}",
-                        start_time=start,
-                        end_time=end,
-                    )
-                )
+                mine.append(await self.create_one(n))
             elif roll < 0.65:
                 booking = mine[rng.randrange(len(mine))]
                 if booking.HasField("delete_time"):
@@ -249,3 +246,30 @@ async def test_the_informer_converges_to_the_database_after_thousands_of_changes
     assert informer.lists >= 2 and everything.lists >= 2, "the Redis flush did not make the informers list again"
     assert changes, "no change was reported"
     assert {c.kind for c in changes} == {"added", "updated", "removed"}
+
+
+async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind: Behind) -> None:
+    """Before any event arrives, the watch's cursor is the start position the server named (x-stream-position):
+    changes made while no instance can be reached are delivered after it resumes, not skipped."""
+    async with behind.client() as client:
+        await Writers(client).create_one(0)
+        await behind.system.wait_relayed(1)  # the instances now have a position to name
+        seen: list[events_pb2.BookingEvent] = []
+
+        async def read() -> None:
+            async for event in client.watch():
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(1.0)  # subscribed, no event yet
+        for notifier in behind.notifiers:
+            notifier.signal(signal.SIGKILL)
+            notifier.wait()
+        made = [await Writers(client).create_one(1) for _ in range(3)]
+        for notifier in behind.notifiers:
+            await asyncio.to_thread(notifier.start)
+        await eventually(lambda: len(seen) >= 3, lambda: f"{len(seen)} of the 3 changes made while away", 30)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    assert [e.booking.id for e in seen] == [b.id for b in made]

@@ -4,7 +4,8 @@
 
 Commands: token, health, get, list, list-deleted, create, delete, restore, hard-delete, audit, purge, watch.
 The token comes from --token or env BOOKING_TOKEN (`bookingctl token` makes one from env JWT_SECRET). Output is
-a table on a terminal and JSON otherwise (-o chooses); JSON shows every field, zeros and empty lists included.
+a table on a terminal and JSON otherwise (-o chooses; -o id prints only ids, for scripts); JSON shows every
+field, zeros and empty lists included.
 Errors print the status, the reason and any field violations on stderr. Exit status: 0 done, 1 the server
 refused or failed the call, 2 bad usage or a purge not confirmed, 130 interrupted.
 """
@@ -68,9 +69,9 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument(
         "-o",
         "--output",
-        choices=("table", "json", "yaml"),
+        choices=("table", "json", "yaml", "id"),
         default=None,
-        help="default: table on a terminal, else json",
+        help="default: table on a terminal, else json; id: only the ids, one per line (for scripts)",
     )
     main.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
     tls = main.add_argument_group("TLS (any of these switches TLS on)")
@@ -150,7 +151,10 @@ class Output:
         self.kind = kind or ("table" if sys.stdout.isatty() else "json")
 
     def document(self, value: Any, table: Table | None = None) -> None:
-        if self.kind == "table" and table is not None:
+        if self.kind == "id":
+            rows = value if isinstance(value, list) else [value]
+            sys.stdout.write("".join(f"{row.get('id') or row.get('booking_id', '')}\n" for row in rows))
+        elif self.kind == "table" and table is not None:
             self.console.print(table)
         elif self.kind == "yaml":
             sys.stdout.write(yaml.safe_dump(value, sort_keys=False))
@@ -319,6 +323,8 @@ async def watch(client: BookingClient, args: argparse.Namespace, out: Output) ->
     async for event in events:
         if out.kind == "table":
             print(event_line(event), flush=True)
+        elif out.kind == "id":
+            print(event.event_id, flush=True)
         elif out.kind == "yaml":
             print(yaml.safe_dump([as_dict(event)], sort_keys=False), end="", flush=True)
         else:

@@ -308,6 +308,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     await writer(request, context if metrics is None else _Counting(context, metrics.sent))
                 except grpc.aio.AbortError:
                     raise
+                except grpc.aio.InternalError:
+                    # A send failed: the client went away while it was pending (grpc's ExecuteBatchError, raised
+                    # before grpc has noticed the close itself). Nothing is wrong and nothing more can be sent:
+                    # the call ends as cancelled, not as a fault.
+                    context.set_code(grpc.StatusCode.CANCELLED)
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, unexpected ones logged
                     await self._abort(context, exc)
 

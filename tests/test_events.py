@@ -285,3 +285,23 @@ async def test_a_cursor_older_than_the_retained_history_is_out_of_range(
 
     error = await expect_stream_error(early, notifier.address)
     assert_status(error, grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED", NOTIFY_DOMAIN)
+
+
+async def test_a_subscriber_that_goes_away_while_the_server_writes_to_it_ends_cancelled_not_as_an_error(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    booking, notifier = system.booking(), system.notify()
+    sleeper = subscriptions("admin", uid("sleeper"))
+    # It does not read (a small window): the server's writes to it block, and then it goes away.
+    await sleeper.open(notifier.address, read=False, options=[("grpc.http2.bdp_probe", 0)])
+    caller = await admin_on(booking, channels)
+    await book_and_cancel([caller], 100, parallel=4, notes="n" * 2000)
+    await system.wait_relayed(200)
+    await asyncio.sleep(0.5)
+    await sleeper.close()
+    await eventually(lambda: "method=/notify.v1.NotifyService/Subscribe" in notifier.log(), lambda: "no end line")
+    ended = [line for line in notifier.log().splitlines() if "method=/notify.v1.NotifyService/Subscribe" in line]
+    assert len(ended) == 1 and "code=CANCELLED" in ended[0] and "reason=" not in ended[0], ended
+    assert "ERROR" not in notifier.log(), notifier.log_tail()

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ M = TypeVar("M")
 REQUEST_ID_HEADER = "x-request-id"
 DEFAULT_TIMEOUT = 10.0
 # Ping an idle connection every 20 s (the services allow one every 10 s), so a vanished server is noticed.
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -96,6 +96,7 @@ class BookingClient:
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 4,
         backoff: Backoff = Backoff(),
+        channel_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self.booking_target = booking_target
         self.notify_target = notify_target or booking_target
@@ -104,6 +105,7 @@ class BookingClient:
         self.backoff = backoff
         self._token = token
         self._tls = Tls() if tls is True else (tls or None)
+        self._options = [*CHANNEL_OPTIONS, *channel_options]  # grpc channel arguments, added to the defaults
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> BookingClient:
@@ -119,7 +121,7 @@ class BookingClient:
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+            options = list(self._options)
             if self._tls is None:
                 self._channels[target] = grpc.aio.insecure_channel(target, options=options)
             else:

@@ -10,13 +10,11 @@ from notify_service.subscriptions import SubscriptionConfig
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
-from svc_common.settings import Env, read_checked
+from svc_common.settings import POSTGRES_SCHEMES, REDIS_SCHEMES, Env, read_checked
 from svc_common.tracing import TracingConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9092"  # METRICS_LISTEN when unset ("" turns metrics off)
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN, tracing=TracingConfig(service_name="notify_service"))
 
 

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
+POSTGRES_SCHEMES = ("postgresql", "postgres")  # the URL forms asyncpg takes
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # and redis-py's
 
 
 class SettingsError(ValueError):

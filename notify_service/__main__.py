@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from notify_service.server import serve
-from notify_service.settings import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, Settings
+from notify_service.settings import DEFAULT_LISTEN, Settings
 from svc_common.cli import run_service
 
 if __name__ == "__main__":
@@ -16,6 +16,5 @@ if __name__ == "__main__":
             DEFAULT_LISTEN,
             Settings.read,
             serve,
-            metrics_default=DEFAULT_METRICS_LISTEN,
         )
     )

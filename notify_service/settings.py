@@ -11,11 +11,14 @@ from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
 from svc_common.settings import POSTGRES_SCHEMES, REDIS_SCHEMES, Env, read_checked
-from svc_common.tracing import TracingConfig
 
+SERVICE = "notify_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9092"  # METRICS_LISTEN when unset ("" turns metrics off)
-DEFAULT_SERVER = ServerConfig(DEFAULT_LISTEN, tracing=TracingConfig(service_name="notify_service"))
+# What the server is configured with when nothing is set (read from an empty environment: no default twice).
+DEFAULT_SERVER = ServerConfig.read(
+    Env({}), listen=DEFAULT_LISTEN, reuse_port=False, metrics_default=DEFAULT_METRICS_LISTEN, service_name=SERVICE
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Settings:
                 listen=listen,
                 reuse_port=reuse_port,
                 metrics_default=DEFAULT_METRICS_LISTEN,
-                service_name="notify_service",
+                service_name=SERVICE,
             ),
             database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES),
             fallback_after_seconds=env.number(

@@ -9,16 +9,25 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from svc_common import logs
-from svc_common.grpc_server import ListenError
+from svc_common.grpc_server import ListenError, ServerConfig
 from svc_common.metrics import MetricsServer
 from svc_common.settings import Env, SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
-S = TypeVar("S")
 MAX_WORKERS = 64
+
+
+class ServiceSettings(Protocol):
+    """What the command line needs of a service's settings: its server's (the metrics address)."""
+
+    @property
+    def server(self) -> ServerConfig: ...
+
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def run_service(
@@ -28,8 +37,6 @@ def run_service(
     read_settings: Callable[..., S],
     serve: Callable[[S], Coroutine[Any, Any, None]],
     argv: list[str] | None = None,
-    *,
-    metrics_default: str = "",
 ) -> int:
     """Parse the arguments, read the settings (every problem on stderr, exit status 2) and serve until
     signalled: in this process with one worker, else as the supervisor of `--workers` processes
@@ -50,7 +57,7 @@ def run_service(
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
     env = Env(os.environ)
-    config = read_config(env, read_settings, args.listen, args.worker, args.workers, metrics_default)
+    config = read_config(env, read_settings, args.listen, args.worker, args.workers)
     try:
         env.check()
     except SettingsError as exc:
@@ -60,7 +67,8 @@ def run_service(
     if args.check_config:
         print(f"# {name}: the settings are usable\n--listen={args.listen}\n{env.report()}")
         return 0
-    settings, log_config, workers, address = config
+    settings, log_config, workers = config
+    address = settings.server.metrics_listen
     logs.configure(log_config)
     # Workers write their metrics for the supervisor to serve; a lone process serves its own.
     metrics = MetricsServer(address) if address is not None and not args.worker else None
@@ -91,17 +99,15 @@ def read_config(
     listen: str,
     worker: bool,
     workers: int | None,
-    metrics_default: str,
-) -> tuple[S, logs.LogConfig, int, tuple[str, int] | None]:
+) -> tuple[S, logs.LogConfig, int]:
     """Every setting a service starts with, read through `env` (problems are recorded there): the service's
-    own (`read_settings(env, listen=..., reuse_port=...)`), logging, WORKERS (unless --workers gave it) and
-    METRICS_LISTEN."""
+    own (`read_settings(env, listen=..., reuse_port=...)`, METRICS_LISTEN among them), logging and WORKERS
+    (unless --workers gave it)."""
     log_config = logs.LogConfig.read(env)
     from_env = env.integer("WORKERS", default_workers(), least=1, most=MAX_WORKERS, shown_default="CPUs")
     if workers is None:
         workers = from_env
     elif not 1 <= workers <= MAX_WORKERS:
         env.problem(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
-    address = env.address("METRICS_LISTEN", metrics_default)
     settings = read_settings(env, listen=listen, reuse_port=worker)
-    return settings, log_config, workers, address
+    return settings, log_config, workers

@@ -368,7 +368,7 @@ class ServerConfig:
 
     listen: str
     reuse_port: bool = False  # one of several workers on one address (SO_REUSEPORT; set by --workers)
-    metrics: bool = True  # record metrics: METRICS_LISTEN is not empty (svc_common.metrics serves them)
+    metrics_listen: tuple[str, int] | None = None  # where svc_common.metrics serves them (METRICS_LISTEN)
     tls: TlsConfig | None = None  # None: plaintext (svc_common.tls)
     # A connection is closed (GOAWAY) after about this long, so clients spread over instances added since they
     # connected; calls still open get the grace, then end with UNAVAILABLE (subscribers resume elsewhere).
@@ -376,13 +376,18 @@ class ServerConfig:
     max_connection_age_grace_seconds: float = 30.0
     tracing: TracingConfig = TRACING_OFF  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
+    @property
+    def metrics(self) -> bool:
+        """Whether to record metrics: they are served somewhere."""
+        return self.metrics_listen is not None
+
     @classmethod
     def read(cls, env: Env, *, listen: str, reuse_port: bool, metrics_default: str, service_name: str) -> ServerConfig:
         return cls(
             listen=listen,
             tracing=TracingConfig.read(env, service_name),
             reuse_port=reuse_port,
-            metrics=env.address("METRICS_LISTEN", metrics_default) is not None,
+            metrics_listen=env.address("METRICS_LISTEN", metrics_default),
             tls=tls_from_env(env),
             max_connection_age_seconds=env.number(
                 "MAX_CONNECTION_AGE_SECONDS", cls.max_connection_age_seconds, least=0, most=7 * 86400

@@ -72,8 +72,7 @@ class Env:
         self.entries: dict[str, Entry] = {}
 
     def problem(self, message: str) -> None:
-        if message not in self.problems:  # a setting two components read (METRICS_LISTEN) is named once
-            self.problems.append(message)
+        self.problems.append(message)
 
     def check(self) -> None:
         if self.problems:

@@ -21,9 +21,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from booking_api.booking.v1 import booking_pb2
-from booking_service.settings import DEFAULT_METRICS_LISTEN as BOOKING_METRICS
 from booking_service.settings import Settings as BookingSettings
-from notify_service.settings import DEFAULT_METRICS_LISTEN as NOTIFY_METRICS
 from notify_service.settings import Settings as NotifySettings
 from svc_common.cli import read_config
 from svc_common.settings import Env
@@ -187,9 +185,9 @@ def test_the_readme_settings_table_is_what_each_service_reads_with_its_defaults(
     each service uses or `—` where it does not read it; no row names a setting nobody reads."""
     required = {"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h", "JWT_SECRET": "s" * 32}
     read = []
-    for settings, metrics_default in ((BookingSettings, BOOKING_METRICS), (NotifySettings, NOTIFY_METRICS)):
+    for settings in (BookingSettings, NotifySettings):
         env = Env(required)
-        read_config(env, settings.read, "127.0.0.1:1", False, None, metrics_default)
+        read_config(env, settings.read, "127.0.0.1:1", False, None)
         env.check()
         read.append({name: entry.default for name, entry in env.entries.items()})
     booking, notify = read

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from svc_common.cli import run_service
 from svc_common.dev.servers import as_role, describe_servers, from_wheel, postgres_bindir, redis_binary
+from svc_common.grpc_server import ServerConfig
+from svc_common.settings import Env
 
 
 def test_the_servers_come_from_where_they_were_asked_for() -> None:
@@ -34,9 +37,21 @@ def test_worker_counts_are_bounded_with_one_line_and_exit_status_2(capsys: pytes
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
                 patch.setenv(name, value)
-            code = run_service("svc", "", "127.0.0.1:1", lambda *_, **__: None, _never, argv)
+            code = run_service("svc", "", "127.0.0.1:1", _Bare.read, _never, argv)
         assert code == 2
-        assert "svc: " in capsys.readouterr().err
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("svc: ") and "WORKERS" in line.upper()
+
+
+@dataclass(frozen=True)
+class _Bare:
+    """Settings of a service that reads nothing of its own."""
+
+    server: ServerConfig
+
+    @classmethod
+    def read(cls, env: Env, *, listen: str, reuse_port: bool) -> _Bare:
+        return cls(ServerConfig(listen, reuse_port))
 
 
 async def _never(_: object) -> None:

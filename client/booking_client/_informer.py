@@ -76,11 +76,7 @@ class Informer:
 
     async def wait_synced(self, timeout: float | None = None) -> None:
         """Wait until the first list has been merged (raises what ended the informer, if anything did)."""
-        synced = asyncio.ensure_future(self._synced.wait())
-        try:
-            await asyncio.wait_for(asyncio.shield(synced), timeout)
-        finally:
-            synced.cancel()
+        await asyncio.wait_for(self._synced.wait(), timeout)
         if self.error is not None:
             raise self.error
 

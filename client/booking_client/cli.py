@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -308,7 +309,8 @@ async def purge(client: BookingClient, args: argparse.Namespace, out: Output) ->
         if answer.strip().lower() not in ("y", "yes"):
             print("not purged", file=sys.stderr)
             return 2
-    with out.console.status(f"purging {preview.count} bookings ...") if out.kind == "table" else _nothing():
+    spinner = out.console.status(f"purging {preview.count} bookings ...")
+    with spinner if out.kind == "table" else contextlib.nullcontext():
         done = await client.purge_deleted_bookings(args.before, force=True)
     result = Table("PURGED", "SOFT-DELETED BEFORE", "SAMPLE")
     result.add_row(str(done.count), args.before.isoformat(), "\n".join(done.sample[:10]))
@@ -332,14 +334,6 @@ async def watch(client: BookingClient, args: argparse.Namespace, out: Output) ->
         seen += 1
         if args.limit and seen >= args.limit:
             return
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 def main(argv: Iterable[str] | None = None) -> int:

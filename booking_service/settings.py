@@ -75,8 +75,11 @@ class Settings:
                 "RETENTION_INTERVAL_SECONDS", cls.retention_interval_seconds, least=0.1, most=86400
             ),
             stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
-            stream_max_len=env.integer("EVENT_STREAM_MAX_LEN", cls.stream_max_len, least=1),
-            stream_max_age_seconds=env.number("EVENT_STREAM_MAX_AGE_SECONDS", cls.stream_max_age_seconds, above=0),
+            # Redis takes MAXLEN as a 64-bit integer; a billion events is more than any stream here should hold.
+            stream_max_len=env.integer("EVENT_STREAM_MAX_LEN", cls.stream_max_len, least=1, most=1_000_000_000),
+            stream_max_age_seconds=env.number(
+                "EVENT_STREAM_MAX_AGE_SECONDS", cls.stream_max_age_seconds, above=0, most=10 * 365 * 86400
+            ),
             relay_sweep_seconds=env.number("RELAY_SWEEP_SECONDS", cls.relay_sweep_seconds, least=0.01, most=3600),
             migration_database_url=env.url("MIGRATION_DATABASE_URL", POSTGRES_SCHEMES) or None,
         )

@@ -249,6 +249,8 @@ def test_notify_values_out_of_bounds_are_refused_all_at_once_each_named() -> Non
         ("MAX_CONNECTION_AGE_GRACE_SECONDS", "-2", "MAX_CONNECTION_AGE_GRACE_SECONDS must be from 0 to 86400"),
         ("DB_MAX_CONNECTIONS", "0", "DB_MAX_CONNECTIONS must be from 1 to 1000, got 0"),
         ("RETENTION_DAYS", "-1", "RETENTION_DAYS must be from 0 to 36500, got -1"),
+        ("EVENT_STREAM_MAX_LEN", "99999999999999999999", "EVENT_STREAM_MAX_LEN must be from 1 to 1000000000"),
+        ("EVENT_STREAM_MAX_AGE_SECONDS", "1e300", "EVENT_STREAM_MAX_AGE_SECONDS must be more than 0 and at most"),
         ("TLS_CLIENT_CA_FILE", "/etc/hostname", "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE"),
         ("TLS_CERT_FILE", "/nonexistent.pem", "TLS_CERT_FILE: cannot read /nonexistent.pem"),
     ],

@@ -63,6 +63,7 @@ class Writers:
         self.notes = ""  # what new bookings carry (large notes make large events)
         self.going = asyncio.Event()  # cleared: the writers wait (their calls in flight finish)
         self.going.set()
+        self._waiting = 0  # writers waiting for `going`
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -84,7 +85,11 @@ class Writers:
         rng = random.Random(n)
         mine: list[booking_pb2.Booking] = []
         while not self._stop.is_set():
-            await self.going.wait()
+            if not self.going.is_set():
+                self._waiting += 1
+                await self.going.wait()
+                self._waiting -= 1
+                continue
             roll = rng.random()
             if roll < 0.4 or not mine:
                 mine.append(await self.create_one(n))
@@ -110,8 +115,14 @@ class Writers:
     async def until(self, changes: int, within: float = 120) -> None:
         await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes", within)
 
+    async def pause(self) -> None:
+        """Stop writing, and return once the calls in flight have finished."""
+        self.going.clear()
+        await eventually(lambda: self._waiting == self.writers, lambda: f"{self._waiting} writers paused")
+
     async def stop(self) -> int:
         self._stop.set()
+        self.going.set()
         await asyncio.gather(*self._tasks)
         return self.changes
 
@@ -153,10 +164,16 @@ async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_res
             await asyncio.sleep(1)
             await asyncio.to_thread(behind.system.redis.start)
             await writers.until(writers.changes + 30)
-            # 3: the reader stops reading while 600 changes of ~2 KB events are made (more than its connection's
-            # buffers and its queue of 20 hold): the server gives up on it, and ends the stream once it reads again.
+            # 3: once the watch has caught up (a resumed stream replaying history is read at the reader's own
+            # pace, so only a live subscriber can fall behind), the reader stops reading while 600 changes of
+            # ~2 KB events are made (more than its connection's buffers and its queue of 20 hold): the server
+            # gives up on it, and ends the stream once it reads again.
+            await writers.pause()
+            newest = (await behind.system.wait_relayed(writers.changes))[-1][0]
+            await eventually(lambda: bool(seen) and seen[-1].event_id == newest, lambda: "the watch is behind")
             writers.notes = "n" * 2000
             reading.clear()
+            writers.going.set()
             await writers.until(writers.changes + 600)
             reading.set()
             await eventually(lambda: behind.slow_consumers_ended() > 0, lambda: "not ended as a slow consumer", 60)
@@ -234,8 +251,7 @@ async def test_the_informer_converges_to_the_database_after_thousands_of_changes
             await asyncio.to_thread(behind.notifiers[0].start)
             # Redis loses its data and both instances restart: they only know events after the flush, so the
             # informer's cursor cannot be honoured anywhere (CURSOR_EXPIRED) and it must list again.
-            writers.going.clear()
-            await asyncio.sleep(0.5)
+            await writers.pause()
             await behind.system.flush_redis()
             for notifier in behind.notifiers:
                 notifier.signal(signal.SIGKILL)

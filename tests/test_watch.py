@@ -304,3 +304,33 @@ async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind
         with contextlib.suppress(asyncio.CancelledError):
             await reader
     assert [e.booking.id for e in seen] == [b.id for b in made]
+
+
+async def test_an_informer_reader_that_falls_behind_holds_one_change_per_booking_at_its_latest(
+    behind: Behind,
+) -> None:
+    provider = uid("prov")
+    async with behind.client() as client, client.informer(provider_id=provider) as informer:
+        await asyncio.wait_for(informer.wait_synced(), 30)
+        changes = informer.changes()  # a reader from now on, that reads nothing while the bookings change
+
+        async def create() -> booking_pb2.Booking:
+            start, end = fresh_slot()
+            return await client.create_booking(
+                service_id="haircut", provider_id=provider, customer_id="c", start_time=start, end_time=end
+            )
+
+        made = [await create() for _ in range(3)]
+        for _ in range(10):
+            for booking in made:
+                await client.delete_booking(booking.id, reason="churn")
+                await client.restore_booking(booking.id)
+        await client.delete_booking(made[0].id, reason="gone")
+        await client.hard_delete_booking(made[0].id)
+        latest = {b.id: await client.get_booking(b.id) for b in made[1:]}
+        await eventually(
+            lambda: {b.id: b for b in informer.items()} == latest, lambda: f"cache {informer.items()}, not {latest}"
+        )
+        assert len(changes) == 2  # not the 64 changes the cache went through
+        read = [await asyncio.wait_for(anext(changes), 5) for _ in range(2)]
+    assert [(c.kind, c.booking) for c in read] == [("added", latest[b.id]) for b in made[1:]]

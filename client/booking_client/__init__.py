@@ -31,7 +31,7 @@ from booking_client._errors import (
     Unauthenticated,
     Unavailable,
 )
-from booking_client._informer import Change, Informer
+from booking_client._informer import Change, Changes, Informer
 
 __all__ = [
     "AdminOnly",
@@ -40,6 +40,7 @@ __all__ = [
     "BookingError",
     "BookingNotDeleted",
     "Change",
+    "Changes",
     "Conflict",
     "CursorExpired",
     "DeadlineExceeded",

@@ -4,7 +4,7 @@ as Kubernetes' informers do for its objects (list, then watch; list again when t
     async with client.informer(provider_id="p1") as informer:
         await informer.wait_synced()
         informer.get(booking_id); informer.items()
-        async for change in informer.changes(): ...
+        async for change in informer.changes(): ...  # each booking's latest change, once per read
 
 How it stays exact: it subscribes first (the server says from which position), then lists, then applies the
 events that arrived meanwhile and every later one, in stream order. A booking's last event is always its
@@ -14,13 +14,18 @@ unless `show_deleted`; hard-deleted ones always do. When the watch raises Cursor
 holds what follows: trimmed, or Redis lost its data), it subscribes and lists again, and reports the
 difference as changes. Other failures are retried with backoff, except those a retry cannot mend
 (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT), which end it: `wait_synced()` and `changes()` raise them.
+
+A reader of `changes()` that falls behind holds at most one change per booking, as Kubernetes' work queues
+hold keys: a booking that changes again before it is read is merged into its waiting change (its latest state,
+and the kind that leads from what the reader last saw to it), so memory is bounded by the bookings, not by
+the rate of events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
     from booking_client._client import BookingClient
 
 FATAL = (Unauthenticated, PermissionDenied, InvalidArgument)
+# Events held while the informer lists: beyond that the watch stops reading, the server ends it as a slow
+# consumer in time, and it resumes from its cursor, so the bound costs a resume, never an event.
+PENDING_EVENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,47 @@ def version(booking: booking_pb2.Booking) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+class Changes:
+    """One reader's changes not yet read, oldest booking first, at most one per booking (merged: see the module).
+    `len()` is how many wait. Raises what ended the informer once the changes before it have been read."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, Change] = {}  # by booking id, in the order each booking first waited
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __aiter__(self) -> Changes:
+        return self
+
+    async def __anext__(self) -> Change:
+        while not self._waiting:
+            if self._error is not None:
+                raise self._error
+            self._ready.clear()
+            await self._ready.wait()
+        return self._waiting.pop(next(iter(self._waiting)))
+
+    def put(self, change: Change) -> None:
+        booking_id = change.booking.id
+        earlier = self._waiting.get(booking_id)
+        if earlier is not None and earlier.kind == "added" and change.kind == "removed":
+            del self._waiting[booking_id]  # came and went unseen
+            return
+        if earlier is not None and earlier.kind == "added":
+            change = Change("added", change.booking)  # updated, but still new to the reader
+        elif earlier is not None and earlier.kind == "removed":
+            change = Change("updated", change.booking)  # back: the reader knew it before it left
+        self._waiting[booking_id] = change  # a booking already waiting keeps its place
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+
 class Informer:
     def __init__(self, client: BookingClient, *, customer_id: str, provider_id: str, show_deleted: bool) -> None:
         self._client = client
@@ -59,7 +108,7 @@ class Informer:
         self._show_deleted = show_deleted
         self._cache: dict[str, booking_pb2.Booking] = {}
         self._synced = asyncio.Event()
-        self._listeners: list[asyncio.Queue[Change | BaseException]] = []
+        self._listeners: weakref.WeakSet[Changes] = weakref.WeakSet()  # a reader that is dropped is forgotten
         self._task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.lists = 0  # how many times it has listed (1 + re-lists after CursorExpired or failures)
@@ -86,18 +135,11 @@ class Informer:
     def items(self) -> list[booking_pb2.Booking]:
         return list(self._cache.values())
 
-    async def changes(self) -> AsyncIterator[Change]:
-        """What changes in the cache from now on, in order."""
-        queue: asyncio.Queue[Change | BaseException] = asyncio.Queue()
-        self._listeners.append(queue)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._listeners.remove(queue)
+    def changes(self) -> Changes:
+        """What changes in the cache from this call on (an async iterator; see Changes)."""
+        reader = Changes()
+        self._listeners.add(reader)
+        return reader
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -118,19 +160,19 @@ class Informer:
     def _fail(self, error: BaseException) -> None:
         self.error = error
         self._synced.set()
-        for queue in self._listeners:
-            queue.put_nowait(error)
+        for reader in self._listeners:
+            reader.fail(error)
 
     async def _list_and_watch(self) -> None:
         watch = Watch(self._client, "", self._filters["customer_id"], self._filters["provider_id"], "")
-        pending: asyncio.Queue[events_pb2.BookingEvent | BaseException] = asyncio.Queue()
+        pending: asyncio.Queue[events_pb2.BookingEvent | BaseException] = asyncio.Queue(PENDING_EVENTS)
 
         async def follow() -> None:
             try:
                 async for event in watch.events():
-                    pending.put_nowait(event)
+                    await pending.put(event)
             except BookingError as error:
-                pending.put_nowait(error)
+                await pending.put(error)
 
         following = asyncio.create_task(follow())
         try:
@@ -187,5 +229,5 @@ class Informer:
         self._emit(Change("added" if known is None else "updated", booking))
 
     def _emit(self, change: Change) -> None:
-        for queue in self._listeners:
-            queue.put_nowait(change)
+        for reader in self._listeners:
+            reader.put(change)

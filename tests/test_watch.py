@@ -286,13 +286,15 @@ async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind
         await Writers(client).create_one(0)
         await behind.system.wait_relayed(1)  # the instances now have a position to name
         seen: list[events_pb2.BookingEvent] = []
+        watch = client.watch()
 
         async def read() -> None:
-            async for event in client.watch():
+            async for event in watch:
                 seen.append(event)
 
         reader = asyncio.create_task(read())
-        await asyncio.sleep(1.0)  # subscribed, no event yet
+        await asyncio.wait_for(watch.started.wait(), 30)  # subscribed, no event yet
+        assert not seen
         for notifier in behind.notifiers:
             notifier.signal(signal.SIGKILL)
             notifier.wait()
@@ -334,3 +336,18 @@ async def test_an_informer_reader_that_falls_behind_holds_one_change_per_booking
         assert len(changes) == 2  # not the 64 changes the cache went through
         read = [await asyncio.wait_for(anext(changes), 5) for _ in range(2)]
     assert [(c.kind, c.booking) for c in read] == [("added", latest[b.id]) for b in made[1:]]
+
+
+async def test_a_watch_started_again_from_the_cursor_a_caller_kept_goes_on_where_it_stopped(behind: Behind) -> None:
+    async with behind.client() as client:
+        watch = client.watch()
+        first = asyncio.ensure_future(anext(watch))
+        await asyncio.wait_for(watch.started.wait(), 30)
+        made = [await Writers(client).create_one(2) for _ in range(4)]
+        seen = [await asyncio.wait_for(first, 30), await asyncio.wait_for(anext(watch), 30)]
+        kept = watch.cursor  # as a caller would store it before it stops
+        assert kept == seen[-1].event_id
+        await watch.aclose()
+        again = client.watch(resume_after=kept)
+        seen += [await asyncio.wait_for(anext(again), 30) for _ in range(2)]
+    assert [e.booking.id for e in seen] == [b.id for b in made]

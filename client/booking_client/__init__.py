@@ -32,6 +32,7 @@ from booking_client._errors import (
     Unavailable,
 )
 from booking_client._informer import Change, Changes, Informer
+from booking_client._watch import Watch
 
 __all__ = [
     "AdminOnly",
@@ -58,4 +59,5 @@ __all__ = [
     "Tls",
     "Unauthenticated",
     "Unavailable",
+    "Watch",
 ]

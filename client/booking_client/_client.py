@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2_grpc
 from booking_client._errors import from_rpc_error
 from booking_client._informer import Informer
@@ -309,10 +309,11 @@ class BookingClient:
         customer_id: str = "",
         provider_id: str = "",
         booking_id: str = "",
-    ) -> AsyncIterator[events_pb2.BookingEvent]:
-        """Every change the caller may see, after `resume_after` (None: from now), resuming by itself after
-        the stream breaks; raises CursorExpired when it cannot continue (booking_client._watch)."""
-        return Watch(self, resume_after or "", customer_id, provider_id, booking_id).events()
+    ) -> Watch:
+        """Every change the caller may see, after `resume_after` (None: from now), as an async iterator that
+        resumes by itself after the stream breaks; raises CursorExpired when it cannot continue; its `cursor` is
+        the last event yielded (booking_client._watch)."""
+        return Watch(self, resume_after or "", customer_id, provider_id, booking_id)
 
     def informer(self, *, customer_id: str = "", provider_id: str = "", show_deleted: bool = False) -> Informer:
         """A local cache of the bookings the caller may see, kept equal to the server's state

@@ -8,12 +8,15 @@ Before the first event the cursor is the position the server names in its initia
 (`x-stream-position`), so nothing committed in between is missed. No event is yielded twice or out of order
 (event ids increase: `ms-seq`). OUT_OF_RANGE (the stream no longer holds what follows the cursor) raises
 CursorExpired: the caller must re-read state (ListBookings) and watch again, as the informer does.
+
+`cursor` is the last event yielded (or the start position): a caller that keeps it can watch again from it
+after a restart of its own (`resume_after=`). `started` is set once the server has accepted the subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -50,8 +53,22 @@ class Watch:
         self.filters = {"customer_id": customer_id, "provider_id": provider_id, "booking_id": booking_id}
         self.resumes = 0  # how often the stream broke and was resumed
         self.started = asyncio.Event()  # set once the server has accepted the first subscription
+        self._events: AsyncGenerator[events_pb2.BookingEvent, None] | None = None
 
-    async def events(self) -> AsyncIterator[events_pb2.BookingEvent]:
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> events_pb2.BookingEvent:
+        if self._events is None:
+            self._events = self.events()
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        """End the subscription now (otherwise it ends with the client)."""
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def events(self) -> AsyncGenerator[events_pb2.BookingEvent, None]:
         failures = 0
         while True:
             request = notify_pb2.SubscribeRequest(resume_after=self.cursor, **self.filters)

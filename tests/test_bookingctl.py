@@ -19,7 +19,7 @@ import jwt
 import pytest
 import yaml
 
-from tests.support.events import EventSystem
+from tests.support.events import EventSystem, eventually
 from tests.support.helpers import JWT_SECRET, fresh_slot, token, uid
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.timeout(180)
 
 class Ctl:
     def __init__(self, booking: ServiceProcess, notify: ServiceProcess) -> None:
+        self.notify = notify
         self.base = [
             sys.executable,
             "-m",
@@ -147,7 +148,8 @@ async def test_watch_prints_one_line_per_event(ctl: Ctl) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    await asyncio.sleep(1.5)  # subscribed (the first event would otherwise be before it)
+    # Subscribed (its subscription is registered before the line is logged): the first change comes after it.
+    await eventually(lambda: "subscribed" in ctl.notify.log(), lambda: "bookingctl watch did not subscribe", 60)
     made = await asyncio.to_thread(create, ctl, "p")
     await asyncio.to_thread(ctl.json, "delete", made["id"])
     stdout, stderr = await asyncio.wait_for(watcher.communicate(), 30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -133,11 +134,17 @@ async def test_sigterm_finishes_calls_in_flight_then_refuses_new_ones_and_exits(
     assert not in_flight.done()
 
     service.signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
-    # Draining: new calls are refused, health included, while the call in flight goes on.
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await alice.get(booking.id)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Draining: new calls are refused (from the moment the signal is handled), health included, while the call
+    # in flight goes on.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await alice.get(booking.id)
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+            break
+        assert time.monotonic() < deadline, "new calls still answered 30 s after SIGTERM"
+        await asyncio.sleep(0.05)
     with pytest.raises(grpc.RpcError):
         await asyncio.to_thread(service.health)
     assert not in_flight.done()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from notify_service import metrics
 from notify_service.fallback import OutboxReader
 from notify_service.hub import Hub
+from notify_service.limits import StreamCounts
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
@@ -68,7 +69,8 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
     )
-    server.server.add_generic_rpc_handlers((NotifyServicer(subscriptions).handler(),))
+    servicer = NotifyServicer(subscriptions, StreamCounts(settings.stream_bounds))
+    server.server.add_generic_rpc_handlers((servicer.handler(),))
 
     async def events_health(readable: bool, path: str) -> None:
         await server.set_serving(readable, names=[eventstream.HEALTH_NAME])

@@ -13,6 +13,7 @@ import grpc
 from booking_api.notify.v1 import notify_pb2
 from notify_service import metrics
 from notify_service.hub import EventFilter
+from notify_service.limits import StreamCounts
 from notify_service.subscriptions import Subscriptions
 from svc_common.auth import current_principal
 from svc_common.errors import ServiceError
@@ -47,8 +48,9 @@ POSITION_HEADER = "x-stream-position"
 
 
 class NotifyServicer:
-    def __init__(self, subscriptions: Subscriptions) -> None:
+    def __init__(self, subscriptions: Subscriptions, counts: StreamCounts) -> None:
         self._subscriptions = subscriptions
+        self._counts = counts
 
     async def Subscribe(
         self,
@@ -56,6 +58,15 @@ class NotifyServicer:
         context: grpc.aio.ServicerContext[notify_pb2.SubscribeRequest, bytes],
     ) -> None:
         event_filter, cursor = _request(request)
+        with self._counts.hold(current_principal()):  # TOO_MANY_STREAMS past a bound (notify_service.limits)
+            await self._serve(event_filter, cursor, context)
+
+    async def _serve(
+        self,
+        event_filter: EventFilter,
+        cursor: EventId | None,
+        context: grpc.aio.ServicerContext[notify_pb2.SubscribeRequest, bytes],
+    ) -> None:
         subscriber = self._subscriptions.open(event_filter, cursor)
         metrics.SUBSCRIPTIONS_OPEN.inc()
         ended = "CANCELLED"  # unless the service ends it (by the client, or by the server's own cancellation)

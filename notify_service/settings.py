@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from notify_service.hub import DEFAULT_WINDOW, BatchLimits
+from notify_service.limits import StreamBounds
 from notify_service.subscriptions import SubscriptionConfig
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
@@ -34,6 +35,9 @@ class Settings:
     history_window: int = DEFAULT_WINDOW  # recent events kept in memory for resuming subscribers
     database_url: str = ""  # booking_service's database, read while Redis cannot be ("": no fallback)
     fallback_after_seconds: float = 2.0  # how long Redis may be unreadable before the outbox is followed
+    stream_bounds: StreamBounds = field(
+        default_factory=StreamBounds
+    )  # Subscribe streams per caller and in all (0: no bound)
 
     @property
     def subscriptions(self) -> SubscriptionConfig:
@@ -71,4 +75,13 @@ class Settings:
             ),
             # 1,000,000 events of a few hundred bytes: a few hundred MB, as much as anyone should keep.
             history_window=env.integer("SUBSCRIBE_HISTORY_WINDOW", cls.history_window, least=0, most=1_000_000),
+            stream_bounds=StreamBounds(
+                per_caller=env.integer(
+                    "SUBSCRIBE_MAX_STREAMS_PER_CALLER", StreamBounds.per_caller, least=0, most=10_000_000
+                ),
+                per_admin=env.integer(
+                    "SUBSCRIBE_MAX_STREAMS_PER_ADMIN", StreamBounds.per_admin, least=0, most=10_000_000
+                ),
+                total=env.integer("SUBSCRIBE_MAX_STREAMS", StreamBounds.total, least=0, most=10_000_000),
+            ),
         )

@@ -345,11 +345,27 @@ class ListenError(Exception):
 
 class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
     """grpcio-health-checking's servicer plus `List`, which its aio servicer leaves unimplemented (reflection
-    advertises it, and it answered INTERNAL)."""
+    advertises it, and it answered INTERNAL), and a bound on open `Watch` streams: health needs no token, so
+    without one anyone could hold streams, and the memory they cost, without limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_watches: int = 1000) -> None:
         super().__init__()
         self._names: set[str] = {""}
+        self._max_watches = max_watches  # 0: no bound
+        self.watches = 0
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self._max_watches and self.watches >= self._max_watches:
+            raise errors.ResourceExhausted(
+                f"this instance holds {self._max_watches} health watches already, its bound; use Check or retry later",
+                reason="TOO_MANY_STREAMS",
+                metadata={"bound": str(self._max_watches), "scope": "health"},
+            )
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1
 
     async def set(self, service: str, status: int) -> None:
         self._names.add(service)
@@ -375,6 +391,10 @@ class ServerConfig:
     max_connection_age_seconds: float = 600.0  # 0: connections are never aged out
     max_connection_age_grace_seconds: float = 30.0
     tracing: TracingConfig = TRACING_OFF  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    # HTTP/2 streams (calls) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    # a client past it waits for one to end (grpc queues the call) rather than failing.
+    max_concurrent_streams: int = 1000
+    max_health_watches: int = 1000  # open Health/Watch streams per process (0: no bound)
 
     @property
     def metrics(self) -> bool:
@@ -395,6 +415,10 @@ class ServerConfig:
             max_connection_age_grace_seconds=env.number(
                 "MAX_CONNECTION_AGE_GRACE_SECONDS", cls.max_connection_age_grace_seconds, least=0, most=86400
             ),
+            max_concurrent_streams=env.integer(
+                "MAX_CONCURRENT_STREAMS", cls.max_concurrent_streams, least=1, most=2**31 - 1
+            ),
+            max_health_watches=env.integer("HEALTH_MAX_WATCHES", cls.max_health_watches, least=0, most=10_000_000),
         )
 
     def options(self) -> list[tuple[str, int]]:
@@ -404,6 +428,7 @@ class ServerConfig:
             # grpcio sets SO_REUSEPORT by default, so a second server on a port in use would silently share it:
             # only workers of one supervisor share their address (svc_common.workers).
             ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
         ]
         if self.max_connection_age_seconds > 0:
             options += [
@@ -419,7 +444,7 @@ class GrpcServer:
     def __init__(
         self, config: ServerConfig, *, verifier: TokenVerifier, error_domain: str, service_names: Sequence[str]
     ) -> None:
-        self.health = HealthServicer()
+        self.health = HealthServicer(config.max_health_watches)
         self.port = 0  # the port listened on, once started
         self._listen = config.listen
         self._tls = config.tls

@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +69,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_BARE = re.compile(r'[^\s="\\]+')  # a value logfmt reads back as it is, needing no quotes
+
+
+def logfmt_value(value: object) -> str:
+    """`value` as a logfmt value: as it is when it holds no space, `=`, quote, backslash or non-printable
+    character, else quoted with those escaped, so no value (a client's request id, a token's claims, a peer) can
+    add a field to the line or override one."""
+    text = str(value)
+    if _BARE.fullmatch(text) and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False) if text.isprintable() else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,7 +94,7 @@ class TextFormatter(logging.Formatter):
         if not fields:
             return line
         head, _, rest = line.partition("\n")  # a traceback stays below the line
-        pairs = " ".join(f"{key}={value}" for key, value in fields.items() if value not in (None, ""))
+        pairs = " ".join(f"{key}={logfmt_value(value)}" for key, value in fields.items() if value not in (None, ""))
         return f"{head} {pairs}" + (f"\n{rest}" if rest else "")
 
 

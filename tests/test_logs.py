@@ -5,6 +5,7 @@ method, code, reason, duration, caller, role, request id and peer; the request i
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import grpc
@@ -113,3 +114,36 @@ def test_a_bad_log_setting_is_one_line_and_exit_status_2(
 ) -> None:
     stderr = refused_start("booking_service", {**booking_env(booking_db_url, redis_url), name: value})
     assert f"{name} must be one of" in stderr
+
+
+_LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line: str) -> dict[str, str]:
+    """The fields of a logfmt line as a logfmt parser reads them: the last value of a key wins."""
+    return {key: json.loads(value) if value.startswith('"') else value for key, value in _LOGFMT_PAIR.findall(line)}
+
+
+async def test_a_request_id_cannot_add_or_override_fields_of_a_text_log_line(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    booking = system.booking()  # LOG_FORMAT defaults to text
+    channel = grpc.aio.insecure_channel(booking.address)
+    channels.append(channel)
+    stub = booking_pb2_grpc.BookingServiceStub(channel)
+    user = uid("user")
+    forged = 'hunt2 code=OK caller=root role=admin "quoted\\" x=1'
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ListDeletedBookings(
+            booking_pb2.ListDeletedBookingsRequest(), metadata=(*auth("user", user), ("x-request-id", forged))
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    def logged() -> list[str]:
+        return [line for line in booking.log().splitlines() if "ListDeletedBookings" in line and ": rpc " in line]
+
+    await eventually(lambda: len(logged()) == 1, lambda: f"{logged()}")
+    fields = logfmt(logged()[0])
+    assert fields["request_id"] == forged
+    assert fields["code"] == "PERMISSION_DENIED" and fields["caller"] == user and fields["role"] == "user"
+    assert "x" not in fields

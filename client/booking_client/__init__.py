@@ -28,6 +28,7 @@ from booking_client._errors import (
     RequestIdReused,
     SlotUnavailable,
     SlowConsumer,
+    TooManyStreams,
     Unauthenticated,
     Unavailable,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "SlotUnavailable",
     "SlowConsumer",
     "Tls",
+    "TooManyStreams",
     "Unauthenticated",
     "Unavailable",
     "Watch",

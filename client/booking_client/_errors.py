@@ -12,6 +12,7 @@
     │   └── RequestIdReused         a request_id reused for a different booking
     ├── CursorExpired               OUT_OF_RANGE: the event stream cannot continue from the cursor
     ├── SlowConsumer                RESOURCE_EXHAUSTED: the subscriber fell too far behind
+    ├── TooManyStreams              RESOURCE_EXHAUSTED: the caller (or the instance) holds its bound of streams
     ├── Unavailable                 UNAVAILABLE (retried for idempotent calls before it is raised)
     └── DeadlineExceeded            DEADLINE_EXCEEDED
 
@@ -119,6 +120,13 @@ class SlowConsumer(BookingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooManyStreams(BookingError):
+    """The instance holds as many streams of this caller (metadata `scope`: caller), of everyone (instance) or
+    health watches (health) as its bound (metadata `bound`) allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(BookingError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -136,6 +144,7 @@ BY_REASON: dict[str, type[BookingError]] = {
     "ADMIN_ONLY": AdminOnly,
     "CURSOR_EXPIRED": CursorExpired,
     "SLOW_CONSUMER": SlowConsumer,
+    "TOO_MANY_STREAMS": TooManyStreams,
 }
 BY_CODE: dict[grpc.StatusCode, type[BookingError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

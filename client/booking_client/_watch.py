@@ -2,8 +2,10 @@
 
 The stream is resumed, from the last event yielded, whenever it breaks in a way another try can mend:
 UNAVAILABLE (an instance lost or shutting down, a connection aged out, Redis down), RESOURCE_EXHAUSTED (the
-subscriber fell behind: SLOW_CONSUMER), a stream reset by a proxy (nginx reports a vanished instance as INTERNAL
-"RST_STREAM"), or an end without an error. Waits between tries are jittered and grow while tries keep failing.
+subscriber fell behind: SLOW_CONSUMER; or the caller holds as many streams as the instance allows:
+TOO_MANY_STREAMS), a stream reset by a proxy (nginx reports a vanished instance as INTERNAL "RST_STREAM"), or an
+end without an error. Waits between tries are jittered and grow while tries keep failing; a refusal for too many
+streams waits seconds, not milliseconds (a bound does not clear at once, and a tight loop only loads the server).
 Before the first event the cursor is the position the server names in its initial metadata
 (`x-stream-position`), so nothing committed in between is missed. No event is yielded twice or out of order
 (event ids increase: `ms-seq`). OUT_OF_RANGE (the stream no longer holds what follows the cursor) raises
@@ -16,6 +18,7 @@ after a restart of its own (`resume_after=`). `started` is set once the server h
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
@@ -23,12 +26,15 @@ import grpc
 
 from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2
-from booking_client._errors import from_rpc_error
+from booking_client._errors import TooManyStreams, from_rpc_error
 
 if TYPE_CHECKING:
-    from booking_client._client import BookingClient
+    from booking_client._client import Backoff, BookingClient
 
 POSITION_HEADER = "x-stream-position"
+# After TOO_MANY_STREAMS: the first wait, and the most any wait grows to (each jittered down to half).
+REFUSED_WAIT_SECONDS = 1.0
+REFUSED_MAX_WAIT_SECONDS = 30.0
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 
 
@@ -36,6 +42,14 @@ def position(event_id: str) -> tuple[int, int] | None:
     """An event id's place in the stream (`ms-seq`), or None if it is not one."""
     ms, _, seq = event_id.partition("-")
     return (int(ms), int(seq)) if ms.isdigit() and seq.isdigit() else None
+
+
+def retry_delay(backoff: Backoff, failures: int, *, refused: bool) -> float:
+    """How long to wait before the next try, after `failures` tries in a row failed; `refused`: the last one
+    was refused for too many streams."""
+    if refused:
+        return min(REFUSED_MAX_WAIT_SECONDS, REFUSED_WAIT_SECONDS * 2.0**failures) * random.uniform(0.5, 1.0)
+    return backoff.delay(failures)
 
 
 def _mendable(error: grpc.aio.AioRpcError) -> bool:
@@ -74,6 +88,7 @@ class Watch:
             request = notify_pb2.SubscribeRequest(resume_after=self.cursor, **self.filters)
             request_id = f"watch-{id(self):x}-{self.resumes}"
             call = self.client._notify.Subscribe(request, metadata=await self.client.metadata(request_id))
+            refused = False
             try:
                 await self._note_start(call)
                 async for response in call:
@@ -85,10 +100,11 @@ class Watch:
             except grpc.aio.AioRpcError as error:
                 if not _mendable(error):
                     raise from_rpc_error(error, request_id) from error
+                refused = isinstance(from_rpc_error(error), TooManyStreams)
             finally:
                 call.cancel()
             self.resumes += 1
-            await asyncio.sleep(self.client.backoff.delay(failures))
+            await asyncio.sleep(retry_delay(self.client.backoff, failures, refused=refused))
             failures = min(failures + 1, 10)
 
     async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]

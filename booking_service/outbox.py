@@ -36,7 +36,10 @@ CHANNEL = "booking_outbox"
 PLACED_CHANNEL = "booking_outbox_placed"
 CLOSE_SECONDS = 2.0
 
-_EVENT_COLUMNS = "seq, stream_ms, event_type, booking, actor_id, actor_name, actor_role, occur_time, traceparent"
+_EVENT_COLUMNS = (
+    "seq, stream_ms, event_type, booking, booking->>'id' AS booking_id, actor_id, actor_name, actor_role, occur_time, "
+    "traceparent"
+)
 
 # The newest position handed out: the outbox's highest seq, or the mark kept for when old rows are deleted.
 _TOP = """
@@ -92,14 +95,22 @@ AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
 # The newest position handed out.
 TOP_SQL = f"SELECT seq, stream_ms FROM ({_TOP}) t"
 
-# Published events older than the stream's retention are of no more use; the newest position is kept first.
+# Published events older than the stream's retention ($1: the cutoff, in the ms of their stream ids) are of no
+# more use; the newest position is kept first. The stream is trimmed at the same ids (relay.py), so every event
+# the stream still holds is still here, to be erased from it on a hard delete.
 DELETE_PUBLISHED_SQL = f"""
 WITH top AS ({_TOP}
 ), kept AS (
     UPDATE booking_outbox_state s SET last_seq = top.seq, last_ms = top.stream_ms FROM top WHERE top.seq > s.last_seq
 )
 DELETE FROM booking_outbox
- WHERE seq <= (SELECT published_seq FROM booking_outbox_state) AND occur_time < $1
+ WHERE seq <= (SELECT published_seq FROM booking_outbox_state) AND stream_ms < $1
+"""
+
+# The placed events of the bookings $1 (ids) before seq $2: what HARD_DELETED events erase from the stream (their
+# notes are already erased here, by the hard delete's own statement).
+ERASED_SQL = f"""
+SELECT {_EVENT_COLUMNS} FROM booking_outbox WHERE booking->>'id' = ANY($1::text[]) AND seq < $2 ORDER BY seq
 """
 
 SET_ASIDE_SQL = """
@@ -137,6 +148,11 @@ class PlacedRow:
 
     event_id: EventId
     record: Record
+
+    @property
+    def erases(self) -> bool:
+        """Whether this event erases its booking's earlier events (their notes) from the stream."""
+        return bool(self.record["event_type"] == AuditAction.HARD_DELETED.value)
 
     def read(self) -> OutboxEvent:
         record = self.record
@@ -210,9 +226,15 @@ class OutboxConnection:
         seqs, reasons = [seq for seq, _ in failures], [reason for _, reason in failures]
         await self._conn.execute(SET_ASIDE_SQL, seqs, reasons)
 
-    async def delete_published(self, before: datetime) -> int:
-        status = await self._conn.execute(DELETE_PUBLISHED_SQL, before)
+    async def delete_published(self, before_ms: int) -> int:
+        """Delete published events placed before `before_ms` (stream id ms); returns how many."""
+        status = await self._conn.execute(DELETE_PUBLISHED_SQL, before_ms)
         return int(status.split()[-1])
+
+    async def erased(self, booking_ids: Sequence[str], before: int) -> list[PlacedRow]:
+        """The placed events of `booking_ids` before seq `before`, in stream order (as erased: without notes)."""
+        records = await self._conn.fetch(ERASED_SQL, list(booking_ids), before)
+        return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
 
     async def backlog(self, published: int) -> tuple[int, float]:
         """How many committed events are not published yet (after seq `published`), and the oldest one's age."""

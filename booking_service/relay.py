@@ -9,8 +9,13 @@ While Redis is down, events wait in the outbox and go out in order once it is ba
 gives them their positions as they commit and tells notify instances (PLACED_CHANNEL), which read them from the
 outbox until Redis is back (notify_service.fallback), under the same ids.
 
-Housekeeping trims the stream by age (XTRIM MINID; XADD trims by count) and deletes published outbox rows of
-the same age.
+Erasure: a hard delete erases the booking's notes from its outbox rows in its own statement. Before the relay
+appends that booking's HARD_DELETED event, it replaces the booking's earlier entries in the stream with the
+redacted rows, in the same MULTI (svc_common.eventstream explains how readers find them), so no reader of the
+stream, from any cursor, gets the notes once the HARD_DELETED event can be read.
+
+Housekeeping trims the stream by age (XTRIM MINID, exactly; XADD trims by count) and deletes published outbox
+rows placed before the same id, so the outbox holds every event the stream holds.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis.asyncio as redis
 
@@ -68,22 +74,37 @@ def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
     }
 
 
+def entry_of(row: PlacedRow) -> tuple[Entry, str | None]:
+    """The stream entry of a placed outbox row, and the error if it cannot be read: such a row keeps its place in
+    the stream as an entry without an event (readers pass over it)."""
+    try:
+        return (row.event_id, stream_fields(row.read())), None
+    except Exception as exc:  # noqa: BLE001 - any row the relay cannot read is set aside, not retried forever
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        return (row.event_id, {stream.FIELD_SKIPPED: error.encode()}), error
+
+
 def entries_of(rows: Sequence[PlacedRow]) -> tuple[list[Entry], list[tuple[int, str]]]:
-    """The stream entries of placed outbox rows, and the (seq, error) of those that cannot be published: each
-    of those keeps its place in the stream as an entry without an event (readers pass over it), so one bad row
-    never stops the events after it nor leaves a gap in the seqs."""
+    """The stream entries of placed outbox rows, and the (seq, error) of those that cannot be published, so one
+    bad row never stops the events after it nor leaves a gap in the seqs."""
     entries: list[Entry] = []
     failures: list[tuple[int, str]] = []
     for row in rows:
-        try:
-            fields = stream_fields(row.read())
-        except Exception as exc:  # noqa: BLE001 - any row the relay cannot read is set aside, not retried forever
-            error = f"{type(exc).__name__}: {exc}"[:1000]
+        entry, error = entry_of(row)
+        if error is not None:
             log.error("change event %s cannot be published (%s); set aside in booking_outbox_dead", row.event_id, error)
             failures.append((row.event_id.seq, error))
-            fields = {stream.FIELD_SKIPPED: error.encode()}
-        entries.append((row.event_id, fields))
+        entries.append(entry)
     return entries, failures
+
+
+def _placed_ms(member: bytes) -> int:
+    """When an erased copy's event was placed (0, to be trimmed, if it is not one)."""
+    try:
+        entry_id, _ = stream.unpack_entry(member)
+    except ValueError:
+        return 0
+    return (EventId.parse(entry_id) or stream.ORIGIN).ms
 
 
 class RedisPublisher:
@@ -92,6 +113,7 @@ class RedisPublisher:
     def __init__(self, client: redis.Redis, key: str, max_len: int) -> None:
         self._redis = client
         self._key = key
+        self._erased_key = stream.erased_key(key)
         self._max_len = max_len
         self._top: EventId | None = None  # the stream's last id as far as we know; None: ask Redis
 
@@ -102,14 +124,23 @@ class RedisPublisher:
         ms, _, seq = info["last-generated-id"].partition(b"-")
         return EventId(int(ms), int(seq))
 
-    async def publish(self, entries: Sequence[Entry]) -> None:
+    async def publish(self, entries: Sequence[Entry], erased: Sequence[Entry] = ()) -> None:
+        """Append `entries` the stream lacks; before them, replace those of `erased` (redacted copies of entries)
+        that it holds, all in one MULTI, so a reader sees both or neither (replacing again is harmless)."""
         try:
             if self._top is None:
                 self._top = await self._read_top()
             top = self._top
             fresh = [(event_id, fields) for event_id, fields in entries if event_id > top]
             if fresh:
-                pipe = self._redis.pipeline(transaction=False)
+                replaced = [(event_id, fields) for event_id, fields in erased if event_id <= top]
+                pipe = self._redis.pipeline(transaction=bool(replaced))
+                if replaced:
+                    copies = {
+                        stream.pack_entry(str(event_id).encode(), fields): event_id.seq for event_id, fields in replaced
+                    }
+                    pipe.zadd(self._erased_key, copies)
+                    pipe.xdel(self._key, *(str(event_id) for event_id, _ in replaced))
                 for event_id, fields in fresh:
                     pipe.xadd(
                         self._key,
@@ -125,7 +156,17 @@ class RedisPublisher:
             raise
 
     async def trim_older_than(self, cutoff_ms: int) -> None:
-        await self._redis.xtrim(self._key, minid=f"{cutoff_ms}-0", approximate=True)
+        """Remove entries placed before `cutoff_ms` (exactly: the outbox keeps what the stream keeps), and their
+        erased copies (those before the oldest entry left are the candidates; ms and seq grow together)."""
+        await self._redis.xtrim(self._key, minid=f"{cutoff_ms}-0", approximate=False)
+        oldest: Any = await self._redis.xrange(self._key, count=1)
+        first = EventId.parse(oldest[0][0]) if oldest else None
+        candidates: Any = await self._redis.zrangebyscore(
+            self._erased_key, "-inf", f"({first.seq}" if first else "+inf", withscores=True
+        )
+        expired = [seq for member, seq in candidates if _placed_ms(member) < cutoff_ms]
+        if expired:
+            await self._redis.zremrangebyscore(self._erased_key, "-inf", max(expired))
 
 
 class EventRelay:
@@ -226,7 +267,7 @@ class EventRelay:
                 entries, failures = entries_of(rows)
                 if failures:
                     await outbox.set_aside(failures)
-                await self._publisher.publish(entries)
+                await self._publisher.publish(entries, await self._erased(outbox, rows))
                 metrics.EVENTS_PUBLISHED.inc(len(entries))
                 # Marked published durably by a later round (about once a second): a crash before that only
                 # means publishing them again, which the stream refuses.
@@ -235,14 +276,24 @@ class EventRelay:
             if len(rows) < batch:
                 return
 
+    @staticmethod
+    async def _erased(outbox: OutboxConnection, rows: Sequence[PlacedRow]) -> list[Entry]:
+        """The redacted entries of the bookings whose HARD_DELETED events are among `rows` (none: no query)."""
+        erasing = [row for row in rows if row.erases]
+        if not erasing:
+            return []
+        earlier = await outbox.erased([row.record["booking_id"] for row in erasing], erasing[-1].event_id.seq)
+        return [entry_of(row)[0] for row in earlier]
+
     async def _housekeeping(self, outbox: OutboxConnection) -> None:
         now = time.monotonic()
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + self._config.housekeeping_seconds
         cutoff = datetime.now(UTC) - timedelta(seconds=self._config.max_age_seconds)
-        await self._publisher.trim_older_than(int(cutoff.timestamp() * 1000))
-        removed = await outbox.delete_published(cutoff)
+        cutoff_ms = int(cutoff.timestamp() * 1000)
+        await self._publisher.trim_older_than(cutoff_ms)
+        removed = await outbox.delete_published(cutoff_ms)
         if removed:
             log.info("removed %d published events older than %s from the outbox", removed, cutoff)
 

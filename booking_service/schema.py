@@ -4,8 +4,9 @@ role the service runs as.
 Two roles, least privilege: an owner role owns the tables and applies the migrations; the service's role
 (DATABASE_URL) may read and write bookings and the outbox, but only read and append to the audit trail. It
 cannot update, delete, truncate or disable the triggers of `booking_audit`; erasing a hard-deleted booking's
-snapshots goes through one owner-defined function (`booking_audit_erase_snapshots`), which only erases snapshots
-of bookings that are deleted. With MIGRATION_DATABASE_URL unset, the service's role applies the migrations and
+snapshots, and its notes from its change events, goes through owner-defined functions
+(`booking_audit_erase_snapshots`, `booking_events_erase_notes`), which only erase what belongs to bookings that
+are deleted. With MIGRATION_DATABASE_URL unset, the service's role applies the migrations and
 so owns everything (simple, not least privilege).
 """
 
@@ -31,6 +32,7 @@ SERVICE_GRANTS = (
     "GRANT SELECT, UPDATE ON booking_outbox_state TO {role}",
     "GRANT SELECT, INSERT ON booking_audit, booking_outbox_dead TO {role}",
     "GRANT EXECUTE ON FUNCTION booking_audit_erase_snapshots(uuid[]) TO {role}",
+    "GRANT EXECUTE ON FUNCTION booking_events_erase_notes(uuid[]) TO {role}",
 )
 
 

@@ -106,8 +106,10 @@ SELECT * FROM upd
 
 def _hard_delete_sql(victims: str) -> str:
     """Permanently delete the soft-deleted bookings `victims` selects, erase every snapshot of them from the
-    audit trail (its entries remain) and record a HARD_DELETED entry and event for each (the event carries the
-    booking as it was, so subscribers can tell whose it was).
+    audit trail (its entries remain) and their notes from their change events in the outbox (the relay replaces
+    their entries in the Redis stream before it publishes the HARD_DELETED event), and record a HARD_DELETED entry
+    and event for each (the event carries the booking as it was, but for its notes, so subscribers can tell whose
+    it was).
 
     Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking),
     $6 the writer's traceparent (NULL: none); `victims` uses $7 onwards.
@@ -116,16 +118,18 @@ def _hard_delete_sql(victims: str) -> str:
 WITH victims AS ({victims}),
 del AS (
     DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.*
-), erase AS (  -- one row; the final SELECT joins it, so it runs (a SELECT CTE runs only when read)
+), erase AS (  -- one row each; the final SELECT joins them, so they run (a SELECT CTE runs only when read)
     SELECT booking_audit_erase_snapshots(array_agg(id)) AS erased FROM del
+), redact AS (
+    SELECT booking_events_erase_notes(array_agg(id)) AS redacted FROM del
 ), audit AS (
     {_AUDIT_INSERT}
     SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'HARD_DELETED', to_jsonb(del), $1, $2, $3, $6::text FROM del
+    SELECT 'HARD_DELETED', to_jsonb(del) || '{{"notes": ""}}', $1, $2, $3, $6::text FROM del
 )
-SELECT del.id FROM del, erase
+SELECT del.id FROM del, erase, redact
 """
 
 

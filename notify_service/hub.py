@@ -9,7 +9,8 @@ with OUT_OF_RANGE `CURSOR_EXPIRED`.
 
 The hub also keeps the most recent events it dispatched (`recent`, a bounded window, contiguous in seq), so
 subscribers resuming from a recent cursor (a notify instance died, a client reconnected) catch up from memory
-without reading Redis at all.
+without reading Redis at all. When it dispatches a HARD_DELETED event, it erases that booking's notes from the
+events it remembers, in the same step (svc_common.eventstream: erasure).
 
 A subscriber's queue is bounded: one that still holds `max_queue` undelivered events when the next batch
 arrives from Redis is ended with RESOURCE_EXHAUSTED `SLOW_CONSUMER` (so it holds at most `max_queue` plus one
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 
+from booking_api.notify.v1 import notify_pb2
 from svc_common.errors import OutOfRange, ResourceExhausted, ServiceError
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
@@ -40,6 +42,17 @@ class Event:
     provider_id: str
     booking_id: str
     payload: bytes | None
+    erases: bool = False  # a HARD_DELETED event: its booking's earlier events lose their notes
+
+
+def without_notes(event: Event) -> Event:
+    """`event` as a hard delete leaves it: its booking's notes erased."""
+    if event.payload is None:
+        return event
+    response = notify_pb2.SubscribeResponse.FromString(event.payload)
+    for carried in response.events:
+        carried.booking.ClearField("notes")
+    return replace(event, payload=response.SerializeToString())
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +258,17 @@ class Hub:
         self._subscribers.difference_update(ended)
         self.last = events[-1].id
         self._remember(events)
+        erased = {event.booking_id for event in events if event.erases}
+        if erased:
+            self._erase(erased)
+
+    def _erase(self, booking_ids: set[str]) -> None:
+        """Erase the notes of these bookings from the events remembered (one pass, however many bookings), before
+        anyone can resume past their HARD_DELETED events."""
+        recent = self._recent
+        for index, event in enumerate(recent):
+            if event.booking_id in booking_ids and not event.erases:
+                recent[index] = without_notes(event)
 
     def close(self, error: ServiceError) -> None:
         """End every subscription with `error` and refuse new ones."""

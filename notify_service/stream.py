@@ -71,11 +71,31 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
         provider_id=fields.get(stream.FIELD_PROVIDER, b"").decode(),
         booking_id=fields.get(stream.FIELD_BOOKING, b"").decode(),
         payload=response.SerializeToString(),
+        erases=event.type == events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
     )
 
 
 def _events(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
     return [event for entry_id, fields in entries if (event := decode(entry_id, fields)) is not None]
+
+
+def _missing(previous: EventId | None, events: list[Event]) -> bool:
+    """Whether seqs are missing between `previous` (None: anywhere before the first) and the events, or among them."""
+    expected = previous.seq + 1 if previous is not None else None
+    for event in events:
+        if expected is not None and event.id.seq > expected:
+            return True
+        expected = event.id.seq + 1
+    return False
+
+
+def _unpacked(member: bytes) -> Event | None:
+    try:
+        entry_id, fields = stream.unpack_entry(member)
+    except ValueError:
+        log.error("erased copy %r is not a stream entry; skipped", member[:40])
+        return None
+    return decode(entry_id, fields)
 
 
 class SharedReads:
@@ -84,11 +104,17 @@ class SharedReads:
     memory (only results that can no longer change should be kept)."""
 
     def __init__(self, at_once: int, kept: int = 16) -> None:
-        self._reads: dict[Hashable, tuple[asyncio.Future[Any], list[int]]] = {}
+        self._reads: dict[Hashable, tuple[asyncio.Future[Any], list[int], int]] = {}
         self._kept: OrderedDict[Hashable, Any] = OrderedDict()
         self._max_kept = kept
         self._slots = asyncio.Semaphore(at_once)
+        self._generation = 0  # results of reads started before the last forget() are not kept
         self.calls = 0  # reads actually made
+
+    def forget(self) -> None:
+        """Drop every result kept, and keep none of the reads already under way (what they read may be stale)."""
+        self._kept.clear()
+        self._generation += 1
 
     async def _limited(self, read: Callable[[], Awaitable[T]]) -> T:
         async with self._slots:
@@ -102,9 +128,9 @@ class SharedReads:
             return result
         shared = self._reads.get(key)
         if shared is None:
-            shared = (asyncio.ensure_future(self._limited(read)), [0])
+            shared = (asyncio.ensure_future(self._limited(read)), [0], self._generation)
             self._reads[key] = shared
-        task, waiting = shared
+        task, waiting, generation = shared
         waiting[0] += 1
         try:
             result = await asyncio.shield(task)
@@ -114,7 +140,7 @@ class SharedReads:
                 if self._reads.get(key) is shared:
                     del self._reads[key]
                 task.cancel()  # a no-op once it is done
-        if keep(result) and self._max_kept > 0:
+        if keep(result) and self._max_kept > 0 and generation == self._generation:
             self._kept[key] = result
             self._kept.move_to_end(key)
             while len(self._kept) > self._max_kept:
@@ -155,6 +181,7 @@ class StreamReader:
     ) -> None:
         self._redis = client
         self._key = key
+        self._erased_key = stream.erased_key(key)
         self._hub = hub
         self._batch = batch
         self._block_ms = block_ms
@@ -199,10 +226,12 @@ class StreamReader:
                 if position is None:
                     newest: Any = await self._redis.xrevrange(self._key, count=max(self._window, 1))
                     # An empty stream: read from its start, and take whatever event comes first.
-                    self._hub.start_at(EventId.parse(newest[0][0]) if newest else None, _events(newest[::-1]))
+                    recent = await self._complete(None, newest[::-1])
+                    self._hub.start_at(EventId.parse(newest[0][0]) if newest else None, recent)
                     position = newest[0][0] if newest else b"0-0"
                     await self._set_connected(True)
                 reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
+                read = [await self._complete(EventId.parse(position), entries) for _key, entries in reply or ()]
                 # Readable once a read succeeded (not before each attempt: that flapped during an outage).
                 await self._set_connected(True)
                 backoff.reset()
@@ -220,12 +249,29 @@ class StreamReader:
                         continue
                 await backoff.sleep()
                 continue
-            for _key, entries in reply or ():
+            for (_key, entries), events in zip(reply or (), read, strict=True):
                 position = entries[-1][0]
-                self._hub.dispatch(_events(entries))
+                self._dispatch(events)
                 newest = EventId.parse(position)
                 if newest is not None:
                     metrics.READ_LAG.set(max(0.0, time.time() - newest.ms / 1000))
+
+    def _dispatch(self, events: list[Event]) -> None:
+        self._hub.dispatch(events)
+        if any(event.erases for event in events):
+            self.history.forget()  # kept ranges may hold notes the hub has just erased
+
+    async def _complete(self, previous: EventId | None, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+        """The events of `entries`, read after `previous`, with the erased ones that are missing among them put
+        back from the erased set (one more call, only when seqs are missing)."""
+        events = _events(entries)
+        if not events or not _missing(previous, events):
+            return events
+        low = previous.seq if previous is not None else events[0].id.seq
+        members: Any = await self._redis.zrangebyscore(self._erased_key, f"({low}", f"({events[-1].id.seq}")
+        have = {event.id.seq for event in events}
+        copies = [event for member in members if (event := _unpacked(member)) is not None and event.id.seq not in have]
+        return sorted([*events, *copies], key=lambda event: event.id) if copies else events
 
     async def _follow_outbox(self, unreadable_for: float) -> bool:
         """Feed the hub from the outbox until the stream holds the events up to the hub's position again; False
@@ -255,7 +301,7 @@ class StreamReader:
             while True:
                 events = await outbox.after(self._hub.last, self._batch)
                 if events:
-                    self._hub.dispatch(events)
+                    self._dispatch(events)
                     continue
                 now = time.monotonic()
                 if now >= next_probe:
@@ -316,7 +362,9 @@ class StreamReader:
         count = self.history_batch - position.seq % self.history_batch
 
         async def from_redis() -> list[Event]:
-            return _events(await self._redis.xrange(self._key, min=f"({position}", count=count))  # type: ignore[arg-type]
+            entries: Any = await self._redis.xrange(self._key, min=f"({position}", count=count)
+            events = await self._complete(position, entries)
+            return [event for event in events if event.id.seq <= position.seq + count]  # erased ones put back
 
         async def read() -> list[Event]:  # decoded once for everyone who shares the read
             return await self._either(position, from_redis, lambda outbox: outbox.after(position, count))

@@ -11,6 +11,12 @@ one's; anything else (trimmed history, Redis data loss) is detectable, never a s
 Entry fields: `event` (a serialized booking.v1.BookingEvent, event_id set), and `customer`, `provider`,
 `booking` (the booking's ids) so a reader can filter without parsing the event. An entry whose event the relay
 could not publish has only `skipped` (the error): it keeps the seqs gapless and delivers nothing.
+
+Erasure: a hard delete erases the booking's notes from its events. Redis cannot rewrite an entry, so before the
+relay appends a HARD_DELETED event it deletes (XDEL) that booking's earlier entries and puts their redacted
+copies, under the same ids, in a sorted set beside the stream (`erased_key`, score: seq; member: `pack_entry`),
+all in one MULTI. A reader that finds seqs missing between two entries takes them from there (a gap that set
+cannot fill is real: trimmed history, or data Redis lost), so cursors stay valid and nobody sees a gap.
 """
 
 from __future__ import annotations
@@ -28,6 +34,42 @@ FIELD_PROVIDER = b"provider"
 FIELD_BOOKING = b"booking"
 # An entry that holds a place in the stream but no event (the relay set the event aside): readers pass over it.
 FIELD_SKIPPED = b"skipped"
+
+
+def erased_key(stream_key: str) -> str:
+    """The sorted set of the redacted copies of erased entries of the stream `stream_key`."""
+    return f"{stream_key}:erased"
+
+
+_PACKED_IDS = (FIELD_CUSTOMER, FIELD_PROVIDER, FIELD_BOOKING)
+
+
+def pack_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """A stream entry as one string (a member of the erased set): its id and the booking's ids, each prefixed
+    with its length (netstring style, whatever bytes they hold), then the event."""
+    parts = [entry_id, *(fields.get(name, b"") for name in _PACKED_IDS)]
+    return b"".join(b"%d:%b" % (len(part), part) for part in parts) + fields.get(FIELD_EVENT, b"")
+
+
+def unpack_entry(member: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """The entry id and fields `pack_entry` packed (an entry without an event comes back as one set aside);
+    ValueError if `member` is not one."""
+    parts, rest = [], memoryview(member)
+    for _ in range(1 + len(_PACKED_IDS)):
+        length, colon, _tail = bytes(rest[:20]).partition(b":")
+        if not colon or not length.isdigit():
+            raise ValueError("not a packed stream entry")
+        start = len(length) + 1
+        end = start + int(length)
+        if end > len(rest):
+            raise ValueError("not a packed stream entry")
+        parts.append(bytes(rest[start:end]))
+        rest = rest[end:]
+    entry_id, *ids = parts
+    fields = dict(zip(_PACKED_IDS, ids, strict=True))
+    fields |= {FIELD_EVENT: bytes(rest)} if rest else {FIELD_SKIPPED: b"erased; its event could not be read"}
+    return entry_id, fields
+
 
 _MAX_PART = 2**63 - 1
 _EVENT_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")

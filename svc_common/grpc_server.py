@@ -391,9 +391,10 @@ class ServerConfig:
     max_connection_age_seconds: float = 600.0  # 0: connections are never aged out
     max_connection_age_grace_seconds: float = 30.0
     tracing: TracingConfig = TRACING_OFF  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    # HTTP/2 streams (calls) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
-    # a client past it waits for one to end (grpc queues the call) rather than failing.
-    max_concurrent_streams: int = 1000
+    # HTTP/2 streams (calls) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); a
+    # client past it waits for one to end (grpc queues the call) rather than failing. Above the admin's stream
+    # bound: a gateway may carry all its subscriptions on one connection (grpc's channels to one address share one).
+    max_concurrent_streams: int = 10_000
     max_health_watches: int = 1000  # open Health/Watch streams per process (0: no bound)
 
     @property

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from svc_common.eventstream import ORIGIN, EventId
+from svc_common.eventstream import (
+    FIELD_BOOKING,
+    FIELD_CUSTOMER,
+    FIELD_EVENT,
+    FIELD_PROVIDER,
+    FIELD_SKIPPED,
+    ORIGIN,
+    EventId,
+    pack_entry,
+    unpack_entry,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +55,25 @@ def test_an_event_follows_only_the_one_right_before_it() -> None:
 def test_bytes_that_are_not_ascii_are_not_event_ids() -> None:
     assert EventId.parse(b"\xff1-1") is None
     assert EventId.parse("\u0661-\u0661") is None  # ARABIC-INDIC DIGIT ONE: a digit, but not ours
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {FIELD_EVENT: b"\x00ev:1\x00", FIELD_CUSTOMER: b"c:1", FIELD_PROVIDER: b"", FIELD_BOOKING: b"b-1"},
+        {FIELD_EVENT: b"x", FIELD_CUSTOMER: b"12:34", FIELD_PROVIDER: b"\x00", FIELD_BOOKING: b""},
+    ],
+)
+def test_a_packed_entry_unpacks_to_the_same_id_and_fields_whatever_bytes_they_hold(fields: dict[bytes, bytes]) -> None:
+    assert unpack_entry(pack_entry(b"17-3", fields)) == (b"17-3", fields)
+
+
+def test_a_packed_entry_without_an_event_unpacks_as_one_set_aside() -> None:
+    entry_id, fields = unpack_entry(pack_entry(b"17-3", {FIELD_SKIPPED: b"bad row"}))
+    assert entry_id == b"17-3" and FIELD_EVENT not in fields and FIELD_SKIPPED in fields
+
+
+@pytest.mark.parametrize("member", [b"", b"x", b"4:17-3", b"99:17-3", b"4:17-31:a1:b", b"-1:x"])
+def test_what_is_not_a_packed_entry_is_refused(member: bytes) -> None:
+    with pytest.raises(ValueError):
+        unpack_entry(member)

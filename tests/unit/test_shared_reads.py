@@ -93,3 +93,33 @@ async def test_results_it_may_keep_are_answered_from_memory_and_only_the_last_fe
         for _ in range(3):
             await reads.get("p", short, keep=lambda result: result == "full")
         assert reads.calls == 7  # a result that may still grow is read again each time
+
+
+def always(_result: object) -> bool:
+    return True
+
+
+async def test_forget_drops_kept_results_and_keeps_none_of_the_reads_already_under_way() -> None:
+    """A hard delete's erasure makes what was read before it stale: neither a kept range nor a read that was in
+    flight when it happened may answer later readers."""
+    reads = SharedReads(at_once=4)
+    version = "with notes"
+    release = asyncio.Event()
+
+    async def read() -> str:
+        await release.wait()
+        return version
+
+    release.set()
+    async with asyncio.timeout(5):
+        assert await reads.get("kept", read, keep=always) == "with notes"
+        release.clear()
+        in_flight = asyncio.create_task(reads.get("in flight", read, keep=always))
+        await asyncio.sleep(0)  # the read has started
+        reads.forget()
+        release.set()
+        assert await in_flight == "with notes"  # its own waiters still get it
+        version = "erased"
+        assert await reads.get("kept", read, keep=always) == "erased"
+        assert await reads.get("in flight", read, keep=always) == "erased"
+    assert reads.calls == 4

@@ -8,8 +8,10 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 
 import booking_client
@@ -224,3 +226,40 @@ async def test_a_call_past_its_deadline_raises_deadline_exceeded(
                 await client.get_booking(str(uuid.uuid4()), timeout=0.5)
     finally:
         booking.signal(signal.SIGCONT)
+
+
+async def test_a_read_cancelled_by_the_server_is_retried() -> None:
+    """grpc core ends calls a shutting-down server had received but not yet handed to the service as CANCELLED
+    (grpc/grpc#41785): for the client, that is an instance going away, retried like UNAVAILABLE."""
+    tries = 0
+
+    async def get(request: booking_pb2.GetBookingRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return booking_pb2.GetBookingResponse(booking=booking_pb2.Booking(id=request.booking_id))
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "booking.v1.BookingService",
+                {
+                    "GetBooking": grpc.unary_unary_rpc_method_handler(
+                        get,
+                        request_deserializer=booking_pb2.GetBookingRequest.FromString,
+                        response_serializer=booking_pb2.GetBookingResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with BookingClient(f"127.0.0.1:{port}", token="t", backoff=booking_client.Backoff(0.01, 0.05)) as client:
+            assert (await client.get_booking("b-1")).id == "b-1"
+        assert tries == 2
+    finally:
+        await server.stop(None)

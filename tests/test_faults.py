@@ -141,7 +141,10 @@ async def test_sigterm_finishes_calls_in_flight_then_refuses_new_ones_and_exits(
         try:
             await alice.get(booking.id)
         except grpc.aio.AioRpcError as refused:
-            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+            # A call grpc core had received but not yet handed to the service when the shutdown began ends
+            # CANCELLED, not UNAVAILABLE (grpc/grpc#41785, unfixed in core as of grpcio 1.85); the client
+            # retries both for calls safe to repeat (test_client).
+            assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), refused
             break
         assert time.monotonic() < deadline, "new calls still answered 30 s after SIGTERM"
         await asyncio.sleep(0.05)

@@ -5,7 +5,10 @@ Every call carries the token (a string, or a callable returning a fresh one, syn
 (`x-request-id`, the same on each retry, so the server's log lines of one call share it) and a deadline.
 Calls that are safe to repeat are retried on UNAVAILABLE with jittered exponential backoff: reads, a purge
 preview, and CreateBooking, which gets a request_id of its own when none is given (the server answers a
-repeated request_id with the booking it made, never a second one). Failures raise the BookingError subclass
+repeated request_id with the booking it made, never a second one). They are retried on CANCELLED too: this
+client never cancels a call that way (cancelling its task raises CancelledError instead), so CANCELLED comes
+from the server's side, as when a server shuts down just as the call arrives (grpc core reports calls it had
+received but not yet handed to the service as CANCELLED: grpc/grpc#41785). Failures raise the BookingError subclass
 for their reason (booking_client._errors).
 """
 
@@ -58,6 +61,9 @@ class Tls:
             return Path(path).read_bytes() if path else None
 
         return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})  # for calls safe to repeat
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class BookingClient:
             try:
                 return await rpc(request, metadata=await self.metadata(request_id), timeout=timeout or self.timeout)
             except grpc.aio.AioRpcError as exc:
-                if idempotent and exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                if idempotent and exc.code() in RETRIED and attempt < self.retries:
                     await asyncio.sleep(self.backoff.delay(attempt))
                     attempt += 1
                     continue

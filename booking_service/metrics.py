@@ -30,3 +30,16 @@ RELAY_ROUNDS = Histogram(
     "Relay rounds (place committed events, publish them) and how long each took",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+PUBLISH_BLOCKED = Gauge(
+    "booking_relay_publish_blocked",
+    "1 while the relaying worker cannot publish to Redis (down, refusing writes, or stalled): events are placed "
+    "in the outbox, which notify instances follow meanwhile",
+    multiprocess_mode="livemax",
+)
+REPUBLISHED_AFTER_LOSS = Counter(
+    "booking_events_republished_after_loss",
+    "Events published again because the Redis stream ended before the published mark (a failover lost writes)",
+)
+REDIS_FAILOVERS = Counter(
+    "booking_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
+)

@@ -79,11 +79,30 @@ SELECT * FROM (
 ) unpublished ORDER BY seq LIMIT $1
 """
 
-# $1: batch size; $2: the channel to notify. Places committed events without reading anything back, and tells
-# whoever listens the newest seq placed (the notification goes out when the statement commits).
+# $1: batch size; $2: the channel to notify; $3: the last seq this relay published. Places committed events
+# without reading anything back and, while anything placed is not published, tells whoever listens how far the
+# outbox is ahead: "<newest seq> <ms of the oldest one not published>" (the notification goes out at commit).
 PLACE_SQL = f"""
-WITH {_PLACING}
-SELECT count(*) AS placed, pg_notify($2, max(seq)::text) FROM assigned HAVING count(*) > 0
+WITH {_PLACING}, newest AS (
+    SELECT greatest((SELECT max(seq) FROM assigned), (SELECT seq FROM top)) AS seq
+), first_unpublished AS (
+    SELECT greatest($3, (SELECT published_seq FROM booking_outbox_state)) + 1 AS seq
+), oldest AS (
+    SELECT stream_ms FROM assigned WHERE seq = (SELECT seq FROM first_unpublished)
+    UNION ALL
+    SELECT stream_ms FROM booking_outbox WHERE seq = (SELECT seq FROM first_unpublished)
+)
+SELECT (SELECT count(*) FROM assigned) AS placed,
+       pg_notify($2, newest.seq || ' ' || coalesce((SELECT stream_ms FROM oldest LIMIT 1), 0))
+  FROM newest WHERE newest.seq >= (SELECT seq FROM first_unpublished)
+"""
+
+# $1: the last seq the stream holds. Lowers the durable published mark to it (a primary that took over lacks
+# what came after); returns the mark as it was.
+REWIND_SQL = """
+WITH old AS (SELECT published_seq FROM booking_outbox_state),
+lowered AS (UPDATE booking_outbox_state SET published_seq = $1 WHERE published_seq > $1)
+SELECT published_seq FROM old
 """
 
 # $1: the seq to read after; $2: how many. Placed events in stream order, for readers of the outbox itself.
@@ -215,11 +234,17 @@ class OutboxConnection:
         records = await self._conn.fetch(ROUND_SQL, batch, published if mark else 0, published)
         return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
 
-    async def place(self, batch: int) -> int:
-        """Give up to `batch` committed events their positions without publishing them (Redis is down) and
-        notify PLACED_CHANNEL; returns how many were placed."""
-        placed: int | None = await self._conn.fetchval(PLACE_SQL, batch, PLACED_CHANNEL)
+    async def place(self, batch: int, published: int) -> int:
+        """Give up to `batch` committed events their positions without publishing them (Redis cannot take them)
+        and, while anything placed after seq `published` waits, notify PLACED_CHANNEL; returns how many were
+        placed."""
+        placed: int | None = await self._conn.fetchval(PLACE_SQL, batch, PLACED_CHANNEL, published)
         return placed or 0
+
+    async def rewind(self, seq: int) -> int:
+        """Lower the durable published mark to `seq` if it is above; returns the mark as it was."""
+        mark: int = await self._conn.fetchval(REWIND_SQL, seq)
+        return mark
 
     async def set_aside(self, failures: Sequence[tuple[int, str]]) -> None:
         """Copy the events at these seqs into the dead-letter table with their errors (idempotent)."""

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from booking_service import metrics
 from booking_service.convert import event_to_proto
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MARK_INTERVAL_SECONDS = 1.0  # how often the relay records durably how far it has published
 BACKLOG_SAMPLE_SECONDS = 5.0  # how often the relay counts what waits in the outbox (metrics)
+PROBE_MAX_SECONDS = 1.0  # while Redis cannot take events: how often, at most, to try a write
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ def entries_of(rows: Sequence[PlacedRow]) -> tuple[list[Entry], list[tuple[int, 
     return entries, failures
 
 
+def _already_there(error: Exception) -> bool:
+    return isinstance(error, ResponseError) and "equal or smaller than the target stream top item" in str(error)
+
+
 def _placed_ms(member: bytes) -> int:
     """When an erased copy's event was placed (0, to be trimmed, if it is not one)."""
     try:
@@ -124,6 +130,23 @@ class RedisPublisher:
         ms, _, seq = info["last-generated-id"].partition(b"-")
         return EventId(int(ms), int(seq))
 
+    async def read_top_if_unknown(self) -> EventId | None:
+        """The stream's last id, if it had to be asked of Redis now (after a fault: a restart or a failover may
+        have changed it); None while it is known."""
+        if self._top is not None:
+            return None
+        try:
+            self._top = await self._read_top()
+        except BaseException:
+            self._top = None
+            raise
+        return self._top
+
+    async def probe(self) -> None:
+        """A write as small as can be, refused as the stream's appends would be (OOM, READONLY, MISCONF, a paused
+        or stalled server); raises REDIS_ERRORS."""
+        await self._redis.set(f"{self._key}:probe", b"1", px=60_000)
+
     async def publish(self, entries: Sequence[Entry], erased: Sequence[Entry] = ()) -> None:
         """Append `entries` the stream lacks; before them, replace those of `erased` (redacted copies of entries)
         that it holds, all in one MULTI, so a reader sees both or neither (replacing again is harmless)."""
@@ -149,7 +172,12 @@ class RedisPublisher:
                         maxlen=self._max_len,
                         approximate=True,
                     )
-                await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
+                for result in results:
+                    # An id at or below the stream's top is already there: published before a reconnect, by a
+                    # relay that lost its lock, or by the old primary's replica. Not a fault.
+                    if isinstance(result, Exception) and not _already_there(result):
+                        raise result
                 self._top = fresh[-1][0]
         except BaseException:
             self._top = None  # a refused id, a lost connection or a restarted Redis: ask again next time
@@ -181,6 +209,7 @@ class EventRelay:
         self._next_mark = 0.0
         self._next_sample = 0.0  # when to sample the backlog for the metrics next
         self.relaying = False  # whether this instance holds the relay lock
+        self.blocked = False  # whether it relays but Redis does not take its events (down, refusing, stalled)
 
     async def run(self) -> None:
         """Relay until cancelled; database trouble means reconnecting, never giving up. Anything else fails the
@@ -214,36 +243,59 @@ class EventRelay:
             await asyncio.sleep(self._config.lock_retry_seconds)
         self.relaying = True
         log.info("relaying change events to Redis stream %r", self._config.stream_key)
-        backoff = Backoff(0.05, self._config.max_backoff_seconds)
         while True:
             self._wake.clear()
             try:
                 await self._relay_all(outbox)
                 await self._housekeeping(outbox)
             except REDIS_ERRORS as exc:
+                # Any error reply (OOM, READONLY, MISCONF, NOSCRIPT) or a timeout is "cannot publish", as is a
+                # lost connection: events keep their places in the outbox, which notify follows meanwhile.
+                self.blocked = True
+                metrics.PUBLISH_BLOCKED.set(1)
                 waiting, _ = await self._sample_backlog(outbox)
-                log.warning("cannot publish to Redis (%s); %d events wait in the outbox", exc, waiting)
-                await self._place_until(outbox, time.monotonic() + backoff.next())
+                log.warning("cannot publish to Redis (%s); %d events wait in the outbox", _describe(exc), waiting)
+                await self._place_until_writable(outbox)
                 continue
-            backoff.reset()
+            if self.blocked:
+                log.info("publishing to Redis again")
+            self.blocked = False
+            metrics.PUBLISH_BLOCKED.set(0)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
             # event is set. (redis-py can swallow one too; svc_common.grpc_server.cancel_and_wait repeats it.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.sweep_seconds):
                     await self._wake.wait()
 
-    async def _place_until(self, outbox: OutboxConnection, deadline: float) -> None:
-        """Until `deadline` (when publishing is tried again), place events as they commit, so that readers of the
-        outbox get them while Redis is down."""
+    async def _place_until_writable(self, outbox: OutboxConnection) -> None:
+        """Place events as they commit (and tell notify instances how far the outbox is ahead), so that readers of
+        the outbox get them while Redis cannot take them, until a probe beside this finds Redis writable again.
+        Placing never waits on a Redis call."""
+        writable = asyncio.Event()
+        probing = asyncio.create_task(self._probe_until_writable(writable))
+        try:
+            while not writable.is_set():
+                self._wake.clear()
+                await outbox.place(self._config.batch, self._published)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._config.sweep_seconds):
+                        await _first(self._wake, writable)
+        finally:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
+
+    async def _probe_until_writable(self, writable: asyncio.Event) -> None:
+        backoff = Backoff(0.05, PROBE_MAX_SECONDS)
         while True:
-            self._wake.clear()
-            await outbox.place(self._config.batch)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
+            await backoff.sleep()
+            try:
+                await self._publisher.probe()
+            except REDIS_ERRORS as exc:
+                log.debug("Redis still refuses writes: %s", _describe(exc))
+                continue
+            writable.set()
+            return
 
     async def _sample_backlog(self, outbox: OutboxConnection) -> tuple[int, float]:
         waiting, oldest_age = await outbox.backlog(self._published)
@@ -255,6 +307,22 @@ class EventRelay:
     async def _relay_all(self, outbox: OutboxConnection) -> None:
         if time.monotonic() >= self._next_sample:
             await self._sample_backlog(outbox)
+        top = await self._publisher.read_top_if_unknown()
+        if top is not None and top.seq > 0:
+            # After a fault: a primary that took over may lack the last events the old one acknowledged. Publish
+            # again from the stream's end, under the same ids (a stream that came back empty starts afresh from
+            # the durable mark instead: notify tells cursors into the lost part OUT_OF_RANGE).
+            mark = await outbox.rewind(top.seq)
+            if max(mark, self._published) > top.seq:
+                log.warning(
+                    "Redis stream %r ends at %s, before the published mark %d (a failover lost acknowledged "
+                    "writes): publishing again from there",
+                    self._config.stream_key,
+                    top,
+                    max(mark, self._published),
+                )
+                metrics.REPUBLISHED_AFTER_LOSS.inc(max(mark, self._published) - top.seq)
+            self._published = min(self._published, top.seq)
         batch = self._config.batch
         while True:
             now = time.monotonic()
@@ -296,6 +364,20 @@ class EventRelay:
         removed = await outbox.delete_published(cutoff_ms)
         if removed:
             log.info("removed %d published events older than %s from the outbox", removed, cutoff)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class RelayWaker:

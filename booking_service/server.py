@@ -29,7 +29,7 @@ from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
-from svc_common.redis_client import REDIS_ERRORS, connect
+from svc_common.redis_client import REDIS_ERRORS, connect, count_failovers
 from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ RELAY_TASKS = ("relay", "waker")
 
 
 async def _watch_health(
-    server: GrpcServer, db: Database, client: redis.Redis, supervisor: Supervisor, interval: float
+    server: GrpcServer, db: Database, client: redis.Redis, relay: EventRelay, supervisor: Supervisor, interval: float
 ) -> None:
-    """Health follows what calls would get: the service names the database, "events" Redis and the relay."""
+    """Health follows what calls would get: the service names the database, "events" Redis and the relay (which
+    may find Redis answering pings but refusing its writes: full, read-only, paused)."""
     serving: bool | None = None
     events: bool | None = None
     while True:
@@ -81,7 +82,7 @@ async def _watch_health(
         metrics.DATABASE_UP.set(now)
         metrics.REDIS_UP.set(redis_now)
         metrics.POOL_IN_USE.set(db.connections_in_use())
-        events_now = redis_now and not supervisor.failing(*RELAY_TASKS)
+        events_now = redis_now and not relay.blocked and not supervisor.failing(*RELAY_TASKS)
         if now != serving:
             log.log(logging.INFO if now else logging.WARNING, "database %s", "reachable" if now else "unreachable")
             await server.set_serving(now)
@@ -130,7 +131,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
     )
-    client = connect(settings.redis_url)
+    client = connect(settings.redis)
     relay = EventRelay(
         RelayConfig(
             dsn=settings.database_url,
@@ -172,9 +173,10 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         background = [
             supervisor.start(
                 "health",
-                lambda: _watch_health(server, db, client, supervisor, settings.health_interval_seconds),
+                lambda: _watch_health(server, db, client, relay, supervisor, settings.health_interval_seconds),
                 on_failure=health_unknown,
-            )
+            ),
+            supervisor.start("redis failovers", lambda: count_failovers(client, metrics.REDIS_FAILOVERS)),
         ]
         if settings.retention_days > 0:
             retention = timedelta(days=settings.retention_days)

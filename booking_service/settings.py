@@ -10,7 +10,8 @@ from booking_service.relay import RelayConfig
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
-from svc_common.settings import POSTGRES_SCHEMES, REDIS_SCHEMES, Env, read_checked
+from svc_common.redis_client import RedisConfig
+from svc_common.settings import POSTGRES_SCHEMES, Env, read_checked
 
 SERVICE = "booking_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -27,7 +28,7 @@ class Settings:
     `read` reads the field defaults back (`cls.<field>`), so no default is written twice."""
 
     database_url: str
-    redis_url: str
+    redis: RedisConfig  # REDIS_URL, REDIS_TIMEOUT_SECONDS, REDIS_SENTINEL_PASSWORD
     jwt_secret: str
     server: ServerConfig = DEFAULT_SERVER
     db_min_connections: int = DatabaseConfig.min_connections
@@ -54,7 +55,7 @@ class Settings:
         max_connections = env.integer("DB_MAX_CONNECTIONS", cls.db_max_connections, least=1, most=1000)
         return cls(
             database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES, required=True),
-            redis_url=env.url("REDIS_URL", REDIS_SCHEMES, required=True),
+            redis=RedisConfig.read(env),
             jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             server=ServerConfig.read(
                 env,

@@ -1,12 +1,12 @@
 """Events from PostgreSQL while Redis cannot be read: the outbox is the log, Redis its fan-out accelerator.
 
 booking_service's relay gives every committed event its stream position in the outbox (`seq`, `stream_ms`)
-whether or not Redis answers, and while it cannot publish it notifies PLACED_CHANNEL as it places them. A notify
-process that cannot read the stream for REDIS_FALLBACK_AFTER_SECONDS follows the outbox instead, on one
-connection (one reader per process, not per subscriber), woken by those notifications with a short sweep as a
-backstop, and feeds the hub the very events Redis would have carried: same ids, same bytes, same order. It goes
-back to the stream, at its exact position, once Redis answers and holds the events up to it (see
-notify_service.stream).
+whether or not Redis takes them, and while it cannot publish it notifies PLACED_CHANNEL as it places them. A
+notify process that cannot read the stream, or whose stream has fallen behind the outbox (notify_service.lag),
+for REDIS_FALLBACK_AFTER_SECONDS follows the outbox instead, on one connection (one reader per process, not per
+subscriber, kept open throughout to hear those notifications), woken by them with a short sweep as a backstop,
+and feeds the hub the very events Redis would have carried: same ids, same bytes, same order. It goes back to
+the stream, at its exact position, once Redis answers and holds the events up to it (see notify_service.stream).
 
 The outbox belongs to booking_service; this module reads it through booking_service.outbox (its SQL) and
 booking_service.relay (the encoding of an event), so both paths make the same entries. The role needs SELECT
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -26,9 +28,14 @@ from booking_service.relay import stream_fields
 from notify_service.hub import Event
 from notify_service.stream import OutboxUnavailable, decode
 from svc_common import eventstream as stream
+from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 
+log = logging.getLogger(__name__)
+
 CONNECT_SECONDS = 5.0
+MAX_RECONNECT_SECONDS = 5.0
+CHECK_OPEN_SECONDS = 1.0  # how often `run` looks whether the connection is still open
 # What a lost or refused connection looks like (asyncpg's own errors, and the socket's).
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -42,19 +49,42 @@ def _event(row: PlacedRow) -> Event | None:
 
 
 class OutboxReader:
-    """One connection to the outbox: reads placed events and waits for the relay's notifications."""
+    """One connection to the outbox: reads placed events and hears the relay's notifications. It is kept open
+    (`run`) even while events come from Redis, so that this process learns when the stream falls behind the
+    outbox (`on_placed`; notify_service.lag)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, on_placed: Callable[[str], None] | None = None) -> None:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # the follower and history reads share the connection
         self._placed = asyncio.Event()
+        self._on_placed = on_placed
 
     @property
     def is_open(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
+    async def run(self) -> None:
+        """Keep the connection open, reconnecting with backoff, until cancelled (then close it)."""
+        backoff = Backoff(0.1, MAX_RECONNECT_SECONDS)
+        try:
+            while True:
+                if not self.is_open:
+                    try:
+                        await self.open()
+                    except OutboxUnavailable as exc:
+                        log.debug("cannot reach the outbox in PostgreSQL (%s)", exc)
+                        await backoff.sleep()
+                        continue
+                    backoff.reset()
+                await asyncio.sleep(CHECK_OPEN_SECONDS)
+        finally:
+            await self.close()
+
     async def open(self) -> None:
+        """Connect (a no-op while connected); OutboxUnavailable if PostgreSQL cannot be reached."""
+        if self.is_open:
+            return
         try:
             conn = await asyncpg.connect(
                 self._dsn,
@@ -73,8 +103,10 @@ class OutboxReader:
             raise
         self._conn = conn
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self._placed.set()
+        if self._on_placed is not None and isinstance(payload, str):
+            self._on_placed(payload)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from notify_service import metrics
 from notify_service.fallback import OutboxReader
 from notify_service.hub import Hub
+from notify_service.lag import OutboxLag
 from notify_service.limits import StreamCounts
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
@@ -28,7 +29,7 @@ from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
-from svc_common.redis_client import connect
+from svc_common.redis_client import connect, count_failovers
 from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,24 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """A started notify server; on exit it ends open streams, then stops."""
-    client = connect(settings.redis_url)
+    client = connect(settings.redis)
+    block_ms = 1000
+    blocking = connect(settings.redis, block_seconds=block_ms / 1000)  # the stream reader's XREAD BLOCK
     hub = Hub(settings.history_window)
-    outbox = OutboxReader(settings.database_url) if settings.database_url else None
+    lag = OutboxLag(settings.fallback_after_seconds)
+    outbox = OutboxReader(settings.database_url, on_placed=lag.placed_notice) if settings.database_url else None
     if outbox is None:
         log.warning("DATABASE_URL is not set: while Redis cannot be read, subscribers wait for it")
     reader = StreamReader(
         client,
         settings.stream_key,
         hub,
+        block_ms=block_ms,
         window=settings.history_window,
         outbox=outbox,
         fallback_after=settings.fallback_after_seconds,
+        blocking=blocking,
+        lag=lag,
     )
     subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
@@ -83,14 +90,20 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(client.aclose)
+        stack.push_async_callback(blocking.aclose)
         await server.set_serving(False, names=[eventstream.HEALTH_NAME, STREAM_HEALTH_NAME])
         port = await server.start()
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
         reader.on_change = events_health
         supervisor = Supervisor()
+        if outbox is not None:  # kept open, to hear when the stream falls behind it (notify_service.lag)
+            listening = supervisor.start("outbox listener", outbox.run)
+            stack.push_async_callback(cancel_and_wait, listening)
         reading = supervisor.start("stream reader", reader.run, on_failure=reader.lost)
         stack.push_async_callback(cancel_and_wait, reading)
+        failovers = supervisor.start("redis failovers", lambda: count_failovers(client, metrics.REDIS_FAILOVERS))
+        stack.push_async_callback(cancel_and_wait, failovers)
         counting = supervisor.start("delivery metrics", lambda: _count_deliveries(hub))
         stack.push_async_callback(cancel_and_wait, counting)
         log.info("notify service listening on %s, stream %r", settings.server.listen, settings.stream_key)

@@ -11,7 +11,8 @@ from notify_service.subscriptions import SubscriptionConfig
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
-from svc_common.settings import POSTGRES_SCHEMES, REDIS_SCHEMES, Env, read_checked
+from svc_common.redis_client import RedisConfig
+from svc_common.settings import POSTGRES_SCHEMES, Env, read_checked
 
 SERVICE = "notify_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -24,7 +25,7 @@ DEFAULT_SERVER = ServerConfig.read(
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str
+    redis: RedisConfig  # REDIS_URL, REDIS_TIMEOUT_SECONDS, REDIS_SENTINEL_PASSWORD
     jwt_secret: str
     server: ServerConfig = DEFAULT_SERVER
     stream_key: str = DEFAULT_STREAM_KEY
@@ -51,8 +52,10 @@ class Settings:
     @classmethod
     def read(cls, env: Env, *, listen: str, reuse_port: bool) -> Settings:
         """Read every setting; what is wrong is recorded in `env` (each bound named), for `env.check()`."""
+        fallback_after = env.number("REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds, above=0, most=3600)
         return cls(
-            redis_url=env.url("REDIS_URL", REDIS_SCHEMES, required=True),
+            # Each Redis call is bounded well under the fallback delay (at most half of it).
+            redis=RedisConfig.read(env, most_timeout=min(10.0, fallback_after / 2)),
             jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             server=ServerConfig.read(
                 env,
@@ -62,9 +65,7 @@ class Settings:
                 service_name=SERVICE,
             ),
             database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES),
-            fallback_after_seconds=env.number(
-                "REDIS_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds, above=0, most=3600
-            ),
+            fallback_after_seconds=fallback_after,
             stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
             max_queue=env.integer("SUBSCRIBER_QUEUE_SIZE", cls.max_queue, least=1, most=1_000_000),
             grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", cls.grace_seconds, above=0, most=3600),

@@ -28,6 +28,7 @@ from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2
 from notify_service import metrics
 from notify_service.hub import DEFAULT_WINDOW, Event, Hub
+from notify_service.lag import OutboxLag
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import ORIGIN, EventId
@@ -148,6 +149,18 @@ class SharedReads:
         return result
 
 
+class _Interruptible:
+    """A timeout scope (never expiring by itself) that a callback can end at once."""
+
+    def __init__(self) -> None:
+        self.timeout = asyncio.timeout(None)
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self.timeout.reschedule(asyncio.get_running_loop().time())
+
+
 class OutboxUnavailable(Exception):
     """PostgreSQL cannot be read (notify_service.fallback)."""
 
@@ -178,8 +191,13 @@ class StreamReader:
         history_batch: int = 1000,
         outbox: Outbox | None = None,
         fallback_after: float = 2.0,
+        blocking: redis.Redis | None = None,
+        lag: OutboxLag | None = None,
     ) -> None:
         self._redis = client
+        # For the blocking XREAD: a client whose calls may take the block time on top of the timeout.
+        self._blocking = blocking or client
+        self.lag = lag or OutboxLag(fallback_after)
         self._key = key
         self._erased_key = stream.erased_key(key)
         self._hub = hub
@@ -216,12 +234,24 @@ class StreamReader:
         await self._set_connected(False)
 
     async def run(self) -> None:
-        """Follow the stream from its current end, dispatching to the hub, until cancelled; while Redis cannot
-        be read for `fallback_after` seconds, follow the outbox instead (when there is one)."""
+        """Follow the stream from its current end, dispatching to the hub, until cancelled. While Redis cannot be
+        read, or its stream has fallen behind the outbox (notify_service.lag), for `fallback_after` seconds,
+        follow the outbox instead (when there is one), counting from the first failed call."""
         position: bytes | None = None  # the last entry read (ours or not)
         backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         unreadable_since: float | None = None
         while True:
+            behind = self.lag.behind.is_set()
+            if behind or (unreadable_since is not None and time.monotonic() - unreadable_since >= self._fallback_after):
+                waited = time.monotonic() - (self.lag.since if behind and self.lag.since else unreadable_since or 0.0)
+                if self._outbox is not None and await self._follow_outbox(waited, behind=behind):
+                    # Back to the stream exactly where the outbox left off.
+                    position = str(self._hub.last).encode() if self._hub.last is not None else None
+                    unreadable_since = None
+                    backoff.reset()
+                    continue
+                self.lag.reset()  # no outbox to follow: wait for Redis
+            started = time.monotonic()
             try:
                 if position is None:
                     newest: Any = await self._redis.xrevrange(self._key, count=max(self._window, 1))
@@ -230,34 +260,54 @@ class StreamReader:
                     self._hub.start_at(EventId.parse(newest[0][0]) if newest else None, recent)
                     position = newest[0][0] if newest else b"0-0"
                     await self._set_connected(True)
-                reply: Any = await self._redis.xread({self._key: position}, count=self._batch, block=self._block_ms)
-                read = [await self._complete(EventId.parse(position), entries) for _key, entries in reply or ()]
+                reply = await self._read_unless_behind(position)
+                if reply is None:
+                    continue  # fell behind the outbox while waiting
+                read = [await self._complete(EventId.parse(position), entries) for _key, entries in reply]
                 # Readable once a read succeeded (not before each attempt: that flapped during an outage).
                 await self._set_connected(True)
                 backoff.reset()
                 unreadable_since = None
             except REDIS_ERRORS:
                 await self._set_connected(False)
-                now = time.monotonic()
-                unreadable_since = unreadable_since or now
-                if self._outbox is not None and now - unreadable_since >= self._fallback_after:
-                    if await self._follow_outbox(now - unreadable_since):
-                        # Back to the stream exactly where the outbox left off.
-                        position = str(self._hub.last).encode() if self._hub.last is not None else None
-                        unreadable_since = None
-                        backoff.reset()
-                        continue
-                await backoff.sleep()
+                unreadable_since = unreadable_since or started  # the fallback timer starts at the failed call
+                if time.monotonic() - unreadable_since < self._fallback_after:
+                    await self._sleep_unless_behind(backoff.next())
                 continue
-            for (_key, entries), events in zip(reply or (), read, strict=True):
+            for (_key, entries), events in zip(reply, read, strict=True):
                 position = entries[-1][0]
                 self._dispatch(events)
                 newest = EventId.parse(position)
                 if newest is not None:
                     metrics.READ_LAG.set(max(0.0, time.time() - newest.ms / 1000))
 
+    async def _read_unless_behind(self, position: bytes) -> list[Any] | None:
+        """XREAD from `position` (blocking up to the block time); None if the stream fell behind the outbox for
+        the fallback delay meanwhile (the read is abandoned: nothing waits on a stalled Redis)."""
+        if self.lag.behind.is_set():
+            return None
+        scope = _Interruptible()
+        self.lag.interrupt = scope.interrupt
+        try:
+            async with scope.timeout:
+                reply: Any = await self._blocking.xread({self._key: position}, count=self._batch, block=self._block_ms)
+        except TimeoutError:
+            if scope.interrupted:
+                return None
+            raise
+        finally:
+            self.lag.interrupt = None
+        return list(reply or ())
+
+    async def _sleep_unless_behind(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.lag.behind.wait()
+
     def _dispatch(self, events: list[Event]) -> None:
         self._hub.dispatch(events)
+        if events:
+            self.lag.dispatched(events[-1].id.seq)
         if any(event.erases for event in events):
             self.history.forget()  # kept ranges may hold notes the hub has just erased
 
@@ -273,9 +323,9 @@ class StreamReader:
         copies = [event for member in members if (event := _unpacked(member)) is not None and event.id.seq not in have]
         return sorted([*events, *copies], key=lambda event: event.id) if copies else events
 
-    async def _follow_outbox(self, unreadable_for: float) -> bool:
+    async def _follow_outbox(self, waited: float, *, behind: bool) -> bool:
         """Feed the hub from the outbox until the stream holds the events up to the hub's position again; False
-        if PostgreSQL cannot be read either."""
+        if PostgreSQL cannot be read either. Whether Redis is back is asked beside this, never in its way."""
         outbox = self._outbox
         assert outbox is not None
         try:
@@ -284,11 +334,14 @@ class StreamReader:
             log.warning("cannot read the outbox in PostgreSQL either (%s); waiting for Redis", exc)
             return False
         log.warning(
-            "cannot read event stream %r for %.1fs: following the outbox in PostgreSQL from %s",
+            "%s event stream %r for %.1fs: following the outbox in PostgreSQL from %s",
+            "the outbox is ahead of the" if behind else "cannot read",
             self._key,
-            unreadable_for,
+            waited,
             self._hub.last,
         )
+        caught_up = asyncio.Event()
+        probing = asyncio.create_task(self._probe_until_caught_up(caught_up))
         self._outbox_floor = self._hub.oldest
         self.path = "postgres"
         metrics.EVENTS_FROM_POSTGRES.set(1)
@@ -297,31 +350,40 @@ class StreamReader:
         try:
             if self._hub.last is None:
                 self._hub.start_at(await outbox.top(), [])
-            next_probe = 0.0
             while True:
                 events = await outbox.after(self._hub.last, self._batch)
                 if events:
                     self._dispatch(events)
                     continue
-                now = time.monotonic()
-                if now >= next_probe:
-                    if await self._stream_caught_up():
+                if caught_up.is_set():
+                    if await self._stream_caught_up():  # again, now that nothing more is dispatched meanwhile
                         log.info(
                             "event stream %r readable again and holds %s: back to Redis", self._key, self._hub.last
                         )
                         metrics.EVENT_SOURCE_SWITCHES.labels(to="redis").inc()
+                        self.lag.reset()
                         return True
-                    next_probe = now + PROBE_SECONDS
+                    caught_up.clear()
+                    probing = asyncio.create_task(self._probe_until_caught_up(caught_up))
                 await outbox.wait(OUTBOX_SWEEP_SECONDS)
         except OutboxUnavailable as exc:
             log.warning("lost the outbox in PostgreSQL (%s); waiting for Redis", exc)
             await self._set_connected(False)
             return False
         finally:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
             self.path = "redis"
             metrics.EVENTS_FROM_POSTGRES.set(0)
-            with contextlib.suppress(OutboxUnavailable):
-                await outbox.close()
+
+    async def _probe_until_caught_up(self, caught_up: asyncio.Event) -> None:
+        """Every PROBE_SECONDS, ask whether the stream has reached the hub's position; set `caught_up` once."""
+        while True:
+            if await self._stream_caught_up():
+                caught_up.set()
+                return
+            await asyncio.sleep(PROBE_SECONDS)
 
     async def _stream_caught_up(self) -> bool:
         """Whether Redis answers and its stream has reached the hub's position (the relay republishes what it

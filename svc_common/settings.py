@@ -16,11 +16,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 REDACTED = "<redacted>"
 POSTGRES_SCHEMES = ("postgresql", "postgres")  # the URL forms asyncpg takes
-REDIS_SCHEMES = ("redis", "rediss", "unix")  # and redis-py's
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")  # redis-py's, and Sentinel (svc_common.redis_client)
 
 
 class SettingsError(ValueError):
@@ -50,17 +50,15 @@ def _show(value: object) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced (what a log line or --check-config may show)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
-    except ValueError:
-        return REDACTED
+    """The URL with any password replaced (what a log line or --check-config may show); read by hand rather than
+    by urlsplit, so that a URL naming several hosts (redis+sentinel://) is redacted too."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    credentials, at, hosts = authority.rpartition("@")
+    user, colon, _password = credentials.partition(":")
+    if not (sep and at and colon):
+        return url
+    return f"{scheme}://{user}:{REDACTED}@{hosts}{slash}{path}"
 
 
 class Env:
@@ -122,6 +120,12 @@ class Env:
         self.note(name, value, _REQUIRED)
         return value or ""
 
+    def optional_secret(self, name: str) -> str:
+        """A secret that may be unset ("")."""
+        value = self.raw(name) or ""
+        self.note(name, value, "", secret=True)
+        return value
+
     def secret(self, name: str, *, min_bytes: int) -> str:
         value = self.raw(name)
         if value is None:
@@ -131,8 +135,16 @@ class Env:
         self.note(name, value, _REQUIRED, secret=True)
         return value or ""
 
-    def url(self, name: str, schemes: tuple[str, ...], *, required: bool = False) -> str:
-        """A URL with one of `schemes` and a host (or a unix socket path); "" when unset and not required."""
+    def url(
+        self,
+        name: str,
+        schemes: tuple[str, ...],
+        *,
+        required: bool = False,
+        forms: Mapping[str, Callable[[str], None]] | None = None,
+    ) -> str:
+        """A URL with one of `schemes` and a host (or a unix socket path); "" when unset and not required. A scheme
+        in `forms` is checked by its function instead (ValueError: what is wrong)."""
         value = self.raw(name)
         if value is None:
             if required:
@@ -140,6 +152,13 @@ class Env:
             self.note(name, "", _REQUIRED if required else "", url=True)
             return ""
         self.note(name, value, _REQUIRED if required else "", url=True)
+        check = (forms or {}).get(value.partition("://")[0])
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                self.problem(f"{name}: {exc}")
+            return value
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 (parses the port: ValueError when it is not a number in range)

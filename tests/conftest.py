@@ -26,6 +26,7 @@ from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
 from tests.support.events import EventSystem
 from tests.support.helpers import Caller
+from tests.support.realtime import TimedSubscription
 from tests.support.servers import ServiceProcess, booking_env
 
 # Services the suite starts serve no metrics unless a test asks: two on one host would collide on the defaults.
@@ -64,6 +65,15 @@ def _leaks_fail_the_test_that_made_them() -> Iterator[None]:
     warns in its own teardown, naming it, and not in whichever later test the collector happens to run in."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+async def watchers() -> AsyncIterator[list[TimedSubscription]]:
+    """Subscribers noting when each event arrived (tests.support.realtime), closed at the end of the test."""
+    made: list[TimedSubscription] = []
+    yield made
+    for watcher in made:
+        await watcher.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,115 +11,19 @@ import asyncio
 import shutil
 import statistics
 import time
-from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2
 
-from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, admin_on, eventually
-from tests.support.helpers import Caller, auth, scrape, uid
+from tests.support.helpers import scrape
+from tests.support.realtime import TimedSubscription, Writer, everyone_got_exactly_what_was_committed, latencies_ms
 from tests.support.servers import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FALLBACK_AFTER = 2.0  # notify's default REDIS_FALLBACK_AFTER_SECONDS
-
-
-class TimedSubscription:
-    """One subscriber's stream, across resumes: each event with the time it arrived."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.received: list[tuple[str, str, float]] = []  # (event_id, booking id, arrival)
-        self.error: grpc.aio.AioRpcError | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def ids(self) -> list[str]:
-        return [event_id for event_id, _, _ in self.received]
-
-    async def open(self, address: str | None = None, *, resume: bool = False) -> None:
-        await self.close()
-        self.address = address or self.address
-        self._channel = grpc.aio.insecure_channel(self.address)
-        stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
-        request = notify_pb2.SubscribeRequest(resume_after=self.ids[-1] if resume and self.ids else "")
-        call = stub.Subscribe(request, metadata=auth("admin", uid("watcher")))
-        await asyncio.wait_for(call.initial_metadata(), 30)
-        self._task = asyncio.create_task(self._read(call))
-
-    async def _read(
-        self, call: grpc.aio.UnaryStreamCall[notify_pb2.SubscribeRequest, notify_pb2.SubscribeResponse]
-    ) -> None:
-        try:
-            async for response in call:
-                now = time.monotonic()
-                self.received.extend((e.event_id, e.booking.id, now) for e in response.events)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                self.error = error
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-
-
-class Writer:
-    """CreateBooking at a steady rate over several booking instances; when each call returned."""
-
-    def __init__(self, callers: list[Caller], per_second: float) -> None:
-        self.callers = callers
-        self.interval = 1 / per_second
-        self.returned: dict[str, float] = {}  # booking id -> when its CreateBooking returned
-        self.failures: list[grpc.aio.AioRpcError] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._runner = asyncio.create_task(self._run())
-
-    async def _one(self, caller: Caller) -> None:
-        try:
-            booking = await caller.create(provider_id=uid("prov"), customer_id="cust")
-        except grpc.aio.AioRpcError as error:
-            self.failures.append(error)
-            return
-        self.returned[booking.id] = time.monotonic()
-
-    async def _run(self) -> None:
-        start = time.monotonic()
-        k = 0
-        while not self._stop.is_set():
-            delay = start + k * self.interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._tasks.append(asyncio.create_task(self._one(self.callers[k % len(self.callers)])))
-            k += 1
-
-    async def stop(self) -> int:
-        self._stop.set()
-        assert self._runner is not None
-        await self._runner
-        await asyncio.gather(*self._tasks)
-        return len(self.returned)
-
-
-@pytest.fixture
-async def watchers() -> AsyncIterator[list[TimedSubscription]]:
-    made: list[TimedSubscription] = []
-    yield made
-    for watcher in made:
-        await watcher.close()
 
 
 async def outage(
@@ -165,37 +69,6 @@ async def outage(
         await notifier.wait_health(SERVING, "redis")
     await asyncio.sleep(3)
     return notifiers, writer, began, ended
-
-
-async def everyone_got_exactly_what_was_committed(
-    system: EventSystem, watchers: list[TimedSubscription], writer: Writer
-) -> None:
-    changes = await writer.stop()
-    assert not writer.failures, f"{len(writer.failures)} writes failed while Redis was down"
-    committed = await system.wait_relayed(changes)
-    ids = [event_id for event_id, _, _ in committed]
-    for watcher in watchers:
-
-        def complete(w: TimedSubscription = watcher) -> bool:
-            return w.error is not None or len(w.ids) >= len(ids)
-
-        def progress(w: TimedSubscription = watcher) -> str:
-            return f"a watcher has {len(w.ids)} of {len(ids)} events"
-
-        await eventually(complete, progress)
-        assert watcher.error is None, watcher.error
-        assert watcher.ids == ids  # every change, once, in stream order, across both switches
-
-
-def latencies_ms(watchers: list[TimedSubscription], writer: Writer, since: float, until: float) -> list[float]:
-    """From each CreateBooking's return to each subscriber's receipt, for the writes that returned between
-    `since` and `until`."""
-    return sorted(
-        (arrived - writer.returned[booking_id]) * 1000
-        for watcher in watchers
-        for _, booking_id, arrived in watcher.received
-        if since <= writer.returned.get(booking_id, 0) < until
-    )
 
 
 async def test_redis_down_for_20_seconds_every_change_reaches_every_subscriber_from_postgresql(

@@ -12,6 +12,7 @@ from notify_service import settings as notify_settings
 from notify_service.hub import BatchLimits
 from notify_service.settings import Settings as NotifySettings
 from svc_common.logs import LogConfig
+from svc_common.redis_client import RedisConfig, SentinelTarget
 from svc_common.settings import Env, SettingsError, redact_url
 
 SECRET = "s" * 32
@@ -62,7 +63,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
     }
     assert BookingSettings.from_env(environ, listen="0.0.0.0:1") == BookingSettings(
         database_url="postgresql://u@h/db",
-        redis_url="redis://h",
+        redis=RedisConfig("redis://h"),
         jwt_secret=SECRET,
         server=replace(BookingSettings.server, listen="0.0.0.0:1"),
         db_min_connections=3,
@@ -88,7 +89,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         "MAX_CONNECTION_AGE_GRACE_SECONDS": "5",
     }
     assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
-        redis_url="redis://h",
+        redis=RedisConfig("redis://h"),
         jwt_secret=SECRET,
         server=replace(
             NotifySettings.server, listen="0.0.0.0:2", max_connection_age_seconds=60, max_connection_age_grace_seconds=5
@@ -112,11 +113,11 @@ def test_notify_falls_back_only_with_a_database_and_after_a_positive_delay() -> 
 
 def test_every_default_when_nothing_but_the_required_is_set() -> None:
     assert BookingSettings.from_env(BASE) == BookingSettings(
-        database_url="postgresql://u@h/db", redis_url="redis://h", jwt_secret=SECRET
+        database_url="postgresql://u@h/db", redis=RedisConfig("redis://h"), jwt_secret=SECRET
     )
     assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).db_attempts == BookingSettings.db_attempts
     assert NotifySettings.from_env(BASE) == NotifySettings(
-        redis_url="redis://h", jwt_secret=SECRET, database_url="postgresql://u@h/db"
+        redis=RedisConfig("redis://h"), jwt_secret=SECRET, database_url="postgresql://u@h/db"
     )
     assert (BookingSettings.server.listen, NotifySettings.server.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
     assert (BookingSettings.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
@@ -226,10 +227,10 @@ def test_notify_values_out_of_bounds_are_refused_all_at_once_each_named() -> Non
     with pytest.raises(SettingsError) as refused:
         NotifySettings.from_env(bad)
     assert refused.value.problems == [
-        "REDIS_URL must be a URL starting with redis:// or rediss:// or unix://",
+        "REDIS_FALLBACK_AFTER_SECONDS must be a number, got 'x'",
+        "REDIS_URL must be a URL starting with redis:// or rediss:// or unix:// or redis+sentinel://",
         "environment variable JWT_SECRET is required",
         "MAX_CONNECTION_AGE_SECONDS must be from 0 to 604800, got -1",
-        "REDIS_FALLBACK_AFTER_SECONDS must be a number, got 'x'",
         "SUBSCRIBER_QUEUE_SIZE must be from 1 to 1000000, got 0",
         "SHUTDOWN_GRACE_SECONDS must be more than 0 and at most 3600, got 0",
         "SUBSCRIBE_HISTORY_WINDOW must be from 0 to 1000000, got 2000000",
@@ -280,3 +281,54 @@ def test_the_report_shows_every_setting_read_with_secrets_and_url_passwords_reda
 def test_redact_url_keeps_everything_but_the_password() -> None:
     assert redact_url("redis://:pw@h:6379/0") == "redis://:<redacted>@h:6379/0"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        (
+            "redis+sentinel://s1:26379,s2:26380/mymaster",
+            SentinelTarget((("s1", 26379), ("s2", 26380)), "mymaster"),
+        ),
+        (
+            "redis+sentinel://app:p%40ss@[::1]:26379/events/2",
+            SentinelTarget((("::1", 26379),), "events", 2, "app", "p@ss"),
+        ),
+        ("redis+sentinel://:pw@s1:26379/m", SentinelTarget((("s1", 26379),), "m", 0, None, "pw")),
+    ],
+)
+def test_a_sentinel_url_names_its_sentinels_service_database_and_credentials(url: str, target: SentinelTarget) -> None:
+    assert SentinelTarget.parse(url) == target
+    assert BookingSettings.from_env({**BASE, "REDIS_URL": url}).redis.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://s1:26379", "names no service"),
+        ("redis+sentinel://s1/mymaster", "each sentinel must be host:port, got 's1'"),
+        ("redis+sentinel://s1:26379,:1/m", "each sentinel must be host:port, got ':1'"),
+        ("redis+sentinel://s1:99999/m", "each sentinel must be host:port"),
+        ("redis+sentinel://s1:26379/m/x", "the database must be a number, got 'x'"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_saying_what_is_wrong(url: str, problem: str) -> None:
+    for settings in (BookingSettings, NotifySettings):
+        with pytest.raises(SettingsError) as refused:
+            settings.from_env({**BASE, "REDIS_URL": url})
+        (message,) = refused.value.problems
+        assert message.startswith("REDIS_URL: ") and problem in message and "redis+sentinel://" in message
+
+
+def test_the_redis_timeout_is_bounded_under_notifys_fallback_delay_and_passwords_are_redacted() -> None:
+    assert NotifySettings.from_env(BASE).redis.timeout_seconds == 0.5
+    with pytest.raises(SettingsError, match=r"REDIS_TIMEOUT_SECONDS must be more than 0 and at most 1, got 1\.5"):
+        NotifySettings.from_env({**BASE, "REDIS_TIMEOUT_SECONDS": "1.5"})
+    with pytest.raises(SettingsError, match="REDIS_TIMEOUT_SECONDS must be more than 0"):
+        BookingSettings.from_env({**BASE, "REDIS_TIMEOUT_SECONDS": "0"})
+    env = Env({**BASE, "REDIS_URL": "redis+sentinel://:data-pw@s1:1,s2:2/m", "REDIS_SENTINEL_PASSWORD": "s-pw"})
+    NotifySettings.read(env, listen="127.0.0.1:0", reuse_port=False)
+    report = env.report()
+    assert "data-pw" not in report and "s-pw" not in report
+    assert "REDIS_URL=redis+sentinel://:<redacted>@s1:1,s2:2/m" in report.splitlines()
+    assert "REDIS_SENTINEL_PASSWORD=<redacted>" in report.splitlines()

@@ -16,9 +16,15 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import free_port
-from tests.support.events import EventSystem, admin_on, eventually
+from tests.support.events import EventSystem, eventually
 from tests.support.helpers import scrape
-from tests.support.realtime import TimedSubscription, Writer, everyone_got_exactly_what_was_committed, latencies_ms
+from tests.support.realtime import (
+    TimedSubscription,
+    Writer,
+    everyone_got_exactly_what_was_committed,
+    latencies_ms,
+    steady_changes,
+)
 from tests.support.servers import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -38,14 +44,7 @@ async def outage(
     """Steady changes through two booking instances to subscribers on two notify instances while Redis is
     down for `seconds` (and comes back empty if `lose_data`); returns the notify instances, the writer, and
     when the outage began and ended."""
-    bookings = [system.booking(), system.booking()]
-    notifiers = [system.notify(), system.notify()]
-    for notifier in notifiers:
-        for _ in range(2):
-            watchers.append(TimedSubscription(notifier.address))
-            await watchers[-1].open()
-    writer = Writer([await admin_on(b, channels) for b in bookings], per_second=100)
-    writer.start()
+    notifiers, writer = await steady_changes(system, watchers, channels)
     await asyncio.sleep(3)
     began = time.monotonic()
     system.redis.stop()

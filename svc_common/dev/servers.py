@@ -245,10 +245,13 @@ class PostgresServer:
 class RedisServer:
     """A redis-server on 127.0.0.1:`port` that keeps its data in `base_dir` only if asked to."""
 
-    def __init__(self, base_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
+    def __init__(
+        self, base_dir: Path, port: int | None = None, *, persist: bool = False, replica_of: int | None = None
+    ) -> None:
         self.base_dir = base_dir
         self.port = port or free_port()
         self.persist = persist
+        self.replica_of = replica_of  # the port of the primary this one replicates (None: a primary)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.binary = str(redis_binary())
@@ -260,9 +263,15 @@ class RedisServer:
     def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
+        replication = ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
         self._log = (self.base_dir / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.base_dir), *persistence],
+            [
+                self.binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.base_dir)),
+                *persistence,
+                *replication,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -282,3 +291,67 @@ class RedisServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class SentinelGroup:
+    """A Redis primary, a replica and three Sentinels (`redis-server sentinel.conf --sentinel`, quorum 2) on
+    loopback ports, watching the primary as `service`; `url` is the `redis+sentinel://` URL both services take.
+    Sentinels decide quickly here (down after 1 s), where production's defaults take 30 s."""
+
+    def __init__(self, base_dir: Path, *, service: str = "events", down_after_ms: int = 1000) -> None:
+        self.base_dir = base_dir
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.primary = RedisServer(base_dir / "node-a")
+        self.replica = RedisServer(base_dir / "node-b", replica_of=self.primary.port)
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        return [self.primary, self.replica]
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for n, port in enumerate(self.sentinel_ports):
+            folder = self.base_dir / f"sentinel-{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            conf = folder / "sentinel.conf"  # Sentinel rewrites its own file as it learns
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            log = (folder / "sentinel.log").open("ab")
+            self._sentinels.append(
+                subprocess.Popen(
+                    [redis_binary().as_posix(), str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+            log.close()
+        for port in self.sentinel_ports:
+            wait_for_port(port)
+
+    def stop(self) -> None:
+        for sentinel in self._sentinels:
+            sentinel.terminate()
+        for sentinel in self._sentinels:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sentinel.wait(timeout=10)
+        self._sentinels.clear()
+        for node in self.nodes:
+            with contextlib.suppress(ProcessLookupError):
+                if node.process is not None:
+                    node.process.send_signal(signal.SIGCONT)  # a test may have left it stopped
+            node.stop()
+
+    def node_at(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)

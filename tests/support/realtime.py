@@ -10,8 +10,9 @@ import time
 import grpc
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from tests.support.events import EventSystem, eventually
+from tests.support.events import EventSystem, admin_on, eventually
 from tests.support.helpers import Caller, auth, uid
+from tests.support.servers import ServiceProcess
 
 
 class TimedSubscription:
@@ -135,3 +136,56 @@ def quantiles(latencies: list[float]) -> tuple[float, float, float]:
     """p50, p99 and max of sorted latencies (at least two)."""
     cuts = statistics.quantiles(latencies, n=100)
     return cuts[49], cuts[98], latencies[-1]
+
+
+async def steady_changes(
+    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel], **env: str
+) -> tuple[list[ServiceProcess], Writer]:
+    """Two booking and two notify instances (with settings `env`), two subscribers on each notify instance, and
+    a writer creating 100 bookings a second through both booking instances (started)."""
+    bookings = [system.booking(**env), system.booking(**env)]
+    notifiers = [system.notify(**env), system.notify(**env)]
+    for notifier in notifiers:
+        for _ in range(2):
+            watchers.append(TimedSubscription(notifier.address))
+            await watchers[-1].open()
+    writer = Writer([await admin_on(b, channels) for b in bookings], per_second=100)
+    writer.start()
+    return notifiers, writer
+
+
+FALLBACK_AFTER = 2.0  # notify's default REDIS_FALLBACK_AFTER_SECONDS
+
+
+async def every_change_within_bounds(
+    system: EventSystem,
+    watchers: list[TimedSubscription],
+    writer: Writer,
+    fault: str,
+    began: float,
+    healthy: float,
+    back: list[float],
+) -> None:
+    """Every committed change reached every subscriber once, in order, and CreateBooking never failed; the first
+    change after the fault (`began`) reached every subscriber within 3 s of its commit; from when notify follows
+    the outbox until every instance is back on Redis, p99 under 1 s and max under 2 s; every notify instance was
+    back on Redis (`back`: seconds after `healthy`) within 5 s. Prints the figures, then checks each bound apart."""
+    await everyone_got_exactly_what_was_committed(system, watchers, writer)
+    first_write = min((returned for returned in writer.returned.values() if returned >= began), default=None)
+    assert first_write is not None, "no change committed after the fault began"
+    first = max(latencies_ms(watchers, writer, first_write, first_write + 1e-6))
+    # From when notify follows the outbox until every instance is back on Redis (a quick failover may end first).
+    during = latencies_ms(watchers, writer, began + FALLBACK_AFTER + 1, healthy + max(back) + 1)
+    p50, p99, most = quantiles(during) if len(during) > 1 else (0.0, 0.0, 0.0)
+    outbox_path = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {most:.1f} ms" if len(during) > 1 else "not taken"
+    slowest = max(latencies_ms(watchers, writer, began, healthy + max(back) + 1))
+    print(
+        f"\n{fault}: first change after the fault reached every subscriber in {first:.0f} ms; on the outbox "
+        f"path {outbox_path}; slowest during the fault {slowest:.0f} ms; back on Redis {max(back):.1f} s after "
+        f"it was healthy; 0 lost, 0 duplicated, {len(writer.returned)} changes"
+    )
+    assert first < 3000, f"the first change after the fault took {first:.0f} ms"
+    assert slowest < 3000, f"a change committed during the fault took {slowest:.0f} ms"
+    assert p99 < 1000, f"p99 {p99:.0f} ms on the outbox path"
+    assert most < 2000, f"max {most:.0f} ms on the outbox path"
+    assert max(back) < 5, f"back on Redis {max(back):.1f} s after it was healthy"

@@ -23,6 +23,7 @@ from notify_service.server import running
 from notify_service.settings import Settings
 from svc_common import eventstream
 from svc_common.dev.servers import RedisServer
+from tests.support.events import eventually
 from tests.support.helpers import JWT_SECRET, auth
 
 KEY = "catch-up:events"
@@ -208,3 +209,22 @@ async def paced_append(stream: Stream, count: int, *, per_second: float) -> None
     for _ in range(count):
         await stream.append(1)
         await asyncio.sleep(1 / per_second)
+
+
+async def test_a_resume_from_the_newest_cursor_gets_what_came_after_it_though_nothing_had_before(
+    redis_server: RedisServer, stream: Stream
+) -> None:
+    """A history read that found fewer events than it asked for must not be kept for others: the stream grows at
+    its end, and a later reader of the same range would miss what came since."""
+    await stream.append(5)
+    async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="0")) as notify:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
+            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
+            first = await started(stub, "admin", "first", event_id(5))  # nothing follows it yet
+            await eventually(lambda: notify.hub.subscriber_count == 1, lambda: "the first did not join")  # read
+            await stream.append(2)
+            async with asyncio.timeout(15):
+                await first.until(event_id(7))
+                second = await started(stub, "admin", "second", event_id(5))
+                await second.until(event_id(7))
+            assert first.ids == second.ids == ids(6, 7)

@@ -12,12 +12,13 @@ import shutil
 import statistics
 import time
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import free_port
-from tests.support.events import EventSystem, eventually
-from tests.support.helpers import scrape
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
+from tests.support.helpers import scrape, uid
 from tests.support.realtime import (
     TimedSubscription,
     Writer,
@@ -115,3 +116,68 @@ async def test_metrics_summed_over_workers_say_which_path_events_come_by(system:
     system.redis.start()
     await eventually(lambda: scrape(port).get("notify_events_from_postgres") == 0, lambda: f"metrics: {scrape(port)}")
     assert scrape(port)["notify_event_source_switches_total{to=redis}"] == 2
+
+
+async def test_back_from_an_empty_redis_a_cursor_placed_during_the_outage_is_served_until_the_stream_has_it(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """Notify goes back to the stream only once it holds the events up to the instance's position: until the
+    relay has published them again into a Redis that came back empty, resumes are served from the outbox."""
+    booking = system.booking()
+    notifier = system.notify(SUBSCRIBE_HISTORY_WINDOW="5")  # remembers too little to serve the cursor itself
+    live = Subscription("admin", uid("live"))
+    await live.open(notifier.address)
+    admin = await admin_on(booking, channels)
+    for _ in range(3):
+        await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    system.redis.stop()
+    for _ in range(10):  # placed during the outage
+        await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    committed = await system.wait_relayed(13)
+    await live.wait_for(committed[-1][0])
+    booking.stop()  # no relay: the stream stays empty when Redis comes back
+    shutil.rmtree(system.redis.base_dir / "appendonlydir", ignore_errors=True)
+    (system.redis.base_dir / "dump.rdb").unlink(missing_ok=True)
+    system.redis.start()
+    await asyncio.sleep(2)  # notify has probed the empty stream a few times
+
+    resumed = Subscription("admin", uid("resumed"))
+    await resumed.open(notifier.address, filters={"resume_after": committed[7][0]})
+    try:
+        await resumed.wait_for(committed[-1][0])
+        assert resumed.ids == [event_id for event_id, _, _ in committed[8:]]
+    finally:
+        await resumed.close()
+        await live.close()
+    assert "back to Redis" not in notifier.log().rpartition("following the outbox")[2]
+    booking.start()  # the relay publishes again from its durable mark, and notify goes back to the stream
+    await eventually(lambda: "back to Redis" in notifier.log().rpartition("following the outbox")[2], lambda: "")
+
+
+async def test_an_unreadable_outbox_row_read_while_following_postgres_holds_its_place(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """Followed from the outbox, a row no valid write makes is passed over in its place, as the relay passes
+    over it in the stream: the events after it arrive, with no OUT_OF_RANGE."""
+    booking = system.booking()
+    notifier = system.notify()
+    live = Subscription("admin", uid("live"))
+    await live.open(notifier.address)
+    admin = await admin_on(booking, channels)
+    await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    system.redis.stop()
+    await notifier.wait_health(NOT_SERVING, "redis")  # following the outbox
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role)"
+            """ VALUES ('CREATED', '{"id": "x", "start_time": "infinity"}', 'evil', 'evil', 'user')"""
+        )
+    finally:
+        await conn.close()
+    after = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    committed = await system.wait_relayed(3)
+    await live.wait_for(committed[-1][0])
+    assert [e.booking.id for e in live.events][-1] == after.id
+    assert live.ids == [committed[0][0], committed[2][0]]  # the unreadable one passed over in its place
+    system.redis.start()

@@ -42,9 +42,10 @@ run: gen $(SERVERS)
 	$(PY) -m svc_common.dev.run
 
 # The compose topology from local binaries: nginx (deploy/nginx/nginx.conf) on 127.0.0.1:50050 in front of two
-# booking and two notify instances. Needs nginx (Debian: apt-get install nginx-light).
+# booking and two notify instances. Needs nginx (Debian: apt-get install nginx-light). `make cluster SENTINEL=1`
+# runs Redis as a primary, a replica and three Sentinels instead (REDIS_URL=redis+sentinel://...).
 cluster: gen $(SERVERS)
-	$(PY) -m svc_common.dev.cluster
+	SENTINEL=$(SENTINEL) $(PY) -m svc_common.dev.cluster
 
 # The image's hash-pinned lock files (deploy/image/), from pyproject.toml's dependencies and build requirements.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet

@@ -26,12 +26,14 @@ from svc_common.dev.servers import (
     SERVICE_ROLE,
     PostgresServer,
     RedisServer,
+    SentinelGroup,
     as_role,
     describe_servers,
     from_wheel,
     postgres_bindir,
     redis_binary,
 )
+from svc_common.redis_client import SENTINEL_SCHEME, SentinelTarget
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL = PROJECT / ".local"
@@ -70,9 +72,17 @@ async def _ensure_database(server_url: str, database: str) -> bool:
 
 
 def _redis_answers(url: str) -> bool:
-    parts = urlsplit(url)
+    """Whether the Redis `url` names answers (for a redis+sentinel:// URL: whether its first sentinel does)."""
+    if url.startswith(f"{SENTINEL_SCHEME}://"):
+        try:
+            host, port = SentinelTarget.parse(url).sentinels[0]
+        except ValueError:
+            return False
+    else:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2) as sock:
+        with socket.create_connection((host, port), timeout=2) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
@@ -110,6 +120,17 @@ def redis(env: dict[str, str]) -> Iterator[None]:
     if url and _redis_answers(url):
         say(f"using REDIS_URL {url}")
         yield
+        return
+    if env.get("SENTINEL") == "1":  # make cluster SENTINEL=1: a primary, a replica and three sentinels
+        group = SentinelGroup(LOCAL / "sentinel")
+        say("starting a private Redis primary, replica and three Sentinels in .local/sentinel")
+        group.start()
+        env["REDIS_URL"] = group.url
+        say(f"REDIS_URL={group.url} (primary on {group.primary.port}, replica on {group.replica.port})")
+        try:
+            yield
+        finally:
+            group.stop()
         return
     folder = "redis-embedded" if from_wheel(redis_binary()) else "redis"
     say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/{folder}")

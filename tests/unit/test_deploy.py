@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from svc_common.redis_client import SentinelTarget
+
 PROJECT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((PROJECT / "deploy" / "kubernetes").glob("*.yaml"))
 SERVICES = {"booking": ("booking.v1.BookingService", 50051), "notify": ("notify.v1.NotifyService", 50052)}
@@ -51,7 +53,8 @@ def test_each_service_has_a_deployment_with_grpc_probes_a_drain_grace_and_a_disr
 def test_compose_runs_two_of_each_service_behind_nginx_and_requires_a_jwt_secret() -> None:
     compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"booking-1", "booking-2", "notify-1", "notify-2", "nginx", "postgres", "redis"} == set(services)
+    plain = {name for name, service in services.items() if "profiles" not in service}
+    assert {"booking-1", "booking-2", "notify-1", "notify-2", "nginx", "postgres", "redis"} == plain
     for name in ("booking-1", "booking-2", "notify-1", "notify-2"):
         assert services[name]["build"] == "."
         assert services[name]["environment"]["JWT_SECRET"].startswith("${JWT_SECRET:?")  # no default
@@ -87,3 +90,19 @@ def test_the_lock_files_pin_every_dependency_the_project_declares_with_hashes() 
         names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]).lower() for d in declared}
         assert names <= pins.keys(), names - pins.keys()
         assert lock.read_text().count("--hash=sha256:") >= len(pins)
+
+
+def test_compose_has_a_sentinel_profile_whose_url_the_services_take() -> None:
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles") == ["sentinel"]}
+    assert profiled == {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    assert "--replicaof" in services["redis-replica"]["command"]
+    for n in (1, 2, 3):
+        script = services[f"sentinel-{n}"]["command"][0]
+        assert "'sentinel monitor events redis 6379 2'" in script and "--sentinel" in script
+    url = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/events"
+    assert url in (PROJECT / "docker-compose.yml").read_text()  # the command the file's header gives
+    assert SentinelTarget.parse(url).sentinels == (("sentinel-1", 26379), ("sentinel-2", 26379), ("sentinel-3", 26379))
+    for name in ("booking-1", "notify-1"):
+        assert services[name]["environment"]["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"

@@ -19,7 +19,10 @@ Scenarios:
 - capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
   the most deliveries/s held with p99 under 100 ms and nothing lost;
 - faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down
-  for 5 s): lost deliveries of (subscribers x committed changes), failed writes, p99 and max latency;
+  for 5 s); Redis full for 10 s (maxmemory reached, noeviction); Redis paused for 10 s (CLIENT PAUSE ALL): lost
+  deliveries of (subscribers x committed changes), failed writes, p99 and max latency. A Sentinel failover is
+  not here: the reference's adapter takes one Redis URL (node-redis createClient), so it cannot follow one;
+  tests/test_redis_failover.py measures this project through failovers;
 - memory: server RSS per idle subscription, against a bare grpc.aio fan-out server.
 
 Results: a table on the terminal, .local/bench/events.json, and .local/bench/latency_cdf.png (steady latency).
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,6 +512,38 @@ def restart_redis_at(rds: RedisServer, after: float, down: float = 5.0) -> Calla
     return fault
 
 
+def redis_sick_at(
+    rds: RedisServer, after: float, name: str, sick: Sequence[Any], well: Sequence[Any] | None, seconds: float = 10.0
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Redis made sick by the command `sick` for `seconds` (then made well by `well`, or well by itself)."""
+
+    async def fault() -> None:
+        await asyncio.sleep(after)
+        progress(f"  Redis {name} for {seconds:g} s")
+        client = redis.Redis.from_url(rds.url)
+        try:
+            await client.execute_command("CONFIG", "SET", "maxmemory-policy", "noeviction")  # type: ignore[no-untyped-call]
+            await client.execute_command(*sick)  # type: ignore[no-untyped-call]
+            await asyncio.sleep(seconds)
+            if well is not None:
+                await client.execute_command(*well)  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+
+    return fault
+
+
+# The sick states the bench puts Redis in (issue 19): a name, the command that makes it sick, the one that ends it.
+SICK_REDIS = {
+    "redis_full": (
+        "full (maxmemory, noeviction)",
+        ("CONFIG", "SET", "maxmemory", "1"),
+        ("CONFIG", "SET", "maxmemory", "0"),
+    ),
+    "redis_paused": ("paused (CLIENT PAUSE ALL)", ("CLIENT", "PAUSE", "10000", "ALL"), None),
+}
+
+
 def profile(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy recording `pids` for `seconds` (collapsed stacks, one file per process), if py-spy is installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -597,6 +632,11 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
                 system, workdir, "redis-restarted", args.subscribers, args.rate, args.fault_seconds, fault
             )
             results[system.name]["redis_restarted"] = summary([run])
+        for key, (label, sick, well) in SICK_REDIS.items():
+            for system in systems:
+                fault = redis_sick_at(rds, at, label, sick, well)
+                run = await scenario(system, workdir, key, args.subscribers, args.rate, args.fault_seconds, fault)
+                results[system.name][key] = summary([run])
         return results
     finally:
         for system in systems:
@@ -621,6 +661,7 @@ def targets(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, bool]:
         "capacity >= Socket.IO's": held(ours["capacity"]) >= held(theirs["capacity"]),
         "instance killed: 0 lost": ours["instance_killed"]["lost"] == 0,
         "Redis restarted: 0 lost": ours["redis_restarted"]["lost"] == 0,
+        **{f"Redis {label}: 0 lost": ours[key]["lost"] == 0 for key, (label, _, _) in SICK_REDIS.items()},
     }
 
 
@@ -658,7 +699,9 @@ def table(ours: dict[str, Any], theirs: dict[str, Any], floor: dict[str, Any]) -
         )
     a, b = held(ours["capacity"]), held(theirs["capacity"])
     rows.append((f"capacity: deliveries/s held at p99 < {HELD_P99_MS:g} ms", a, b, ratio(a, b)))
-    for label, key in (("instance SIGKILLed + restarted", "instance_killed"), ("Redis restarted", "redis_restarted")):
+    faults = [("instance SIGKILLed + restarted", "instance_killed"), ("Redis restarted", "redis_restarted")]
+    faults += [(f"Redis {label} 10 s", key) for key, (label, _, _) in SICK_REDIS.items()]
+    for label, key in faults:
         mine, ref = ours[key], theirs[key]
         rows.append(
             (

@@ -243,14 +243,18 @@ class StreamReader:
         while True:
             behind = self.lag.behind.is_set()
             if behind or (unreadable_since is not None and time.monotonic() - unreadable_since >= self._fallback_after):
-                waited = time.monotonic() - (self.lag.since if behind and self.lag.since else unreadable_since or 0.0)
-                if self._outbox is not None and await self._follow_outbox(waited, behind=behind):
-                    # Back to the stream exactly where the outbox left off.
-                    position = str(self._hub.last).encode() if self._hub.last is not None else None
-                    unreadable_since = None
-                    backoff.reset()
-                    continue
-                self.lag.reset()  # no outbox to follow: wait for Redis
+                if self._outbox is not None:
+                    since = self.lag.since if behind and self.lag.since is not None else unreadable_since
+                    if await self._follow_outbox(time.monotonic() - (since or 0.0), behind=behind):
+                        # Back to the stream exactly where the outbox left off.
+                        position = str(self._hub.last).encode() if self._hub.last is not None else None
+                        unreadable_since = None
+                        backoff.reset()
+                        continue
+                    self.lag.reset()
+                    await backoff.sleep()  # PostgreSQL cannot be read either: wait, then try Redis again
+                else:
+                    self.lag.reset()  # no outbox to follow: wait for Redis
             started = time.monotonic()
             try:
                 if position is None:
@@ -271,7 +275,7 @@ class StreamReader:
             except REDIS_ERRORS:
                 await self._set_connected(False)
                 unreadable_since = unreadable_since or started  # the fallback timer starts at the failed call
-                if time.monotonic() - unreadable_since < self._fallback_after:
+                if self._outbox is None or time.monotonic() - unreadable_since < self._fallback_after:
                     await self._sleep_unless_behind(backoff.next())
                 continue
             for (_key, entries), events in zip(reply, read, strict=True):

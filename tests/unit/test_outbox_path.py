@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from notify_service.hub import Event, Hub
-from notify_service.stream import StreamReader
+from notify_service.stream import OutboxUnavailable, StreamReader
 from svc_common.eventstream import EventId
 
 
@@ -105,3 +105,37 @@ async def test_readability_does_not_flap_while_redis_is_down() -> None:
     reading.cancel()
     await asyncio.gather(reading, return_exceptions=True)
     assert reported == [True, False]  # up once (the stream's end was read), then down, and it stays down
+
+
+class CountingDownRedis(DownRedis):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls += 1
+        return super().__getattr__(name)
+
+
+@pytest.mark.timeout(10)  # a busy loop never yields to the event loop: it hangs the test, so bound it
+@pytest.mark.parametrize("outbox", [None, "unreachable"])
+async def test_while_neither_redis_nor_the_outbox_answers_the_reader_backs_off(outbox: str | None) -> None:
+    """Past the fallback delay, with no outbox or one PostgreSQL cannot serve, the reader still waits between
+    tries (a busy loop would make thousands of calls in a second)."""
+
+    class Unreachable(Outbox):
+        async def open(self) -> None:
+            raise OutboxUnavailable("PostgreSQL is down too")
+
+    down = CountingDownRedis()
+    reader = StreamReader(
+        down,  # type: ignore[arg-type]
+        "k",
+        Hub(window=5),
+        outbox=Unreachable() if outbox else None,
+        fallback_after=0.1,
+    )
+    reading = asyncio.create_task(reader.run())
+    await asyncio.sleep(1.5)
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    assert 1 <= down.calls <= 20, down.calls

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -21,6 +22,7 @@ from svc_common.dev.servers import RedisServer
 from tests.support.helpers import Caller, auth, uid
 from tests.support.servers import ServiceProcess, booking_env, notify_env
 
+T = TypeVar("T")
 NOTIFY_DOMAIN = "notify.v1"
 CREATED = events_pb2.BOOKING_EVENT_TYPE_CREATED
 DELETED = events_pb2.BOOKING_EVENT_TYPE_DELETED
@@ -205,11 +207,18 @@ async def book_and_cancel(callers: list[Caller], pairs: int, *, parallel: int = 
 
 
 class Churn:
-    """Creates and deletes bookings in the background until stopped; counts the changes it committed."""
+    """Creates and deletes bookings in the background until stopped; counts the changes it committed.
 
-    def __init__(self, callers: list[Caller]) -> None:
+    With `retry_cancelled`, it does what a careful client does (booking_client retries likewise): a call that
+    ends CANCELLED, which this client never asks for, is tried again once. grpc core ends so the calls a server
+    had received but not yet handed to the service when it began shutting down (grpc/grpc#41785): they were
+    never processed. Creates then carry a request_id, so that even a processed one could not be made twice."""
+
+    def __init__(self, callers: list[Caller], *, retry_cancelled: bool = True) -> None:
         self.callers = callers
+        self.retry_cancelled = retry_cancelled
         self.changes = 0
+        self.retried = 0  # calls tried again after CANCELLED
         self.failures: list[grpc.aio.AioRpcError] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -217,15 +226,29 @@ class Churn:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if not (self.retry_cancelled and error.code() == grpc.StatusCode.CANCELLED):
+                raise
+        self.retried += 1
+        return await call()
+
     async def _run(self) -> None:
         i = 0
         while not self._stop.is_set():
             caller = self.callers[i % len(self.callers)]
             i += 1
+            request_id = uuid.uuid4().hex if self.retry_cancelled else ""
             try:
-                booking = await caller.create(provider_id="prov-churn", customer_id=f"cust-{i % 4}")
+                booking = await self._call(
+                    lambda c=caller, n=i, r=request_id: c.create(  # type: ignore[misc]
+                        provider_id="prov-churn", customer_id=f"cust-{n % 4}", request_id=r
+                    )
+                )
                 self.changes += 1
-                await caller.delete(booking.id, reason="churn")
+                await self._call(lambda c=caller, b=booking.id: c.delete(b, reason="churn"))  # type: ignore[misc]
                 self.changes += 1
             except grpc.aio.AioRpcError as error:
                 self.failures.append(error)

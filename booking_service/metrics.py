@@ -43,3 +43,8 @@ REPUBLISHED_AFTER_LOSS = Counter(
 REDIS_FAILOVERS = Counter(
     "booking_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
 )
+STREAM_BEHIND_OUTBOX = Gauge(
+    "booking_stream_behind_outbox_events",
+    "Positions the outbox is ahead of the Redis stream while the relay cannot publish (0 when it publishes)",
+    multiprocess_mode="livemax",
+)

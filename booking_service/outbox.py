@@ -92,7 +92,7 @@ WITH {_PLACING}, newest AS (
     UNION ALL
     SELECT stream_ms FROM booking_outbox WHERE seq = (SELECT seq FROM first_unpublished)
 )
-SELECT (SELECT count(*) FROM assigned) AS placed,
+SELECT (SELECT count(*) FROM assigned) AS placed, newest.seq AS newest,
        pg_notify($2, newest.seq || ' ' || coalesce((SELECT stream_ms FROM oldest LIMIT 1), 0))
   FROM newest WHERE newest.seq >= (SELECT seq FROM first_unpublished)
 """
@@ -236,10 +236,10 @@ class OutboxConnection:
 
     async def place(self, batch: int, published: int) -> int:
         """Give up to `batch` committed events their positions without publishing them (Redis cannot take them)
-        and, while anything placed after seq `published` waits, notify PLACED_CHANNEL; returns how many were
-        placed."""
-        placed: int | None = await self._conn.fetchval(PLACE_SQL, batch, PLACED_CHANNEL, published)
-        return placed or 0
+        and, while anything placed after seq `published` waits, notify PLACED_CHANNEL; returns the newest seq
+        placed (0: nothing waits)."""
+        record = await self._conn.fetchrow(PLACE_SQL, batch, PLACED_CHANNEL, published)
+        return int(record["newest"]) if record is not None else 0
 
     async def rewind(self, seq: int) -> int:
         """Lower the durable published mark to `seq` if it is above; returns the mark as it was."""

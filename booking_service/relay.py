@@ -261,6 +261,7 @@ class EventRelay:
                 log.info("publishing to Redis again")
             self.blocked = False
             metrics.PUBLISH_BLOCKED.set(0)
+            metrics.STREAM_BEHIND_OUTBOX.set(0)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
             # event is set. (redis-py can swallow one too; svc_common.grpc_server.cancel_and_wait repeats it.)
             with contextlib.suppress(TimeoutError):
@@ -276,7 +277,8 @@ class EventRelay:
         try:
             while not writable.is_set():
                 self._wake.clear()
-                await outbox.place(self._config.batch, self._published)
+                newest = await outbox.place(self._config.batch, self._published)
+                metrics.STREAM_BEHIND_OUTBOX.set(max(0, newest - self._published))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._config.sweep_seconds):
                         await _first(self._wake, writable)

@@ -29,7 +29,7 @@ from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
-from svc_common.redis_client import REDIS_ERRORS, connect, count_failovers
+from svc_common.redis_client import REDIS_ERRORS, connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,11 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
                 lambda: _watch_health(server, db, client, relay, supervisor, settings.health_interval_seconds),
                 on_failure=health_unknown,
             ),
-            supervisor.start("redis failovers", lambda: count_failovers(client, metrics.REDIS_FAILOVERS)),
         ]
+        if sentinel_managed(client):
+            background.append(
+                supervisor.start("redis failovers", lambda: follow_failovers([client], metrics.REDIS_FAILOVERS))
+            )
         if settings.retention_days > 0:
             retention = timedelta(days=settings.retention_days)
             background.append(

@@ -15,8 +15,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from notify_service import metrics
-
 
 class OutboxLag:
     def __init__(self, fallback_after: float) -> None:
@@ -35,7 +33,6 @@ class OutboxLag:
             return
         seq = int(seq_text)
         self.placed = max(self.placed, seq)
-        metrics.STREAM_BEHIND_OUTBOX.set(max(0, self.placed - self._dispatched))
         if seq <= self._dispatched or self.since is not None:
             return
         waited = 0.0
@@ -50,7 +47,6 @@ class OutboxLag:
         self._dispatched = seq
         if self.placed and seq >= self.placed:
             self.placed = 0
-            metrics.STREAM_BEHIND_OUTBOX.set(0)
             self.reset()
 
     def reset(self) -> None:

@@ -34,11 +34,6 @@ READ_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
-STREAM_BEHIND_OUTBOX = Gauge(
-    "notify_stream_behind_outbox_events",
-    "Positions the outbox is ahead of what this process has dispatched, while the relay cannot publish (0: none)",
-    multiprocess_mode="livemax",
-)
 REDIS_FAILOVERS = Counter(
     "notify_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
 )

@@ -29,7 +29,7 @@ from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
-from svc_common.redis_client import connect, count_failovers
+from svc_common.redis_client import connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,11 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             stack.push_async_callback(cancel_and_wait, listening)
         reading = supervisor.start("stream reader", reader.run, on_failure=reader.lost)
         stack.push_async_callback(cancel_and_wait, reading)
-        failovers = supervisor.start("redis failovers", lambda: count_failovers(client, metrics.REDIS_FAILOVERS))
-        stack.push_async_callback(cancel_and_wait, failovers)
+        if sentinel_managed(client):
+            following = supervisor.start(
+                "redis failovers", lambda: follow_failovers([client, blocking], metrics.REDIS_FAILOVERS)
+            )
+            stack.push_async_callback(cancel_and_wait, following)
         counting = supervisor.start("delivery metrics", lambda: _count_deliveries(hub))
         stack.push_async_callback(cancel_and_wait, counting)
         log.info("notify service listening on %s, stream %r", settings.server.listen, settings.stream_key)

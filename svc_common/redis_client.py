@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ from urllib.parse import unquote
 import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -152,20 +153,28 @@ def connect(config: RedisConfig, *, block_seconds: float = 0.0) -> redis.Redis:
     return managed
 
 
-def primary_address(client: redis.Redis) -> tuple[str, int] | None:
-    """The primary a Sentinel-managed client last connected to (None: not Sentinel, or not known yet)."""
-    address = getattr(client.connection_pool, "master_address", None)
-    return (str(address[0]), int(address[1])) if address else None
+def sentinel_managed(client: redis.Redis) -> bool:
+    return isinstance(client.connection_pool, SentinelConnectionPool)
 
 
-async def count_failovers(client: redis.Redis, failovers: Counter, interval: float = 1.0) -> None:
-    """Count each change of the primary a Sentinel-managed client connects to (a failover seen), and log it."""
-    last = primary_address(client)
+async def follow_failovers(clients: Sequence[redis.Redis], failovers: Counter, interval: float = 1.0) -> None:
+    """With Sentinel: ask the sentinels every `interval` which primary they name; on a change, count it (a
+    failover seen), log it, and drop every connection still open to the old one (a blocking read on a demoted
+    primary answers on, from a replica, and would never move by itself)."""
+    pools = [client.connection_pool for client in clients if isinstance(client.connection_pool, SentinelConnectionPool)]
+    assert pools, "not Sentinel-managed clients"
+    last: tuple[str, int] | None = None
     while True:
-        await asyncio.sleep(interval)
-        now = primary_address(client)
-        if now is not None and now != last:
-            if last is not None:
+        try:
+            host, port = await pools[0].sentinel_manager.discover_master(pools[0].service_name)
+            named: tuple[str, int] | None = (str(host), int(port))
+        except REDIS_ERRORS:
+            named = None  # no sentinel answers, or none names a primary: ask again
+        if named is not None:
+            if last is not None and named != last:
                 failovers.inc()
-                log.warning("Redis primary changed from %s:%d to %s:%d (a failover)", *last, *now)
-            last = now
+                log.warning("Sentinel names a new Redis primary: %s:%d (was %s:%d)", *named, *last)
+                for pool in pools:
+                    await pool.disconnect(inuse_connections=True)
+            last = named
+        await asyncio.sleep(interval)

@@ -24,9 +24,9 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import SentinelGroup
-from tests.support.events import EventSystem, Subscription
-from tests.support.helpers import uid
-from tests.support.realtime import TimedSubscription, every_change_within_bounds, steady_changes
+from tests.support.events import EventSystem, Subscription, eventually
+from tests.support.helpers import scrape, uid
+from tests.support.realtime import Metrics, TimedSubscription, every_change_within_bounds, steady_changes
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 pytestmark = pytest.mark.timeout(240)
@@ -98,7 +98,8 @@ async def through_failover(
     failover: Callable[[SentinelGroup, int], Awaitable[None]],
 ) -> list[str]:
     """Steady changes through a failover; returns the booking instances' logs."""
-    notifiers, writer = await steady_changes(system, watchers, channels, REDIS_URL=group.url)
+    metrics = Metrics()
+    notifiers, writer = await steady_changes(system, watchers, channels, metrics, REDIS_URL=group.url)
     await asyncio.sleep(3)
     primary = await primary_named(group)
     began = time.monotonic()
@@ -112,6 +113,13 @@ async def through_failover(
     await asyncio.sleep(2)
     print(f"\n{name}: new primary named {healthy - began:.1f} s after the fault")
     await every_change_within_bounds(system, watchers, writer, name, began, healthy, back)
+    # Each process counts the change of primary it saw (checked about once a second).
+    for service in ("booking", "notify"):
+        for port in getattr(metrics, service):
+            await eventually(
+                lambda p=port, s=service: scrape(p).get(f"{s}_redis_failovers_total", 0) >= 1,  # type: ignore[misc]
+                lambda s=service: f"{s} counted no failover",  # type: ignore[misc]
+            )
     return [process.log() for process in system.processes if process.module == "booking_service"]
 
 

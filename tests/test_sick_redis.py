@@ -25,7 +25,13 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2
 
 from tests.support.events import EventSystem
-from tests.support.realtime import TimedSubscription, every_change_within_bounds, steady_changes
+from tests.support.realtime import (
+    FALLBACK_AFTER,
+    Metrics,
+    TimedSubscription,
+    every_change_within_bounds,
+    steady_changes,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 pytestmark = pytest.mark.timeout(240)
@@ -91,12 +97,18 @@ async def through(
     system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel], fault: Fault
 ) -> None:
     await admin(system, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-    notifiers, writer = await steady_changes(system, watchers, channels)
+    metrics = Metrics()
+    notifiers, writer = await steady_changes(system, watchers, channels, metrics)
     await asyncio.sleep(3)
 
     began = time.monotonic()
     await fault.start(system)
-    await asyncio.sleep(fault.seconds)
+    await asyncio.sleep(FALLBACK_AFTER + 1)
+    # Mid-fault: the relay says it cannot publish, notify that it follows the outbox, which is ahead of the stream.
+    assert metrics.highest("booking", "booking_relay_publish_blocked") == 1
+    assert metrics.highest("notify", "notify_events_from_postgres") == 1
+    assert metrics.highest("booking", "booking_stream_behind_outbox_events") > 0
+    await asyncio.sleep(fault.seconds - FALLBACK_AFTER - 1)
     await fault.end(system)
     healthy = time.monotonic()
     back = []
@@ -106,6 +118,9 @@ async def through(
     await asyncio.sleep(2)
     label = f"{fault.name}, {fault.seconds:g} s"
     await every_change_within_bounds(system, watchers, writer, label, began, healthy, back)
+    assert metrics.highest("booking", "booking_relay_publish_blocked") == 0
+    assert metrics.highest("booking", "booking_stream_behind_outbox_events") == 0
+    assert metrics.highest("notify", "notify_events_from_postgres") == 0
     for notifier in notifiers:
         assert "following the outbox in PostgreSQL" in notifier.log()
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import grpc
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
+from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, admin_on, eventually
-from tests.support.helpers import Caller, auth, uid
+from tests.support.helpers import Caller, auth, scrape, uid
 from tests.support.servers import ServiceProcess
 
 
@@ -138,13 +140,38 @@ def quantiles(latencies: list[float]) -> tuple[float, float, float]:
     return cuts[49], cuts[98], latencies[-1]
 
 
+@dataclass
+class Metrics:
+    """Where each instance of `steady_changes` serves its metrics."""
+
+    booking: list[int] = field(default_factory=list)
+    notify: list[int] = field(default_factory=list)
+
+    def highest(self, service: str, name: str) -> float:
+        """The highest value of `name` among the instances of `service` ("booking" or "notify")."""
+        return max(scrape(port).get(name, 0.0) for port in getattr(self, service))
+
+
 async def steady_changes(
-    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel], **env: str
+    system: EventSystem,
+    watchers: list[TimedSubscription],
+    channels: list[grpc.aio.Channel],
+    metrics: Metrics | None = None,
+    **env: str,
 ) -> tuple[list[ServiceProcess], Writer]:
-    """Two booking and two notify instances (with settings `env`), two subscribers on each notify instance, and
-    a writer creating 100 bookings a second through both booking instances (started)."""
-    bookings = [system.booking(**env), system.booking(**env)]
-    notifiers = [system.notify(**env), system.notify(**env)]
+    """Two booking and two notify instances (with settings `env`; serving metrics on free ports noted in
+    `metrics`, if given), two subscribers on each notify instance, and a writer creating 100 bookings a second
+    through both booking instances (started)."""
+
+    def serving(ports: list[int]) -> dict[str, str]:
+        if metrics is None:
+            return {}
+        ports.append(free_port())
+        return {"METRICS_LISTEN": f"127.0.0.1:{ports[-1]}"}
+
+    ports = metrics or Metrics()
+    bookings = [system.booking(**env, **serving(ports.booking)) for _ in range(2)]
+    notifiers = [system.notify(**env, **serving(ports.notify)) for _ in range(2)]
     for notifier in notifiers:
         for _ in range(2):
             watchers.append(TimedSubscription(notifier.address))

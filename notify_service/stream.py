@@ -1,7 +1,7 @@
 """The Redis side: one reader per instance that follows the event stream and feeds the hub, and history reads
 for subscribers that resume.
 
-History reads are shared: subscribers that need the same range at the same time wait for one XRANGE, the last
+History reads are shared (notify_service.history): subscribers that need the same range at the same time wait for one XRANGE, the last
 few full ranges read are kept in memory, reads end on multiples of their size in seq (so subscribers that
 started from different cursors go on to read the same ranges), and only a few run at once, so a crowd resuming
 at once costs Redis a bounded number of reads. Subscribers resuming from a recent cursor need none: the hub
@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as redis
@@ -27,6 +26,7 @@ from google.protobuf.message import DecodeError
 from booking_api.booking.v1 import events_pb2
 from booking_api.notify.v1 import notify_pb2
 from notify_service import metrics
+from notify_service.history import SharedReads
 from notify_service.hub import DEFAULT_WINDOW, Event, Hub
 from notify_service.lag import OutboxLag
 from svc_common import eventstream as stream
@@ -97,56 +97,6 @@ def _unpacked(member: bytes) -> Event | None:
         log.error("erased copy %r is not a stream entry; skipped", member[:40])
         return None
     return decode(entry_id, fields)
-
-
-class SharedReads:
-    """Reads by key: concurrent reads of one key share one call (cancelled when nobody waits for it any more),
-    at most `at_once` calls run at a time, and the last `kept` results that `keep` accepts are answered from
-    memory (only results that can no longer change should be kept)."""
-
-    def __init__(self, at_once: int, kept: int = 16) -> None:
-        self._reads: dict[Hashable, tuple[asyncio.Future[Any], list[int], int]] = {}
-        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
-        self._max_kept = kept
-        self._slots = asyncio.Semaphore(at_once)
-        self._generation = 0  # results of reads started before the last forget() are not kept
-        self.calls = 0  # reads actually made
-
-    def forget(self) -> None:
-        """Drop every result kept, and keep none of the reads already under way (what they read may be stale)."""
-        self._kept.clear()
-        self._generation += 1
-
-    async def _limited(self, read: Callable[[], Awaitable[T]]) -> T:
-        async with self._slots:
-            self.calls += 1
-            return await read()
-
-    async def get(self, key: Hashable, read: Callable[[], Awaitable[T]], keep: Callable[[T], bool]) -> T:
-        if key in self._kept:
-            self._kept.move_to_end(key)
-            result: T = self._kept[key]
-            return result
-        shared = self._reads.get(key)
-        if shared is None:
-            shared = (asyncio.ensure_future(self._limited(read)), [0], self._generation)
-            self._reads[key] = shared
-        task, waiting, generation = shared
-        waiting[0] += 1
-        try:
-            result = await asyncio.shield(task)
-        finally:
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                if self._reads.get(key) is shared:
-                    del self._reads[key]
-                task.cancel()  # a no-op once it is done
-        if keep(result) and self._max_kept > 0 and generation == self._generation:
-            self._kept[key] = result
-            self._kept.move_to_end(key)
-            while len(self._kept) > self._max_kept:
-                self._kept.popitem(last=False)
-        return result
 
 
 class _Interruptible:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from notify_service.stream import SharedReads
+from notify_service.history import SharedReads
 
 
 def never(_result: object) -> bool:

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import SentinelGroup
+from svc_common.redis_client import RedisConfig, connect
 from tests.support.events import EventSystem, Subscription, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.realtime import Metrics, TimedSubscription, every_change_within_bounds, steady_changes
@@ -38,6 +40,7 @@ async def group(workdir: Path) -> AsyncIterator[SentinelGroup]:
     await asyncio.to_thread(started.start)
     try:
         await primary_named(started)  # the sentinels agree on it
+        await replica_known(started)  # and each knows a replica it could promote
         yield started
     finally:
         await asyncio.to_thread(started.stop)
@@ -65,6 +68,37 @@ async def primary_named(group: SentinelGroup, other_than: int | None = None, wit
         except redis.RedisError:
             pass
         assert time.monotonic() < deadline, f"no new primary after {within} s"
+        await asyncio.sleep(0.05)
+
+
+async def replica_known(group: SentinelGroup, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    for port in group.sentinel_ports:
+        while True:
+            replicas: Any = await command(port, "SENTINEL", "REPLICAS", group.service)
+            # Sentinel refreshes what it knows of a replica every 10 s: until it has seen the link up ("ok"), a
+            # failover is refused (NOGOODSLAVE).
+            if any(replica.get(b"master-link-status") == b"ok" for replica in replicas or []):
+                break
+            assert time.monotonic() < deadline, f"sentinel {port} knows no ready replica after {within} s"
+            await asyncio.sleep(0.05)
+
+
+async def settled(group: SentinelGroup, new: int, old: int, within: float = 30) -> None:
+    """Until every sentinel names `new` and `old` answers as a replica."""
+    deadline = time.monotonic() + within
+    while True:
+        named = [
+            await command(port, "SENTINEL", "get-master-addr-by-name", group.service) for port in group.sentinel_ports
+        ]
+        role = await command(old, "ROLE")
+        if (
+            all(isinstance(n, list) and int(n[1]) == new for n in named)
+            and isinstance(role, list)
+            and role[0] == b"slave"
+        ):
+            return
+        assert time.monotonic() < deadline, f"not settled after {within} s: {named}, {role}"
         await asyncio.sleep(0.05)
 
 
@@ -156,3 +190,22 @@ async def test_a_failover_that_lost_acknowledged_writes_is_mended_from_the_outbo
     republished = [line for log in logs for line in log.splitlines() if "before the published mark" in line]
     print("\n".join(republished))
     assert republished, "the new primary lacked nothing: the test did not lose writes"
+
+
+async def test_a_connection_that_would_move_silently_to_a_new_primary_fails_once_instead(group: SentinelGroup) -> None:
+    """redis-py moves a pool's connections to a new primary without an error (it drops idle ones when it finds the
+    primary changed); ours fail once, so a caller that knew the old primary's state (the relay) reads it again."""
+    client = connect(RedisConfig(group.url))
+    try:
+        await client.set("k", "1")  # a connection to the first primary
+        primary = await primary_named(group)
+        await graceful_failover(group, primary)
+        new = await primary_named(group, other_than=primary)
+        await settled(group, new, primary)
+        await client.connection_pool.disconnect()  # as redis-py does with idle connections once it sees the change
+        with pytest.raises(redis.ConnectionError, match="primary moved"):
+            await client.set("k", "2")
+        await client.set("k", "3")  # and then on, to the new primary
+        assert await command(await primary_named(group), "GET", "k") == b"3"
+    finally:
+        await client.aclose()

@@ -4,8 +4,8 @@ for subscribers that resume.
 History reads are shared (notify_service.history): subscribers that need the same range at the same time wait
 for one XRANGE, the last few full ranges read are kept in memory, reads end on multiples of their size in seq
 (so subscribers that started from different cursors go on to read the same ranges), and only a few run at once,
-so a crowd resuming at once costs Redis a bounded number of reads. Subscribers resuming from a recent cursor need none: the hub
-remembers recent events (see notify_service.hub).
+so a crowd resuming at once costs Redis a bounded number of reads. Subscribers resuming from a recent cursor
+need none: the hub remembers recent events (see notify_service.hub).
 
 Redis trouble never ends a subscription: the reader reconnects and continues from the last id it dispatched, and
 history reads wait for Redis to come back, so subscribers see a delay, not a gap.

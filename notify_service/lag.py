@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 
 class OutboxLag:
@@ -22,7 +21,6 @@ class OutboxLag:
         self.placed = 0  # the newest seq the relay said it placed without publishing it
         self.since: float | None = None  # (monotonic) since when the outbox is ahead of what was dispatched
         self.behind = asyncio.Event()  # set once it has been ahead for `fallback_after`
-        self.interrupt: Callable[[], None] | None = None  # called when it is (to end the reader's blocking read)
         self._timer: asyncio.TimerHandle | None = None
         self._dispatched = 0
 
@@ -61,5 +59,3 @@ class OutboxLag:
         self._timer = None
         if self.since is not None:
             self.behind.set()
-            if self.interrupt is not None:
-                self.interrupt()

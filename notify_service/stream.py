@@ -99,16 +99,10 @@ def _unpacked(member: bytes) -> Event | None:
     return decode(entry_id, fields)
 
 
-class _Interruptible:
-    """A timeout scope (never expiring by itself) that a callback can end at once."""
-
-    def __init__(self) -> None:
-        self.timeout = asyncio.timeout(None)
-        self.interrupted = False
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-        self.timeout.reschedule(asyncio.get_running_loop().time())
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned read's outcome (asyncio would log one never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class OutboxUnavailable(Exception):
@@ -237,20 +231,24 @@ class StreamReader:
 
     async def _read_unless_behind(self, position: bytes) -> list[Any] | None:
         """XREAD from `position` (blocking up to the block time); None if the stream fell behind the outbox for
-        the fallback delay meanwhile (the read is abandoned: nothing waits on a stalled Redis)."""
+        the fallback delay meanwhile. The read then is abandoned, not awaited: redis-py may swallow a cancellation
+        and finish its blocking read first, and nothing may wait on a stalled Redis."""
         if self.lag.behind.is_set():
             return None
-        scope = _Interruptible()
-        self.lag.interrupt = scope.interrupt
+        read = asyncio.ensure_future(
+            self._blocking.xread({self._key: position}, count=self._batch, block=self._block_ms)
+        )
+        behind = asyncio.ensure_future(self.lag.behind.wait())
         try:
-            async with scope.timeout:
-                reply: Any = await self._blocking.xread({self._key: position}, count=self._batch, block=self._block_ms)
-        except TimeoutError:
-            if scope.interrupted:
-                return None
-            raise
+            await asyncio.wait((read, behind), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.lag.interrupt = None
+            behind.cancel()
+            if not read.done():
+                read.cancel()
+                read.add_done_callback(_ignore_outcome)  # it ends by itself within the block time and timeout
+        if not read.done() or read.cancelled():
+            return None
+        reply: Any = read.result()  # raises what the read raised (REDIS_ERRORS)
         return list(reply or ())
 
     async def _sleep_unless_behind(self, seconds: float) -> None:

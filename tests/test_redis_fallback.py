@@ -165,6 +165,7 @@ async def test_an_unreadable_outbox_row_read_while_following_postgres_holds_its_
     await live.open(notifier.address)
     admin = await admin_on(booking, channels)
     await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    await live.wait_for((await system.wait_relayed(1))[0][0])  # the instance has a position in the stream
     system.redis.stop()
     await notifier.wait_health(NOT_SERVING, "redis")  # following the outbox
     conn = await asyncpg.connect(system.database_url)

@@ -47,9 +47,6 @@ class StreamCounts:
         self.total = 0
         self._by_caller: dict[str, int] = {}
 
-    def held_by(self, caller: str) -> int:
-        return self._by_caller.get(caller, 0)
-
     @contextlib.contextmanager
     def hold(self, principal: Principal) -> Iterator[None]:
         """Count one stream of `principal` while the block runs; raises TOO_MANY_STREAMS past a bound."""

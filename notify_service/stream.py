@@ -307,6 +307,8 @@ class StreamReader:
                 if events:
                     self._dispatch(events)
                     continue
+                if probing.done() and not caught_up.is_set():  # it failed: probe again (never stay here for good)
+                    probing = asyncio.create_task(self._probe_until_caught_up(caught_up))
                 if caught_up.is_set():
                     if await self._stream_caught_up():  # again, now that nothing more is dispatched meanwhile
                         log.info(
@@ -342,7 +344,8 @@ class StreamReader:
         lacks), so that reading it from there misses nothing."""
         try:
             newest: Any = await self._redis.xrevrange(self._key, count=1)
-        except REDIS_ERRORS:
+        except Exception as exc:  # noqa: BLE001 - whatever fails (redis-py mid-failover too), the answer is "not yet"
+            log.debug("the stream cannot be probed yet: %s", type(exc).__name__)
             return False
         if self._hub.last is None:
             return True

@@ -176,8 +176,9 @@ def sentinel_managed(client: redis.Redis) -> bool:
 
 async def follow_failovers(clients: Sequence[redis.Redis], failovers: Counter, interval: float = 1.0) -> None:
     """With Sentinel: ask the sentinels every `interval` which primary they name; on a change, count it (a
-    failover seen), log it, and drop every connection still open to the old one (a blocking read on a demoted
-    primary answers on, from a replica, and would never move by itself)."""
+    failover seen), log it, and drop the idle connections to the old one (a call in flight keeps its connection:
+    dropping it under redis-py mid-call is not safe; a blocking read on a demoted primary goes on reading it, as a
+    replica of the new one, until it next fails)."""
     pools = [client.connection_pool for client in clients if isinstance(client.connection_pool, SentinelConnectionPool)]
     assert pools, "not Sentinel-managed clients"
     last: tuple[str, int] | None = None
@@ -192,6 +193,6 @@ async def follow_failovers(clients: Sequence[redis.Redis], failovers: Counter, i
                 failovers.inc()
                 log.warning("Sentinel names a new Redis primary: %s:%d (was %s:%d)", *named, *last)
                 for pool in pools:
-                    await pool.disconnect(inuse_connections=True)
+                    await pool.disconnect(inuse_connections=False)
             last = named
         await asyncio.sleep(interval)

@@ -22,15 +22,13 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
-from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import SentinelGroup
 from svc_common.redis_client import RedisConfig, connect
 from tests.support.events import EventSystem, Subscription, eventually
 from tests.support.helpers import scrape, uid
-from tests.support.realtime import Metrics, TimedSubscription, every_change_within_bounds, steady_changes
+from tests.support.realtime import Metrics, TimedSubscription, back_on_redis, every_change_within_bounds, steady_changes
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -140,10 +138,7 @@ async def through_failover(
     await failover(group, primary)
     await primary_named(group, other_than=primary)
     healthy = time.monotonic()
-    back = []
-    for notifier in notifiers:
-        await notifier.wait_health(SERVING, "redis")
-        back.append(time.monotonic() - healthy)
+    back = await back_on_redis(notifiers, healthy)
     await asyncio.sleep(2)
     print(f"\n{name}: new primary named {healthy - began:.1f} s after the fault")
     await every_change_within_bounds(system, watchers, writer, name, began, healthy, back)

@@ -22,18 +22,17 @@ from dataclasses import dataclass
 import grpc
 import pytest
 import redis.asyncio as redis
-from grpc_health.v1 import health_pb2
 
 from tests.support.events import EventSystem
 from tests.support.realtime import (
     FALLBACK_AFTER,
     Metrics,
     TimedSubscription,
+    back_on_redis,
     every_change_within_bounds,
     steady_changes,
 )
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -111,10 +110,7 @@ async def through(
     await asyncio.sleep(fault.seconds - FALLBACK_AFTER - 1)
     await fault.end(system)
     healthy = time.monotonic()
-    back = []
-    for notifier in notifiers:
-        await notifier.wait_health(SERVING, "redis")
-        back.append(time.monotonic() - healthy)
+    back = await back_on_redis(notifiers, healthy)
     await asyncio.sleep(2)
     label = f"{fault.name}, {fault.seconds:g} s"
     await every_change_within_bounds(system, watchers, writer, label, began, healthy, back)

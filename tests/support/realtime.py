@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import free_port
@@ -216,3 +217,12 @@ async def every_change_within_bounds(
     assert p99 < 1000, f"p99 {p99:.0f} ms on the outbox path"
     assert most < 2000, f"max {most:.0f} ms on the outbox path"
     assert max(back) < 5, f"back on Redis {max(back):.1f} s after it was healthy"
+
+
+async def back_on_redis(notifiers: list[ServiceProcess], healthy: float) -> list[float]:
+    """Wait until every notify instance reports `redis` SERVING again; how long after `healthy` each did."""
+    back = []
+    for notifier in notifiers:
+        await notifier.wait_health(health_pb2.HealthCheckResponse.SERVING, "redis")
+        back.append(time.monotonic() - healthy)
+    return back

@@ -293,7 +293,7 @@ class EventRelay:
             await backoff.sleep()
             try:
                 await self._publisher.probe()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever fails (redis-py mid-failover too) means "not yet"
                 log.debug("Redis still refuses writes: %s", _describe(exc))
                 continue
             writable.set()

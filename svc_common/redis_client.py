@@ -148,7 +148,7 @@ def connect(config: RedisConfig, *, block_seconds: float = 0.0) -> redis.Redis:
         client: redis.Redis = redis.Redis.from_url(config.url, **options)
         return client
     target = SentinelTarget.parse(config.url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
         target.sentinels,
         sentinel_kwargs={
             "socket_timeout": timeout,

@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
 
 # The services (with the dev tools) and the client package (booking_client, bookingctl), both editable.
+# pip shows its progress: a cold start downloads for a minute or so.
 $(STAMP): pyproject.toml client/pyproject.toml
+	@echo "make: installing the services, the client and the dev tools into $(VENV) (a minute on a cold start)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' -e ./client
+	$(PY) -m pip install --progress-bar on -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from svc_common.dev.run import LOCAL, PROJECT, database, redis, say
+from svc_common.dev.run import LOCAL, PROJECT, Refused, check_free, claim_local, database, redis, say
 from svc_common.dev.servers import wait_for_port
 
 NGINX_CONF = PROJECT / "deploy" / "nginx" / "nginx.conf"
@@ -87,45 +87,55 @@ def main() -> int:
     instances = [("booking_service", port) for port in BOOKING_PORTS] + [
         ("notify_service", port) for port in NOTIFY_PORTS
     ]
-    with database(env), redis(env):
-        processes = []
-        for n, (module, port) in enumerate(instances):
-            say(f"starting {module} on 127.0.0.1:{port}")
-            # Metrics of each instance on a port of its own (9101, 9102 booking; 9103, 9104 notify).
-            instance_env = {**env, "METRICS_LISTEN": f"127.0.0.1:{9101 + n}"}
-            command = [sys.executable, "-m", module, "--listen", f"127.0.0.1:{port}"]
-            processes.append(subprocess.Popen(command, env=instance_env))
-        for _, port in instances:
-            wait_for_port(port, timeout=60)
-        balancer = Balancer(
-            LOCAL / "cluster",
-            LISTEN,
-            [f"127.0.0.1:{p}" for p in BOOKING_PORTS],
-            [f"127.0.0.1:{p}" for p in NOTIFY_PORTS],
-        )
-        balancer.start()
-        say(f"nginx balances both services on {balancer.address} (log: {balancer.log_path}); Ctrl-C stops all")
+    try:
+        with claim_local("make cluster"):
+            check_free([f"{LISTEN[0]}:{LISTEN[1]}", *(f"127.0.0.1:{port}" for _, port in instances)])
+            with database(env), redis(env):
+                return serve(instances, env)
+    except Refused as refused:
+        say(f"refused: {refused}")
+        return 1
 
-        stopping = False
 
-        def stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
+def serve(instances: list[tuple[str, int]], env: dict[str, str]) -> int:
+    processes = []
+    for n, (module, port) in enumerate(instances):
+        say(f"starting {module} on 127.0.0.1:{port}")
+        # Metrics of each instance on a port of its own (9101, 9102 booking; 9103, 9104 notify).
+        instance_env = {**env, "METRICS_LISTEN": f"127.0.0.1:{9101 + n}"}
+        command = [sys.executable, "-m", module, "--listen", f"127.0.0.1:{port}"]
+        processes.append(subprocess.Popen(command, env=instance_env))
+    for _, port in instances:
+        wait_for_port(port, timeout=60)
+    balancer = Balancer(
+        LOCAL / "cluster",
+        LISTEN,
+        [f"127.0.0.1:{p}" for p in BOOKING_PORTS],
+        [f"127.0.0.1:{p}" for p in NOTIFY_PORTS],
+    )
+    balancer.start()
+    say(f"nginx balances both services on {balancer.address} (log: {balancer.log_path}); Ctrl-C stops all")
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, stop)
-        try:
-            while not stopping and all(p.poll() is None for p in processes) and balancer.process is not None:
-                if balancer.process.poll() is not None:
-                    break
-                time.sleep(0.2)
-        finally:
-            balancer.stop()
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            codes = [process.wait() for process in processes]
-        return 0 if stopping else max(codes, default=1) or 1
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in processes) and balancer.process is not None:
+            if balancer.process.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        balancer.stop()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = [process.wait() for process in processes]
+    return 0 if stopping else max(codes, default=1) or 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """`make run`: start the booking and notify services locally, with private PostgreSQL and Redis servers if needed.
 
 DATABASE_URL and REDIS_URL are used when they answer; otherwise private servers are started from the
-installed binaries under `.local/` in the project folder (kept between runs) and stopped on exit.
+installed binaries under `.local/` in the project folder (kept between runs) and stopped on exit. Only one
+`make run` or `make cluster` uses a checkout's `.local/` at a time (a lock there); a second one, or one whose
+addresses are taken, refuses before it starts or stops anything, and a run stops only the servers it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import os
 import signal
 import socket
@@ -16,9 +20,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2
 
 from svc_common.dev.servers import (
     CREATE_ROLES,
@@ -31,19 +38,100 @@ from svc_common.dev.servers import (
     describe_servers,
     from_wheel,
     postgres_bindir,
+    reachable_by,
     redis_binary,
 )
+from svc_common.healthcheck import serving_status
 from svc_common.redis_client import SENTINEL_SCHEME, SentinelTarget
 
 PROJECT = Path(__file__).resolve().parents[2]
-LOCAL = PROJECT / ".local"
+# MAKE_RUN_LOCAL: another folder for the private servers and the lock (the tests use their own).
+LOCAL = Path(os.environ.get("MAKE_RUN_LOCAL", PROJECT / ".local")).resolve()
 PRIVATE_PG_PORT = 55432
 PRIVATE_REDIS_PORT = 56379
 DATABASE = "booking"
+POSTGRES_FOLDER = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
 
 
 def say(message: str) -> None:
     print(f"make run: {message}", flush=True)
+
+
+def shown(folder: Path) -> Path:
+    """`folder` as make run reports it: relative to the project when inside it (.local/postgres)."""
+    return folder.relative_to(PROJECT) if folder.is_relative_to(PROJECT) else folder
+
+
+class Refused(Exception):
+    """This run cannot start; nothing was started or stopped (the message is one line)."""
+
+
+@contextlib.contextmanager
+def claim_local(what: str = "make run") -> Iterator[None]:
+    """Hold `.local/run.lock` for the run: a second `make run` or `make cluster` in this checkout is refused."""
+    LOCAL.mkdir(exist_ok=True)
+    lock: IO[str] = (LOCAL / "run.lock").open("a+")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise Refused(f"{holder} already uses .local/ in this checkout: stop it first (Ctrl-C there)") from None
+        lock.truncate(0)
+        lock.write(f"{what} (pid {os.getpid()})")
+        lock.flush()
+        yield
+    finally:
+        lock.close()  # closing releases the lock
+
+
+def check_free(addresses: list[str]) -> None:
+    """Refuse if something already listens on one of `addresses` (HOST:PORT)."""
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gRPC server binds
+            try:
+                sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
+            except OSError as exc:
+                raise Refused(
+                    f"{address} is not free ({exc.strerror}): is another make run up? "
+                    "Stop it, or set BOOKING_LISTEN and NOTIFY_LISTEN"
+                ) from None
+
+
+def postgres_folder(name: str, local: Path = LOCAL) -> Path:
+    """Where the private PostgreSQL keeps its data: `.local/<name>`, unless PostgreSQL runs as another user (we
+    are root) who cannot reach it (a checkout under a mode-700 home): then a folder of /var/tmp named after
+    this checkout, kept between runs as `.local/` would be."""
+    wanted = local / name
+    user = PostgresServer.run_as()
+    if user is None or reachable_by(user, local):
+        return wanted
+    digest = hashlib.sha256(str(local).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"booking-make-run-{digest}" / name
+
+
+def wait_until_serving(
+    addresses: dict[str, str], processes: list[subprocess.Popen[bytes]], env: dict[str, str]
+) -> bool:
+    """Wait until every service reports SERVING (True), or one of `processes` ends (False)."""
+    waiting = dict(addresses)
+    if env.get("TLS_CERT_FILE"):
+        return True  # the services speak TLS: checked by `python -m svc_common.healthcheck` with their settings
+    while waiting:
+        if any(process.poll() is not None for process in processes):
+            return False
+        for name, address in list(waiting.items()):
+            with contextlib.suppress(grpc.RpcError):
+                if serving_status(address.replace("0.0.0.0", "127.0.0.1"), timeout=1) == SERVING:
+                    del waiting[name]
+        time.sleep(0.2)
+    return True
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 async def _postgres_answers(url: str) -> bool:
@@ -96,11 +184,14 @@ def database(env: dict[str, str]) -> Iterator[None]:
         say(f"using DATABASE_URL {url}")
         yield
         return
-    folder = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
-    say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; starting a private PostgreSQL in .local/{folder}")
-    server = PostgresServer(LOCAL / folder, port=PRIVATE_PG_PORT)
-    if not server.running():
+    folder = postgres_folder(POSTGRES_FOLDER)
+    say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; a private PostgreSQL in {shown(folder)}")
+    server = PostgresServer(folder, port=PRIVATE_PG_PORT)
+    started = not server.running()
+    if started:
         server.start()
+    else:
+        say("its server was already running (left by an earlier run): used, and left running")
     url = server.url_for(DATABASE)
     if asyncio.run(_ensure_database(server.url, DATABASE)):
         env["DATABASE_URL"], env["MIGRATION_DATABASE_URL"] = as_role(url, SERVICE_ROLE), as_role(url, OWNER_ROLE)
@@ -111,7 +202,8 @@ def database(env: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        server.stop()
+        if started:
+            server.stop()
 
 
 @contextlib.contextmanager
@@ -123,7 +215,7 @@ def redis(env: dict[str, str]) -> Iterator[None]:
         return
     if env.get("SENTINEL") == "1":  # make cluster SENTINEL=1: a primary, a replica and three sentinels
         group = SentinelGroup(LOCAL / "sentinel")
-        say("starting a private Redis primary, replica and three Sentinels in .local/sentinel")
+        say(f"starting a private Redis primary, replica and three Sentinels in {shown(group.base_dir)}")
         group.start()
         env["REDIS_URL"] = group.url
         say(f"REDIS_URL={group.url} (primary on {group.primary.port}, replica on {group.replica.port})")
@@ -132,9 +224,9 @@ def redis(env: dict[str, str]) -> Iterator[None]:
         finally:
             group.stop()
         return
-    folder = "redis-embedded" if from_wheel(redis_binary()) else "redis"
-    say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in .local/{folder}")
-    server = RedisServer(LOCAL / folder, port=PRIVATE_REDIS_PORT, persist=True)
+    folder = LOCAL / ("redis-embedded" if from_wheel(redis_binary()) else "redis")
+    say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in {shown(folder)}")
+    server = RedisServer(folder, port=PRIVATE_REDIS_PORT, persist=True)
     server.start()
     env["REDIS_URL"] = server.url
     say(f"REDIS_URL={env['REDIS_URL']}")
@@ -146,30 +238,42 @@ def redis(env: dict[str, str]) -> Iterator[None]:
 
 def main() -> int:
     env = dict(os.environ)
-    say(f"local servers, if needed: {describe_servers()}")
     services = {
         "booking_service": env.get("BOOKING_LISTEN", "127.0.0.1:50051"),
         "notify_service": env.get("NOTIFY_LISTEN", "127.0.0.1:50052"),
     }
-    with database(env), redis(env):
-        processes = []
-        for module, listen in services.items():
-            say(f"starting {module} on {listen}")
-            processes.append(subprocess.Popen([sys.executable, "-m", module, "--listen", listen], env=env))
-        say("running (Ctrl-C stops both)")
+    try:
+        with claim_local():
+            check_free(list(services.values()))
+            say(f"local servers, if needed: {describe_servers()}")
+            with database(env), redis(env):
+                return serve(services, env)
+    except Refused as refused:
+        say(f"refused: {refused}")
+        return 1
 
-        # On Ctrl-C or SIGTERM, stop the services gracefully, then the private servers (as the with-blocks exit).
-        def stop(*_: object) -> None:
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, stop)
-        while all(process.poll() is None for process in processes):
-            time.sleep(0.2)
-        stop()  # one ended by itself: stop the other too
-        return max(process.wait() for process in processes)
+def serve(services: dict[str, str], env: dict[str, str]) -> int:
+    processes = []
+    for module, listen in services.items():
+        say(f"starting {module} on {listen}")
+        processes.append(subprocess.Popen([sys.executable, "-m", module, "--listen", listen], env=env))
+
+    # On Ctrl-C or SIGTERM, stop the services gracefully, then the private servers (as the with-blocks exit).
+    def stop(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    if wait_until_serving(dict(zip(("booking", "notify"), services.values(), strict=True)), processes, env):
+        booking, notify = services.values()
+        say(f"both services SERVING: booking on {booking}, notify on {notify} (Ctrl-C stops both)")
+    while all(process.poll() is None for process in processes):
+        time.sleep(0.2)
+    stop()  # one ended by itself: stop the other too
+    return max(process.wait() for process in processes)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def reachable_by(user: str, folder: Path) -> bool:
+    """Whether `user` may enter `folder`'s nearest existing ancestor (or `folder`), e.g. to create in it."""
+    while not folder.exists():
+        folder = folder.parent
+    return subprocess.run(["test", "-x", str(folder)], user=user, check=False, timeout=30).returncode == 0
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie does not)."""
     try:
@@ -148,10 +155,11 @@ class PostgresServer:
         self.data_dir = base_dir / "data"
         self.port = port or free_port()
         self.bindir = postgres_bindir()
-        self._user = self._run_as()
+        self._user = self.run_as()
 
     @staticmethod
-    def _run_as() -> str | None:
+    def run_as() -> str | None:
+        """The user PostgreSQL's processes run as: None (ourselves), or `postgres` when we are root."""
         if os.geteuid() != 0:
             return None
         try:

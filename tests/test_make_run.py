@@ -1,0 +1,138 @@
+"""`make run` (svc_common.dev.run) as a newcomer runs it, twice by mistake: the second refuses in one line before
+it starts or stops anything, the first keeps serving, and a run stops only the private servers it started.
+
+Each test keeps the private servers in a folder of its own (MAKE_RUN_LOCAL); they listen on make run's fixed
+ports (55432, 56379), which must be free."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2
+
+from svc_common.dev.run import POSTGRES_FOLDER, postgres_folder
+from svc_common.dev.servers import PostgresServer, free_port
+from svc_common.healthcheck import serving_status
+from tests.support.helpers import JWT_SECRET
+from tests.support.servers import PROJECT
+
+pytestmark = pytest.mark.timeout(240)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+PRIVATE_PG_PORT = 55432
+
+
+class MakeRun:
+    """One `python -m svc_common.dev.run` (what `make run` runs), its output collected in a file."""
+
+    def __init__(self, local: Path, name: str) -> None:
+        self.booking, self.notify = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        self.output = local.parent / f"{name}.out"
+        self.env = {
+            **os.environ,
+            "MAKE_RUN_LOCAL": str(local),
+            "BOOKING_LISTEN": self.booking,
+            "NOTIFY_LISTEN": self.notify,
+            "METRICS_LISTEN": "",
+            "DATABASE_URL": "",
+            "REDIS_URL": "",
+            "JWT_SECRET": JWT_SECRET,
+        }
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "svc_common.dev.run"], env=self.env, cwd=PROJECT, stdout=out, stderr=out
+            )
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for(self, words: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while words not in self.text():
+            assert self.process.poll() is None, f"make run ended ({self.process.returncode}):\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {words!r} after {timeout}s:\n{self.text()}"
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Path]:
+    """make run's folder; pytest's are mode 700, as a root's home is (PostgreSQL runs as another user then)."""
+    folder = tmp_path / "local"
+    yield folder
+    data = postgres_folder(POSTGRES_FOLDER, folder)
+    server = PostgresServer(data, port=PRIVATE_PG_PORT)
+    if server.running():  # what a failed test left running
+        server.stop("immediate")
+    if not data.is_relative_to(folder):
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", PRIVATE_PG_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_second_make_run_refuses_in_one_line_and_the_first_keeps_serving(local: Path) -> None:
+    first = MakeRun(local, "first")
+    try:
+        first.wait_for("both services SERVING")
+        assert "Ctrl-C" not in first.text().split("both services SERVING")[0], "announced before serving"
+        second = MakeRun(local, "second")
+        assert second.process.wait(timeout=30) == 1
+        lines = second.text().strip().splitlines()
+        assert len(lines) == 1 and "refused" in lines[0] and "make run (pid" in lines[0], lines
+        time.sleep(1)  # what a second run did on its way out would have done it by now
+        assert serving_status(first.booking) == SERVING and serving_status(first.notify) == SERVING
+        assert postgres_answers()
+        assert "Traceback" not in first.text()
+        if os.geteuid() == 0:  # initdb as the postgres user could not reach a folder under tmp_path
+            assert str(postgres_folder(POSTGRES_FOLDER, local)).startswith("/var/tmp/"), first.text()
+    finally:
+        assert first.stop() == 0, first.text()
+    assert not postgres_answers(), "the private PostgreSQL this run started is still running"
+
+
+def test_make_run_refuses_addresses_in_use_before_starting_anything(local: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = MakeRun(local, "run")
+        run.env["BOOKING_LISTEN"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        run.process.kill()
+        run.process.wait()
+        with run.output.open("wb") as out:
+            status = subprocess.run(
+                [sys.executable, "-m", "svc_common.dev.run"], env=run.env, cwd=PROJECT, stdout=out, stderr=out
+            ).returncode
+    lines = run.text().strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "is not free" in lines[0], lines
+    assert not postgres_folder(POSTGRES_FOLDER, local).exists(), "a private PostgreSQL was set up before refusing"
+
+
+def test_make_run_uses_a_private_postgres_left_running_and_leaves_it_running(local: Path) -> None:
+    leftover = PostgresServer(postgres_folder(POSTGRES_FOLDER, local), port=PRIVATE_PG_PORT)
+    leftover.start()
+    try:
+        run = MakeRun(local, "run")
+        run.wait_for("both services SERVING")
+        assert "already running" in run.text()
+        assert run.stop() == 0, run.text()
+        assert leftover.running(), "make run stopped a PostgreSQL it did not start"
+    finally:
+        leftover.stop()

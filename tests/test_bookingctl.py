@@ -4,15 +4,20 @@ or two lines with exit status 1; the purge confirmation answered at a real termi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -64,7 +69,7 @@ def iso(value: datetime) -> str:
 def test_create_get_list_delete_restore_audit_hard_delete_in_json_yaml_and_tables(ctl: Ctl) -> None:
     start, end = fresh_slot()
     provider, customer = uid("prov"), uid("cust")
-    (made,) = ctl.json(
+    made = ctl.json(
         "create",
         "--service",
         "haircut",
@@ -80,20 +85,20 @@ def test_create_get_list_delete_restore_audit_hard_delete_in_json_yaml_and_table
         "window seat",
     )
     assert made["provider_id"] == provider and made["etag"] == '"1"'
-    assert ctl.json("get", made["id"]) == [made]
+    assert ctl.json("get", made["id"]) == made
     assert [b["id"] for b in ctl.json("list", "--provider", provider)] == [made["id"]]
     listed = yaml.safe_load(ctl("-o", "yaml", "list", "--provider", provider).stdout)
     assert listed == [made]
     table = ctl("-o", "table", "list", "--provider", provider).stdout
     assert "ID" in table and "PROVIDER" in table and made["id"][:8] in table
 
-    (deleted,) = ctl.json("delete", made["id"], "--reason", "no longer needed", "--etag", made["etag"])
+    deleted = ctl.json("delete", made["id"], "--reason", "no longer needed", "--etag", made["etag"])
     assert deleted["deletion_reason"] == "no longer needed"
     assert [b["id"] for b in ctl.json("list-deleted", "--customer", customer)] == [made["id"]]
-    (restored,) = ctl.json("restore", made["id"])
+    restored = ctl.json("restore", made["id"])
     assert "delete_time" not in restored or not restored["delete_time"]
     ctl.json("delete", made["id"])
-    assert ctl.json("hard-delete", made["id"]) == {"booking_id": made["id"]}
+    assert ctl.json("hard-delete", made["id"], "--yes") == {"booking_id": made["id"]}
     actions = [e["action"] for e in ctl.json("audit", made["id"])]
     assert actions == ["AUDIT_ACTION_" + a for a in ("CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED")]
     assert "HARD_DELETED" in ctl("-o", "table", "audit", made["id"]).stdout
@@ -112,10 +117,13 @@ def test_errors_print_status_reason_and_fields_and_exit_1_and_usage_problems_exi
     backwards = ctl(
         "create", "--service", "haircut", "--provider", "p", "--customer", "c", "--start", iso(end), "--end", iso(start)
     )
+    # Said once, in the command line's words (its flags, not the proto's fields), with the call's request id.
     assert backwards.returncode == 1
-    first, second = backwards.stderr.strip().splitlines()
-    assert first.startswith("error: INVALID_ARGUMENT") and second.startswith("  fields: ") and "end_time" in second
-    denied = ctl("hard-delete", str(uuid.uuid4()), token=token("user", "alice"))
+    assert backwards.stderr.splitlines()[0] == "error: INVALID_ARGUMENT: --end: must be after --start"
+    assert backwards.stderr.splitlines()[1].startswith("  request id: ") and len(backwards.stderr.splitlines()) == 2
+    no_customer = ctl("create", "--service", "haircut", "--provider", "p", "--start", iso(start), "--end", iso(end))
+    assert no_customer.returncode == 1 and "--customer: required" in no_customer.stderr, no_customer.stderr
+    denied = ctl("hard-delete", str(uuid.uuid4()), "--yes", token=token("user", "alice"))
     assert denied.returncode == 1 and "PERMISSION_DENIED (ADMIN_ONLY)" in denied.stderr
     assert ctl("list", token="").returncode == 2
     assert (
@@ -162,8 +170,8 @@ async def test_watch_prints_one_line_per_event(ctl: Ctl) -> None:
 def create(ctl: Ctl, provider: str, *more: str) -> dict[str, Any]:
     """A booking made with `bookingctl create` in a slot of its own, as JSON."""
     start, end = fresh_slot()
-    (made,) = ctl.json("create", "--service", "haircut", "--provider", provider, "--customer", "c",
-                       "--start", iso(start), "--end", iso(end), *more)  # fmt: skip
+    made = ctl.json("create", "--service", "haircut", "--provider", provider, "--customer", "c",
+                    "--start", iso(start), "--end", iso(end), *more)  # fmt: skip
     made_booking: dict[str, Any] = made
     return made_booking
 
@@ -177,9 +185,10 @@ def soft_deleted(ctl: Ctl, count: int) -> list[str]:
     return ids
 
 
-def at_terminal(command: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
-    """Run `command` with a pseudo-terminal as its stdin and stdout; answer its question; return its exit status
-    and what it printed."""
+def at_terminal(command: list[str], env: dict[str, str], answer: str | signal.Signals) -> tuple[int, str]:
+    """Run `command` with a pseudo-terminal as its stdin and stdout; answer its question (a line, Ctrl-D as
+    "\x04", or a signal as Ctrl-C sends); return its exit status (within 10 s of the answer) and what it
+    printed."""
     master, slave = pty.openpty()
     process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=PROJECT)
     os.close(slave)
@@ -196,10 +205,17 @@ def at_terminal(command: list[str], env: dict[str, str], answer: str) -> tuple[i
                 break
             seen += chunk
         if not answered and b"[y/N]" in seen:
-            os.write(master, answer.encode() + b"\n")
+            if isinstance(answer, signal.Signals):
+                process.send_signal(answer)
+            else:
+                os.write(master, answer.encode() + (b"" if answer == "\x04" else b"\n"))
             answered = True
+            deadline = time.monotonic() + 10  # the answer must end it (closing the terminal would, later)
         if process.poll() is not None and not ready:
             break
+    if process.poll() is None:
+        process.kill()
+        raise AssertionError(f"still running 10 s after the answer {answer!r}: {seen.decode(errors='replace')}")
     os.close(master)
     return process.wait(10), seen.decode(errors="replace")
 
@@ -216,7 +232,7 @@ def test_purge_asks_at_a_terminal_and_purges_only_when_confirmed(ctl: Ctl) -> No
     assert piped.returncode == 2 and "--yes" in piped.stderr
     status, screen = at_terminal(command, ctl.env, "y")
     assert status == 0, screen
-    assert "PURGED" in screen and "3" in screen
+    assert "purged" in screen and "3 bookings" in screen
     assert ctl.json("purge", "--before", before)["purge_count"] == 0
     more = soft_deleted(ctl, 1)
     assert ctl.json("purge", "--before", iso(datetime.now(UTC) + timedelta(minutes=1)), "--force", "--yes") == {
@@ -225,3 +241,149 @@ def test_purge_asks_at_a_terminal_and_purges_only_when_confirmed(ctl: Ctl) -> No
         "force": True,
     }
     assert all(ctl("get", i).returncode == 1 for i in ids)
+
+
+def test_the_prompt_ends_at_once_on_ctrl_c_and_ctrl_d_means_no_and_hard_delete_asks_too(ctl: Ctl) -> None:
+    ids = soft_deleted(ctl, 2)
+    purge = [*ctl.base, "purge", "--before", iso(datetime.now(UTC) + timedelta(minutes=1)), "--force"]
+    status, screen = at_terminal(purge, ctl.env, signal.SIGINT)
+    assert status == 130, screen
+    status, screen = at_terminal(purge, ctl.env, "\x04")
+    assert status == 2 and "not purged" in screen and "Traceback" not in screen, screen
+    hard = [*ctl.base, "hard-delete", ids[0]]
+    status, screen = at_terminal(hard, ctl.env, "n")
+    assert status == 2 and "not deleted" in screen and f"Permanently delete booking {ids[0]}" in screen
+    assert ctl("get", ids[0]).returncode == 0
+    piped = ctl("hard-delete", ids[0])
+    assert piped.returncode == 2 and "--yes" in piped.stderr
+    status, screen = at_terminal(hard, ctl.env, "y")
+    assert status == 0, screen
+    assert ctl("get", ids[0]).returncode == 1 and ctl("get", ids[1]).returncode == 0
+
+
+def test_global_flags_go_anywhere_and_a_mistyped_flag_or_command_gets_a_suggestion(ctl: Ctl) -> None:
+    made = create(ctl, uid("p"))
+    after = ctl("list", "-o", "json", "--provider", made["provider_id"], "--timeout", "5")
+    assert after.returncode == 0 and json.loads(after.stdout)[0]["id"] == made["id"], after.stderr
+    typo = ctl("list", "--provder", "x")
+    assert typo.returncode == 2 and "did you mean --provider?" in typo.stderr
+    assert "did you mean list?" in ctl("lsit").stderr
+    version = ctl("--version")
+    assert version.returncode == 0 and version.stdout.startswith("bookingctl 0.")
+
+
+def test_tables_fit_80_columns_without_cutting_and_wide_shows_every_column(ctl: Ctl) -> None:
+    provider = uid("p")[:6]  # names as short as real ones: at 80 columns, long names fold
+    made = [create(ctl, provider) for _ in range(2)]
+    ctl.json("delete", made[1]["id"])
+    ctl.env["COLUMNS"] = "80"
+    for command in (["list", "--provider", provider, "--show-deleted"], ["get", made[0]["id"], made[1]["id"]]):
+        shown = ctl("-o", "table", *command)
+        lines = shown.stdout.splitlines()
+        assert shown.returncode == 0 and max(len(line) for line in lines) <= 80, shown.stdout
+        for booking in made:
+            row = next(line for line in lines if booking["id"] in line)  # whole ids, one a row
+            start = booking["start_time"]
+            assert f"{start[:10]} {start[11:16]}" in row and provider in row, shown.stdout
+        assert "active" in shown.stdout and "deleted" in shown.stdout
+    wide = ctl("-o", "wide", "list", "--provider", provider)
+    assert all(h in wide.stdout for h in ("SERVICE", "END", "ETAG", "NOTES")) and made[0]["etag"] in wide.stdout
+    preview = ctl("-o", "table", "purge", "--before", iso(datetime.now(UTC) + timedelta(minutes=1)))
+    assert max(len(line) for line in preview.stdout.splitlines()) <= 80, preview.stdout
+    assert made[1]["id"] in preview.stdout and "would purge" in preview.stdout
+
+
+def test_get_takes_several_ids_and_list_a_limit(ctl: Ctl) -> None:
+    provider = uid("p")
+    made = [create(ctl, provider) for _ in range(3)]
+    got = ctl.json("get", made[2]["id"], made[0]["id"])
+    assert [b["id"] for b in got] == [made[2]["id"], made[0]["id"]]
+    missing = str(uuid.uuid4())
+    partly = ctl("get", made[1]["id"], missing)
+    assert partly.returncode == 1 and json.loads(partly.stdout)[0]["id"] == made[1]["id"]
+    assert "NOT_FOUND" in partly.stderr and "request id" in partly.stderr
+    assert len(ctl.json("list", "--provider", provider, "--limit", "2")) == 2
+
+
+def test_verbose_shows_each_call_with_its_request_id(ctl: Ctl) -> None:
+    shown = ctl("-v", "list", "--provider", uid("p"))
+    assert shown.returncode == 0
+    assert "> booking.v1.BookingService/ListBookings  request id " in shown.stderr
+    assert "< booking.v1.BookingService/ListBookings  OK in " in shown.stderr
+
+
+def test_watch_says_on_stderr_that_it_connects_and_retries(ctl: Ctl) -> None:
+    with socket_nobody_answers() as address:
+        watcher = subprocess.Popen(
+            [*ctl.base, "--notify-target", address, "watch"],
+            env=ctl.env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(3)
+        watcher.send_signal(signal.SIGINT)
+        _, stderr = watcher.communicate(timeout=30)
+    assert watcher.returncode == 130
+    assert f"watch: connecting to {address}" in stderr and "UNAVAILABLE" in stderr and "retrying in" in stderr
+
+
+@contextlib.contextmanager
+def socket_nobody_answers() -> Iterator[str]:
+    """An address where nothing listens (a port bound, never listened on)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_contexts_save_target_and_token_source_and_flags_and_env_win(ctl: Ctl, tmp_path: Path) -> None:
+    made = create(ctl, uid("p"))
+    env = {k: v for k, v in ctl.env.items() if k not in ("BOOKING_TOKEN",)}
+    env["BOOKINGCTL_CONFIG"] = str(tmp_path / "config.yaml")
+    token_file = tmp_path / "token"
+    token_file.write_text(token("admin", "ops") + "\n")
+    bare = [sys.executable, "-m", "booking_client.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*bare, *args], env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60)
+
+    target = ctl.base[ctl.base.index("--target") + 1]
+    notify = ctl.base[ctl.base.index("--notify-target") + 1]
+    saved = run("config", "set-context", "dev", "--target", target, "--notify-target", notify,
+                "--token-file", str(token_file))  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o600
+    assert run("config", "current-context").stdout.strip() == "dev"
+    assert json.loads(run("-o", "json", "get", made["id"]).stdout)["id"] == made["id"]  # all from the context
+    run("config", "set-context", "elsewhere", "--target", "127.0.0.1:1", "--token-command", "echo forged")
+    assert run("config", "use-context", "elsewhere").returncode == 0
+    assert "*" in run("config", "get-contexts").stdout.splitlines()[1]
+    assert run("--context", "dev", "-o", "json", "get", made["id"]).returncode == 0  # --context for one call
+    assert run("--target", target, "get", made["id"]).stdout == ""  # the flag wins; the context's token is forged
+    env["BOOKING_TARGET"] = target
+    env["BOOKING_TOKEN"] = token("admin", "ops")
+    assert run("-o", "json", "get", made["id"]).returncode == 0  # the environment wins over the current context
+    unknown = run("--context", "dve", "get", made["id"])
+    assert unknown.returncode == 2 and "no context 'dve'" in unknown.stderr and "did you mean dev?" in unknown.stderr
+
+
+def test_bash_completion_completes_commands_and_flags(tmp_path: Path) -> None:
+    script = subprocess.run(
+        [sys.executable, "-m", "booking_client.cli", "completion", "bash"], capture_output=True, text=True, timeout=60
+    )
+    assert script.returncode == 0
+    (tmp_path / "completion.bash").write_text(script.stdout)
+    probe = f"""
+source {tmp_path / "completion.bash"}
+complete -p bookingctl >/dev/null || exit 3
+words() {{ COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}};
+  $(complete -p bookingctl | sed -E 's/.*-F ([^ ]+).*/\\1/') bookingctl "${{COMP_WORDS[-1]}}" "${{COMP_WORDS[-2]}}";
+  echo "${{COMPREPLY[*]}}"; }}
+words bookingctl li
+words bookingctl list --prov
+"""
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands, flags = done.stdout.splitlines()[-2:]
+    assert set(commands.split()) == {"list", "list-deleted"} and "--provider" in flags.split(), done.stdout
+    zsh = subprocess.run(
+        [sys.executable, "-m", "booking_client.cli", "completion", "zsh"], capture_output=True, text=True, timeout=60
+    )
+    assert zsh.returncode == 0 and "#compdef bookingctl" in zsh.stdout and "list-deleted" in zsh.stdout

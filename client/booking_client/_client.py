@@ -103,6 +103,7 @@ class BookingClient:
         retries: int = 4,
         backoff: Backoff = Backoff(),
         channel_options: Sequence[tuple[str, int | str]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.booking_target = booking_target
         self.notify_target = notify_target or booking_target
@@ -112,6 +113,7 @@ class BookingClient:
         self._token = token
         self._tls = Tls() if tls is True else (tls or None)
         self._options = [*CHANNEL_OPTIONS, *channel_options]  # grpc channel arguments, added to the defaults
+        self._interceptors = list(interceptors)  # grpc.aio client interceptors, on every channel
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> BookingClient:
@@ -128,12 +130,16 @@ class BookingClient:
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
             options = list(self._options)
+            interceptors = self._interceptors or None
             if self._tls is None:
-                self._channels[target] = grpc.aio.insecure_channel(target, options=options)
+                self._channels[target] = grpc.aio.insecure_channel(target, options, interceptors=interceptors)
             else:
                 if self._tls.server_name:
                     options.append(("grpc.ssl_target_name_override", self._tls.server_name))
-                self._channels[target] = grpc.aio.secure_channel(target, self._tls.credentials(), options=options)
+                credentials = self._tls.credentials()
+                self._channels[target] = grpc.aio.secure_channel(
+                    target, credentials, options, interceptors=interceptors
+                )
         return self._channels[target]
 
     @property
@@ -315,11 +321,13 @@ class BookingClient:
         customer_id: str = "",
         provider_id: str = "",
         booking_id: str = "",
+        progress: Callable[[str], None] | None = None,
     ) -> Watch:
         """Every change the caller may see, after `resume_after` (None: from now), as an async iterator that
         resumes by itself after the stream breaks; raises CursorExpired when it cannot continue; its `cursor` is
-        the last event yielded (booking_client._watch)."""
-        return Watch(self, resume_after or "", customer_id, provider_id, booking_id)
+        the last event yielded. `progress`, if given, is told in a line each time the watch connects, is
+        subscribed, or waits to retry (booking_client._watch)."""
+        return Watch(self, resume_after or "", customer_id, provider_id, booking_id, progress)
 
     def informer(self, *, customer_id: str = "", provider_id: str = "", show_deleted: bool = False) -> Informer:
         """A local cache of the bookings the caller may see, kept equal to the server's state

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -60,9 +60,16 @@ def _mendable(error: grpc.aio.AioRpcError) -> bool:
 
 class Watch:
     def __init__(
-        self, client: BookingClient, resume_after: str, customer_id: str, provider_id: str, booking_id: str
+        self,
+        client: BookingClient,
+        resume_after: str,
+        customer_id: str,
+        provider_id: str,
+        booking_id: str,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        self.progress = progress or (lambda _: None)
         self.cursor = resume_after  # the last event yielded (or the start position): where a resume begins
         self.filters = {"customer_id": customer_id, "provider_id": provider_id, "booking_id": booking_id}
         self.resumes = 0  # how often the stream broke and was resumed
@@ -87,10 +94,12 @@ class Watch:
         while True:
             request = notify_pb2.SubscribeRequest(resume_after=self.cursor, **self.filters)
             request_id = f"watch-{id(self):x}-{self.resumes}"
+            self.progress(f"connecting to {self.client.notify_target}")
             call = self.client._notify.Subscribe(request, metadata=await self.client.metadata(request_id))
             refused = False
             try:
                 await self._note_start(call)
+                self.progress(f"subscribed at {self.client.notify_target}, after {self.cursor or 'now'}")
                 async for response in call:
                     failures = 0
                     for event in response.events:
@@ -101,10 +110,15 @@ class Watch:
                 if not _mendable(error):
                     raise from_rpc_error(error, request_id) from error
                 refused = isinstance(from_rpc_error(error), TooManyStreams)
+                broke = f"{error.code().name}: {error.details()}"
+            else:
+                broke = "the stream ended"
             finally:
                 call.cancel()
             self.resumes += 1
-            await asyncio.sleep(retry_delay(self.client.backoff, failures, refused=refused))
+            delay = retry_delay(self.client.backoff, failures, refused=refused)
+            self.progress(f"{broke}; retrying in {delay:.1f}s")
+            await asyncio.sleep(delay)
             failures = min(failures + 1, 10)
 
     async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]

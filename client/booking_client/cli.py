@@ -1,13 +1,14 @@
 """bookingctl: the booking backend from a terminal.
 
-    bookingctl [--target HOST:PORT] [--notify-target HOST:PORT] [--token T] [-o table|json|yaml] COMMAND ...
+    bookingctl COMMAND [ARGS] [--context NAME] [--target HOST:PORT] [--token T] [-o table|wide|json|yaml|id] ...
 
-Commands: token, health, get, list, list-deleted, create, delete, restore, hard-delete, audit, purge, watch.
-The token comes from --token or env BOOKING_TOKEN (`bookingctl token` makes one from env JWT_SECRET). Output is
-a table on a terminal and JSON otherwise (-o chooses; -o id prints only ids, for scripts); JSON shows every
-field, zeros and empty lists included.
-Errors print the status, the reason and any field violations on stderr. Exit status: 0 done, 1 the server
-refused or failed the call, 2 bad usage or a purge not confirmed, 130 interrupted.
+Global flags go before or after the command. Where to call and with which token comes from flags, a saved
+context (`bookingctl config`), or env BOOKING_TARGET, BOOKING_NOTIFY_TARGET and BOOKING_TOKEN (`bookingctl
+token` makes one from env JWT_SECRET). Output is a table on a terminal and JSON otherwise; -o wide shows every
+column, -o id only ids (for scripts); JSON shows every field, zeros and empty lists included.
+Errors print the status, the reason, the flags at fault and the request id on stderr. Exit status: 0 done,
+1 the server refused or failed the call, 2 bad usage or a deletion not confirmed, 130 interrupted.
+Completion: eval "$(bookingctl completion bash)" (or zsh).
 """
 
 from __future__ import annotations
@@ -21,26 +22,31 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 import grpc
 import yaml
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rich.console import Console
-from rich.table import Table
 
-from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_api.booking.v1 import booking_pb2
+from booking_client import _cli_commands
+from booking_client._cli_config import ConfigError, Settings, resolve, suggestion
+from booking_client._cli_output import KINDS, Output, as_dict, event_line, iso, plural, print_error, role_name, table
 from booking_client._client import BookingClient, Tls
-from booking_client._errors import BookingError
+from booking_client._errors import BookingError, NotFound
 
 ROLES = ("user", "provider", "admin")
-EVENT_TYPES = {value: name.removeprefix("BOOKING_EVENT_TYPE_") for name, value in events_pb2.BookingEventType.items()}
+# The balancer routes health and reflection calls by this header (deploy/nginx/nginx.conf; default: booking).
+SERVICE_HEADER = "x-service"
 
 
 class Usage(Exception):
     """A command line that cannot be run as given (exit status 2)."""
+
+
+class NotConfirmed(Exception):
+    """The user did not confirm a permanent deletion (exit status 2; the message says what was not done)."""
 
 
 def _time(text: str) -> datetime:
@@ -52,55 +58,82 @@ def _time(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(
-        prog="bookingctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    main.add_argument(
-        "--target",
-        default=os.environ.get("BOOKING_TARGET", "127.0.0.1:50051"),
-        help="booking service (env BOOKING_TARGET; default 127.0.0.1:50051)",
-    )
-    main.add_argument(
+class Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped flag or command."""
+
+    def error(self, message: str) -> Any:
+        if "unrecognized arguments: " in message:
+            words = message.split("unrecognized arguments: ", 1)[1].split()
+            options = [o for p in _parsers(self) for a in p._actions for o in a.option_strings]
+            message += "".join(suggestion(w.split("=")[0], options) for w in words if w.startswith("-"))[:200]
+        elif "invalid choice: " in message:
+            word = message.split("invalid choice: ", 1)[1].split("'")[1]
+            message += suggestion(word, [c for a in self._actions for c in (a.choices or ())])
+        super().error(message)
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The flags every command takes, before or after it: on the main parser (default None) and on each
+    command's (SUPPRESS, so a command's parser does not overwrite what was given before the command)."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global flags")
+    group.add_argument("--context", default=default, help="a saved context (bookingctl config)")
+    group.add_argument("--target", default=default, help="booking service (env BOOKING_TARGET; 127.0.0.1:50051)")
+    group.add_argument(
         "--notify-target",
-        default=os.environ.get("BOOKING_NOTIFY_TARGET", ""),
-        help="notify service, for watch (env BOOKING_NOTIFY_TARGET; default: port 50052 of --target's host)",
+        default=default,
+        help="notify service (env BOOKING_NOTIFY_TARGET; default: --target, or 127.0.0.1:50052 with make run's)",
     )
-    main.add_argument("--token", default=os.environ.get("BOOKING_TOKEN", ""), help="bearer token (env BOOKING_TOKEN)")
-    main.add_argument(
-        "-o",
-        "--output",
-        choices=("table", "json", "yaml", "id"),
-        default=None,
-        help="default: table on a terminal, else json; id: only the ids, one per line (for scripts)",
-    )
-    main.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
-    tls = main.add_argument_group("TLS (any of these switches TLS on)")
-    tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
-    tls.add_argument("--cacert", help="PEM CA to trust")
-    tls.add_argument("--cert", help="PEM client certificate (mutual TLS)")
-    tls.add_argument("--key", help="PEM key of --cert")
-    tls.add_argument("--server-name", help="the name the server's certificate must have")
+    group.add_argument("--token", default=default, help="bearer token (env BOOKING_TOKEN)")
+    group.add_argument("-o", "--output", choices=KINDS, default=default, help="default: table at a terminal, else json")
+    group.add_argument("--timeout", type=float, default=default, help="seconds per call (default 10)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="each call on stderr")
+    group.add_argument("--tls", action="store_true", default=default, help="TLS, trusting the system's CAs")
+    group.add_argument("--cacert", default=default, help="PEM CA to trust (TLS)")
+    group.add_argument("--cert", default=default, help="PEM client certificate (mutual TLS)")
+    group.add_argument("--key", default=default, help="PEM key of --cert")
+    group.add_argument("--server-name", default=default, help="the name the server's certificate must have")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = Parser(prog="bookingctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    main.add_argument("--version", action="version", version=f"bookingctl {_version()}")
+    _global_flags(main, suppress=False)
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    token = commands.add_parser("token", help="print a token signed with env JWT_SECRET (development)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
+        _global_flags(sub, suppress=True)
+        return sub
+
+    token = command("token", "print a token signed with env JWT_SECRET (development)")
     token.add_argument("--sub", required=True)
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--name", default=None)
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
 
-    health = commands.add_parser("health", help="the health of both services (exit 1 unless all SERVING)")
+    health = command("health", "the health of both services (exit 1 unless all SERVING)")
     health.add_argument("--service", default="", help="a health name (default: the whole server)")
 
-    commands.add_parser("get", help="one booking").add_argument("booking_id")
+    command("get", "bookings by id").add_argument("booking_ids", nargs="+", metavar="BOOKING_ID")
     for name, text in (("list", "bookings you may see"), ("list-deleted", "soft-deleted bookings (admins)")):
-        listing = commands.add_parser(name, help=text)
+        listing = command(name, text)
         listing.add_argument("--customer", default="")
         listing.add_argument("--provider", default="")
+        listing.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
         if name == "list":
             listing.add_argument("--show-deleted", action="store_true")
 
-    create = commands.add_parser("create", help="book a provider's time")
+    create = command("create", "book a provider's time")
     create.add_argument("--provider", required=True)
     create.add_argument("--start", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
     create.add_argument("--end", required=True, type=_time)
@@ -109,145 +142,115 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--notes", default="")
     create.add_argument("--request-id", default=None, help="makes a repeated create return the same booking")
 
-    delete = commands.add_parser("delete", help="soft-delete a booking")
+    delete = command("delete", "soft-delete a booking")
     delete.add_argument("booking_id")
     delete.add_argument("--reason", default="")
     delete.add_argument("--etag", default="", help="only if the booking is still at this etag")
-    restore = commands.add_parser("restore", help="restore a soft-deleted booking")
+    restore = command("restore", "restore a soft-deleted booking")
     restore.add_argument("booking_id")
     restore.add_argument("--etag", default="")
-    commands.add_parser("hard-delete", help="permanently remove a soft-deleted booking (admins)").add_argument(
-        "booking_id"
-    )
-    commands.add_parser("audit", help="a booking's audit trail").add_argument("booking_id")
+    hard = command("hard-delete", "permanently remove a soft-deleted booking (admins; asks first)")
+    hard.add_argument("booking_id")
+    hard.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    command("audit", "a booking's audit trail").add_argument("booking_id")
 
-    purge = commands.add_parser("purge", help="hard-delete what was soft-deleted before a time (admins)")
+    purge = command("purge", "hard-delete what was soft-deleted before a time (admins)")
     purge.add_argument("--before", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
     purge.add_argument("--force", action="store_true", help="purge (without: only preview)")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    watch = commands.add_parser("watch", help="follow changes, one line each, resuming by itself")
+    watch = command("watch", "follow changes, one line each, resuming by itself (progress on stderr)")
     watch.add_argument("--resume-after", default=None, help="an event_id: start after it")
     watch.add_argument("--customer", default="")
     watch.add_argument("--provider", default="")
     watch.add_argument("--booking", default="")
     watch.add_argument("--limit", type=int, default=0, help="stop after this many events (0: never)")
+
+    _cli_commands.add_config_commands(command("config", "saved contexts (kubeconfig's shape): see --help"))
+    completion = command("completion", 'shell completion: eval "$(bookingctl completion bash)"')
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return main
 
 
-# --- output -------------------------------------------------------------------------------------------------
-
-
-def as_dict(message: Message) -> dict[str, Any]:
-    """Every field, zeros and empty lists included (what grpcurl leaves out), with the .proto's names."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-class Output:
-    def __init__(self, kind: str | None) -> None:
-        # Not at a terminal (-o table into a file or pipe), tables get room enough for every id.
-        self.console = Console(width=None if sys.stdout.isatty() else 240)
-        self.kind = kind or ("table" if sys.stdout.isatty() else "json")
-
-    def document(self, value: Any, table: Table | None = None) -> None:
-        if self.kind == "id":
-            rows = value if isinstance(value, list) else [value]
-            sys.stdout.write("".join(f"{row.get('id') or row.get('booking_id', '')}\n" for row in rows))
-        elif self.kind == "table" and table is not None:
-            self.console.print(table)
-        elif self.kind == "yaml":
-            sys.stdout.write(yaml.safe_dump(value, sort_keys=False))
-        else:
-            sys.stdout.write(json.dumps(value, indent=2) + "\n")
-
-    def bookings(self, bookings: list[booking_pb2.Booking]) -> None:
-        table = Table()
-        table.add_column("ID", no_wrap=True, min_width=36)
-        for header in ("CUSTOMER", "PROVIDER", "SERVICE", "START", "END", "STATE", "ETAG"):
-            table.add_column(header)
-        for b in bookings:
-            state = "deleted" if b.HasField("delete_time") else "active"
-            table.add_row(b.id, b.customer_id, b.provider_id, b.service_id, _iso(b.start_time), _iso(b.end_time),
-                          state, b.etag)  # fmt: skip
-        self.document([as_dict(b) for b in bookings], table)
-
-
-def _iso(stamp: Any) -> str:
-    return str(stamp.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z"))
-
-
-def _role(role: booking_pb2.Role.ValueType) -> str:
-    return booking_pb2.Role.Name(role).removeprefix("ROLE_").lower()
-
-
-def event_line(event: events_pb2.BookingEvent) -> str:
-    b = event.booking
-    actor = f"{event.actor.id} ({_role(event.actor.role)})"
-    return (
-        f"{event.event_id}  {EVENT_TYPES.get(event.type, event.type):<12}  {b.id}  provider={b.provider_id} "
-        f"customer={b.customer_id}  {_iso(b.start_time)}..{_iso(b.end_time)}  by {actor}"
-    )
-
-
-def print_error(error: BookingError) -> None:
-    reason = f" ({error.reason})" if error.reason else ""
-    print(f"error: {error.code.name}{reason}: {error.message}", file=sys.stderr)
-    if error.field_violations:
-        fields = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
-        print(f"  fields: {fields}", file=sys.stderr)
+def _version() -> str:
+    try:
+        return metadata.version("booking-client")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # --- commands -------------------------------------------------------------------------------------------------
 
 
-async def collect(items: AsyncIterator[Any]) -> list[Any]:
-    return [item async for item in items]
+async def collect(items: AsyncIterator[Any], limit: int = 0) -> list[Any]:
+    found = []
+    async for item in items:
+        found.append(item)
+        if limit and len(found) >= limit:
+            break
+    return found
 
 
-async def run(args: argparse.Namespace, out: Output) -> int:
-    if args.command == "token":
-        return token(args)
+def client_for(settings: Settings, verbose: bool) -> BookingClient:
     tls = None
-    if args.tls or args.cacert or args.cert or args.key:
-        tls = Tls(ca_file=args.cacert, cert_file=args.cert, key_file=args.key, server_name=args.server_name)
-    notify = args.notify_target or f"{args.target.rsplit(':', 1)[0]}:50052"
+    if settings.tls:
+        tls = Tls(ca_file=settings.cacert, cert_file=settings.cert, key_file=settings.key,
+                  server_name=settings.server_name)  # fmt: skip
+    return BookingClient(settings.target, settings.notify_target, token=settings.token, tls=tls,
+                         timeout=settings.timeout, interceptors=_cli_commands.verbose() if verbose else ())  # fmt: skip
+
+
+async def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     if args.command == "health":
-        return await health(args, tls, notify, out)
-    if not args.token:
-        raise Usage("no token: pass --token or set BOOKING_TOKEN (bookingctl token makes one)")
-    async with BookingClient(args.target, notify, token=args.token, tls=tls, timeout=args.timeout) as client:
+        return await health(args, settings, out)
+    async with client_for(settings, bool(args.verbose)) as client:
         command = args.command
         if command == "get":
-            out.bookings([await client.get_booking(args.booking_id)])
-        elif command == "list":
+            return await get(client, args.booking_ids, out)
+        if command == "list":
             filters = {"customer_id": args.customer, "provider_id": args.provider}
-            out.bookings(await collect(client.list_bookings(show_deleted=args.show_deleted, **filters)))
+            out.bookings(await collect(client.list_bookings(show_deleted=args.show_deleted, **filters), args.limit))
         elif command == "list-deleted":
-            out.bookings(await collect(client.list_deleted_bookings(customer_id=args.customer,
-                                                                    provider_id=args.provider)))  # fmt: skip
+            deleted = client.list_deleted_bookings(customer_id=args.customer, provider_id=args.provider)
+            out.bookings(await collect(deleted, args.limit))
         elif command == "create":
             out.bookings([await client.create_booking(
                 provider_id=args.provider, start_time=args.start, end_time=args.end, customer_id=args.customer,
                 service_id=args.service, notes=args.notes, request_id=args.request_id,
-            )])  # fmt: skip
+            )], one=True)  # fmt: skip
         elif command == "delete":
-            out.bookings([await client.delete_booking(args.booking_id, reason=args.reason, etag=args.etag)])
+            out.bookings([await client.delete_booking(args.booking_id, reason=args.reason, etag=args.etag)], one=True)
         elif command == "restore":
-            out.bookings([await client.restore_booking(args.booking_id, etag=args.etag)])
+            out.bookings([await client.restore_booking(args.booking_id, etag=args.etag)], one=True)
         elif command == "hard-delete":
             removed = await client.hard_delete_booking(args.booking_id)
-            table = Table("HARD-DELETED")
-            table.add_row(removed)
-            out.document({"booking_id": removed}, table)
+            grid = table("HARD-DELETED")
+            grid.add_row(removed)
+            out.document({"booking_id": removed}, grid)
         elif command == "audit":
             await audit(client, args.booking_id, out)
         elif command == "purge":
-            return await purge(client, args, out)
+            await purge(client, args, out)
         elif command == "watch":
             await watch(client, args, out)
     return 0
+
+
+async def get(client: BookingClient, booking_ids: list[str], out: Output) -> int:
+    """The bookings found, in the order named; an error line for each one that is not (exit 1 if any)."""
+    found, status = [], 0
+    results = await asyncio.gather(*(client.get_booking(i) for i in booking_ids), return_exceptions=True)
+    for result in results:
+        if isinstance(result, NotFound) and len(booking_ids) > 1:
+            print_error(result)
+            status = 1
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            found.append(result)
+    if found:
+        out.bookings(found, one=len(booking_ids) == 1)
+    return status
 
 
 def token(args: argparse.Namespace) -> int:
@@ -262,68 +265,68 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
-async def health(args: argparse.Namespace, tls: Tls | None, notify: str, out: Output) -> int:
+async def health(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Each service's health at its target; at one address (the balancer), the header routes each check."""
     rows: list[dict[str, str]] = []
-    for name, target in (("booking", args.target), ("notify", notify)):
-        async with BookingClient(target, token="", tls=tls) as client:
-            channel = client._channel(target)
+    for name, target in (("booking", settings.target), ("notify", settings.notify_target)):
+        async with client_for(settings, bool(args.verbose)) as client:
             try:
-                answer = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+                answer = await health_pb2_grpc.HealthStub(client._channel(target)).Check(
+                    health_pb2.HealthCheckRequest(service=args.service),
+                    timeout=settings.timeout,
+                    metadata=((SERVICE_HEADER, name),),
                 )
                 status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             except grpc.aio.AioRpcError as exc:
                 status = exc.code().name
         rows.append({"service": name, "target": target, "status": status})
-    table = Table("SERVICE", "TARGET", "STATUS")
+    grid = table("SERVICE", "TARGET", "STATUS")
     for row in rows:
-        table.add_row(row["service"], row["target"], row["status"])
-    out.document(rows, table)
+        grid.add_row(row["service"], row["target"], row["status"])
+    out.document(rows, grid)
     return 0 if all(row["status"] == "SERVING" for row in rows) else 1
 
 
 async def audit(client: BookingClient, booking_id: str, out: Output) -> None:
     entries = await collect(client.list_booking_audit_entries(booking_id))
-    table = Table("TIME", "ACTION", "ACTOR", "ROLE", "REASON")
+    grid = table("TIME", "ACTION", "ACTOR", "ROLE", "REASON")
     for e in entries:
         action = booking_pb2.AuditAction.Name(e.action).removeprefix("AUDIT_ACTION_")
-        table.add_row(_iso(e.create_time), action, e.actor.id, _role(e.actor.role), e.reason)
-    out.document([as_dict(e) for e in entries], table)
+        grid.add_row(iso(e.create_time), action, e.actor.id, role_name(e.actor.role), e.reason)
+    out.document([as_dict(e) for e in entries], grid)
 
 
-async def purge(client: BookingClient, args: argparse.Namespace, out: Output) -> int:
-    preview = await client.purge_deleted_bookings(args.before)
-    summary = Table("WOULD PURGE", "SOFT-DELETED BEFORE", "SAMPLE")
-    summary.add_row(str(preview.count), args.before.isoformat(), "\n".join(preview.sample[:10]))
+def purge_summary(heading: str, count: int, before: datetime, sample: list[str]) -> Any:
+    grid = table("", "")
+    grid.show_header = False
+    grid.add_row(heading, plural(count, "booking"))
+    grid.add_row("soft-deleted before", before.isoformat())
+    grid.add_row("sample" if len(sample) < count else "ids", "\n".join(sample[:10]) or "-")
+    return grid
+
+
+async def purge(client: BookingClient, args: argparse.Namespace, out: Output) -> None:
     if not args.force:
+        preview = await client.purge_deleted_bookings(args.before)
+        summary = purge_summary("would purge", preview.count, args.before, preview.sample)
         out.document({"purge_count": preview.count, "purge_sample": preview.sample, "force": False}, summary)
-        return 0
-    if preview.count and not args.yes:
-        if out.kind == "table":
-            Console(stderr=True).print(summary)
-        if not sys.stdin.isatty():
-            raise Usage(f"would purge {preview.count} bookings: confirm with --yes (stdin is not a terminal)")
-        answer = await asyncio.to_thread(
-            input, f"Permanently delete {preview.count} bookings soft-deleted before {args.before.isoformat()}? [y/N] "
-        )
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not purged", file=sys.stderr)
-            return 2
-    spinner = out.console.status(f"purging {preview.count} bookings ...")
-    with spinner if out.kind == "table" else contextlib.nullcontext():
+        return
+    spinner = out.console.status("purging ...")
+    with spinner if out.tabular else contextlib.nullcontext():
         done = await client.purge_deleted_bookings(args.before, force=True)
-    result = Table("PURGED", "SOFT-DELETED BEFORE", "SAMPLE")
-    result.add_row(str(done.count), args.before.isoformat(), "\n".join(done.sample[:10]))
+    result = purge_summary("purged", done.count, args.before, done.sample)
     out.document({"purge_count": done.count, "purge_sample": done.sample, "force": True}, result)
-    return 0
 
 
 async def watch(client: BookingClient, args: argparse.Namespace, out: Output) -> None:
+    def progress(line: str) -> None:
+        print(f"watch: {line}", file=sys.stderr, flush=True)
+
     seen = 0
     events = client.watch(resume_after=args.resume_after, customer_id=args.customer, provider_id=args.provider,
-                          booking_id=args.booking)  # fmt: skip
+                          booking_id=args.booking, progress=progress)  # fmt: skip
     async for event in events:
-        if out.kind == "table":
+        if out.tabular:
             print(event_line(event), flush=True)
         elif out.kind == "id":
             print(event.event_id, flush=True)
@@ -336,16 +339,59 @@ async def watch(client: BookingClient, args: argparse.Namespace, out: Output) ->
             return
 
 
+# --- confirmation, outside the event loop (Ctrl-C at the prompt must end the program at once) ---------------
+
+
+def confirm(question: str, refused: str) -> None:
+    """Ask `question` at the terminal; anything but y or yes (Ctrl-D too) raises NotConfirmed(`refused`)."""
+    if not sys.stdin.isatty():
+        raise Usage(f"{question.rstrip('? ')}: confirm with --yes (stdin is not a terminal)")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        print(file=sys.stderr)
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise NotConfirmed(refused)
+
+
+def confirm_deletion(args: argparse.Namespace, settings: Settings, out: Output) -> None:
+    """hard-delete and purge --force ask first at a terminal, unless --yes; a purge shows its preview."""
+    if args.command == "hard-delete" and not args.yes:
+        confirm(f"Permanently delete booking {args.booking_id}? It cannot be restored", "not deleted")
+    elif args.command == "purge" and args.force and not args.yes:
+
+        async def preview() -> Any:
+            async with client_for(settings, bool(args.verbose)) as client:
+                return await client.purge_deleted_bookings(args.before)
+
+        found = asyncio.run(preview())
+        if found.count:
+            if out.tabular:
+                out.console.print(purge_summary("would purge", found.count, args.before, found.sample))
+            before = args.before.isoformat()
+            confirm(f"Permanently delete {plural(found.count, 'booking')} soft-deleted before {before}?", "not purged")
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = parser().parse_args(list(argv) if argv is not None else None)
     out = Output(args.output)
     try:
-        return asyncio.run(run(args, out))
+        if args.command == "token":
+            return token(args)
+        if args.command in ("config", "completion"):
+            return _cli_commands.local_command(args, parser())
+        settings = resolve(vars(args), need_token=args.command != "health")
+        confirm_deletion(args, settings, out)
+        return asyncio.run(run(args, settings, out))
     except BookingError as error:
         print_error(error)
         return 1
-    except Usage as problem:
+    except (Usage, ConfigError) as problem:
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except NotConfirmed as refused:
+        print(refused, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
@@ -89,6 +94,36 @@ async def test_both_services_answer_through_one_address_spread_over_their_instan
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     await subscription.close()
+
+
+async def test_health_and_reflection_of_both_services_at_the_one_address(cluster: Cluster) -> None:
+    """Health and reflection share one path for both services: the header x-service names the one to answer
+    (booking without it), so grpcurl and bookingctl reach notify's too."""
+    address = cluster.balancer.address
+    async with grpc.aio.insecure_channel(address) as channel:
+        for name, instances in (("booking", cluster.bookings), ("notify", cluster.notifiers)):
+            check = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), metadata=(("x-service", name),), timeout=10
+            )
+            assert (await check).status == health_pb2.HealthCheckResponse.SERVING
+            assert await upstream_of(check) in {p.address for p in instances}
+            listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                metadata=(("x-service", name),),
+                timeout=10,
+            )
+            services = [s.name for answer in [r async for r in listing] for s in answer.list_services_response.service]
+            assert f"{name}.v1.{name.capitalize()}Service" in services, services
+    env = {**os.environ, "BOOKING_TARGET": address, "BOOKING_NOTIFY_TARGET": ""}  # one address, nothing else
+    shown = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "booking_client.cli", "-o", "json", "health"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert [(r["service"], r["target"]) for r in json.loads(shown.stdout)] == [
+        ("booking", address),
+        ("notify", address),
+    ]
 
 
 async def taken_back(cluster: Cluster, instance: ServiceProcess) -> None:

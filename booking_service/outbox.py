@@ -17,42 +17,22 @@ can at worst publish events again, under the same ids, which Redis refuses (stre
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
-from booking_service.domain import Actor, AuditAction, Booking
-from booking_service.rows import Record, booking_from_json
-from svc_common.auth import Role
-from svc_common.eventstream import EventId
+from booking_service.rows import Record
+from svc_common.outbox import EVENT_COLUMNS, PLACED_CHANNEL, TOP, PlacedRow
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
 # Sent by the relay when it places events while Redis is down (payload: the newest seq); notify instances
 # reading the outbox instead of the stream meanwhile LISTEN to it (notify_service.fallback).
-PLACED_CHANNEL = "booking_outbox_placed"
 CLOSE_SECONDS = 2.0
-
-_EVENT_COLUMNS = (
-    "seq, stream_ms, event_type, booking, booking->>'id' AS booking_id, actor_id, actor_name, actor_role, occur_time, "
-    "traceparent"
-)
-
-# The newest position handed out: the outbox's highest seq, or the mark kept for when old rows are deleted.
-_TOP = """
-    SELECT seq, stream_ms FROM (
-        (SELECT seq, stream_ms FROM booking_outbox WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1)
-        UNION ALL
-        SELECT last_seq, last_ms FROM booking_outbox_state
-    ) known ORDER BY seq DESC LIMIT 1
-"""
 
 # The CTEs that give up to $1 committed events their positions, following on from the newest one (only one
 # relay runs at a time: RELAY_LOCK_ID); `assigned` holds the rows placed.
-_PLACING = f"""top AS ({_TOP}
+_PLACING = f"""top AS ({TOP}
 ), next_place AS (
     SELECT seq, greatest(stream_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms FROM top
 ), pending AS (
@@ -71,10 +51,10 @@ WITH marked AS (
     UPDATE booking_outbox_state SET published_seq = $2 WHERE $2 > published_seq
 ), {_PLACING}
 SELECT * FROM (
-    SELECT {_EVENT_COLUMNS} FROM assigned
+    SELECT {EVENT_COLUMNS} FROM assigned
     UNION ALL  -- placed earlier but not published yet; the statement's snapshot shows the rows `assigned`
                -- changes without their seq, so nothing comes twice
-    SELECT {_EVENT_COLUMNS} FROM booking_outbox
+    SELECT {EVENT_COLUMNS} FROM booking_outbox
      WHERE seq > greatest($3, (SELECT published_seq FROM booking_outbox_state))
 ) unpublished ORDER BY seq LIMIT $1
 """
@@ -105,20 +85,11 @@ lowered AS (UPDATE booking_outbox_state SET published_seq = $1 WHERE published_s
 SELECT published_seq FROM old
 """
 
-# $1: the seq to read after; $2: how many. Placed events in stream order, for readers of the outbox itself.
-AFTER_SQL = f"SELECT {_EVENT_COLUMNS} FROM booking_outbox WHERE seq > $1 ORDER BY seq LIMIT $2"
-
-# The event at one position, if the outbox still has it ($1: seq, $2: stream_ms).
-AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
-
-# The newest position handed out.
-TOP_SQL = f"SELECT seq, stream_ms FROM ({_TOP}) t"
-
 # Published events older than the stream's retention ($1: the cutoff, in the ms of their stream ids) are of no
 # more use; the newest position is kept first. The stream is trimmed at the same ids (relay.py), so every event
 # the stream still holds is still here, to be erased from it on a hard delete.
 DELETE_PUBLISHED_SQL = f"""
-WITH top AS ({_TOP}
+WITH top AS ({TOP}
 ), kept AS (
     UPDATE booking_outbox_state s SET last_seq = top.seq, last_ms = top.stream_ms FROM top WHERE top.seq > s.last_seq
 )
@@ -129,7 +100,7 @@ DELETE FROM booking_outbox
 # The placed events of the bookings $1 (ids) before seq $2: what HARD_DELETED events erase from the stream (their
 # notes are already erased here, by the hard delete's own statement).
 ERASED_SQL = f"""
-SELECT {_EVENT_COLUMNS} FROM booking_outbox WHERE booking->>'id' = ANY($1::text[]) AND seq < $2 ORDER BY seq
+SELECT {EVENT_COLUMNS} FROM booking_outbox WHERE booking->>'id' = ANY($1::text[]) AND seq < $2 ORDER BY seq
 """
 
 SET_ASIDE_SQL = """
@@ -146,43 +117,6 @@ BACKLOG_SQL = """
 SELECT count(*) AS waiting, coalesce(extract(epoch FROM now() - min(occur_time)), 0)::float8 AS oldest_age
   FROM booking_outbox WHERE seq IS NULL OR seq > greatest($1, (SELECT published_seq FROM booking_outbox_state))
 """
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """A committed change with its place in the stream."""
-
-    event_id: EventId
-    action: AuditAction
-    booking: Booking
-    actor: Actor
-    occur_time: datetime
-    traceparent: str = ""  # the writer's trace context (svc_common.tracing), if it traced
-
-
-@dataclass(frozen=True, slots=True)
-class PlacedRow:
-    """An outbox row with its place in the stream, as stored: reading it into an OutboxEvent may fail for a row
-    the service cannot represent, and that must not stop the rows after it."""
-
-    event_id: EventId
-    record: Record
-
-    @property
-    def erases(self) -> bool:
-        """Whether this event erases its booking's earlier events (their notes) from the stream."""
-        return bool(self.record["event_type"] == AuditAction.HARD_DELETED.value)
-
-    def read(self) -> OutboxEvent:
-        record = self.record
-        return OutboxEvent(
-            event_id=self.event_id,
-            action=AuditAction(record["event_type"]),
-            booking=booking_from_json(json.loads(record["booking"])),
-            actor=Actor(record["actor_id"], record["actor_name"], Role(record["actor_role"])),
-            occur_time=record["occur_time"],
-            traceparent=record["traceparent"] or "",
-        )
 
 
 class OutboxConnection:
@@ -232,7 +166,7 @@ class OutboxConnection:
         """Place newly committed events and return up to `batch` events after seq `published` to publish next,
         in stream order (one statement); with `mark`, first record durably that `published` is published."""
         records = await self._conn.fetch(ROUND_SQL, batch, published if mark else 0, published)
-        return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+        return [PlacedRow.of(r) for r in records]
 
     async def place(self, batch: int, published: int) -> int:
         """Give up to `batch` committed events their positions without publishing them (Redis cannot take them)
@@ -259,7 +193,7 @@ class OutboxConnection:
     async def erased(self, booking_ids: Sequence[str], before: int) -> list[PlacedRow]:
         """The placed events of `booking_ids` before seq `before`, in stream order (as erased: without notes)."""
         records = await self._conn.fetch(ERASED_SQL, list(booking_ids), before)
-        return [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+        return [PlacedRow.of(r) for r in records]
 
     async def backlog(self, published: int) -> tuple[int, float]:
         """How many committed events are not published yet (after seq `published`), and the oldest one's age."""

@@ -33,12 +33,12 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from booking_service import metrics
-from booking_service.convert import event_to_proto
 from booking_service.database import LOST_CONNECTION, Database
-from booking_service.outbox import CHANNEL, OutboxConnection, OutboxEvent, PlacedRow
+from booking_service.outbox import CHANNEL, OutboxConnection
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
+from svc_common.outbox import PlacedRow
 from svc_common.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -64,23 +64,11 @@ class RelayConfig:
 Entry = tuple[EventId, dict[bytes, bytes]]  # a stream entry: its id and fields
 
 
-def stream_fields(event: OutboxEvent) -> dict[bytes, bytes]:
-    proto = event_to_proto(
-        str(event.event_id), event.action, event.booking, event.actor, event.occur_time, event.traceparent
-    )
-    return {
-        stream.FIELD_EVENT: proto.SerializeToString(),
-        stream.FIELD_CUSTOMER: event.booking.customer_id.encode(),
-        stream.FIELD_PROVIDER: event.booking.provider_id.encode(),
-        stream.FIELD_BOOKING: event.booking.id.encode(),
-    }
-
-
 def entry_of(row: PlacedRow) -> tuple[Entry, str | None]:
     """The stream entry of a placed outbox row, and the error if it cannot be read: such a row keeps its place in
     the stream as an entry without an event (readers pass over it)."""
     try:
-        return (row.event_id, stream_fields(row.read())), None
+        return (row.event_id, row.fields()), None
     except Exception as exc:  # noqa: BLE001 - any row the relay cannot read is set aside, not retried forever
         error = f"{type(exc).__name__}: {exc}"[:1000]
         return (row.event_id, {stream.FIELD_SKIPPED: error.encode()}), error

@@ -8,9 +8,9 @@ subscriber, kept open throughout to hear those notifications), woken by them wit
 and feeds the hub the very events Redis would have carried: same ids, same bytes, same order. It goes back to
 the stream, at its exact position, once Redis answers and holds the events up to it (see notify_service.stream).
 
-The outbox belongs to booking_service; this module reads it through booking_service.outbox (its SQL) and
-booking_service.relay (the encoding of an event), so both paths make the same entries. The role needs SELECT
-on booking_outbox only.
+The outbox belongs to booking_service; this module reads it through its read side's contract
+(svc_common.outbox: the SQL, the placed row and its encoding), as the relay does, so both paths make the same
+entries. Nothing here comes from booking_service. The role needs SELECT on booking_outbox and its state.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from typing import Any
 
 import asyncpg
 
-from booking_service.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
-from booking_service.relay import stream_fields
 from notify_service.hub import Event
 from notify_service.stream import OutboxUnavailable, decode
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
+from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 
 def _event(row: PlacedRow) -> Event | None:
     try:
-        fields = stream_fields(row.read())
+        fields = row.fields()
     except Exception as exc:  # noqa: BLE001 - the relay sets such a row aside; its place is passed over
         fields = {stream.FIELD_SKIPPED: f"{type(exc).__name__}: {exc}".encode()}
     return decode(str(row.event_id).encode(), fields)
@@ -133,7 +132,7 @@ class OutboxReader:
     async def after(self, position: EventId | None, count: int) -> list[Event]:
         """Up to `count` placed events after `position` (None: after the start), oldest first."""
         records = await self._query("fetch", AFTER_SQL, position.seq if position else 0, count)
-        rows = [PlacedRow(EventId(r["stream_ms"], r["seq"]), r) for r in records]
+        rows = [PlacedRow.of(r) for r in records]
         return [event for row in rows if (event := _event(row)) is not None]
 
     async def holds(self, event_id: EventId) -> bool:

@@ -1,0 +1,131 @@
+"""The outbox's read side: the contract between booking_service, which writes `booking_outbox` and places its
+events (gives each its stream position: booking_service.outbox), and every reader of placed events: the relay,
+which publishes them to the Redis stream (booking_service.relay), and notify's fallback, which reads them while
+Redis cannot be read (notify_service.fallback).
+
+It fixes the columns of a placed event, the SQL that reads placed events (after a position, at one, the
+newest), the channel the relay notifies while the outbox is ahead of the stream, and the encoding of a row
+into its stream entry's fields (svc_common.eventstream), straight from the stored JSON to the BookingEvent's
+bytes. Both readers encode with `PlacedRow.fields`, so the relay's entries and the fallback's are the same
+bytes. A reader needs SELECT on booking_outbox and booking_outbox_state only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from booking_api.booking.v1 import booking_pb2, events_pb2
+from svc_common import eventstream as stream
+from svc_common.eventstream import EventId
+
+# Sent (by the relay, at commit) while placed events are not published: "<newest seq> <oldest unpublished ms>".
+PLACED_CHANNEL = "booking_outbox_placed"
+
+EVENT_COLUMNS = (
+    "seq, stream_ms, event_type, booking, booking->>'id' AS booking_id, actor_id, actor_name, actor_role, occur_time, "
+    "traceparent"
+)
+
+# The newest position handed out: the outbox's highest seq, or the mark kept for when old rows are deleted.
+TOP = """
+    SELECT seq, stream_ms FROM (
+        (SELECT seq, stream_ms FROM booking_outbox WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1)
+        UNION ALL
+        SELECT last_seq, last_ms FROM booking_outbox_state
+    ) known ORDER BY seq DESC LIMIT 1
+"""
+
+# $1: the seq to read after; $2: how many. Placed events in stream order.
+AFTER_SQL = f"SELECT {EVENT_COLUMNS} FROM booking_outbox WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+# The event at one position, if the outbox still has it ($1: seq, $2: stream_ms).
+AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
+
+# The newest position handed out.
+TOP_SQL = f"SELECT seq, stream_ms FROM ({TOP}) t"
+
+HARD_DELETED = "HARD_DELETED"
+_EVENT_TYPES = {
+    "CREATED": events_pb2.BOOKING_EVENT_TYPE_CREATED,
+    "DELETED": events_pb2.BOOKING_EVENT_TYPE_DELETED,
+    "RESTORED": events_pb2.BOOKING_EVENT_TYPE_RESTORED,
+    HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
+}
+_ROLES = {"user": booking_pb2.ROLE_USER, "provider": booking_pb2.ROLE_PROVIDER, "admin": booking_pb2.ROLE_ADMIN}
+
+
+def _stamp(value: datetime | str) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromisoformat(value) if isinstance(value, str) else value)
+    return stamp
+
+
+def _actor(actor_id: str, name: str, role: str) -> booking_pb2.Actor:
+    return booking_pb2.Actor(id=actor_id, name=name, role=_ROLES[role])
+
+
+def booking_message(data: dict[str, Any]) -> booking_pb2.Booking:
+    """A booking as stored in the outbox (`to_jsonb` of its row) as the API shows it."""
+    message = booking_pb2.Booking(
+        id=data["id"],
+        customer_id=data["customer_id"],
+        provider_id=data["provider_id"],
+        service_id=data["service_id"],
+        start_time=_stamp(data["start_time"]),
+        end_time=_stamp(data["end_time"]),
+        notes=data["notes"],
+        create_time=_stamp(data["create_time"]),
+        update_time=_stamp(data["update_time"]),
+        deletion_reason=data["deletion_reason"],
+        etag=f'"{data["version"]}"',
+    )
+    if data.get("delete_time"):
+        message.delete_time.CopyFrom(_stamp(data["delete_time"]))
+    if data.get("deleted_by_id") is not None:
+        message.deleted_by.CopyFrom(_actor(data["deleted_by_id"], data["deleted_by_name"], data["deleted_by_role"]))
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedRow:
+    """An outbox row (EVENT_COLUMNS) with its place in the stream, as stored. Encoding it may fail for a row no
+    reader can represent (the relay sets it aside, readers pass over its place), and that must not stop the rows
+    after it."""
+
+    event_id: EventId
+    record: Any  # an asyncpg Record, or any mapping of EVENT_COLUMNS
+
+    @classmethod
+    def of(cls, record: Any) -> PlacedRow:
+        return cls(EventId(record["stream_ms"], record["seq"]), record)
+
+    @property
+    def erases(self) -> bool:
+        """Whether this event erases its booking's earlier events (their notes) from the stream."""
+        return bool(self.record["event_type"] == HARD_DELETED)
+
+    def message(self) -> events_pb2.BookingEvent:
+        record = self.record
+        return events_pb2.BookingEvent(
+            event_id=str(self.event_id),
+            type=_EVENT_TYPES[record["event_type"]],
+            booking=booking_message(json.loads(record["booking"])),
+            actor=_actor(record["actor_id"], record["actor_name"], record["actor_role"]),
+            occur_time=_stamp(record["occur_time"]),
+            traceparent=record["traceparent"] or "",
+        )
+
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream entry's fields: the event's bytes, and what subscribers are filtered on."""
+        event = self.message()
+        return {
+            stream.FIELD_EVENT: event.SerializeToString(),
+            stream.FIELD_CUSTOMER: event.booking.customer_id.encode(),
+            stream.FIELD_PROVIDER: event.booking.provider_id.encode(),
+            stream.FIELD_BOOKING: event.booking.id.encode(),
+        }

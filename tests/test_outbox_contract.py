@@ -1,0 +1,52 @@
+"""The outbox's read side (svc_common.outbox) as its two readers use it: the encoding of a placed row is what
+the API shows of the booking after that change, and what the relay published to Redis is, byte for byte, what
+notify's fallback makes of the same row."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from booking_api.booking.v1 import events_pb2
+from svc_common.eventstream import EventId
+from svc_common.outbox import AFTER_SQL, PlacedRow
+from tests.support.events import EventSystem, admin_on
+from tests.support.helpers import uid
+from tests.support.servers import stream_key
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_a_placed_rows_encoding_is_the_api_view_and_the_relays_entry(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    admin = await admin_on(system.booking(), channels)
+    made = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"), notes="window seat")
+    deleted = await admin.delete(made.id, reason="moved")
+    restored = await admin.restore(made.id)
+    shown = [made, deleted, restored]
+    types = [events_pb2.BOOKING_EVENT_TYPE_CREATED, events_pb2.BOOKING_EVENT_TYPE_DELETED,
+             events_pb2.BOOKING_EVENT_TYPE_RESTORED]  # fmt: skip
+    await system.wait_relayed(3)
+
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        rows = [PlacedRow.of(record) for record in await conn.fetch(AFTER_SQL, 0, 10)]
+    finally:
+        await conn.close()
+    assert [row.message().type for row in rows] == types
+    for row, booking in zip(rows, shown, strict=True):
+        assert row.message().booking == booking, (row.message().booking, booking)
+        assert row.message().actor.id == admin.id and row.message().event_id == str(row.event_id)
+    assert rows[1].message().booking.deleted_by.id == admin.id and rows[1].message().booking.deletion_reason == "moved"
+
+    client = redis.Redis.from_url(system.redis.url)
+    try:
+        entries = await client.xrange(stream_key(system.database_url)) or []
+    finally:
+        await client.aclose()
+    assert [(EventId.parse(entry_id or b""), fields) for entry_id, fields in entries] == [
+        (row.event_id, row.fields()) for row in rows
+    ]

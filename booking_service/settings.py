@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from booking_service.database import DatabaseConfig
 from booking_service.relay import RelayConfig
+from svc_common import probes
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
@@ -43,6 +45,16 @@ class Settings:
     stream_max_age_seconds: float = RelayConfig.max_age_seconds  # ... and by age
     relay_sweep_seconds: float = RelayConfig.sweep_seconds
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
+
+    def probes(self) -> dict[str, Callable[[], Coroutine[Any, Any, str]]]:
+        """What --check-config --probe connects to."""
+        checks = {
+            "PostgreSQL (DATABASE_URL)": lambda: probes.postgres(self.database_url),
+            "Redis (REDIS_URL)": lambda: probes.redis(self.redis),
+        }
+        if self.migration_database_url:
+            checks["PostgreSQL (MIGRATION_DATABASE_URL)"] = lambda: probes.postgres(str(self.migration_database_url))
+        return checks
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from notify_service.hub import DEFAULT_WINDOW, BatchLimits
 from notify_service.limits import StreamBounds
 from notify_service.subscriptions import SubscriptionConfig
+from svc_common import probes
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
@@ -39,6 +41,13 @@ class Settings:
     stream_bounds: StreamBounds = field(
         default_factory=StreamBounds
     )  # Subscribe streams per caller and in all (0: no bound)
+
+    def probes(self) -> dict[str, Callable[[], Coroutine[Any, Any, str]]]:
+        """What --check-config --probe connects to."""
+        checks = {"Redis (REDIS_URL)": lambda: probes.redis(self.redis)}
+        if self.database_url:
+            checks["PostgreSQL (DATABASE_URL, the fallback)"] = lambda: probes.postgres(self.database_url)
+        return checks
 
     @property
     def subscriptions(self) -> SubscriptionConfig:

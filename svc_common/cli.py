@@ -1,11 +1,15 @@
-"""The command line both services share: `python -m <service> --listen HOST:PORT [--workers N] [--check-config]`,
-settings from the environment (svc_common.settings).
+"""The command line both services share: `python -m <service> --listen HOST:PORT [--workers N] [--check-config
+[--probe]]`, settings from the environment (svc_common.settings).
+
+A variable with the prefix of a setting the service reads, but not read (a misspelling), is reported: by
+--check-config on stderr, and at start-up in the log. --probe connects to each dependency once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -18,13 +22,17 @@ from svc_common.settings import Env, SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
 MAX_WORKERS = 64
+log = logging.getLogger(__name__)
 
 
 class ServiceSettings(Protocol):
-    """What the command line needs of a service's settings: its server's (the metrics address)."""
+    """What the command line needs of a service's settings: its server's (the metrics address), and a probe of
+    each dependency (for --probe): a name, and a coroutine that fails if the dependency does not answer."""
 
     @property
     def server(self) -> ServerConfig: ...
+
+    def probes(self) -> dict[str, Callable[[], Coroutine[Any, Any, str]]]: ...
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -54,8 +62,15 @@ def run_service(
         action="store_true",
         help="validate the settings, print the effective ones (secrets redacted) and exit: 0 if usable, else 2",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --check-config: also connect to each dependency once (exit 1 if one does not answer)",
+    )
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
+    if args.probe and not args.check_config:
+        parser.error("--probe goes with --check-config")
     env = Env(os.environ)
     config = read_config(env, read_settings, args.listen, args.worker, args.workers)
     try:
@@ -64,12 +79,18 @@ def run_service(
         for problem in exc.problems:
             print(f"{name}: {problem}", file=sys.stderr)
         return 2
+    unknown = env.unknown()
     if args.check_config:
-        print(f"# {name}: the settings are usable\n--listen={args.listen}\n{env.report()}")
-        return 0
+        warned = f", with {len(unknown)} warning{'s' if len(unknown) > 1 else ''}" if unknown else ""
+        print(f"# {name}: the settings are usable{warned}\n--listen={args.listen}\n{env.report()}")
+        for variable in unknown:
+            print(f"{name}: warning: {variable}", file=sys.stderr)
+        return asyncio.run(probe(name, config[0])) if args.probe else 0
     settings, log_config, workers = config
     address = settings.server.metrics_listen
     logs.configure(log_config)
+    for variable in unknown if not args.worker else ():
+        log.warning("%s (python -m %s --check-config shows what is read)", variable, name)
     # Workers write their metrics for the supervisor to serve; a lone process serves its own.
     metrics = MetricsServer(address) if address is not None and not args.worker else None
     try:
@@ -91,6 +112,21 @@ def run_service(
         if metrics is not None:
             metrics.stop()
     return 0
+
+
+async def probe(name: str, settings: ServiceSettings, seconds: float = 10.0) -> int:
+    """Connect to each dependency once; a line each; 0 if all answered, else 1."""
+    failed = 0
+    for dependency, check in settings.probes().items():
+        try:
+            said = await asyncio.wait_for(check(), seconds)
+        except Exception as exc:  # noqa: BLE001 - whatever stops a dependency from answering is the answer
+            failed += 1
+            print(f"# probe: {dependency}: FAILED: {type(exc).__name__}: {exc or 'no answer'}"[:500])
+        else:
+            print(f"# probe: {dependency}: ok ({said})")
+    print(f"# {name}: {'every dependency answered' if not failed else f'{failed} did not answer'}")
+    return 1 if failed else 0
 
 
 def read_config(

@@ -12,6 +12,7 @@ bounds, and this keeps the messages, the redaction and the table in one short mo
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 REDACTED = "<redacted>"
+# Read elsewhere with the service's environment: the container health check's TLS client (svc_common.tls).
+ALSO_READ = frozenset({"TLS_CA_FILE", "TLS_SERVER_NAME"})
+# Prefixes libraries read many variables of (OpenTelemetry's SDK): never reported as unknown.
+LIBRARY_PREFIXES = ("OTEL_",)
 POSTGRES_SCHEMES = ("postgresql", "postgres")  # the URL forms asyncpg takes
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")  # redis-py's, and Sentinel (svc_common.redis_client)
 
@@ -93,6 +98,19 @@ class Env:
         self.entries[name] = Entry(
             name, shown, "required" if default is _REQUIRED else _show(default), self.is_set(name)
         )
+
+    def unknown(self) -> list[str]:
+        """Variables set with the prefix of a setting this service read (DB_, REDIS_, ...) that it did not read:
+        misspelled, or meant for another service; each as a warning naming the closest known name, if any."""
+        known = set(self.entries) | ALSO_READ
+        prefixes = {name.split("_", 1)[0] + "_" for name in known if "_" in name} - set(LIBRARY_PREFIXES)
+        found = []
+        for name in sorted(self._environ):
+            if name.startswith(tuple(prefixes)) and name not in known:
+                kin = [k for k in known if k.split("_", 1)[0] == name.split("_", 1)[0]]  # DB_POOL_MAX: DB_*
+                close = difflib.get_close_matches(name, kin, n=1, cutoff=0.4)
+                found.append(f"{name} is set but not read" + (f": did you mean {close[0]}?" if close else ""))
+        return found
 
     def report(self) -> str:
         """The effective settings, one `NAME=value` per line (secrets redacted), marking defaults."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -64,3 +65,30 @@ def test_check_config_with_a_bad_value_names_it_and_exits_2() -> None:
     done = run("booking_service", {"DB_MIN_CONNECTIONS": "11"}, "--check-config")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "booking_service: DB_MIN_CONNECTIONS must be from 0 to 10, got 11"
+
+
+def test_check_config_warns_of_variables_with_the_services_prefixes_that_it_does_not_read() -> None:
+    unread = {"DB_POOL_MAX": "0", "LOG_LEVLE": "debug", "OTEL_TRACES_SAMPLER": "always_on", "TLS_CA_FILE": "x"}
+    done = run("booking_service", unread, "--check-config")
+    assert (
+        done.returncode == 0
+        and done.stdout.splitlines()[0] == "# booking_service: the settings are usable, with 2 warnings"
+    )
+    assert done.stderr.splitlines() == [
+        "booking_service: warning: DB_POOL_MAX is set but not read: did you mean DB_MAX_CONNECTIONS?",
+        "booking_service: warning: LOG_LEVLE is set but not read: did you mean LOG_LEVEL?",
+    ]  # OpenTelemetry's own variables, and the health check's TLS ones, are read elsewhere
+
+
+def test_check_config_probe_connects_to_each_dependency(new_database: Callable[[], str], redis_url: str) -> None:
+    down = run("notify_service", {"DATABASE_URL": BASE["DATABASE_URL"]}, "--check-config", "--probe")
+    assert down.returncode == 1, down.stdout + down.stderr
+    failed = [line for line in down.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 2 and "Redis (REDIS_URL)" in failed[0] and "PostgreSQL" in failed[1], down.stdout
+    up = run("booking_service", {"DATABASE_URL": new_database(), "REDIS_URL": redis_url}, "--check-config", "--probe")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert [line.split(": ok (")[0] for line in up.stdout.splitlines() if ": ok (" in line] == [
+        "# probe: PostgreSQL (DATABASE_URL)",
+        "# probe: Redis (REDIS_URL)",
+    ]
+    assert "--probe goes with --check-config" in run("booking_service", {}, "--probe").stderr

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +50,9 @@ class _Bare:
     """Settings of a service that reads nothing of its own."""
 
     server: ServerConfig
+
+    def probes(self) -> dict[str, Callable[[], Coroutine[Any, Any, str]]]:
+        return {}
 
     @classmethod
     def read(cls, env: Env, *, listen: str, reuse_port: bool) -> _Bare:

@@ -88,7 +88,7 @@ def run_service(
         return asyncio.run(probe(name, config[0])) if args.probe else 0
     settings, log_config, workers = config
     address = settings.server.metrics_listen
-    logs.configure(log_config)
+    logs.configure(log_config, service=name)
     for variable in unknown if not args.worker else ():
         log.warning("%s (python -m %s --check-config shows what is read)", variable, name)
     # Workers write their metrics for the supervisor to serve; a lone process serves its own.

@@ -54,10 +54,16 @@ def current_request_id() -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str = "") -> None:
+        super().__init__()
+        self.service = service
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
+            "service": self.service,
+            "pid": record.process,
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -83,8 +89,10 @@ def logfmt_value(value: object) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """`time LEVEL service[pid] logger: message key=value ...` (the pid tells a supervisor's workers apart)."""
+
+    def __init__(self, service: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)s {service or 'python'}[%(process)d] %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -128,11 +136,12 @@ class LogConfig:
         )
 
 
-def configure(config: LogConfig) -> None:
-    """Set up the root logger: one line per record, in `config.format`, at `config.level` and above."""
+def configure(config: LogConfig, service: str = "") -> None:
+    """Set up the root logger: one line per record, in `config.format`, at `config.level` and above, naming
+    `service` and the process."""
     log_format, level = config.format, config.level
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [_Background(handler)]
     root.setLevel(level)

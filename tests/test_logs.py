@@ -76,6 +76,7 @@ async def test_each_rpc_logs_one_json_line_with_its_outcome_and_the_request_id_c
 
     ok = line_of(booking, "req-create-1")
     assert ok["level"] == "INFO" and ok["code"] == "OK" and ok["reason"] == ""
+    assert ok["service"] == "booking_service" and isinstance(ok["pid"], int)
     assert ok["method"] == "/booking.v1.BookingService/CreateBooking"
     assert ok["caller"] == admin_sub and ok["role"] == "admin"
     assert ok["peer"].startswith("ipv") and ok["duration_ms"] > 0
@@ -143,6 +144,7 @@ async def test_a_request_id_cannot_add_or_override_fields_of_a_text_log_line(
         return [line for line in booking.log().splitlines() if "ListDeletedBookings" in line and ": rpc " in line]
 
     await eventually(lambda: len(logged()) == 1, lambda: f"{logged()}")
+    assert re.search(r" INFO booking_service\[\d+\] svc_common\.rpc: rpc ", logged()[0]), logged()[0]
     fields = logfmt(logged()[0])
     assert fields["request_id"] == forged
     assert fields["code"] == "PERMISSION_DENIED" and fields["caller"] == user and fields["role"] == "user"

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,28 @@ def test_readme_bookingctl_walkthrough_runs_as_printed(
         assert said == [], done.stderr
         assert "SERVING" in done.stdout and "moved to March" in done.stdout
         assert done.stdout.rstrip().endswith("[]")  # the purge removed the one soft-deleted booking
+    finally:
+        booking.stop()
+        notify.stop()
+
+
+def test_readme_client_example_runs_as_printed(new_database: Callable[[], str], redis_url: str, workdir: Path) -> None:
+    """The Python block runs as a script against real services (only their addresses and the token come from
+    the environment, as the block reads them)."""
+    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    database = new_database()
+    booking = ServiceProcess("booking_service", booking_env(database, redis_url), workdir)
+    notify = ServiceProcess("notify_service", notify_env(database, redis_url), workdir)
+    booking.start()
+    notify.start()
+    try:
+        env = {**os.environ, "BOOKING_TARGET": booking.address, "BOOKING_NOTIFY_TARGET": notify.address,
+               "BOOKING_TOKEN": token("admin", "root")}  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        printed = done.stdout.splitlines()
+        assert printed[0].endswith(" 2030-02-04 09:00:00+00:00") and 'provider_id: "dr-who"' in done.stdout
+        assert printed[-1].endswith(" 1"), printed  # the first event: CREATED
     finally:
         booking.stop()
         notify.stop()

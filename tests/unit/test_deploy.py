@@ -17,7 +17,8 @@ import yaml
 from svc_common.redis_client import SentinelTarget
 
 PROJECT = Path(__file__).resolve().parents[2]
-MANIFESTS = sorted((PROJECT / "deploy" / "kubernetes").glob("*.yaml"))
+KUBERNETES = PROJECT / "deploy" / "kubernetes"
+MANIFESTS = sorted(path for path in KUBERNETES.glob("*.yaml") if path.name != "kustomization.yaml")
 SERVICES = {"booking": ("booking.v1.BookingService", 50051), "notify": ("notify.v1.NotifyService", 50052)}
 
 
@@ -106,3 +107,66 @@ def test_compose_has_a_sentinel_profile_whose_url_the_services_take() -> None:
     assert SentinelTarget.parse(url).sentinels == (("sentinel-1", 26379), ("sentinel-2", 26379), ("sentinel-3", 26379))
     for name in ("booking-1", "notify-1"):
         assert services[name]["environment"]["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"
+
+
+def by_kind() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["kind"], r["metadata"]["name"]): r for path in MANIFESTS for r in resources(path)}
+
+
+def test_kustomize_applies_every_manifest_and_names_the_image_of_each_deployment_with_a_registry() -> None:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [path.name for path in MANIFESTS]
+    (image,) = kustomization["images"]
+    registry = image["name"].split("/", 1)[0]
+    assert "." in registry or ":" in registry, image  # a registry host, not Docker Hub's implicit one
+    for name in SERVICES:
+        (container,) = by_kind()["Deployment", name]["spec"]["template"]["spec"]["containers"]
+        assert container["image"].rsplit(":", 1)[0] == image["name"]
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    assert compose["services"]["booking-1"]["image"].startswith("${IMAGE:-" + image["name"] + "}:")
+
+
+def test_the_ingress_terminates_tls_and_routes_each_service_and_health_by_header() -> None:
+    main, shared = by_kind()["Ingress", "booking-backend"], by_kind()["Ingress", "booking-backend-notify-shared"]
+    for ingress in (main, shared):
+        assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+        assert ingress["spec"]["tls"][0]["secretName"] == "booking-backend-tls"
+    routes = {p["path"]: p["backend"]["service"]["name"] for p in main["spec"]["rules"][0]["http"]["paths"]}
+    assert routes == {"/booking.v1.BookingService/": "booking", "/notify.v1.NotifyService/": "notify", "/": "booking"}
+    annotations = shared["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/canary-by-header"] == "x-service"
+    assert annotations["nginx.ingress.kubernetes.io/canary-by-header-value"] == "notify"
+    assert shared["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "notify"
+
+
+def test_prometheus_scrapes_each_service_where_it_serves_metrics() -> None:
+    config = yaml.safe_load((PROJECT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
+    for name in SERVICES:
+        targets = jobs[name]["static_configs"][0]["targets"]
+        for target in targets:
+            host, port = target.split(":")
+            assert compose[host]["environment"]["METRICS_LISTEN"] == f"0.0.0.0:{port}", target
+        assert len(targets) == 2
+        pod = by_kind()["Deployment", name]["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert env["METRICS_LISTEN"] == f"0.0.0.0:{annotations['prometheus.io/port']}"
+    assert jobs["kubernetes-pods"]["kubernetes_sd_configs"] == [{"role": "pod"}]
+
+
+def test_compose_and_the_manifests_give_booking_two_database_roles() -> None:
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
+    environment = compose["booking-1"]["environment"]
+    assert environment["DATABASE_URL"].startswith("postgresql://booking_app@")
+    assert environment["MIGRATION_DATABASE_URL"].startswith("postgresql://booking_owner@")
+    init = (PROJECT / "deploy" / "postgres" / "init.sql").read_text()
+    assert "CREATE ROLE booking_owner LOGIN" in init and "CREATE ROLE booking_app LOGIN" in init
+    assert "ALTER DATABASE booking OWNER TO booking_owner" in init
+    assert "./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/init.sql:ro" in compose["postgres"]["volumes"]
+    (container,) = by_kind()["Deployment", "booking"]["spec"]["template"]["spec"]["containers"]
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"] if "valueFrom" in e}
+    assert secrets["DATABASE_URL"] == "DATABASE_URL" and secrets["MIGRATION_DATABASE_URL"] == "MIGRATION_DATABASE_URL"

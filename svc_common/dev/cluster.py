@@ -17,7 +17,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from svc_common.dev.run import LOCAL, PROJECT, Refused, check_free, claim_local, database, redis, say
+from svc_common.dev.run import (
+    LOCAL,
+    PROJECT,
+    SPEAKER,
+    Refused,
+    check_free,
+    claim_local,
+    database,
+    redis,
+    say,
+    wait_until_serving,
+)
 from svc_common.dev.servers import wait_for_port
 
 NGINX_CONF = PROJECT / "deploy" / "nginx" / "nginx.conf"
@@ -83,6 +94,7 @@ class Balancer:
 
 
 def main() -> int:
+    SPEAKER["name"] = "make cluster"
     env = {**os.environ, "WORKERS": os.environ.get("WORKERS", "1")}
     instances = [("booking_service", port) for port in BOOKING_PORTS] + [
         ("notify_service", port) for port in NOTIFY_PORTS
@@ -105,8 +117,13 @@ def serve(instances: list[tuple[str, int]], env: dict[str, str]) -> int:
         instance_env = {**env, "METRICS_LISTEN": f"127.0.0.1:{9101 + n}"}
         command = [sys.executable, "-m", module, "--listen", f"127.0.0.1:{port}"]
         processes.append(subprocess.Popen(command, env=instance_env))
-    for _, port in instances:
-        wait_for_port(port, timeout=60)
+    addresses = {f"{module}-{port}": f"127.0.0.1:{port}" for module, port in instances}
+    if not wait_until_serving(addresses, processes, env):
+        say("an instance ended before every one was SERVING; stopping")
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        return max(process.wait() for process in processes) or 1
     balancer = Balancer(
         LOCAL / "cluster",
         LISTEN,
@@ -114,7 +131,8 @@ def serve(instances: list[tuple[str, int]], env: dict[str, str]) -> int:
         [f"127.0.0.1:{p}" for p in NOTIFY_PORTS],
     )
     balancer.start()
-    say(f"nginx balances both services on {balancer.address} (log: {balancer.log_path}); Ctrl-C stops all")
+    say(f"every instance SERVING; nginx balances both services on {balancer.address} (log: {balancer.log_path})")
+    say(f"BOOKING_TARGET={balancer.address} serves both to bookingctl (Ctrl-C stops all)")
 
     stopping = False
 

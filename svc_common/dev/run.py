@@ -53,8 +53,11 @@ DATABASE = "booking"
 POSTGRES_FOLDER = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
 
 
+SPEAKER = {"name": "make run"}  # `make cluster` says so (svc_common.dev.cluster)
+
+
 def say(message: str) -> None:
-    print(f"make run: {message}", flush=True)
+    print(f"{SPEAKER['name']}: {message}", flush=True)
 
 
 def shown(folder: Path) -> Path:

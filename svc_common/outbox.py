@@ -71,13 +71,14 @@ def _actor(actor_id: str, name: str, role: str) -> booking_pb2.Actor:
 
 def booking_message(data: dict[str, Any]) -> booking_pb2.Booking:
     """A booking as stored in the outbox (`to_jsonb` of its row) as the API shows it."""
+    start, end = _stamp(data["start_time"]), _stamp(data["end_time"])  # first: the values most likely out of range
     message = booking_pb2.Booking(
         id=data["id"],
         customer_id=data["customer_id"],
         provider_id=data["provider_id"],
         service_id=data["service_id"],
-        start_time=_stamp(data["start_time"]),
-        end_time=_stamp(data["end_time"]),
+        start_time=start,
+        end_time=end,
         notes=data["notes"],
         create_time=_stamp(data["create_time"]),
         update_time=_stamp(data["update_time"]),

@@ -213,9 +213,18 @@ def at_terminal(command: list[str], env: dict[str, str], answer: str | signal.Si
             deadline = time.monotonic() + 10  # the answer must end it (closing the terminal would, later)
         if process.poll() is not None and not ready:
             break
+    with contextlib.suppress(subprocess.TimeoutExpired):  # the terminal closes just before the process is gone
+        process.wait(max(0.0, deadline - time.monotonic()))
     if process.poll() is None:
+        spy = [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(process.pid)]
+        stacks = subprocess.run(spy, capture_output=True, text=True, timeout=60, check=False)
         process.kill()
-        raise AssertionError(f"still running 10 s after the answer {answer!r}: {seen.decode(errors='replace')}")
+        process.wait(10)
+        os.close(master)
+        raise AssertionError(
+            f"still running 10 s after the answer {answer!r}: {seen.decode(errors='replace')}\n"
+            f"its threads:\n{stacks.stdout}{stacks.stderr}"
+        )
     os.close(master)
     return process.wait(10), seen.decode(errors="replace")
 

@@ -33,20 +33,13 @@ from booking_api.booking.v1 import booking_pb2
 from booking_client import _cli_commands
 from booking_client._cli_config import ConfigError, Settings, resolve, suggestion
 from booking_client._cli_output import KINDS, Output, as_dict, event_line, iso, plural, print_error, role_name, table
+from booking_client._cli_prompt import NotConfirmed, Usage, confirm
 from booking_client._client import BookingClient, Tls
 from booking_client._errors import BookingError, NotFound
 
 ROLES = ("user", "provider", "admin")
 # The balancer routes health and reflection calls by this header (deploy/nginx/nginx.conf; default: booking).
 SERVICE_HEADER = "x-service"
-
-
-class Usage(Exception):
-    """A command line that cannot be run as given (exit status 2)."""
-
-
-class NotConfirmed(Exception):
-    """The user did not confirm a permanent deletion (exit status 2; the message says what was not done)."""
 
 
 def _time(text: str) -> datetime:
@@ -340,19 +333,6 @@ async def watch(client: BookingClient, args: argparse.Namespace, out: Output) ->
 
 
 # --- confirmation, outside the event loop (Ctrl-C at the prompt must end the program at once) ---------------
-
-
-def confirm(question: str, refused: str) -> None:
-    """Ask `question` at the terminal; anything but y or yes (Ctrl-D too) raises NotConfirmed(`refused`)."""
-    if not sys.stdin.isatty():
-        raise Usage(f"{question.rstrip('? ')}: confirm with --yes (stdin is not a terminal)")
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:  # Ctrl-D: no
-        print(file=sys.stderr)
-        answer = ""
-    if answer.strip().lower() not in ("y", "yes"):
-        raise NotConfirmed(refused)
 
 
 def confirm_deletion(args: argparse.Namespace, settings: Settings, out: Output) -> None:

@@ -251,7 +251,7 @@ class EventRelay:
             metrics.PUBLISH_BLOCKED.set(0)
             metrics.STREAM_BEHIND_OUTBOX.set(0)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation that arrives as the
-            # event is set. (redis-py can swallow one too; svc_common.grpc_server.cancel_and_wait repeats it.)
+            # event is set. (redis-py can swallow one too; svc_common.supervisor.cancel_and_wait repeats it.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.sweep_seconds):
                     await self._wake.wait()

@@ -28,9 +28,16 @@ from svc_common import eventstream, tracing
 from svc_common.auth import Principal, Role, TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
-from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
+from svc_common.grpc_server import GrpcServer
 from svc_common.redis_client import REDIS_ERRORS, connect, follow_failovers, sentinel_managed
-from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
+from svc_common.supervisor import (
+    SHUTDOWN_MARGIN_SECONDS,
+    Supervisor,
+    cancel_and_wait,
+    exit_after,
+    log_tasks_on_sigusr1,
+    stop_event_on_signals,
+)
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,16 @@ from notify_service.subscriptions import Subscriptions
 from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
-from svc_common.grpc_server import GrpcServer, cancel_and_wait, stop_event_on_signals
+from svc_common.grpc_server import GrpcServer
 from svc_common.redis_client import connect, follow_failovers, sentinel_managed
-from svc_common.supervisor import SHUTDOWN_MARGIN_SECONDS, Supervisor, exit_after, log_tasks_on_sigusr1
+from svc_common.supervisor import (
+    SHUTDOWN_MARGIN_SECONDS,
+    Supervisor,
+    cancel_and_wait,
+    exit_after,
+    log_tasks_on_sigusr1,
+    stop_event_on_signals,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from svc_common import logs
-from svc_common.grpc_server import ListenError, ServerConfig
+from svc_common.errors import ListenError
+from svc_common.grpc_server import ServerConfig
 from svc_common.metrics import MetricsServer
 from svc_common.settings import Env, SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent

@@ -12,7 +12,7 @@
     ├── ResourceExhausted
     └── Unavailable              a dependency is down; retry later
 
-The protocol edge (`svc_common.grpc_server`) maps each class to one status code, once.
+The protocol edge (`svc_common.status`, used by the interceptor) maps each class to one status code, once.
 """
 
 from __future__ import annotations
@@ -92,3 +92,8 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     default_reason = "UNAVAILABLE"
+
+
+class ListenError(Exception):
+    """The server cannot listen on its address (in use, or not an address of this host): a start-up error, not
+    an RPC's (the command line prints it and exits with status 2)."""

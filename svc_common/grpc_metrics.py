@@ -3,7 +3,7 @@ dashboards and alerts operators already have work unchanged: grpc_server_started
 grpc_server_handled_total (grpc_code, spelled as Go spells it: "OK", "NotFound", ...),
 grpc_server_msg_received_total, grpc_server_msg_sent_total and grpc_server_handling_seconds, each labelled
 grpc_type ("unary" or "server_stream"), grpc_service and grpc_method. Recorded by the interceptor
-(svc_common.grpc_server) only when the service serves metrics; each method's labelled children are made once.
+(svc_common.interceptor) only when the service serves metrics; each method's labelled children are made once.
 """
 
 from __future__ import annotations

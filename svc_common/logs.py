@@ -1,5 +1,5 @@
 """Logging for both services: LOG_FORMAT (`text` or `json`, one object per line) and LOG_LEVEL, and the one
-line every finished RPC gets (svc_common.grpc_server): method, code, reason, duration_ms, caller, role,
+line every finished RPC gets (svc_common.interceptor): method, code, reason, duration_ms, caller, role,
 request_id, peer, plus what the handler adds (Subscribe: events sent, why it ended).
 
 The request id is the `x-request-id` a client sent (at most 128 printable ASCII characters; anything else is

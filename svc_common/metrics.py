@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from svc_common.grpc_server import ListenError
+from svc_common.errors import ListenError
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -12,6 +12,7 @@ at once, so whatever is stuck, a SIGTERMed service is gone within its grace peri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -114,3 +115,23 @@ def _awaiting(coro: Any) -> list[str]:
             where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return where
+
+
+async def cancel_and_wait(task: asyncio.Task[None], *, repeat_seconds: float = 0.5) -> None:
+    """Cancel a background task and wait until it has finished. The cancellation is repeated while the task runs
+    on: a library that swallows one (seen: redis-py's pipeline when cancelled mid-write) must not keep a task,
+    and so the shutdown, alive."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=repeat_seconds)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from svc_common.backoff import Backoff
-from svc_common.grpc_server import ListenError
+from svc_common.errors import ListenError
 
 log = logging.getLogger(__name__)
 

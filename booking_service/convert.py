@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
-from svc_common.auth import Role
+from svc_common.principal import Role
 
 ROLES = {Role.USER: booking_pb2.ROLE_USER, Role.PROVIDER: booking_pb2.ROLE_PROVIDER, Role.ADMIN: booking_pb2.ROLE_ADMIN}
 AUDIT_ACTIONS = {

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from svc_common.auth import Principal, Role
+from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 ERROR_DOMAIN = "booking.v1"

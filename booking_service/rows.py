@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
-from svc_common.auth import Role
+from svc_common.principal import Role
 
 Record = asyncpg.Record
 

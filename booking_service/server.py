@@ -25,10 +25,11 @@ from booking_service.settings import Settings
 from booking_service.storage import Storage
 from booking_service.usecases import BookingUseCases
 from svc_common import eventstream, tracing
-from svc_common.auth import Principal, Role, TokenVerifier
+from svc_common.auth import TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
 from svc_common.grpc_server import GrpcServer
+from svc_common.principal import Principal, Role
 from svc_common.redis_client import REDIS_ERRORS, connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import (
     SHUTDOWN_MARGIN_SECONDS,

@@ -13,7 +13,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.convert import audit_to_proto, booking_to_proto
 from booking_service.domain import EARLIEST_TIME, LATEST_TIME, MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
 from booking_service.usecases import BookingUseCases, require_admin
-from svc_common.auth import Principal, Role, current_principal
+from svc_common.principal import Principal, Role, current_principal
 from svc_common.validation import Checker
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -20,18 +19,8 @@ import asyncpg
 from booking_service.database import Connection, Database, Record
 from booking_service.domain import Actor, AuditEntry, Booking, NewBooking, SlotTaken
 from booking_service.rows import audit_from_record, booking_from_record
+from booking_service.usecases import ListQuery
 from svc_common import tracing
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    """A page of bookings; each filter None means unrestricted."""
-
-    customer_id: str | None
-    provider_id: str | None
-    after: tuple[datetime, uuid.UUID] | None
-    limit: int
-
 
 _AUDIT_INSERT = """
     INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -17,8 +18,6 @@ from booking_service.domain import (
     is_admin,
     may_see,
 )
-from booking_service.storage import ListQuery
-from svc_common.auth import Principal, Role
 from svc_common.errors import (
     Aborted,
     AlreadyExists,
@@ -28,6 +27,7 @@ from svc_common.errors import (
     NotFound,
     PermissionDenied,
 )
+from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 PURGE_BATCH = 500
@@ -61,6 +61,16 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     except ValueError as exc:
         raise pagination.invalid_token() from exc
     return position, booking_id
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A page of bookings; each filter None means unrestricted."""
+
+    customer_id: str | None
+    provider_id: str | None
+    after: tuple[datetime, uuid.UUID] | None
+    limit: int
 
 
 class BookingStore(Protocol):

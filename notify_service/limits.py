@@ -14,8 +14,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from svc_common.auth import Principal, Role
 from svc_common.errors import ResourceExhausted
+from svc_common.principal import Principal, Role
 
 
 @dataclass(frozen=True)

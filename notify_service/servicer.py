@@ -15,10 +15,10 @@ from notify_service import metrics
 from notify_service.hub import EventFilter
 from notify_service.limits import StreamCounts
 from notify_service.subscriptions import Subscriptions
-from svc_common.auth import current_principal
 from svc_common.errors import ServiceError
 from svc_common.eventstream import EventId
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, current_request_id
+from svc_common.principal import current_principal
 from svc_common.scope import Scope
 from svc_common.validation import Checker
 

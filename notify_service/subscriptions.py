@@ -24,7 +24,6 @@ from svc_common.eventstream import ORIGIN, EventId
 class SubscriptionConfig:
     max_queue: int = 1000  # events a subscriber may fall behind before it is ended as SLOW_CONSUMER
     limits: BatchLimits = field(default_factory=BatchLimits)  # what one response may carry
-    window: int = 10_000  # recent events kept in memory for subscribers that resume (0: none)
 
 
 class Subscriptions:

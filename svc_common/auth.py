@@ -1,16 +1,17 @@
-"""Caller identity: HS256 JWTs with claims `sub`, `name`, `role` and `exp` (verified with PyJWT)."""
+"""Caller identity from HS256 JWTs with claims `sub`, `name`, `role` and `exp` (verified with PyJWT). The identity
+itself (Principal, Role, the current caller) is svc_common.principal, which the domain imports without PyJWT."""
 
 from __future__ import annotations
 
-import contextvars
-import enum
 import time
-from dataclasses import dataclass
 from typing import TypeGuard
 
 import jwt
 
 from svc_common.errors import Unauthenticated
+from svc_common.principal import Principal, Role, current_principal, set_current_principal
+
+__all__ = ["Principal", "Role", "TokenVerifier", "current_principal", "mint", "set_current_principal"]
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "name", "role", "exp")
@@ -19,33 +20,6 @@ MAX_SUBJECT_CHARS = 128
 MAX_NAME_CHARS = 256
 MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
-
-
-class Role(enum.Enum):
-    USER = "user"
-    PROVIDER = "provider"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller."""
-
-    id: str
-    name: str
-    role: Role
-
-
-_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
-
-
-def current_principal() -> Principal:
-    """The caller of the RPC being served; set by the server's auth interceptor."""
-    return _current.get()
-
-
-def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
-    return _current.set(principal)
 
 
 def _clean(value: object, max_chars: int) -> TypeGuard[str]:

@@ -13,9 +13,10 @@ import grpc
 from google.rpc import code_pb2
 
 from svc_common import errors, tracing
-from svc_common.auth import TokenVerifier, current_principal, set_current_principal
+from svc_common.auth import TokenVerifier
 from svc_common.grpc_metrics import MethodMetrics
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
+from svc_common.principal import current_principal, set_current_principal
 from svc_common.status import rich_status, status_code_for
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from svc_common.auth import Principal, Role
+from svc_common.principal import Principal, Role
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from booking_service.database import Connection, Database, DatabaseConfig
 from booking_service.domain import Actor, NewBooking
 from booking_service.rows import booking_from_record
 from booking_service.storage import CREATE_SQL, Storage
-from svc_common.auth import Role
 from svc_common.errors import Aborted, Unavailable
+from svc_common.principal import Role
 
 ACTOR = Actor("tester", "Tester", Role.ADMIN)
 T = TypeVar("T")

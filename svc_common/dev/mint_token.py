@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from svc_common.auth import Role, mint
+from svc_common.auth import mint
+from svc_common.principal import Role
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from google.rpc import error_details_pb2, status_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from svc_common.auth import Role, mint
+from svc_common.auth import mint
+from svc_common.principal import Role
 
 JWT_SECRET = "tests-only-secret-0123456789abcdef-0123456789"
 ERROR_DOMAIN = "booking.v1"

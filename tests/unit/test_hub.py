@@ -8,9 +8,9 @@ from collections import deque
 import pytest
 
 from notify_service.hub import BatchLimits, Event, EventFilter, Hub, Subscriber, cursor_expired, take_batch
-from svc_common.auth import Principal, Role
 from svc_common.errors import OutOfRange, ResourceExhausted, Unavailable
 from svc_common.eventstream import EventId
+from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 ADMIN = Scope.of(Principal("root", "root", Role.ADMIN))

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from booking_service.domain import Booking, NewBooking, may_see
-from svc_common.auth import Principal, Role
+from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 T = datetime(2031, 1, 1, tzinfo=UTC)

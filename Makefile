@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run cluster lock bufbreaking test soak mutants bench check lint typecheck buflint gen install clean token
+.PHONY: run cluster lock bufbreaking test test-unit test-integration test-system soak mutants bench check lint typecheck buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
@@ -64,10 +64,18 @@ token: $(STAMP)
 test: gen $(SERVERS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# One tier (tests/unit: no servers, seconds; tests/integration: real servers; tests/system: faults, cluster, soak).
+test-unit: gen
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+test-integration: gen $(SERVERS)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+test-system: gen $(SERVERS)
+	$(PY) -m pytest tests/system $(PYTEST_ARGS)
+
 # The soak at full length (the suite runs it for 60 s): 10 minutes of writes, subscribers and a fault a minute.
 SOAK_SECONDS ?= 600
 soak: gen $(SERVERS)
-	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py $(PYTEST_ARGS)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/system/test_soak.py $(PYTEST_ARGS)
 
 # Mutation testing: mutmut over the pure modules against the unit tier ([tool.mutmut] in pyproject.toml), a
 # table per module, then the hand-written SQL mutants against the integration tests. Takes several minutes.

@@ -4,7 +4,8 @@ Each service builds one frozen Settings from an `Env` (its `read` classmethod); 
 (svc_common.cli) reads the settings every service shares through the same `Env`. An `Env` never stops at the
 first bad value: every problem is collected and `check()` raises them all at once (the command line prints one
 per line and exits with status 2). It also remembers what it read, so `--check-config` can print the effective
-settings (secrets and URL passwords redacted) and the README's table is tested against what is really read.
+settings (secrets and URL passwords redacted) and the table in docs/configuration.md is tested against what is
+really read.
 
 (A small reader rather than pydantic-settings: the services' settings are flat environment variables with
 bounds, and this keeps the messages, the redaction and the table in one short module without a new dependency.)
@@ -38,7 +39,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One setting as read: its value as --check-config shows it, and its default as the README shows it."""
+    """One setting as read: its value as --check-config shows it, and its default as docs/configuration.md shows it."""
 
     name: str
     shown: str

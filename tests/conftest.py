@@ -32,6 +32,16 @@ from tests.support.servers import ServiceProcess, booking_env
 # Services the suite starts serve no metrics unless a test asks: two on one host would collide on the defaults.
 os.environ.setdefault("METRICS_LISTEN", "")
 
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it lives in (tests/unit, tests/integration, tests/system)."""
+    for item in items:
+        tier = next((part for part in item.path.parts[-3:-1] if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 def pytest_report_header() -> str:
     return f"servers: {describe_servers()}"

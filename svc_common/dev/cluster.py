@@ -3,7 +3,7 @@ behind nginx (deploy/nginx/nginx.conf, the same file compose uses) on 127.0.0.1:
 Redis as `make run` finds or starts them. Ctrl-C stops everything.
 
 `Balancer` runs nginx with that configuration in a directory of its own; the test suite uses it too
-(tests/test_cluster.py), with instances it starts, stops and kills itself.
+(tests/system/test_cluster.py), with instances it starts, stops and kills itself.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-L = "tests/test_lifecycle.py::"
-C = "tests/test_create.py::"
-P = "tests/test_pagination.py::"
+L = "tests/integration/test_lifecycle.py::"
+C = "tests/integration/test_create.py::"
+P = "tests/integration/test_pagination.py::"
 S = "booking_service/storage.py"
 M1 = "booking_service/migrations/0001_bookings.sql"
 M4 = "booking_service/migrations/0004_least_privilege.sql"
@@ -56,14 +56,14 @@ MUTANTS = (
         S,
         "AND ($6::text IS NULL OR customer_id = $6)",
         "AND ($6::text IS NULL OR customer_id = $6 OR true)",
-        ("tests/test_permissions.py::test_rpc_on_existing_booking",),
+        ("tests/integration/test_permissions.py::test_rpc_on_existing_booking",),
     ),
     Mutant(
         "delete ignores the provider scope",
         S,
         "AND ($7::text IS NULL OR provider_id = $7)",
         "AND ($7::text IS NULL OR provider_id = $7 OR true)",
-        ("tests/test_permissions.py::test_rpc_on_existing_booking",),
+        ("tests/integration/test_permissions.py::test_rpc_on_existing_booking",),
     ),
     Mutant(
         "delete of a deleted booking",
@@ -143,7 +143,7 @@ MUTANTS = (
         M4,
         "AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = a.booking_id AND b.delete_time IS NULL)",
         "",
-        ("tests/test_hardening.py::test_the_service_role_can_only_read_and_append_to_the_audit_trail",),
+        ("tests/integration/test_hardening.py::test_the_service_role_can_only_read_and_append_to_the_audit_trail",),
     ),
 )
 

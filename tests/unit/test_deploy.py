@@ -1,7 +1,8 @@
 """The deployment files, checked offline: the Kubernetes manifests against the API schemas (kubernetes-validate)
 and the probes, grace and disruption budget they must have; docker-compose.yml's topology and its required
 secret; the Dockerfile's build from the lock files. (No container engine runs on our machines: the image is not
-built here, and the nginx configuration is exercised by tests/test_cluster.py through `make cluster`'s runner.)"""
+built here, and the nginx configuration is exercised by tests/system/test_cluster.py through `make cluster`'s
+runner.)"""
 
 from __future__ import annotations
 

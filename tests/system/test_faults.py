@@ -107,7 +107,7 @@ async def test_two_instances_starting_at_once_migrate_an_empty_database_once(
     conn = await asyncpg.connect(pg.url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(
-            list((Path(__file__).parents[1] / "booking_service" / "migrations").glob("*.sql"))
+            list((Path(__file__).parents[2] / "booking_service" / "migrations").glob("*.sql"))
         )
     finally:
         await conn.close()

@@ -43,6 +43,6 @@ async def test_an_aged_connection_ends_a_stream_with_unavailable_and_unary_calls
 
 
 def test_liveness_is_serving_on_both_services(system: EventSystem) -> None:
-    """(Readiness going NOT_SERVING while liveness stays SERVING is in tests/test_faults.py.)"""
+    """(Readiness going NOT_SERVING while liveness stays SERVING is in tests/system/test_faults.py.)"""
     assert system.booking().health("liveness") == SERVING
     assert system.notify().health("liveness") == SERVING

@@ -24,7 +24,7 @@ from tests.support.servers import PROJECT, notify_env, terminate_backends
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-KEEPALIVE_BOUND_SECONDS = 40  # the README: a vanished client is noticed within 40 s
+KEEPALIVE_BOUND_SECONDS = 40  # docs/architecture.md: a vanished client is noticed within 40 s
 
 
 async def test_connection_terminations_under_load_never_answer_internal_and_background_work_survives(
@@ -114,7 +114,8 @@ async def test_sigterm_under_load_exits_within_the_grace_period_every_time(
 async def test_a_frozen_subscriber_process_is_released_within_the_keepalive_bound(
     booking_db_url: str, redis_url: str
 ) -> None:
-    """The README's promise: a vanished client is noticed within 40 s (ping after 30 s idle, 10 s for the ack)."""
+    """docs/architecture.md's promise: a vanished client is noticed within 40 s (ping after 30 s idle, 10 s
+    for the ack)."""
     settings = Settings.from_env(notify_env(booking_db_url, redis_url), listen="127.0.0.1:0")
     async with running(settings) as notify:
         client = await asyncio.create_subprocess_exec(

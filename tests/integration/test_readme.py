@@ -1,4 +1,6 @@
-"""The README's grpcurl calls, run in order against a real server.
+"""The examples of the README and docs/, as printed: the grpcurl calls (the README's tour, then
+docs/grpcurl.md), run in order against a real server; the bookingctl blocks and the Python client example,
+run against real services; and the settings table of docs/configuration.md against what the services read.
 
 grpcurl is not packaged for our machines, so each call is made the way grpcurl makes it: the request type
 comes from the server's reflection service and the -d JSON is mapped onto it with protobuf's JSON mapping.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -29,13 +32,19 @@ from svc_common.settings import Env
 from tests.support.helpers import token
 from tests.support.servers import ServiceProcess, booking_env, notify_env
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs"
+GRPCURL_PAGES = (README, DOCS / "grpcurl.md")  # in the order a newcomer runs them
+
+
+def blocks(page: Path, language: str) -> list[str]:
+    return [str(block) for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 def readme_commands() -> Iterator[tuple[str, str | None]]:
-    """Each shell command of the README's sh blocks, with the code a `# -> CODE` comment expects."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
-    for block in blocks:
+    """Each shell command of the sh blocks of the README and docs/grpcurl.md, with the code a `# -> CODE`
+    comment expects."""
+    for block in (block for page in GRPCURL_PAGES for block in blocks(page, "sh")):
         expected, pending = None, ""
         for line in block.splitlines():
             if not pending and line.startswith("# -> "):
@@ -155,7 +164,9 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                     grpcurl.env["BOOKING_ID"] = result["booking"]["id"]
                 if command.endswith(" list"):
                     assert "booking.v1.BookingService" in result
-            if '"0-0"' in command:  # the whole history: the walkthrough's five changes of alice's booking
+            if "dr-house" in command and "Subscribe" in command:  # the tour's one booking
+                assert [e["type"] for e in grpcurl.streamed_events()] == ["BOOKING_EVENT_TYPE_CREATED"]
+            elif '"0-0"' in command:  # the whole history: the walkthrough's five changes of alice's booking
                 kinds = [e["type"] for e in grpcurl.streamed_events()]
                 assert kinds == ["BOOKING_EVENT_TYPE_" + k for k in READMES_CHANGES], kinds
                 grpcurl.env["EVENT_ID"] = grpcurl.streamed_events()[1]["event_id"]
@@ -168,15 +179,15 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
         grpcurl.close()
         booking.stop()
         notify.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 20
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 23
 
 
 READMES_CHANGES = ["CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
 
 
 def readme_settings_table() -> dict[str, tuple[str, str]]:
-    """The Configuration table: env name -> (booking's default, notify's default) as printed."""
-    section = README.read_text().split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    """The table of docs/configuration.md: env name -> (booking's default, notify's default) as printed."""
+    section = (DOCS / "configuration.md").read_text()
     rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
     return {name.strip().strip("`"): (booking.strip(), notify.strip()) for name, booking, notify in rows}
 
@@ -196,17 +207,14 @@ def test_the_readme_settings_table_is_what_each_service_reads_with_its_defaults(
     assert readme_settings_table() == expected
 
 
-def readme_bookingctl_block() -> str:
-    (block,) = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    return str(block)
-
-
-def test_readme_bookingctl_walkthrough_runs_as_printed(
-    new_database: Callable[[], str], redis_url: str, workdir: Path
+@pytest.mark.parametrize("page", [README, DOCS / "client.md"], ids=lambda page: page.name)
+def test_bookingctl_blocks_run_as_printed(
+    page: Path, new_database: Callable[[], str], redis_url: str, workdir: Path
 ) -> None:
-    """The block runs in bash, stopping at the first failing command, against services that use the secret it
-    exports (as `make run`'s do); only where they listen comes from the environment (BOOKING_TARGET, ...)."""
-    block = readme_bookingctl_block()
+    """Each page's bookingctl block runs in bash, stopping at the first failing command, against services that
+    use the secret it exports (as `make run`'s do); only where they listen comes from the environment
+    (BOOKING_TARGET, ...)."""
+    (block,) = blocks(page, "bash")
     (secret,) = re.findall(r"export JWT_SECRET=(\S+)", block)
     database = new_database()
     booking = ServiceProcess("booking_service", {**booking_env(database, redis_url), "JWT_SECRET": secret}, workdir)
@@ -230,17 +238,19 @@ def test_readme_bookingctl_walkthrough_runs_as_printed(
             line for line in done.stderr.splitlines() if not line.startswith(("watch: connecting", "watch: subscribed"))
         ]
         assert said == [], done.stderr
-        assert "SERVING" in done.stdout and "moved to March" in done.stdout
-        assert done.stdout.rstrip().endswith("[]")  # the purge removed the one soft-deleted booking
+        assert "SERVING" in done.stdout
+        if page != README:  # the whole walkthrough
+            assert "moved to March" in done.stdout
+            assert done.stdout.rstrip().endswith("[]")  # the purge removed the one soft-deleted booking
     finally:
         booking.stop()
         notify.stop()
 
 
-def test_readme_client_example_runs_as_printed(new_database: Callable[[], str], redis_url: str, workdir: Path) -> None:
+def test_the_client_example_runs_as_printed(new_database: Callable[[], str], redis_url: str, workdir: Path) -> None:
     """The Python block runs as a script against real services (only their addresses and the token come from
     the environment, as the block reads them)."""
-    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = blocks(DOCS / "client.md", "python")
     database = new_database()
     booking = ServiceProcess("booking_service", booking_env(database, redis_url), workdir)
     notify = ServiceProcess("notify_service", notify_env(database, redis_url), workdir)

@@ -4,6 +4,7 @@ itself (Principal, Role, the current caller) is svc_common.principal, which the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TypeGuard
 
 import jwt
@@ -30,7 +31,14 @@ class TokenVerifier:
     """Verifies tokens; a verified token is remembered (up to `cache_size` of them) until it expires, so a
     client that reuses its token costs one dictionary lookup per call instead of an HMAC and JSON decode."""
 
-    def __init__(self, secret: str, *, leeway_seconds: float = 5.0, cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        leeway_seconds: float = 5.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
         self._secret = secret
@@ -38,6 +46,7 @@ class TokenVerifier:
         self._options = {"require": list(REQUIRED_CLAIMS)}
         self._cache_size = cache_size
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self._clock = clock  # the time expiry is judged by (PyJWT judges by the system's too)
 
     def verify_header(self, header: str | None) -> Principal:
         """Verify an `authorization` metadata value of the form `Bearer <JWT>`."""
@@ -52,7 +61,7 @@ class TokenVerifier:
         cached = self._verified.get(token)
         if cached is not None:
             principal, expires = cached
-            if time.time() < expires:
+            if self._clock() < expires:
                 return principal
             del self._verified[token]
         principal, expires = self._decode(token)
@@ -81,6 +90,8 @@ class TokenVerifier:
         exp = claims["exp"]
         if type(exp) is not int or not 0 < exp <= MAX_EXP:  # PyJWT also takes "123" and 1e300
             raise Unauthenticated("claim 'exp' must be an integer time before the year 10000", reason="INVALID_TOKEN")
+        if exp + self._leeway <= self._clock():
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
         sub, name, role = claims.get("sub"), claims.get("name"), claims.get("role")
         if not _clean(sub, MAX_SUBJECT_CHARS) or not sub:
             raise Unauthenticated("claim 'sub' must be 1-128 printable characters", reason="INVALID_TOKEN")

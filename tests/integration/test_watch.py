@@ -148,7 +148,7 @@ async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_res
                 await reading.wait()  # when cleared, it falls behind a queue of 20: ended as SLOW_CONSUMER
 
         reader = asyncio.create_task(read())
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(watch.started.wait(), 30)  # subscribed: the writes below come after it
         writers = Writers(client)
         writers.start()
         try:

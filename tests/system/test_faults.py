@@ -130,7 +130,10 @@ async def test_sigterm_finishes_calls_in_flight_then_refuses_new_ones_and_exits(
     await tx.start()
     await blocker.execute("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE", booking.id)
     in_flight = asyncio.ensure_future(alice.delete(booking.id, reason="in flight"))
-    await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):  # the delete waits
+        assert time.monotonic() < deadline and not in_flight.done(), "the delete did not wait for the row lock"
+        await asyncio.sleep(0.05)
     assert not in_flight.done()
 
     service.signal(signal.SIGTERM)

@@ -185,12 +185,21 @@ def soft_deleted(ctl: Ctl, count: int) -> list[str]:
     return ids
 
 
+def as_at_a_terminal() -> None:
+    """In the child, before it runs: SIGINT as at an interactive terminal. A command started in the background
+    by a non-interactive shell (CI's runner may be one) inherits SIGINT ignored, and Python keeps it ignored,
+    so a Ctrl-C sent by the test would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def at_terminal(command: list[str], env: dict[str, str], answer: str | signal.Signals) -> tuple[int, str]:
     """Run `command` with a pseudo-terminal as its stdin and stdout; answer its question (a line, Ctrl-D as
     "\x04", or a signal as Ctrl-C sends); return its exit status (within 10 s of the answer) and what it
     printed."""
     master, slave = pty.openpty()
-    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=PROJECT)
+    process = subprocess.Popen(
+        command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=PROJECT, preexec_fn=as_at_a_terminal
+    )
     os.close(slave)
     seen, answered = b"", False
     deadline = time.monotonic() + 60
@@ -327,12 +336,18 @@ def test_watch_says_on_stderr_that_it_connects_and_retries(ctl: Ctl, tmp_path: P
         watcher = subprocess.Popen(
             [*ctl.base, "--notify-target", address, "watch"],
             env=ctl.env, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+            preexec_fn=as_at_a_terminal,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while said.read_text().count("retrying in") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(timeout=30) == 130
+        try:
+            deadline = time.monotonic() + 30
+            while said.read_text().count("retrying in") < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=30) == 130
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait(10)
     text = said.read_text()
     assert f"watch: connecting to {address}" in text and "UNAVAILABLE" in text and text.count("retrying in") >= 2, text
 

@@ -18,8 +18,8 @@ import asyncpg
 
 from booking_service.database import Connection, Database, Record
 from booking_service.domain import Actor, AuditEntry, Booking, NewBooking, SlotTaken
+from booking_service.ports import ListQuery
 from booking_service.rows import audit_from_record, booking_from_record
-from booking_service.usecases import ListQuery
 from svc_common import tracing
 
 _AUDIT_INSERT = """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -18,6 +17,7 @@ from booking_service.domain import (
     is_admin,
     may_see,
 )
+from booking_service.ports import BookingStore, ListQuery
 from svc_common.errors import (
     Aborted,
     AlreadyExists,
@@ -61,46 +61,6 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     except ValueError as exc:
         raise pagination.invalid_token() from exc
     return position, booking_id
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    """A page of bookings; each filter None means unrestricted."""
-
-    customer_id: str | None
-    provider_id: str | None
-    after: tuple[datetime, uuid.UUID] | None
-    limit: int
-
-
-class BookingStore(Protocol):
-    """What the use cases need of storage (booking_service.storage.Storage is the one implementation)."""
-
-    async def get(self, booking_id: uuid.UUID) -> Booking | None: ...
-    async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]: ...
-    async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]: ...
-    async def create(
-        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Principal, request_id: str | None
-    ) -> tuple[Booking, bool]: ...
-    async def soft_delete(
-        self,
-        booking_id: uuid.UUID,
-        *,
-        op_id: uuid.UUID,
-        actor: Principal,
-        reason: str,
-        scope_customer: str | None,
-        scope_provider: str | None,
-        version: int | None,
-    ) -> Booking | None: ...
-    async def restore(
-        self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal, version: int | None
-    ) -> Booking | None: ...
-    async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal) -> bool: ...
-    async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]: ...
-    async def purge(
-        self, deleted_before: datetime, *, actor: Principal, reason: str, batch: int, sample: int
-    ) -> tuple[int, list[str]]: ...
 
 
 class ChangeSignal(Protocol):

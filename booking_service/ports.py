@@ -1,0 +1,52 @@
+"""What the use cases need of storage: the `BookingStore` protocol and the query it takes. The use cases
+(usecases.py) call it and storage (storage.py) implements it; both import this module, neither the other."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from booking_service.domain import AuditEntry, Booking, NewBooking
+from svc_common.principal import Principal
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A page of bookings; each filter None means unrestricted."""
+
+    customer_id: str | None
+    provider_id: str | None
+    after: tuple[datetime, uuid.UUID] | None
+    limit: int
+
+
+class BookingStore(Protocol):
+    """What the use cases need of storage (booking_service.storage.Storage is the one implementation)."""
+
+    async def get(self, booking_id: uuid.UUID) -> Booking | None: ...
+    async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]: ...
+    async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]: ...
+    async def create(
+        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Principal, request_id: str | None
+    ) -> tuple[Booking, bool]: ...
+    async def soft_delete(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        op_id: uuid.UUID,
+        actor: Principal,
+        reason: str,
+        scope_customer: str | None,
+        scope_provider: str | None,
+        version: int | None,
+    ) -> Booking | None: ...
+    async def restore(
+        self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal, version: int | None
+    ) -> Booking | None: ...
+    async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal) -> bool: ...
+    async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]: ...
+    async def purge(
+        self, deleted_before: datetime, *, actor: Principal, reason: str, batch: int, sample: int
+    ) -> tuple[int, list[str]]: ...

@@ -1,4 +1,5 @@
-"""Domain values into protobuf messages, shared by the servicer (responses) and the outbox relay (events)."""
+"""Domain values into protobuf messages, for the servicer's responses. (Change events are encoded from the outbox's
+rows by its read side's contract, svc_common.outbox, without the domain.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_api.booking.v1 import booking_pb2
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
 from svc_common.principal import Role
 
@@ -62,24 +63,3 @@ def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
     if entry.snapshot is not None:
         message.snapshot.CopyFrom(booking_to_proto(entry.snapshot))
     return message
-
-
-EVENT_TYPES = {
-    AuditAction.CREATED: events_pb2.BOOKING_EVENT_TYPE_CREATED,
-    AuditAction.DELETED: events_pb2.BOOKING_EVENT_TYPE_DELETED,
-    AuditAction.RESTORED: events_pb2.BOOKING_EVENT_TYPE_RESTORED,
-    AuditAction.HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
-}
-
-
-def event_to_proto(
-    event_id: str, action: AuditAction, booking: Booking, actor: Actor, occur_time: datetime, traceparent: str = ""
-) -> events_pb2.BookingEvent:
-    return events_pb2.BookingEvent(
-        event_id=event_id,
-        type=EVENT_TYPES[action],
-        booking=booking_to_proto(booking),
-        actor=actor_to_proto(actor),
-        occur_time=_timestamp(occur_time),
-        traceparent=traceparent,
-    )

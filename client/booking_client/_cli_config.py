@@ -70,6 +70,11 @@ class Config:
         data = data or {}
         if not isinstance(data, dict) or not isinstance(data.setdefault("contexts", []), list):
             raise ConfigError(f"{path}: not a bookingctl config (expected current-context and a contexts list)")
+        for entry in data["contexts"]:
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+                raise ConfigError(f"{path}: each context needs a name and settings, not {entry!r}"[:300])
+            if not isinstance(entry.setdefault("context", {}) or {}, dict):
+                raise ConfigError(f"{path}: context {entry['name']!r}: its settings must be a mapping")
         return cls(path, data)
 
     def save(self) -> None:
@@ -90,7 +95,7 @@ class Config:
     def context(self, name: str) -> dict[str, Any]:
         for entry in self.data["contexts"]:
             if entry.get("name") == name:
-                settings = entry.setdefault("context", {}) or {}
+                settings = entry["context"] or {}
                 unknown = [key for key in settings if key not in (*KEYS, *TOKEN_KEYS, "token")]
                 if unknown:
                     raise ConfigError(
@@ -130,7 +135,6 @@ class Settings:
     key: str | None
     server_name: str | None
     timeout: float
-    context: str  # the context used ("" if none)
 
 
 def resolve(flags: dict[str, Any], *, need_token: bool) -> Settings:
@@ -142,7 +146,7 @@ def resolve(flags: dict[str, Any], *, need_token: bool) -> Settings:
 
     def pick(key: str, default: Any = None) -> Any:
         flag = flags.get(key.replace("-", "_"))
-        if flag not in (None, False):
+        if flag is not None and flag is not False:  # (not `in (None, False)`: a flag of 0 equals False)
             return flag
         if key in named:
             return named[key]
@@ -174,9 +178,18 @@ def resolve(flags: dict[str, Any], *, need_token: bool) -> Settings:
         cert=pick("cert"),
         key=pick("key"),
         server_name=pick("server-name"),
-        timeout=float(pick("timeout", 10.0)),
-        context=chosen or (config.current if current else ""),
+        timeout=_seconds(pick("timeout", 10.0)),
     )
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"timeout must be a positive number of seconds, not {value!r}"[:200])
+    return seconds
 
 
 def _has_token(settings: dict[str, Any]) -> bool:

@@ -17,9 +17,9 @@ import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service import metrics, pagination
-from booking_service.database import LOST_CONNECTION, Database, DatabaseConfig
+from booking_service.database import LOST_CONNECTION, Database
 from booking_service.domain import ERROR_DOMAIN
-from booking_service.relay import EventRelay, RelayConfig, RelayWaker
+from booking_service.relay import EventRelay, RelayWaker
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import Storage
@@ -125,14 +125,7 @@ async def _purge_periodically(usecases: BookingUseCases, retention: timedelta, i
 async def running(settings: Settings, stop: asyncio.Event | None = None) -> AsyncIterator[GrpcServer]:
     """A started booking server; on exit it drains calls in flight and closes its pool."""
     stop = stop or asyncio.Event()
-    db = Database(
-        DatabaseConfig(
-            dsn=settings.database_url,
-            min_connections=settings.db_min_connections,
-            max_connections=settings.db_max_connections,
-            attempts=settings.db_attempts,
-        )
-    )
+    db = Database(settings.database)
     server = GrpcServer(
         settings.server,
         verifier=TokenVerifier(settings.jwt_secret),
@@ -140,16 +133,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         service_names=[SERVICE_NAME],
     )
     client = connect(settings.redis)
-    relay = EventRelay(
-        RelayConfig(
-            dsn=settings.database_url,
-            stream_key=settings.stream_key,
-            max_len=settings.stream_max_len,
-            max_age_seconds=settings.stream_max_age_seconds,
-            sweep_seconds=settings.relay_sweep_seconds,
-        ),
-        client,
-    )
+    relay = EventRelay(settings.relay, client)
     waker = RelayWaker(relay, db)
     usecases = BookingUseCases(Storage(db), waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)

@@ -10,7 +10,6 @@ from booking_service.database import DatabaseConfig
 from booking_service.relay import RelayConfig
 from svc_common import probes
 from svc_common.auth import MIN_SECRET_BYTES
-from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
 from svc_common.redis_client import RedisConfig
 from svc_common.settings import POSTGRES_SCHEMES, Env, read_checked
@@ -26,25 +25,24 @@ DEFAULT_SERVER = ServerConfig.read(
 
 @dataclass(frozen=True)
 class Settings:
-    """Every default is the component's own (DatabaseConfig, RelayConfig, ServerConfig) or stated here once;
-    `read` reads the field defaults back (`cls.<field>`), so no default is written twice."""
+    """The configs the service is made of (each component's defaults are its own), and the few settings of the
+    server's wiring; `read` reads the defaults back (`cls.<field>`, `DatabaseConfig.<field>`), so no default is
+    written twice."""
 
-    database_url: str
+    database: DatabaseConfig  # DATABASE_URL, DB_MIN_CONNECTIONS, DB_MAX_CONNECTIONS, DB_ATTEMPTS
     redis: RedisConfig  # REDIS_URL, REDIS_TIMEOUT_SECONDS, REDIS_SENTINEL_PASSWORD
+    relay: RelayConfig  # EVENT_STREAM_KEY, EVENT_STREAM_MAX_LEN, EVENT_STREAM_MAX_AGE_SECONDS, RELAY_SWEEP_SECONDS
     jwt_secret: str
     server: ServerConfig = DEFAULT_SERVER
-    db_min_connections: int = DatabaseConfig.min_connections
-    db_max_connections: int = DatabaseConfig.max_connections
-    db_attempts: int = DatabaseConfig.attempts
     grace_seconds: float = 10.0
     health_interval_seconds: float = 2.0
     retention_days: float = 0.0  # 0: no automatic purge
     retention_interval_seconds: float = 3600.0
-    stream_key: str = DEFAULT_STREAM_KEY
-    stream_max_len: int = RelayConfig.max_len  # change events kept in Redis, by count ...
-    stream_max_age_seconds: float = RelayConfig.max_age_seconds  # ... and by age
-    relay_sweep_seconds: float = RelayConfig.sweep_seconds
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
+
+    @property
+    def database_url(self) -> str:
+        return self.database.dsn
 
     def probes(self) -> dict[str, Callable[[], Coroutine[Any, Any, str]]]:
         """What --check-config --probe connects to."""
@@ -64,10 +62,28 @@ class Settings:
     @classmethod
     def read(cls, env: Env, *, listen: str, reuse_port: bool) -> Settings:
         """Read every setting; what is wrong is recorded in `env` (each bound named), for `env.check()`."""
-        max_connections = env.integer("DB_MAX_CONNECTIONS", cls.db_max_connections, least=1, most=1000)
+        database_url = env.url("DATABASE_URL", POSTGRES_SCHEMES, required=True)
+        max_connections = env.integer("DB_MAX_CONNECTIONS", DatabaseConfig.max_connections, least=1, most=1000)
         return cls(
-            database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES, required=True),
+            database=DatabaseConfig(
+                dsn=database_url,
+                min_connections=env.integer(
+                    "DB_MIN_CONNECTIONS", DatabaseConfig.min_connections, least=0, most=max_connections
+                ),
+                max_connections=max_connections,
+                attempts=env.integer("DB_ATTEMPTS", DatabaseConfig.attempts, least=1, most=100),
+            ),
             redis=RedisConfig.read(env),
+            relay=RelayConfig(
+                dsn=database_url,
+                stream_key=env.text("EVENT_STREAM_KEY", RelayConfig.stream_key),
+                # Redis takes MAXLEN as a 64-bit integer; a billion events is more than any stream should hold.
+                max_len=env.integer("EVENT_STREAM_MAX_LEN", RelayConfig.max_len, least=1, most=1_000_000_000),
+                max_age_seconds=env.number(
+                    "EVENT_STREAM_MAX_AGE_SECONDS", RelayConfig.max_age_seconds, above=0, most=10 * 365 * 86400
+                ),
+                sweep_seconds=env.number("RELAY_SWEEP_SECONDS", RelayConfig.sweep_seconds, least=0.01, most=3600),
+            ),
             jwt_secret=env.secret("JWT_SECRET", min_bytes=MIN_SECRET_BYTES),
             server=ServerConfig.read(
                 env,
@@ -76,9 +92,6 @@ class Settings:
                 metrics_default=DEFAULT_METRICS_LISTEN,
                 service_name=SERVICE,
             ),
-            db_min_connections=env.integer("DB_MIN_CONNECTIONS", cls.db_min_connections, least=0, most=max_connections),
-            db_max_connections=max_connections,
-            db_attempts=env.integer("DB_ATTEMPTS", cls.db_attempts, least=1, most=100),
             grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", cls.grace_seconds, above=0, most=3600),
             health_interval_seconds=env.number(
                 "HEALTH_INTERVAL_SECONDS", cls.health_interval_seconds, least=0.05, most=3600
@@ -87,12 +100,5 @@ class Settings:
             retention_interval_seconds=env.number(
                 "RETENTION_INTERVAL_SECONDS", cls.retention_interval_seconds, least=0.1, most=86400
             ),
-            stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
-            # Redis takes MAXLEN as a 64-bit integer; a billion events is more than any stream here should hold.
-            stream_max_len=env.integer("EVENT_STREAM_MAX_LEN", cls.stream_max_len, least=1, most=1_000_000_000),
-            stream_max_age_seconds=env.number(
-                "EVENT_STREAM_MAX_AGE_SECONDS", cls.stream_max_age_seconds, above=0, most=10 * 365 * 86400
-            ),
-            relay_sweep_seconds=env.number("RELAY_SWEEP_SECONDS", cls.relay_sweep_seconds, least=0.01, most=3600),
             migration_database_url=env.url("MIGRATION_DATABASE_URL", POSTGRES_SCHEMES) or None,
         )

@@ -7,6 +7,8 @@ from dataclasses import replace
 import pytest
 
 from booking_service import settings as booking_settings
+from booking_service.database import DatabaseConfig
+from booking_service.relay import RelayConfig
 from booking_service.settings import Settings as BookingSettings
 from notify_service import settings as notify_settings
 from notify_service.hub import BatchLimits
@@ -21,7 +23,7 @@ BASE = {"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h", "JWT_SE
 
 def test_defaults_apply_when_unset() -> None:
     settings = BookingSettings.from_env(BASE)
-    assert settings.db_max_connections == 10 and settings.grace_seconds == 10.0
+    assert settings.database.max_connections == 10 and settings.grace_seconds == 10.0
     assert settings.migration_database_url is None
     assert NotifySettings.from_env(BASE).max_queue == 1000
 
@@ -62,21 +64,15 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         "MIGRATION_DATABASE_URL": " postgresql://owner@h/db ",
     }
     assert BookingSettings.from_env(environ, listen="0.0.0.0:1") == BookingSettings(
-        database_url="postgresql://u@h/db",
+        database=DatabaseConfig("postgresql://u@h/db", min_connections=3, max_connections=7, attempts=5),
         redis=RedisConfig("redis://h"),
+        relay=RelayConfig("postgresql://u@h/db", stream_key="k", max_len=99, max_age_seconds=77.5, sweep_seconds=0.5),
         jwt_secret=SECRET,
         server=replace(BookingSettings.server, listen="0.0.0.0:1"),
-        db_min_connections=3,
-        db_max_connections=7,
-        db_attempts=5,
         grace_seconds=1.5,
         health_interval_seconds=0.25,
         retention_days=30.0,
         retention_interval_seconds=60.0,
-        stream_key="k",
-        stream_max_len=99,
-        stream_max_age_seconds=77.5,
-        relay_sweep_seconds=0.5,
         migration_database_url="postgresql://owner@h/db",
     )
     notify = {
@@ -113,14 +109,17 @@ def test_notify_falls_back_only_with_a_database_and_after_a_positive_delay() -> 
 
 def test_every_default_when_nothing_but_the_required_is_set() -> None:
     assert BookingSettings.from_env(BASE) == BookingSettings(
-        database_url="postgresql://u@h/db", redis=RedisConfig("redis://h"), jwt_secret=SECRET
+        database=DatabaseConfig("postgresql://u@h/db"),
+        redis=RedisConfig("redis://h"),
+        relay=RelayConfig("postgresql://u@h/db"),
+        jwt_secret=SECRET,
     )
-    assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).db_attempts == BookingSettings.db_attempts
+    assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).database.attempts == DatabaseConfig.attempts
     assert NotifySettings.from_env(BASE) == NotifySettings(
         redis=RedisConfig("redis://h"), jwt_secret=SECRET, database_url="postgresql://u@h/db"
     )
     assert (BookingSettings.server.listen, NotifySettings.server.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
-    assert (BookingSettings.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
+    assert (RelayConfig.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
 
 
 @pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"])

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for both services: `python -m booking_service` (the default) or `python -m notify_service`.
 # Dependencies come from the hash-pinned lock files in deploy/image/ (`make lock` refreshes them); the gRPC
-# code is generated from protos/ while the wheel is built; the runtime stage holds no compiler and no generator.
+# code is generated from protos/ while the client's wheel (booking_api's one owner) is built; the runtime stage
+# holds no compiler and no generator.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -11,14 +12,14 @@ RUN python -m venv /build \
     && /build/bin/pip install --require-hashes -r deploy/image/build-requirements.lock \
     && python -m venv /venv \
     && /venv/bin/pip install --require-hashes -r deploy/image/requirements.lock
-COPY pyproject.toml setup.py ./
+COPY pyproject.toml ./
 COPY protos protos
 COPY client client
 COPY svc_common svc_common
 COPY booking_service booking_service
 COPY notify_service notify_service
 # Built without isolation, with the locked generator: nothing unpinned is fetched.
-RUN /build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+RUN /build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ./client . \
     && /venv/bin/pip install --no-deps /wheels/*.whl
 
 FROM python:3.11-slim

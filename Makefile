@@ -49,10 +49,12 @@ run: gen $(SERVERS)
 cluster: gen $(SERVERS)
 	SENTINEL=$(SENTINEL) $(PY) -m svc_common.dev.cluster
 
-# The image's hash-pinned lock files (deploy/image/), from pyproject.toml's dependencies and build requirements.
+# The image's hash-pinned lock files (deploy/image/), from the services' and the client's dependencies (the client
+# itself is built from this checkout, so not pinned) and the build requirements.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o deploy/image/requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml deploy/image/requirements.in $(LOCK_FLAGS) \
+		--no-emit-package booking-client -o deploy/image/requirements.lock
 	$(VENV)/bin/uv pip compile deploy/image/build-requirements.in $(LOCK_FLAGS) -o deploy/image/build-requirements.lock
 
 # Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).

@@ -1,5 +1,6 @@
-"""`pip install .` from a clean checkout, into a fresh virtual environment: the build generates the contract's
-code itself, and the installed package imports from outside the source tree."""
+"""`pip install ./client .` from a clean checkout, into a fresh virtual environment: the client's build generates
+the contract's code itself (booking_api has that one owner), and the installed packages import from outside the
+source tree."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def _clean_checkout(into: Path) -> Path:
 
 
 @pytest.mark.timeout(900)
-def test_pip_install_builds_the_generated_code_and_the_package_imports_anywhere(tmp_path: Path) -> None:
+def test_pip_install_builds_the_generated_code_once_and_the_packages_import_anywhere(tmp_path: Path) -> None:
     source = _clean_checkout(tmp_path / "checkout")
     assert not (source / "client" / "booking_api" / "booking").exists()
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     python = tmp_path / "venv" / "bin" / "python"
+    both = (source / "client", source)
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *map(str, both)],
         capture_output=True,
         text=True,
         timeout=800,
@@ -54,13 +56,16 @@ def test_pip_install_builds_the_generated_code_and_the_package_imports_anywhere(
         "print(booking_service.__file__)\n"
         "print(len(list(files('booking_service').joinpath('migrations').iterdir())))\n"
         "print(files('booking_api').joinpath('booking/v1/booking_pb2.pyi').is_file())\n"
+        "from importlib.metadata import files as owned\n"
+        "print(sum(str(f).startswith('booking_api/') for f in owned('booking-backend')))\n"
     )
     ran = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    where, migrations, typed = ran.stdout.split()
+    where, migrations, typed, generated_by_the_services = ran.stdout.split()
     assert "site-packages" in where and not where.startswith(str(PROJECT))
     assert int(migrations) == len(list((PROJECT / "booking_service" / "migrations").glob("*.sql")))
     assert typed == "True"
+    assert generated_by_the_services == "0"  # booking_api is the client distribution's alone
 
 
 SERVER_ONLY = {"asyncpg", "redis", "prometheus-client", "booking-backend", "grpcio-reflection", "grpcio-status"}

@@ -293,13 +293,15 @@ async def test_a_subscriber_that_goes_away_while_the_server_writes_to_it_ends_ca
     channels: list[grpc.aio.Channel],
 ) -> None:
     booking, notifier = system.booking(), system.notify()
-    sleeper = subscriptions("admin", uid("sleeper"))
+    sleeper, reader = subscriptions("admin", uid("sleeper")), subscriptions("admin", uid("reader"))
     # It does not read (a small window): the server's writes to it block, and then it goes away.
     await sleeper.open(notifier.address, read=False, options=[("grpc.http2.bdp_probe", 0)])
+    await reader.open(notifier.address)
     caller = await admin_on(booking, channels)
     await book_and_cancel([caller], 100, parallel=4, notes="n" * 2000)
-    await system.wait_relayed(200)
-    await asyncio.sleep(0.5)
+    # The hub hands each event to every stream in one step: once a reader has all 200, so has the sleeper's
+    # writer, which blocked long before (460 KB against a 64 KiB window).
+    await eventually(lambda: len(reader.events) >= 200, lambda: f"the reader has {len(reader.events)} of 200")
     await sleeper.close()
     await eventually(lambda: "method=/notify.v1.NotifyService/Subscribe" in notifier.log(), lambda: "no end line")
     ended = [line for line in notifier.log().splitlines() if "method=/notify.v1.NotifyService/Subscribe" in line]

@@ -161,7 +161,7 @@ async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_res
             await asyncio.to_thread(notifier.start)
             # 2: Redis restarts (its data kept).
             await asyncio.to_thread(behind.system.redis.stop)
-            await asyncio.sleep(1)
+            await writers.until(writers.changes + 10)  # changes made while it is down
             await asyncio.to_thread(behind.system.redis.start)
             await writers.until(writers.changes + 30)
             # 3: once the watch has caught up (a resumed stream replaying history is read at the reader's own

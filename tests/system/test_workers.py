@@ -19,6 +19,8 @@ from tests.support.helpers import uid
 from tests.support.servers import ServiceProcess
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+# A client connection's first bytes: the HTTP/2 preface and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 async def keep_following(subscription: Subscription, address: str, stop: asyncio.Event) -> int:
@@ -123,13 +125,15 @@ async def test_an_instance_killed_with_its_clients_connected_starts_again_on_its
     notify = system.notify(WORKERS="2")
     # Clients that close their end after the server's, as grpc-js does: the server's end lingers in TIME_WAIT.
     clients = [socket.create_connection(("127.0.0.1", notify.port)) for _ in range(4)]
-    await asyncio.sleep(0.5)  # accepted by the workers
+    for client in clients:  # each accepted by a worker: it answers HTTP/2's preface with its SETTINGS frame
+        client.settimeout(10)
+        client.sendall(HTTP2_PREFACE)
+        assert await asyncio.to_thread(client.recv, 9)
     for pid in workers_of(notify):  # a crash of the whole instance
         os.kill(pid, signal.SIGKILL)
     notify.signal(signal.SIGKILL)
     await asyncio.to_thread(notify.wait, 30)
     for client in clients:
-        client.settimeout(10)
         while client.recv(65536):  # to the server's FIN
             pass
         client.close()

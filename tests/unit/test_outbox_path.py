@@ -4,6 +4,7 @@ history comes from the outbox only back to what the process had seen when it swi
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import redis.asyncio as redis
 from notify_service.hub import Event, Hub
 from notify_service.stream import OutboxUnavailable, StreamReader
 from svc_common.eventstream import EventId
+from tests.support.events import eventually
 
 
 def event(seq: int) -> Event:
@@ -85,15 +87,20 @@ async def test_history_from_the_outbox_only_back_to_what_was_seen_older_waits_fo
 class RedisThatWentDown:
     """Answers the first read (the stream's end), then fails every read as a Redis that went down."""
 
+    def __init__(self) -> None:
+        self.reads = 0
+
     async def xrevrange(self, *_: object, **__: object) -> list[Any]:
         return []
 
     async def xread(self, *_: object, **__: object) -> None:
+        self.reads += 1
         raise redis.ConnectionError("Redis is down")
 
 
 async def test_readability_does_not_flap_while_redis_is_down() -> None:
-    reader = StreamReader(RedisThatWentDown(), "k", Hub())  # type: ignore[arg-type]
+    down = RedisThatWentDown()
+    reader = StreamReader(down, "k", Hub())  # type: ignore[arg-type]
     reported: list[bool] = []
 
     async def changed(readable: bool, _path: str) -> None:
@@ -101,7 +108,7 @@ async def test_readability_does_not_flap_while_redis_is_down() -> None:
 
     reader.on_change = changed
     reading = asyncio.create_task(reader.run())
-    await asyncio.sleep(1.5)  # many reconnection attempts
+    await eventually(lambda: down.reads >= 5, lambda: f"{down.reads} reads", within=5)  # many reconnections
     reading.cancel()
     await asyncio.gather(reading, return_exceptions=True)
     assert reported == [True, False]  # up once (the stream's end was read), then down, and it stays down
@@ -109,10 +116,10 @@ async def test_readability_does_not_flap_while_redis_is_down() -> None:
 
 class CountingDownRedis(DownRedis):
     def __init__(self) -> None:
-        self.calls = 0
+        self.calls: list[float] = []  # when each was made
 
     def __getattr__(self, name: str) -> Any:
-        self.calls += 1
+        self.calls.append(time.monotonic())
         return super().__getattr__(name)
 
 
@@ -120,7 +127,8 @@ class CountingDownRedis(DownRedis):
 @pytest.mark.parametrize("outbox", [None, "unreachable"])
 async def test_while_neither_redis_nor_the_outbox_answers_the_reader_backs_off(outbox: str | None) -> None:
     """Past the fallback delay, with no outbox or one PostgreSQL cannot serve, the reader still waits between
-    tries (a busy loop would make thousands of calls in a second)."""
+    tries, longer each time (a busy loop would make its calls within microseconds). Only lower bounds on time:
+    a loaded machine makes the gaps longer, never shorter."""
 
     class Unreachable(Outbox):
         async def open(self) -> None:
@@ -135,7 +143,10 @@ async def test_while_neither_redis_nor_the_outbox_answers_the_reader_backs_off(o
         fallback_after=0.1,
     )
     reading = asyncio.create_task(reader.run())
-    await asyncio.sleep(1.5)
+    await eventually(lambda: len(down.calls) >= 6, lambda: f"{len(down.calls)} calls", within=5)
     reading.cancel()
     await asyncio.gather(reading, return_exceptions=True)
-    assert 1 <= down.calls <= 20, down.calls
+    first, *_, sixth = down.calls[:6]
+    # Five waits, the back-off's first five at least (0.05 s doubling, jittered by at most -20%) if each try
+    # makes one call, and never less than its first four if a try makes two.
+    assert sixth - first >= 0.8 * (0.05 + 0.1 + 0.2 + 0.4) / 2, [round(t - first, 3) for t in down.calls]

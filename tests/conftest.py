@@ -24,9 +24,8 @@ import pytest
 
 from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
-from tests.support.events import EventSystem
+from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller
-from tests.support.realtime import TimedSubscription
 from tests.support.servers import ServiceProcess, booking_env
 
 # Services the suite starts serve no metrics unless a test asks: two on one host would collide on the defaults.
@@ -78,9 +77,9 @@ def _leaks_fail_the_test_that_made_them() -> Iterator[None]:
 
 
 @pytest.fixture
-async def watchers() -> AsyncIterator[list[TimedSubscription]]:
+async def watchers() -> AsyncIterator[list[Subscription]]:
     """Subscribers noting when each event arrived (tests.support.realtime), closed at the end of the test."""
-    made: list[TimedSubscription] = []
+    made: list[Subscription] = []
     yield made
     for watcher in made:
         await watcher.close()

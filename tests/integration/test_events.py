@@ -16,16 +16,15 @@ from grpc_health.v1 import health_pb2
 
 from tests.support.events import (
     NOTIFY_DOMAIN,
-    Churn,
     EventSystem,
     Subscription,
     admin_on,
     assert_exactly,
     assert_order_per_booking,
-    book_and_cancel,
     eventually,
 )
 from tests.support.helpers import assert_status, uid
+from tests.support.writer import Writer, book_and_cancel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -139,7 +138,7 @@ async def test_subscribers_of_a_killed_notify_instance_resume_on_the_other_with_
     watchers = [subscriptions("admin", uid("ops")), subscriptions("provider", "prov-churn")]
     for watcher in watchers:
         await watcher.open(doomed.address)
-    churn = Churn([await admin_on(booking, channels)])
+    churn = Writer([await admin_on(booking, channels)])
     churn.start()
     await churn.until(20)
     await eventually(lambda: all(len(w.events) >= 10 for w in watchers), lambda: "no events before the kill")
@@ -170,7 +169,7 @@ async def test_redis_stopped_and_started_during_steady_changes_every_change_reac
     watchers = [subscriptions("admin", uid("ops")) for _ in notifiers]
     for watcher, notifier in zip(watchers, notifiers, strict=True):
         await watcher.open(notifier.address)
-    churn = Churn([await admin_on(booking, channels)])
+    churn = Writer([await admin_on(booking, channels)])
     churn.start()
     await churn.until(20)
 

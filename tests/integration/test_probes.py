@@ -9,8 +9,9 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2
 
-from tests.support.events import EventSystem, Subscription, admin_on, assert_exactly, book_and_cancel
+from tests.support.events import EventSystem, Subscription, admin_on, assert_exactly
 from tests.support.helpers import uid
+from tests.support.writer import book_and_cancel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 AGED = {"MAX_CONNECTION_AGE_SECONDS": "1", "MAX_CONNECTION_AGE_GRACE_SECONDS": "1"}

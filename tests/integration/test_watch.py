@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
+import grpc
 import pytest
 
 import booking_client
-from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_client import BookingClient
 from svc_common.dev.cluster import Balancer
 from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, eventually
-from tests.support.helpers import fresh_slot, token, uid
+from tests.support.helpers import Caller, fresh_slot, token, uid
+from tests.support.writer import Writer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,6 +39,16 @@ class Behind:
             [n.address for n in self.notifiers],
         )
         self.balancer.start()
+        self.channel = grpc.aio.insecure_channel(self.balancer.address)
+
+    def writer(self, loops: int = 3) -> Writer:
+        """Changes of every kind through the balancer, from `loops` concurrent loops (started by the test)."""
+        admin = Caller(booking_pb2_grpc.BookingServiceStub(self.channel), "admin", "ops")
+        return Writer([admin], mix="mixed", loops=loops, gap=0)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        self.balancer.stop()
 
     def client(self, **options: object) -> BookingClient:
         return BookingClient(self.balancer.address, token=token("admin", "ops"), **options)  # type: ignore[arg-type]
@@ -47,84 +58,10 @@ class Behind:
 
 
 @pytest.fixture
-def behind(system: EventSystem) -> Iterator[Behind]:
+async def behind(system: EventSystem) -> AsyncIterator[Behind]:
     made = Behind(system)
     yield made
-    made.balancer.stop()
-
-
-class Writers:
-    """Changes from several writers in the background: creates, deletes, restores, hard deletes."""
-
-    def __init__(self, client: BookingClient, writers: int = 3) -> None:
-        self.client = client
-        self.changes = 0
-        self.writers = writers
-        self.notes = ""  # what new bookings carry (large notes make large events)
-        self.going = asyncio.Event()  # cleared: the writers wait (their calls in flight finish)
-        self.going.set()
-        self._waiting = 0  # writers waiting for `going`
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._write(n)) for n in range(self.writers)]
-
-    async def create_one(self, n: int) -> booking_pb2.Booking:
-        start, end = fresh_slot()
-        return await self.client.create_booking(
-            service_id="haircut",
-            provider_id=f"prov-{n % 2}",
-            customer_id=f"c-{n}",
-            start_time=start,
-            end_time=end,
-            notes=self.notes,
-        )
-
-    async def _write(self, n: int) -> None:
-        rng = random.Random(n)
-        mine: list[booking_pb2.Booking] = []
-        while not self._stop.is_set():
-            if not self.going.is_set():
-                self._waiting += 1
-                await self.going.wait()
-                self._waiting -= 1
-                continue
-            roll = rng.random()
-            if roll < 0.4 or not mine:
-                mine.append(await self.create_one(n))
-            elif roll < 0.65:
-                booking = mine[rng.randrange(len(mine))]
-                if booking.HasField("delete_time"):
-                    mine[mine.index(booking)] = await self.client.restore_booking(booking.id)
-                else:
-                    mine[mine.index(booking)] = await self.client.delete_booking(booking.id, reason="churn")
-            elif roll < 0.8:
-                deleted = [b for b in mine if b.HasField("delete_time")]
-                if not deleted:
-                    continue
-                await self.client.hard_delete_booking(deleted[0].id)
-                mine.remove(deleted[0])
-            else:
-                booking = mine[rng.randrange(len(mine))]
-                if booking.HasField("delete_time"):
-                    continue
-                mine[mine.index(booking)] = await self.client.delete_booking(booking.id, reason="churn")
-            self.changes += 1
-
-    async def until(self, changes: int, within: float = 120) -> None:
-        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes", within)
-
-    async def pause(self) -> None:
-        """Stop writing, and return once the calls in flight have finished."""
-        self.going.clear()
-        await eventually(lambda: self._waiting == self.writers, lambda: f"{self._waiting} writers paused")
-
-    async def stop(self) -> int:
-        self._stop.set()
-        self.going.set()
-        await asyncio.gather(*self._tasks)
-        return self.changes
+    await made.close()
 
 
 async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_restart_and_a_slow_consumer_end(
@@ -149,7 +86,7 @@ async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_res
 
         reader = asyncio.create_task(read())
         await asyncio.wait_for(watch.started.wait(), 30)  # subscribed: the writes below come after it
-        writers = Writers(client)
+        writers = behind.writer()
         writers.start()
         try:
             await writers.until(30)
@@ -180,6 +117,7 @@ async def test_watch_yields_every_change_once_in_order_across_a_kill_a_redis_res
             await writers.until(writers.changes + 20)
         finally:
             changes = await writers.stop()
+        assert not writers.failures, writers.failures
         expected = [event_id for event_id, _, _ in await behind.system.wait_relayed(changes)]
         await eventually(lambda: len(seen) >= len(expected), lambda: f"{len(seen)} of {len(expected)} events", 60)
         reader.cancel()
@@ -241,7 +179,7 @@ async def test_the_informer_converges_to_the_database_after_thousands_of_changes
                 changes.append(change)
 
         recorder = asyncio.create_task(record())
-        writers = Writers(client, writers=4)
+        writers = behind.writer(loops=4)
         writers.start()
         try:
             await writers.until(600)
@@ -261,6 +199,7 @@ async def test_the_informer_converges_to_the_database_after_thousands_of_changes
             await writers.until(2000, within=240)
         finally:
             await writers.stop()
+        assert not writers.failures, writers.failures
         expected = await visible_rows(behind.system.database_url)
         expected_all = await visible_rows(behind.system.database_url, deleted=True)
 
@@ -283,7 +222,7 @@ async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind
     """Before any event arrives, the watch's cursor is the start position the server named (x-stream-position):
     changes made while no instance can be reached are delivered after it resumes, not skipped."""
     async with behind.client() as client:
-        await Writers(client).create_one(0)
+        await behind.writer().create()
         await behind.system.wait_relayed(1)  # the instances now have a position to name
         seen: list[events_pb2.BookingEvent] = []
         watch = client.watch()
@@ -298,7 +237,8 @@ async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind
         for notifier in behind.notifiers:
             notifier.signal(signal.SIGKILL)
             notifier.wait()
-        made = [await Writers(client).create_one(1) for _ in range(3)]
+        writer = behind.writer()
+        made = [await writer.create() for _ in range(3)]
         for notifier in behind.notifiers:
             await asyncio.to_thread(notifier.start)
         await eventually(lambda: len(seen) >= 3, lambda: f"{len(seen)} of the 3 changes made while away", 30)
@@ -343,7 +283,8 @@ async def test_a_watch_started_again_from_the_cursor_a_caller_kept_goes_on_where
         watch = client.watch()
         first = asyncio.ensure_future(anext(watch))
         await asyncio.wait_for(watch.started.wait(), 30)
-        made = [await Writers(client).create_one(2) for _ in range(4)]
+        writer = behind.writer()
+        made = [await writer.create() for _ in range(4)]
         seen = [await asyncio.wait_for(first, 30), await asyncio.wait_for(anext(watch), 30)]
         kept = watch.cursor  # as a caller would store it before it stops
         assert kept == seen[-1].event_id

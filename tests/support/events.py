@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,9 +110,13 @@ class Subscription:
 
     def __init__(self, role: str, sub: str) -> None:
         self.role, self.sub = role, sub
+        self.address = ""  # where it last subscribed
         self.events: list[events_pb2.BookingEvent] = []
+        self.arrivals: list[float] = []  # when each event arrived (time.monotonic())
+        self.responses = 0  # responses read (each carries one or more events)
         self.error: grpc.aio.AioRpcError | None = None
         self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -124,26 +127,40 @@ class Subscription:
     def last_id(self) -> str:
         return self.events[-1].event_id if self.events else ""
 
+    @property
+    def received(self) -> list[tuple[str, str, float]]:
+        """(event id, booking id, when it arrived) of each event."""
+        return [(e.event_id, e.booking.id, t) for e, t in zip(self.events, self.arrivals, strict=True)]
+
     async def open(
         self,
-        address: str,
+        address: str = "",
         *,
         resume: bool = False,
         options: Sequence[tuple[str, Any]] = (),
         read: bool = True,
         filters: dict[str, str] | None = None,
+        channel: grpc.aio.Channel | None = None,
+        wait: bool = True,
     ) -> Any:
-        """Subscribe on `address` (from the last event received, if `resume`); returns the call."""
+        """Subscribe on `address` (the last one if not given; from the last event received, if `resume`), on a
+        connection of its own or the caller's `channel`; returns the call, once the server has accepted it
+        unless not `wait`. Unless `read` is false, a task reads it as the events come; else nothing reads it
+        until `read_until`."""
         await self.close()
         self.error = None
-        self._channel = grpc.aio.insecure_channel(address, options=list(options))
-        stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
+        self.address = address or self.address
+        if channel is None:
+            self._channel = channel = grpc.aio.insecure_channel(self.address, options=list(options))
+        stub = notify_pb2_grpc.NotifyServiceStub(channel)
         fields = {"resume_after": self.last_id if resume else "", **(filters or {})}
         request = notify_pb2.SubscribeRequest(**fields)
         call = stub.Subscribe(request, metadata=auth(self.role, self.sub))
+        self._call = call
         if read:
             self._task = asyncio.create_task(self._read(call))
-        await self.wait_started(call)
+        if wait:
+            await self.wait_started(call)
         return call
 
     @staticmethod
@@ -152,13 +169,27 @@ class Subscription:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await asyncio.wait_for(call.initial_metadata(), 30)
 
+    def _add(self, response: notify_pb2.SubscribeResponse) -> None:
+        now = time.monotonic()
+        self.responses += 1
+        self.events.extend(response.events)
+        self.arrivals.extend(now for _ in response.events)
+
     async def _read(self, call: Any) -> None:
         try:
             async for response in call:
-                self.events.extend(response.events)
+                self._add(response)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 self.error = error
+
+    async def read_until(self, event_id: str) -> None:
+        """Read a call opened with `read=False` here, until the event `event_id`."""
+        async for response in self._call:
+            self._add(response)
+            if self.last_id == event_id:
+                return
+        raise AssertionError(f"the stream ended after {len(self.events)} events")
 
     async def wait_for(self, event_id: str, within: float = 30.0) -> None:
         """Wait until the event `event_id` has arrived (or the stream failed)."""
@@ -175,6 +206,9 @@ class Subscription:
         return self.error
 
     async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()  # on a channel of the caller's, which stays open
+            self._call = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,79 +223,6 @@ async def admin_on(process: ServiceProcess, channels: list[grpc.aio.Channel]) ->
     channel = grpc.aio.insecure_channel(process.address)
     channels.append(channel)
     return Caller(booking_pb2_grpc.BookingServiceStub(channel), "admin", uid("admin"))
-
-
-async def book_and_cancel(callers: list[Caller], pairs: int, *, parallel: int = 4, notes: str = "") -> list[str]:
-    """Create and then delete `pairs` bookings, spread over `callers` and `parallel` concurrent clients."""
-    booked: list[str] = []
-
-    async def worker(n: int) -> None:
-        for i in range(n, pairs, parallel):
-            caller = callers[i % len(callers)]
-            booking = await caller.create(provider_id=f"prov-{i % 3}", customer_id=f"cust-{i % 5}", notes=notes)
-            await caller.delete(booking.id, reason="test churn")
-            booked.append(booking.id)
-
-    await asyncio.gather(*(worker(n) for n in range(parallel)))
-    return booked
-
-
-class Churn:
-    """Creates and deletes bookings in the background until stopped; counts the changes it committed.
-
-    With `retry_cancelled`, it does what a careful client does (booking_client retries likewise): a call that
-    ends CANCELLED, which this client never asks for, is tried again once. grpc core ends so the calls a server
-    had received but not yet handed to the service when it began shutting down (grpc/grpc#41785): they were
-    never processed. Creates then carry a request_id, so that even a processed one could not be made twice."""
-
-    def __init__(self, callers: list[Caller], *, retry_cancelled: bool = True) -> None:
-        self.callers = callers
-        self.retry_cancelled = retry_cancelled
-        self.changes = 0
-        self.retried = 0  # calls tried again after CANCELLED
-        self.failures: list[grpc.aio.AioRpcError] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as error:
-            if not (self.retry_cancelled and error.code() == grpc.StatusCode.CANCELLED):
-                raise
-        self.retried += 1
-        return await call()
-
-    async def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            caller = self.callers[i % len(self.callers)]
-            i += 1
-            request_id = uuid.uuid4().hex if self.retry_cancelled else ""
-            try:
-                booking = await self._call(
-                    lambda c=caller, n=i, r=request_id: c.create(  # type: ignore[misc]
-                        provider_id="prov-churn", customer_id=f"cust-{n % 4}", request_id=r
-                    )
-                )
-                self.changes += 1
-                await self._call(lambda c=caller, b=booking.id: c.delete(b, reason="churn"))  # type: ignore[misc]
-                self.changes += 1
-            except grpc.aio.AioRpcError as error:
-                self.failures.append(error)
-            await asyncio.sleep(0.005)
-
-    async def until(self, changes: int) -> None:
-        await eventually(lambda: self.changes >= changes, lambda: f"only {self.changes} changes made")
-
-    async def stop(self) -> int:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-        return self.changes
 
 
 def assert_exactly(subscription: Subscription, committed: list[tuple[str, int, str]]) -> None:

@@ -1,9 +1,9 @@
-"""Helpers for realtime under faults: subscribers that note when each event arrived, and a writer that creates
-bookings at a steady rate through several booking instances, noting when each call returned."""
+"""Helpers for realtime under faults: two booking and two notify instances with subscribers on each (which note
+when each event arrived) and a writer creating bookings at a steady rate (noting when each call returned), and
+the bounds every change must meet."""
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -11,101 +11,15 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2
 
-from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import free_port
-from tests.support.events import EventSystem, admin_on, eventually
-from tests.support.helpers import Caller, auth, scrape, uid
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
+from tests.support.helpers import scrape, uid
 from tests.support.servers import ServiceProcess
-
-
-class TimedSubscription:
-    """One subscriber's stream, across resumes: each event with the time it arrived."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.received: list[tuple[str, str, float]] = []  # (event_id, booking id, arrival)
-        self.error: grpc.aio.AioRpcError | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def ids(self) -> list[str]:
-        return [event_id for event_id, _, _ in self.received]
-
-    async def open(self, address: str | None = None, *, resume: bool = False) -> None:
-        await self.close()
-        self.address = address or self.address
-        self._channel = grpc.aio.insecure_channel(self.address)
-        stub = notify_pb2_grpc.NotifyServiceStub(self._channel)
-        request = notify_pb2.SubscribeRequest(resume_after=self.ids[-1] if resume and self.ids else "")
-        call = stub.Subscribe(request, metadata=auth("admin", uid("watcher")))
-        await asyncio.wait_for(call.initial_metadata(), 30)
-        self._task = asyncio.create_task(self._read(call))
-
-    async def _read(
-        self, call: grpc.aio.UnaryStreamCall[notify_pb2.SubscribeRequest, notify_pb2.SubscribeResponse]
-    ) -> None:
-        try:
-            async for response in call:
-                now = time.monotonic()
-                self.received.extend((e.event_id, e.booking.id, now) for e in response.events)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                self.error = error
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-
-
-class Writer:
-    """CreateBooking at a steady rate over several booking instances; when each call returned."""
-
-    def __init__(self, callers: list[Caller], per_second: float) -> None:
-        self.callers = callers
-        self.interval = 1 / per_second
-        self.returned: dict[str, float] = {}  # booking id -> when its CreateBooking returned
-        self.failures: list[grpc.aio.AioRpcError] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._runner = asyncio.create_task(self._run())
-
-    async def _one(self, caller: Caller) -> None:
-        try:
-            booking = await caller.create(provider_id=uid("prov"), customer_id="cust")
-        except grpc.aio.AioRpcError as error:
-            self.failures.append(error)
-            return
-        self.returned[booking.id] = time.monotonic()
-
-    async def _run(self) -> None:
-        start = time.monotonic()
-        k = 0
-        while not self._stop.is_set():
-            delay = start + k * self.interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._tasks.append(asyncio.create_task(self._one(self.callers[k % len(self.callers)])))
-            k += 1
-
-    async def stop(self) -> int:
-        self._stop.set()
-        assert self._runner is not None
-        await self._runner
-        await asyncio.gather(*self._tasks)
-        return len(self.returned)
+from tests.support.writer import Writer
 
 
 async def everyone_got_exactly_what_was_committed(
-    system: EventSystem, watchers: list[TimedSubscription], writer: Writer
+    system: EventSystem, watchers: list[Subscription], writer: Writer
 ) -> None:
     changes = await writer.stop()
     assert not writer.failures, f"{len(writer.failures)} writes failed while Redis was down"
@@ -113,10 +27,10 @@ async def everyone_got_exactly_what_was_committed(
     ids = [event_id for event_id, _, _ in committed]
     for watcher in watchers:
 
-        def complete(w: TimedSubscription = watcher) -> bool:
+        def complete(w: Subscription = watcher) -> bool:
             return w.error is not None or len(w.ids) >= len(ids)
 
-        def progress(w: TimedSubscription = watcher) -> str:
+        def progress(w: Subscription = watcher) -> str:
             return f"a watcher has {len(w.ids)} of {len(ids)} events"
 
         await eventually(complete, progress)
@@ -124,7 +38,7 @@ async def everyone_got_exactly_what_was_committed(
         assert watcher.ids == ids  # every change, once, in stream order, across both switches
 
 
-def latencies_ms(watchers: list[TimedSubscription], writer: Writer, since: float, until: float) -> list[float]:
+def latencies_ms(watchers: list[Subscription], writer: Writer, since: float, until: float) -> list[float]:
     """From each CreateBooking's return to each subscriber's receipt, for the writes that returned between
     `since` and `until`."""
     return sorted(
@@ -155,7 +69,7 @@ class Metrics:
 
 async def steady_changes(
     system: EventSystem,
-    watchers: list[TimedSubscription],
+    watchers: list[Subscription],
     channels: list[grpc.aio.Channel],
     metrics: Metrics | None = None,
     **env: str,
@@ -175,9 +89,9 @@ async def steady_changes(
     notifiers = [system.notify(**env, **serving(ports.notify)) for _ in range(2)]
     for notifier in notifiers:
         for _ in range(2):
-            watchers.append(TimedSubscription(notifier.address))
-            await watchers[-1].open()
-    writer = Writer([await admin_on(b, channels) for b in bookings], per_second=100)
+            watchers.append(Subscription("admin", uid("watcher")))
+            await watchers[-1].open(notifier.address)
+    writer = Writer([await admin_on(b, channels) for b in bookings], mix="create", per_second=100)
     writer.start()
     return notifiers, writer
 
@@ -187,7 +101,7 @@ FALLBACK_AFTER = 2.0  # notify's default REDIS_FALLBACK_AFTER_SECONDS
 
 async def every_change_within_bounds(
     system: EventSystem,
-    watchers: list[TimedSubscription],
+    watchers: list[Subscription],
     writer: Writer,
     fault: str,
     began: float,

@@ -18,13 +18,12 @@ import pytest
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
-from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from notify_service.server import running
 from notify_service.settings import Settings
 from svc_common import eventstream
 from svc_common.dev.servers import RedisServer
-from tests.support.events import eventually
-from tests.support.helpers import JWT_SECRET, auth
+from tests.support.events import Subscription, eventually
+from tests.support.helpers import JWT_SECRET
 
 KEY = "catch-up:events"
 CUSTOMERS = [f"customer-{n}" for n in range(10)]
@@ -86,30 +85,12 @@ def settings(redis_server: RedisServer, **env: str) -> Settings:
     return Settings.from_env(environ, listen="127.0.0.1:0")
 
 
-class Reader:
-    """One Subscribe call, read to the end of what the test expects: event ids and responses counted."""
-
-    def __init__(
-        self, stub: notify_pb2_grpc.NotifyServiceAsyncStub, role: str, sub: str, resume_after: str = ""
-    ) -> None:
-        request = notify_pb2.SubscribeRequest(resume_after=resume_after)
-        self.call = stub.Subscribe(request, metadata=auth(role, sub))
-        self.ids: list[str] = []
-        self.responses = 0
-
-    async def until(self, last: str) -> None:
-        async for response in self.call:
-            self.responses += 1
-            self.ids.extend(e.event_id for e in response.events)
-            if self.ids and self.ids[-1] == last:
-                return
-        raise AssertionError(f"the stream ended after {len(self.ids)} events")
-
-
-async def started(stub: notify_pb2_grpc.NotifyServiceAsyncStub, role: str, sub: str, resume_after: str = "") -> Reader:
-    reader = Reader(stub, role, sub, resume_after)
-    await reader.call.initial_metadata()
-    return reader
+async def started(address: str, role: str, sub: str, resume_after: str = "", **how: Any) -> Subscription:
+    """A subscription the server has accepted, read by the test itself (`read_until`), so each response it
+    counts is one the server wrote."""
+    subscription = Subscription(role, sub)
+    await subscription.open(address, read=False, filters={"resume_after": resume_after}, **how)
+    return subscription
 
 
 def ids(first: int, last: int, customer: str | None = None) -> list[str]:
@@ -126,14 +107,17 @@ async def test_a_burst_goes_out_in_few_responses_in_order_with_nothing_missing_o
     async with running(
         settings(redis_server, SUBSCRIBE_MAX_BATCH_EVENTS="100", SUBSCRIBER_QUEUE_SIZE="5000")
     ) as notify:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
-            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
-            admin = await started(stub, "admin", "ops")
-            user = await started(stub, "user", CUSTOMERS[3])
+        address = f"127.0.0.1:{notify.port}"
+        admin = await started(address, "admin", "ops")
+        user = await started(address, "user", CUSTOMERS[3])
+        try:
             await stream.append(2000)
             async with asyncio.timeout(30):
-                await admin.until(event_id(2001))
-                await user.until(ids(2, 2001, CUSTOMERS[3])[-1])
+                await admin.read_until(event_id(2001))
+                await user.read_until(ids(2, 2001, CUSTOMERS[3])[-1])
+        finally:
+            await admin.close()
+            await user.close()
     assert admin.ids == ids(2, 2001)
     assert user.ids == ids(2, 2001, CUSTOMERS[3])
     # One write per event would be 2,000 responses; batches of up to 100 take about 20.
@@ -147,15 +131,16 @@ async def test_a_subscriber_ten_thousand_events_behind_catches_up_in_large_reads
     await stream.append(10_000)
     # A window smaller than the backlog: most of the history comes from Redis.
     async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="2000")) as notify:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
-            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
-            reads_before = await stream.range_reads()
-            behind = await started(stub, "admin", "ops", resume_after=str(eventstream.ORIGIN))
+        reads_before = await stream.range_reads()
+        behind = await started(f"127.0.0.1:{notify.port}", "admin", "ops", resume_after=str(eventstream.ORIGIN))
+        try:
             live = asyncio.create_task(stream.append(500))  # the seam between history and live moves meanwhile
             async with asyncio.timeout(60):
                 await live
-                await behind.until(event_id(10_500))
+                await behind.read_until(event_id(10_500))
             reads = await stream.range_reads() - reads_before
+        finally:
+            await behind.close()
     print(f"\n10,500 events caught up in {behind.responses} responses and {reads} Redis range reads")
     assert behind.ids == ids(1, 10_500)
     assert behind.responses <= 10_500 / 50, behind.responses
@@ -171,27 +156,26 @@ async def test_a_thousand_subscribers_resuming_at_once_converge_on_few_redis_rea
     keeps receiving them."""
     await stream.append(3000)
     async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="2000")) as notify:
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") for _ in range(10)]
+        address = f"127.0.0.1:{notify.port}"
+        channels = [grpc.aio.insecure_channel(address) for _ in range(10)]
         try:
-            stubs: list[notify_pb2_grpc.NotifyServiceAsyncStub] = [
-                notify_pb2_grpc.NotifyServiceStub(channel) for channel in channels
-            ]
-            watcher = await started(stubs[0], "admin", "watcher")
+            watcher = await started(address, "admin", "watcher", channel=channels[0])
             reads_before = await stream.range_reads()
-            crowd: list[tuple[Reader, int, str | None]] = []
+            crowd: list[tuple[Subscription, int, str | None]] = []
             for n in range(1000):
                 # Recent cursors spread over the last 500 events; old ones on 10 distinct positions before the
                 # window (subscribers that had fallen behind).
                 cursor = 2500 + n % 500 if n < 900 else 100 + 50 * (n % 10)
                 customer = CUSTOMERS[n % len(CUSTOMERS)] if n % 3 else None
                 role, sub = ("user", customer) if customer else ("admin", f"admin-{n}")
-                crowd.append((Reader(stubs[n % 10], role, sub, event_id(cursor)), cursor, customer))
+                reader = await started(address, role, sub, event_id(cursor), channel=channels[n % 10], wait=False)
+                crowd.append((reader, cursor, customer))
             writing = asyncio.create_task(paced_append(stream, 200, per_second=100))
             async with asyncio.timeout(120):
                 await writing
                 last = stream.top
-                await watcher.until(event_id(last))
-                await asyncio.gather(*(reader.until(ids(1, last, customer)[-1]) for reader, _, customer in crowd))
+                await watcher.read_until(event_id(last))
+                await asyncio.gather(*(reader.read_until(ids(1, last, customer)[-1]) for reader, _, customer in crowd))
             reads = await stream.range_reads() - reads_before
         finally:
             for channel in channels:
@@ -218,13 +202,17 @@ async def test_a_resume_from_the_newest_cursor_gets_what_came_after_it_though_no
     its end, and a later reader of the same range would miss what came since."""
     await stream.append(5)
     async with running(settings(redis_server, SUBSCRIBE_HISTORY_WINDOW="0")) as notify:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{notify.port}") as channel:
-            stub: notify_pb2_grpc.NotifyServiceAsyncStub = notify_pb2_grpc.NotifyServiceStub(channel)
-            first = await started(stub, "admin", "first", event_id(5))  # nothing follows it yet
+        address = f"127.0.0.1:{notify.port}"
+        first = await started(address, "admin", "first", event_id(5))  # nothing follows it yet
+        second = Subscription("admin", "second")
+        try:
             await eventually(lambda: notify.hub.subscriber_count == 1, lambda: "the first did not join")  # read
             await stream.append(2)
             async with asyncio.timeout(15):
-                await first.until(event_id(7))
-                second = await started(stub, "admin", "second", event_id(5))
-                await second.until(event_id(7))
+                await first.read_until(event_id(7))
+                await second.open(address, read=False, filters={"resume_after": event_id(5)})
+                await second.read_until(event_id(7))
             assert first.ids == second.ids == ids(6, 7)
+        finally:
+            await first.close()
+            await second.close()

@@ -24,16 +24,10 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.cluster import Balancer
 from svc_common.dev.servers import free_port
-from tests.support.events import (
-    Churn,
-    EventSystem,
-    Subscription,
-    assert_exactly,
-    assert_order_per_booking,
-    eventually,
-)
+from tests.support.events import EventSystem, Subscription, assert_exactly, assert_order_per_booking, eventually
 from tests.support.helpers import Caller, auth, expect_error, fresh_slot, ts, uid
 from tests.support.servers import ServiceProcess
+from tests.support.writer import Writer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -168,7 +162,7 @@ async def test_a_subscriber_resumes_through_the_balancer_after_its_instance_is_k
     subscription = Subscription("admin", admin.id)
     call = await subscription.open(cluster.balancer.address)
     doomed = cluster.instance(await upstream_of(call))
-    churn = Churn([admin])
+    churn = Writer([admin])
     churn.start()
     try:
         await churn.until(20)
@@ -210,7 +204,7 @@ async def test_a_rolling_restart_of_every_instance_fails_no_call_and_loses_no_ev
             await asyncio.sleep(0.02)
 
     follower = asyncio.create_task(follow())
-    churn = Churn([admin, admin, admin])
+    churn = Writer([admin, admin, admin])
     churn.start()
     try:
         for instance in (*cluster.bookings, *cluster.notifiers):

@@ -17,9 +17,10 @@ from grpc_health.v1 import health_pb2
 
 from notify_service.server import running
 from notify_service.settings import Settings
-from tests.support.events import Churn, EventSystem, Subscription, admin_on, eventually
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import uid
 from tests.support.servers import PROJECT, notify_env, terminate_backends
+from tests.support.writer import Writer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -46,7 +47,7 @@ async def test_connection_terminations_under_load_never_answer_internal_and_back
             except grpc.aio.AioRpcError as error:
                 codes[error.code()] += 1
 
-    churn = Churn([admin])
+    churn = Writer([admin])
     churn.start()
     readers = [asyncio.create_task(reader()) for _ in range(4)]
     database = system.database_url.rpartition("/")[2]
@@ -98,7 +99,7 @@ async def test_sigterm_under_load_exits_within_the_grace_period_every_time(
     grace = 2.0
     for round_ in range(20):
         booking = system.booking(SHUTDOWN_GRACE_SECONDS=str(grace))
-        churn = Churn([await admin_on(booking, channels)])
+        churn = Writer([await admin_on(booking, channels)])
         churn.start()
         await churn.until(10 + round_)
         started = time.monotonic()

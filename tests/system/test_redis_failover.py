@@ -27,7 +27,7 @@ from svc_common.dev.servers import SentinelGroup
 from svc_common.redis_client import RedisConfig, connect
 from tests.support.events import EventSystem, Subscription, eventually
 from tests.support.helpers import scrape, uid
-from tests.support.realtime import Metrics, TimedSubscription, back_on_redis, every_change_within_bounds, steady_changes
+from tests.support.realtime import Metrics, back_on_redis, every_change_within_bounds, steady_changes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -124,7 +124,7 @@ async def failover_losing_writes(group: SentinelGroup, primary: int) -> None:
 async def through_failover(
     system: EventSystem,
     group: SentinelGroup,
-    watchers: list[TimedSubscription],
+    watchers: list[Subscription],
     channels: list[grpc.aio.Channel],
     name: str,
     failover: Callable[[SentinelGroup, int], Awaitable[None]],
@@ -153,19 +153,19 @@ async def through_failover(
 
 
 async def test_primary_killed_every_change_reaches_every_subscriber(
-    system: EventSystem, group: SentinelGroup, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel]
+    system: EventSystem, group: SentinelGroup, watchers: list[Subscription], channels: list[grpc.aio.Channel]
 ) -> None:
     await through_failover(system, group, watchers, channels, "Sentinel failover, primary SIGKILLed", kill_primary)
 
 
 async def test_graceful_sentinel_failover_every_change_reaches_every_subscriber(
-    system: EventSystem, group: SentinelGroup, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel]
+    system: EventSystem, group: SentinelGroup, watchers: list[Subscription], channels: list[grpc.aio.Channel]
 ) -> None:
     await through_failover(system, group, watchers, channels, "SENTINEL FAILOVER", graceful_failover)
 
 
 async def test_a_failover_that_lost_acknowledged_writes_is_mended_from_the_outbox(
-    system: EventSystem, group: SentinelGroup, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel]
+    system: EventSystem, group: SentinelGroup, watchers: list[Subscription], channels: list[grpc.aio.Channel]
 ) -> None:
     logs = await through_failover(
         system, group, watchers, channels, "Sentinel failover losing acknowledged writes", failover_losing_writes

@@ -20,13 +20,12 @@ from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.realtime import (
-    TimedSubscription,
-    Writer,
     everyone_got_exactly_what_was_committed,
     latencies_ms,
     steady_changes,
 )
 from tests.support.servers import ServiceProcess
+from tests.support.writer import Writer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -35,7 +34,7 @@ FALLBACK_AFTER = 2.0  # notify's default REDIS_FALLBACK_AFTER_SECONDS
 
 async def outage(
     system: EventSystem,
-    watchers: list[TimedSubscription],
+    watchers: list[Subscription],
     channels: list[grpc.aio.Channel],
     *,
     seconds: float,
@@ -72,7 +71,7 @@ async def outage(
 
 
 async def test_redis_down_for_20_seconds_every_change_reaches_every_subscriber_from_postgresql(
-    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel]
+    system: EventSystem, watchers: list[Subscription], channels: list[grpc.aio.Channel]
 ) -> None:
     notifiers, writer, began, ended = await outage(
         system, watchers, channels, seconds=20, lose_data=False, resume_during=True
@@ -96,7 +95,7 @@ async def test_redis_down_for_20_seconds_every_change_reaches_every_subscriber_f
 
 
 async def test_redis_back_without_its_data_the_relay_republishes_and_nobody_misses_anything(
-    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel]
+    system: EventSystem, watchers: list[Subscription], channels: list[grpc.aio.Channel]
 ) -> None:
     notifiers, writer, _, _ = await outage(system, watchers, channels, seconds=6, lose_data=True, resume_during=False)
     await everyone_got_exactly_what_was_committed(system, watchers, writer)

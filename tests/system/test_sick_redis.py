@@ -23,11 +23,10 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
-from tests.support.events import EventSystem
+from tests.support.events import EventSystem, Subscription
 from tests.support.realtime import (
     FALLBACK_AFTER,
     Metrics,
-    TimedSubscription,
     back_on_redis,
     every_change_within_bounds,
     steady_changes,
@@ -93,7 +92,7 @@ FAULTS = {
 
 
 async def through(
-    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel], fault: Fault
+    system: EventSystem, watchers: list[Subscription], channels: list[grpc.aio.Channel], fault: Fault
 ) -> None:
     await admin(system, "CONFIG", "SET", "maxmemory-policy", "noeviction")
     metrics = Metrics()
@@ -123,6 +122,6 @@ async def through(
 
 @pytest.mark.parametrize("fault", FAULTS.keys())
 async def test_through_a_sick_redis_every_change_reaches_every_subscriber_within_the_bounds(
-    system: EventSystem, watchers: list[TimedSubscription], channels: list[grpc.aio.Channel], fault: str
+    system: EventSystem, watchers: list[Subscription], channels: list[grpc.aio.Channel], fault: str
 ) -> None:
     await through(system, watchers, channels, FAULTS[fault])

@@ -20,9 +20,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
+from tests.support.events import EventSystem, Subscription, admin_on, assert_exactly, eventually
 from tests.support.helpers import uid
 from tests.support.servers import ServiceProcess, terminate_backends
+from tests.support.writer import Writer
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 # Bounds for "flat": what a process may gain between the end of the warm-up and the end of the run.
@@ -114,7 +115,7 @@ async def test_soak_every_change_delivered_and_resources_flat(
     steady = [SteadySubscriber(addresses, first=i % 2) for i in range(STEADY_SUBSCRIBERS)]
     for subscriber in steady:
         await subscriber.start()
-    writers = [Churn([await admin_on(steady_booking, channels)]), Churn([await admin_on(faulty_booking, channels)])]
+    writers = [Writer([await admin_on(steady_booking, channels)]), Writer([await admin_on(faulty_booking, channels)])]
     for writer in writers:
         writer.start()
     stop_passing = asyncio.Event()

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 
 from svc_common.dev.servers import alive, children
-from tests.support.events import Churn, EventSystem, Subscription, admin_on, assert_exactly, eventually
+from tests.support.events import EventSystem, Subscription, admin_on, assert_exactly, eventually
 from tests.support.helpers import uid
 from tests.support.servers import ServiceProcess
+from tests.support.writer import Writer
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A client connection's first bytes: the HTTP/2 preface and an empty SETTINGS frame.
@@ -73,7 +74,7 @@ async def test_workers_share_an_address_a_killed_one_is_replaced_and_its_subscri
         await watcher.open(notify.address, options=OWN_CONNECTION)
     stop = asyncio.Event()
     followers = [asyncio.create_task(keep_following(w, notify.address, stop)) for w in watchers]
-    churn = Churn([await admin_on(booking, channels)])
+    churn = Writer([await admin_on(booking, channels)])
     churn.start()
     try:
         await churn.until(40)

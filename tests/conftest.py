@@ -24,6 +24,7 @@ import pytest
 
 from booking_api.booking.v1 import booking_pb2_grpc
 from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
+from tests.support.bookingctl import Ctl
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller
 from tests.support.servers import ServiceProcess, booking_env
@@ -220,3 +221,9 @@ async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
     yield made
     for channel in made:
         await channel.close()
+
+
+@pytest.fixture
+def ctl(system: EventSystem) -> Ctl:
+    """bookingctl against a booking and a notify instance of `system`."""
+    return Ctl(system.booking(), system.notify())

@@ -1,14 +1,11 @@
 """bookingctl as an operator runs it: a subprocess against real services; tables, JSON and YAML; errors on one
-or two lines with exit status 1; the purge confirmation answered at a real terminal (a pseudo-terminal)."""
+or two lines with exit status 1; flags, contexts, completion (its questions at a terminal: test_bookingctl_prompt)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
-import pty
-import select
 import signal
 import socket
 import subprocess
@@ -18,52 +15,17 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import jwt
 import pytest
 import yaml
 
-from tests.support.events import EventSystem, eventually
+from tests.support.bookingctl import Ctl, as_at_a_terminal, create, iso
+from tests.support.events import eventually
 from tests.support.helpers import JWT_SECRET, fresh_slot, token, uid
-from tests.support.servers import PROJECT, ServiceProcess
+from tests.support.servers import PROJECT
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class Ctl:
-    def __init__(self, booking: ServiceProcess, notify: ServiceProcess) -> None:
-        self.notify = notify
-        self.base = [
-            sys.executable,
-            "-m",
-            "booking_client.cli",
-            "--target",
-            booking.address,
-            "--notify-target",
-            notify.address,
-        ]
-        self.env = {**os.environ, "BOOKING_TOKEN": token("admin", "ops"), "JWT_SECRET": JWT_SECRET}
-
-    def __call__(self, *args: str, token: str | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        env = self.env if token is None else {**self.env, "BOOKING_TOKEN": token}
-        return subprocess.run(
-            [*self.base, *args], env=env, cwd=PROJECT, capture_output=True, text=True, input=stdin, timeout=60
-        )
-
-    def json(self, *args: str, token: str | None = None) -> Any:
-        done = self(*args, token=token)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-
-@pytest.fixture
-def ctl(system: EventSystem) -> Ctl:
-    return Ctl(system.booking(), system.notify())
-
-
-def iso(value: datetime) -> str:
-    return value.isoformat()
 
 
 def test_create_get_list_delete_restore_audit_hard_delete_in_json_yaml_and_tables(ctl: Ctl) -> None:
@@ -165,118 +127,6 @@ async def test_watch_prints_one_line_per_event(ctl: Ctl) -> None:
     lines = stdout.decode().splitlines()
     assert len(lines) == 2
     assert "CREATED" in lines[0] and "DELETED" in lines[1] and all(made["id"] in line for line in lines)
-
-
-def create(ctl: Ctl, provider: str, *more: str) -> dict[str, Any]:
-    """A booking made with `bookingctl create` in a slot of its own, as JSON."""
-    start, end = fresh_slot()
-    made = ctl.json("create", "--service", "haircut", "--provider", provider, "--customer", "c",
-                    "--start", iso(start), "--end", iso(end), *more)  # fmt: skip
-    made_booking: dict[str, Any] = made
-    return made_booking
-
-
-def soft_deleted(ctl: Ctl, count: int) -> list[str]:
-    ids = []
-    for _ in range(count):
-        made = create(ctl, uid("p"))
-        ctl.json("delete", made["id"])
-        ids.append(made["id"])
-    return ids
-
-
-def as_at_a_terminal() -> None:
-    """In the child, before it runs: SIGINT as at an interactive terminal. A command started in the background
-    by a non-interactive shell (CI's runner may be one) inherits SIGINT ignored, and Python keeps it ignored,
-    so a Ctrl-C sent by the test would never arrive."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def at_terminal(command: list[str], env: dict[str, str], answer: str | signal.Signals) -> tuple[int, str]:
-    """Run `command` with a pseudo-terminal as its stdin and stdout; answer its question (a line, Ctrl-D as
-    "\x04", or a signal as Ctrl-C sends); return its exit status (within 10 s of the answer) and what it
-    printed."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
-        command, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=PROJECT, preexec_fn=as_at_a_terminal
-    )
-    os.close(slave)
-    seen, answered = b"", False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # the process closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        if not answered and b"[y/N]" in seen:
-            if isinstance(answer, signal.Signals):
-                process.send_signal(answer)
-            else:
-                os.write(master, answer.encode() + (b"" if answer == "\x04" else b"\n"))
-            answered = True
-            deadline = time.monotonic() + 10  # the answer must end it (closing the terminal would, later)
-        if process.poll() is not None and not ready:
-            break
-    with contextlib.suppress(subprocess.TimeoutExpired):  # the terminal closes just before the process is gone
-        process.wait(max(0.0, deadline - time.monotonic()))
-    if process.poll() is None:
-        spy = [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(process.pid)]
-        stacks = subprocess.run(spy, capture_output=True, text=True, timeout=60, check=False)
-        process.kill()
-        process.wait(10)
-        os.close(master)
-        raise AssertionError(
-            f"still running 10 s after the answer {answer!r}: {seen.decode(errors='replace')}\n"
-            f"its threads:\n{stacks.stdout}{stacks.stderr}"
-        )
-    os.close(master)
-    return process.wait(10), seen.decode(errors="replace")
-
-
-def test_purge_asks_at_a_terminal_and_purges_only_when_confirmed(ctl: Ctl) -> None:
-    ids = soft_deleted(ctl, 3)
-    before = iso(datetime.now(UTC) + timedelta(minutes=1))
-    command = [*ctl.base, "purge", "--before", before, "--force"]
-    status, screen = at_terminal(command, ctl.env, "n")
-    assert status == 2 and "not purged" in screen and "Permanently delete 3 bookings" in screen
-    assert ctl.json("purge", "--before", before)["purge_count"] == 3
-    # Not at a terminal and without --yes: refused, nothing purged.
-    piped = ctl("purge", "--before", before, "--force")
-    assert piped.returncode == 2 and "--yes" in piped.stderr
-    status, screen = at_terminal(command, ctl.env, "y")
-    assert status == 0, screen
-    assert "purged" in screen and "3 bookings" in screen
-    assert ctl.json("purge", "--before", before)["purge_count"] == 0
-    more = soft_deleted(ctl, 1)
-    assert ctl.json("purge", "--before", iso(datetime.now(UTC) + timedelta(minutes=1)), "--force", "--yes") == {
-        "purge_count": 1,
-        "purge_sample": more,
-        "force": True,
-    }
-    assert all(ctl("get", i).returncode == 1 for i in ids)
-
-
-def test_the_prompt_ends_at_once_on_ctrl_c_and_ctrl_d_means_no_and_hard_delete_asks_too(ctl: Ctl) -> None:
-    ids = soft_deleted(ctl, 2)
-    purge = [*ctl.base, "purge", "--before", iso(datetime.now(UTC) + timedelta(minutes=1)), "--force"]
-    status, screen = at_terminal(purge, ctl.env, signal.SIGINT)
-    assert status == 130, screen
-    status, screen = at_terminal(purge, ctl.env, "\x04")
-    assert status == 2 and "not purged" in screen and "Traceback" not in screen, screen
-    hard = [*ctl.base, "hard-delete", ids[0]]
-    status, screen = at_terminal(hard, ctl.env, "n")
-    assert status == 2 and "not deleted" in screen and f"Permanently delete booking {ids[0]}" in screen
-    assert ctl("get", ids[0]).returncode == 0
-    piped = ctl("hard-delete", ids[0])
-    assert piped.returncode == 2 and "--yes" in piped.stderr
-    status, screen = at_terminal(hard, ctl.env, "y")
-    assert status == 0, screen
-    assert ctl("get", ids[0]).returncode == 1 and ctl("get", ids[1]).returncode == 0
 
 
 def test_global_flags_go_anywhere_and_a_mistyped_flag_or_command_gets_a_suggestion(ctl: Ctl) -> None:

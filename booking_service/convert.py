@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import interval_pb2
 
 from booking_api.booking.v1 import booking_pb2
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
@@ -17,6 +18,7 @@ AUDIT_ACTIONS = {
     AuditAction.DELETED: booking_pb2.AUDIT_ACTION_DELETED,
     AuditAction.RESTORED: booking_pb2.AUDIT_ACTION_RESTORED,
     AuditAction.HARD_DELETED: booking_pb2.AUDIT_ACTION_HARD_DELETED,
+    AuditAction.UPDATED: booking_pb2.AUDIT_ACTION_UPDATED,
 }
 
 
@@ -24,6 +26,10 @@ def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def interval_to_proto(start: datetime, end: datetime) -> interval_pb2.Interval:
+    return interval_pb2.Interval(start_time=_timestamp(start), end_time=_timestamp(end))
 
 
 def actor_to_proto(actor: Actor) -> booking_pb2.Actor:
@@ -62,4 +68,8 @@ def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
     )
     if entry.snapshot is not None:
         message.snapshot.CopyFrom(booking_to_proto(entry.snapshot))
+    if entry.update_mask:
+        message.update_mask.paths.extend(entry.update_mask)
+    if entry.previous_time is not None:
+        message.previous_time.CopyFrom(interval_to_proto(*entry.previous_time))
     return message

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from svc_common.principal import Principal, Role
@@ -23,8 +25,15 @@ EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
+MAX_SLOTS_WINDOW = timedelta(days=31)  # ListAvailableSlots looks at most this far
+
+
 class SlotTaken(Exception):
     """Another active booking of the provider overlaps the time asked for."""
+
+
+class TimesOutOfOrder(Exception):
+    """An update would leave the booking ending at or before it starts."""
 
 
 # Who did something: the caller as its token named it (id, name, role), kept with the change.
@@ -77,11 +86,35 @@ class Booking:
         )
 
 
+# What UpdateBooking may change (the paths of its update mask), in this order.
+UPDATABLE = ("start_time", "end_time", "service_id", "notes")
+
+
+@dataclass(frozen=True, slots=True)
+class BookingChange:
+    """An update of a booking: each field None is kept."""
+
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    service_id: str | None = None
+    notes: str | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path in UPDATABLE if getattr(self, path) is not None]
+
+    def digest(self, booking_id: str) -> str:
+        """What a repeat of the same request (request_id) must ask for again."""
+        values = [booking_id, *(str(getattr(self, path)) for path in UPDATABLE)]
+        return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
 class AuditAction(enum.Enum):
     CREATED = "CREATED"
     DELETED = "DELETED"
     RESTORED = "RESTORED"
     HARD_DELETED = "HARD_DELETED"
+    UPDATED = "UPDATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +127,8 @@ class AuditEntry:
     create_time: datetime
     snapshot: Booking | None
     seq: int  # position in the audit trail, for paging
+    update_mask: tuple[str, ...] = ()  # UPDATED: the fields changed
+    previous_time: tuple[datetime, datetime] | None = None  # UPDATED: the booking's time before
 
 
 def is_admin(principal: Principal) -> bool:

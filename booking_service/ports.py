@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from booking_service.domain import AuditEntry, Booking, NewBooking
+from booking_service.domain import AuditEntry, Booking, BookingChange, NewBooking
 from svc_common.principal import Principal
 
 
@@ -20,6 +20,17 @@ class ListQuery:
     provider_id: str | None
     after: tuple[datetime, uuid.UUID] | None
     limit: int
+    overlaps: tuple[datetime, datetime] | None = None  # [start, end): bookings whose time overlaps it
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What an update found: the booking it changed, or (a repeated request_id) the booking and digest of the
+    first call with it, or neither (nothing matched: the use case asks why)."""
+
+    updated: Booking | None = None
+    prior_booking_id: str | None = None
+    prior_digest: str | None = None
 
 
 class BookingStore(Protocol):
@@ -45,6 +56,21 @@ class BookingStore(Protocol):
     async def restore(
         self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal, version: int | None
     ) -> Booking | None: ...
+    async def update(
+        self,
+        booking_id: uuid.UUID,
+        change: BookingChange,
+        *,
+        op_id: uuid.UUID,
+        actor: Principal,
+        scope_customer: str | None,
+        scope_provider: str | None,
+        version: int | None,
+        request_id: str | None,
+    ) -> UpdateResult: ...
+    async def free_slots(
+        self, provider_id: str, start: datetime, end: datetime, duration: timedelta
+    ) -> list[tuple[datetime, datetime]]: ...
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal) -> bool: ...
     async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]: ...
     async def purge(

@@ -77,4 +77,6 @@ def audit_from_record(record: Record) -> AuditEntry:
         create_time=record["create_time"],
         snapshot=booking_from_json(json.loads(snapshot)) if snapshot is not None else None,
         seq=record["seq"],
+        update_mask=tuple(record["update_mask"] or ()),
+        previous_time=(record["previous_start"], record["previous_end"]) if record["previous_start"] else None,
     )

@@ -7,11 +7,24 @@ PERMISSION_DENIED; the use cases check it again for callers other than this serv
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from google.protobuf import duration_pb2
+from google.type import interval_pb2
 from grpc.aio import ServicerContext as Context
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.convert import audit_to_proto, booking_to_proto
-from booking_service.domain import EARLIEST_TIME, LATEST_TIME, MAX_NOTES_CHARS, MAX_REASON_CHARS, NewBooking
+from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto
+from booking_service.domain import (
+    EARLIEST_TIME,
+    LATEST_TIME,
+    MAX_NOTES_CHARS,
+    MAX_REASON_CHARS,
+    MAX_SLOTS_WINDOW,
+    UPDATABLE,
+    BookingChange,
+    NewBooking,
+)
 from booking_service.usecases import BookingUseCases, require_admin
 from svc_common.principal import Principal, Role, current_principal
 from svc_common.validation import Checker
@@ -37,6 +50,60 @@ def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, call
     if b.HasField("start_time") and b.HasField("end_time") and not check.violations and new.end_time <= new.start_time:
         check.fail("booking.end_time", "must be after start_time")
     return new
+
+
+def _interval(check: Checker, field: str, interval: interval_pb2.Interval) -> tuple[datetime, datetime]:
+    """Both ends of an interval, in the range of booking times, the end after the start."""
+    start = check.time_within(
+        f"{field}.start_time", interval.HasField("start_time"), interval.start_time, EARLIEST_TIME, LATEST_TIME
+    )
+    end = check.time_within(
+        f"{field}.end_time", interval.HasField("end_time"), interval.end_time, EARLIEST_TIME, LATEST_TIME
+    )
+    if not check.violations and end <= start:
+        check.fail(f"{field}.end_time", "must be after start_time")
+    return start, end
+
+
+def _change(request: booking_pb2.UpdateBookingRequest, check: Checker) -> BookingChange:
+    """The fields the update mask names, with their new values (AIP-134: only those paths, each required)."""
+    paths = list(request.update_mask.paths)
+    if not paths:
+        check.fail("update_mask", f"required: the fields to change, among {', '.join(UPDATABLE)}")
+    for n, path in enumerate(paths):
+        if path not in UPDATABLE:
+            check.fail(f"update_mask.paths[{n}]", f"{path!r} cannot be updated; only {', '.join(UPDATABLE)}")
+    b = request.booking
+    values: dict[str, object] = {}
+    if "start_time" in paths:
+        values["start_time"] = check.time_within(
+            "booking.start_time", b.HasField("start_time"), b.start_time, EARLIEST_TIME, LATEST_TIME
+        )
+    if "end_time" in paths:
+        values["end_time"] = check.time_within(
+            "booking.end_time", b.HasField("end_time"), b.end_time, EARLIEST_TIME, LATEST_TIME
+        )
+    if "service_id" in paths:
+        values["service_id"] = check.identifier("booking.service_id", b.service_id)
+    if "notes" in paths:
+        values["notes"] = check.text("booking.notes", b.notes, MAX_NOTES_CHARS)
+    change = BookingChange(**values)  # type: ignore[arg-type]
+    if change.start_time and change.end_time and not check.violations and change.end_time <= change.start_time:
+        check.fail("booking.end_time", "must be after start_time")
+    return change
+
+
+def _duration(check: Checker, field: str, present: bool, value: duration_pb2.Duration) -> timedelta:
+    """A duration above 0 and at most the longest window, in whole microseconds."""
+    if not present:
+        check.fail(field, "required")
+    elif value.nanos % 1000 or not -1_000_000_000 < value.nanos < 1_000_000_000:
+        check.fail(field, "must have whole microseconds (nanos a multiple of 1000)")
+    elif not timedelta(0) < value.ToTimedelta() <= MAX_SLOTS_WINDOW:
+        check.fail(field, f"must be more than 0 and at most {MAX_SLOTS_WINDOW.days} days")
+    else:
+        return value.ToTimedelta()
+    return timedelta(0)
 
 
 def _filters(
@@ -86,6 +153,11 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if request.show_deleted:
             require_admin(current_principal(), "list deleted bookings")
         customer, provider = _filters(request)
+        overlaps = None
+        if request.HasField("overlaps"):
+            check = Checker()
+            overlaps = _interval(check, "overlaps", request.overlaps)
+            check.done()
         page = await self._uc.list_bookings(
             current_principal(),
             customer_id=customer,
@@ -93,6 +165,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             show_deleted=request.show_deleted,
             page_size=request.page_size,
             page_token=request.page_token,
+            overlaps=overlaps,
         )
         return booking_pb2.ListBookingsResponse(
             bookings=[booking_to_proto(b) for b in page.items], next_page_token=page.next_page_token
@@ -181,3 +254,35 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         return booking_pb2.ListBookingAuditEntriesResponse(
             entries=[audit_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )
+
+    async def UpdateBooking(
+        self,
+        request: booking_pb2.UpdateBookingRequest,
+        context: Context[booking_pb2.UpdateBookingRequest, booking_pb2.UpdateBookingResponse],
+    ) -> booking_pb2.UpdateBookingResponse:
+        check = Checker()
+        booking_id = check.booking_id("booking.id", request.booking.id)
+        version = check.etag("booking.etag", request.booking.etag)
+        change = _change(request, check)
+        request_id = check.identifier("request_id", request.request_id, required=False)
+        check.done()
+        booking = await self._uc.update(current_principal(), booking_id, change, version=version, request_id=request_id)
+        return booking_pb2.UpdateBookingResponse(booking=booking_to_proto(booking))
+
+    async def ListAvailableSlots(
+        self,
+        request: booking_pb2.ListAvailableSlotsRequest,
+        context: Context[booking_pb2.ListAvailableSlotsRequest, booking_pb2.ListAvailableSlotsResponse],
+    ) -> booking_pb2.ListAvailableSlotsResponse:
+        check = Checker()
+        provider = check.identifier("provider_id", request.provider_id) or ""
+        if request.HasField("interval"):
+            start, end = _interval(check, "interval", request.interval)
+            if not check.violations and end - start > MAX_SLOTS_WINDOW:
+                check.fail("interval", f"must be at most {MAX_SLOTS_WINDOW.days} days long")
+        else:
+            check.fail("interval", "required")
+        duration = _duration(check, "duration", request.HasField("duration"), request.duration)
+        check.done()
+        free = await self._uc.free_slots(current_principal(), provider, start, end, duration)
+        return booking_pb2.ListAvailableSlotsResponse(free_intervals=[interval_to_proto(a, b) for a, b in free])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from booking_service import pagination
@@ -11,9 +11,11 @@ from booking_service.domain import (
     PURGE_SAMPLE_SIZE,
     AuditEntry,
     Booking,
+    BookingChange,
     NewBooking,
     Page,
     SlotTaken,
+    TimesOutOfOrder,
     is_admin,
     may_see,
 )
@@ -51,6 +53,14 @@ def _narrow(scope: str | None, wanted: str | None) -> tuple[bool, str | None]:
     return False, None
 
 
+def _etag_mismatch() -> Aborted:
+    return Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
+
+
+def _slot_taken() -> AlreadyExists:
+    return AlreadyExists("the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE")
+
+
 def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     if key is None:
         return None
@@ -85,9 +95,7 @@ class BookingUseCases:
                 new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
             )
         except SlotTaken as exc:
-            raise AlreadyExists(
-                "the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE"
-            ) from exc
+            raise _slot_taken() from exc
         if created:
             self._changes.committed()
             return booking
@@ -117,6 +125,7 @@ class BookingUseCases:
         show_deleted: bool,
         page_size: int,
         page_token: str,
+        overlaps: tuple[datetime, datetime] | None = None,
     ) -> Page[Booking]:
         if show_deleted:
             require_admin(principal, "list deleted bookings")
@@ -128,6 +137,7 @@ class BookingUseCases:
             deleted=None if show_deleted else False,
             page_size=page_size,
             page_token=page_token,
+            overlaps=overlaps,
         )
 
     async def list_deleted(
@@ -160,18 +170,21 @@ class BookingUseCases:
         deleted: bool | None,
         page_size: int,
         page_token: str,
+        overlaps: tuple[datetime, datetime] | None = None,
     ) -> Page[Booking]:
         limit = pagination.page_size(page_size)
-        query_id = pagination.fingerprint(rpc, principal.id, principal.role.value, customer_id, provider_id, deleted)
+        window = [t.isoformat() for t in overlaps] if overlaps else None
+        query_id = pagination.fingerprint(
+            rpc, principal.id, principal.role.value, customer_id, provider_id, deleted, *([window] if window else [])
+        )
         after = _time_key(self._tokens.decode(page_token, query_id, (str, str)))
         scope = Scope.of(principal)
         any_customer, customer = _narrow(scope.customer_id, customer_id)
         any_provider, provider = _narrow(scope.provider_id, provider_id)
         if not (any_customer and any_provider):
             return Page([], "")
-        bookings = await self._storage.list_bookings(
-            ListQuery(customer_id=customer, provider_id=provider, after=after, limit=limit + 1), deleted=deleted
-        )
+        query = ListQuery(customer_id=customer, provider_id=provider, after=after, limit=limit + 1, overlaps=overlaps)
+        bookings = await self._storage.list_bookings(query, deleted=deleted)
         if len(bookings) <= limit:
             return Page(bookings, "")
         bookings = bookings[:limit]
@@ -198,7 +211,66 @@ class BookingUseCases:
         current = await self._storage.get(booking_id)
         if current is None or current.deleted or not scope.allows(current.customer_id, current.provider_id):
             raise not_found(booking_id)
-        raise Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
+        raise _etag_mismatch()
+
+    async def update(
+        self,
+        principal: Principal,
+        booking_id: uuid.UUID,
+        change: BookingChange,
+        *,
+        version: int | None,
+        request_id: str | None,
+    ) -> Booking:
+        """Change an active booking's time, service or notes: its customer, its provider or an admin may."""
+        scope = Scope.of(principal)
+        try:
+            result = await self._storage.update(
+                booking_id,
+                change,
+                op_id=uuid.uuid4(),
+                actor=principal,
+                scope_customer=scope.customer_id,
+                scope_provider=scope.provider_id,
+                version=version,
+                request_id=request_id,
+            )
+        except SlotTaken as exc:
+            raise _slot_taken() from exc
+        except TimesOutOfOrder as exc:
+            violation = (
+                FieldViolation("booking.end_time", "must be after start_time")
+                if change.end_time is not None
+                else FieldViolation("booking.start_time", "must be before end_time")
+            )
+            raise InvalidArgument([violation]) from exc
+        if result.updated is not None:
+            self._changes.committed()
+            return result.updated
+        if result.prior_booking_id is not None:  # a repeat: the first call's result, as GetBooking shows it now
+            if result.prior_booking_id != str(booking_id) or result.prior_digest != change.digest(str(booking_id)):
+                raise InvalidArgument(
+                    [FieldViolation("request_id", "already used by this caller for a different change")],
+                    reason="REQUEST_ID_REUSED",
+                )
+            return await self.get(principal, booking_id)
+        current = await self._storage.get(booking_id)
+        if current is None or not scope.allows(current.customer_id, current.provider_id):
+            raise not_found(booking_id)
+        if current.deleted:
+            if not is_admin(principal):
+                raise not_found(booking_id)
+            raise FailedPrecondition(
+                f"booking {booking_id} is deleted; restore it before updating it", reason="BOOKING_DELETED"
+            )
+        raise _etag_mismatch()
+
+    async def free_slots(
+        self, principal: Principal, provider_id: str, start: datetime, end: datetime, duration: timedelta
+    ) -> list[tuple[datetime, datetime]]:
+        """The provider's free intervals in [start, end), each at least `duration` long. Any caller may ask: the
+        answer names no booking."""
+        return await self._storage.free_slots(provider_id, start, end, duration)
 
     async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
         require_admin(principal, "restore bookings")
@@ -216,7 +288,7 @@ class BookingUseCases:
             raise not_found(booking_id)
         if not current.deleted:
             raise AlreadyExists(f"booking {booking_id} is not deleted", reason="BOOKING_NOT_DELETED")
-        raise Aborted("the booking has changed; read it again for its current etag", reason="ETAG_MISMATCH")
+        raise _etag_mismatch()
 
     async def hard_delete(self, principal: Principal, booking_id: uuid.UUID) -> None:
         require_admin(principal, "hard-delete bookings")

@@ -4,6 +4,8 @@
 #   copy of the .proto files in client/booking_api/protos/.
 # protoc names generated modules after the .proto paths (booking.v1...), so their imports of each other are
 # rewritten to booking_api.booking.v1...; serialized descriptors and method paths keep the contract's names.
+# google/type/interval.proto is Google's, vendored so protoc and buf find it offline; its generated module comes
+# from googleapis-common-protos at run time, so only booking/ and notify/ are generated here.
 # Usage: protos/generate.sh [PYTHON [OUT]]   (PYTHON must have grpcio-tools and mypy-protobuf installed)
 set -eu
 python=${1:-python3}
@@ -43,7 +45,7 @@ done
 # The contract itself ships with its code (booking_api/protos/), for clients in other languages and for grpcurl.
 rm -rf "$out/booking_api/protos"
 cd "$here"
-find booking notify -name '*.proto' | while read -r file; do
+find booking notify google -name '*.proto' | while read -r file; do
     mkdir -p "$out/booking_api/protos/$(dirname "$file")"
     cp "$file" "$out/booking_api/protos/$file"
 done

@@ -55,6 +55,7 @@ _EVENT_TYPES = {
     "DELETED": events_pb2.BOOKING_EVENT_TYPE_DELETED,
     "RESTORED": events_pb2.BOOKING_EVENT_TYPE_RESTORED,
     HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
+    "UPDATED": events_pb2.BOOKING_EVENT_TYPE_UPDATED,
 }
 _ROLES = {"user": booking_pb2.ROLE_USER, "provider": booking_pb2.ROLE_PROVIDER, "admin": booking_pb2.ROLE_ADMIN}
 

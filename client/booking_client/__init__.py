@@ -11,9 +11,10 @@ The messages are the contract's own (booking_api.booking.v1, booking_api.notify.
 files shipped in booking_api/protos/). Errors: booking_client._errors, re-exported here.
 """
 
-from booking_client._client import Backoff, BookingClient, PurgeResult, Tls
+from booking_client._client import BookingClient, PurgeResult
 from booking_client._errors import (
     AdminOnly,
+    BookingDeleted,
     BookingError,
     BookingNotDeleted,
     Conflict,
@@ -33,12 +34,14 @@ from booking_client._errors import (
     Unavailable,
 )
 from booking_client._informer import Change, Changes, Informer
+from booking_client._options import Backoff, Tls
 from booking_client._watch import Watch
 
 __all__ = [
     "AdminOnly",
     "Backoff",
     "BookingClient",
+    "BookingDeleted",
     "BookingError",
     "BookingNotDeleted",
     "Change",

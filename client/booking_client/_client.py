@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.type.interval_pb2 import Interval
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2_grpc
 from booking_client._errors import from_rpc_error
 from booking_client._informer import Informer
+from booking_client._options import Backoff, Tls
 from booking_client._watch import Watch
 
 Token = str | Callable[[], str] | Callable[[], Awaitable[str]]
@@ -46,35 +48,8 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-@dataclass(frozen=True)
-class Tls:
-    """TLS towards the services: `ca_file` the CA to trust (None: the system's), `cert_file` and `key_file` a
-    client certificate for mutual TLS, `server_name` the name to check if the target's host is not it."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str | None) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
-
-
+DEFAULT_BACKOFF = Backoff()
 RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})  # for calls safe to repeat
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Full-jitter exponential backoff: attempt n waits a random time up to min(cap, base * 2**n)."""
-
-    base: float = 0.05
-    cap: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
 
 
 @dataclass(frozen=True)
@@ -89,6 +64,10 @@ def timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+def interval(start: datetime, end: datetime) -> Interval:
+    return Interval(start_time=timestamp(start), end_time=timestamp(end))
+
+
 class BookingClient:
     """`async with BookingClient("host:50051", "host:50052", token=...) as client:` ..."""
 
@@ -101,7 +80,7 @@ class BookingClient:
         tls: Tls | bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 4,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         channel_options: Sequence[tuple[str, int | str]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
@@ -230,10 +209,12 @@ class BookingClient:
         customer_id: str = "",
         provider_id: str = "",
         show_deleted: bool = False,
+        overlaps: tuple[datetime, datetime] | None = None,
         page_size: int = 100,
         timeout: float | None = None,
     ) -> AsyncIterator[booking_pb2.Booking]:
-        """Every booking the caller may see (narrowed by the filters), page by page."""
+        """Every booking the caller may see (narrowed by the filters; `overlaps`: only those whose time overlaps
+        [start, end)), page by page."""
 
         def request(token: str) -> booking_pb2.ListBookingsRequest:
             return booking_pb2.ListBookingsRequest(
@@ -242,11 +223,69 @@ class BookingClient:
                 customer_id=customer_id,
                 provider_id=provider_id,
                 show_deleted=show_deleted,
+                overlaps=interval(*overlaps) if overlaps else None,
             )
 
         async for response in self._pages(self._booking.ListBookings, request, timeout):
             for booking in response.bookings:
                 yield booking
+
+    async def update_booking(
+        self,
+        booking_id: str,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        service_id: str | None = None,
+        notes: str | None = None,
+        etag: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.Booking:
+        """Change the fields given (the others stay); with `etag`, only if the booking has not changed since (else
+        EtagMismatch). Onto a taken slot: SlotUnavailable, and the booking stays where it was. Retried like a
+        create: with a request_id of its own when none is given, so a retry never changes it twice."""
+        fields = {"start_time": start_time, "end_time": end_time, "service_id": service_id, "notes": notes}
+        given = {name: value for name, value in fields.items() if value is not None}
+        booking = booking_pb2.Booking(id=booking_id, etag=etag)
+        for name, value in given.items():
+            if isinstance(value, datetime):
+                getattr(booking, name).CopyFrom(timestamp(value))
+            else:
+                setattr(booking, name, value)
+        request = booking_pb2.UpdateBookingRequest(
+            booking=booking, update_mask=FieldMask(paths=list(given)), request_id=request_id or uuid.uuid4().hex
+        )
+        response = await self._call(self._booking.UpdateBooking, request, idempotent=True, timeout=timeout)
+        return response.booking
+
+    async def reschedule(
+        self, booking_id: str, start_time: datetime, end_time: datetime, *, etag: str = "", timeout: float | None = None
+    ) -> booking_pb2.Booking:
+        """Move a booking to [start_time, end_time): its id, history and everything else stay."""
+        return await self.update_booking(
+            booking_id, start_time=start_time, end_time=end_time, etag=etag, timeout=timeout
+        )
+
+    async def list_available_slots(
+        self,
+        provider_id: str,
+        start_time: datetime,
+        end_time: datetime,
+        duration: timedelta,
+        *,
+        timeout: float | None = None,
+    ) -> list[tuple[datetime, datetime]]:
+        """The provider's free time in [start_time, end_time) (at most 31 days): the maximal free intervals at
+        least `duration` long, in time order."""
+        request = booking_pb2.ListAvailableSlotsRequest(
+            provider_id=provider_id, interval=interval(start_time, end_time), duration=Duration()
+        )
+        request.duration.FromTimedelta(duration)
+        response = await self._call(self._booking.ListAvailableSlots, request, idempotent=True, timeout=timeout)
+        return [
+            (i.start_time.ToDatetime(tzinfo=UTC), i.end_time.ToDatetime(tzinfo=UTC)) for i in response.free_intervals
+        ]
 
     async def delete_booking(
         self, booking_id: str, *, reason: str = "", etag: str = "", timeout: float | None = None

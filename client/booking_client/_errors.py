@@ -9,6 +9,7 @@
     │   ├── SlotUnavailable         the provider already has a booking then
     │   ├── EtagMismatch            the booking changed since its etag was read
     │   ├── BookingNotDeleted       restore or hard-delete of an active booking
+    │   ├── BookingDeleted          update of a soft-deleted booking (an admin's; others get NotFound)
     │   └── RequestIdReused         a request_id reused for a different booking
     ├── CursorExpired               OUT_OF_RANGE: the event stream cannot continue from the cursor
     ├── SlowConsumer                RESOURCE_EXHAUSTED: the subscriber fell too far behind
@@ -108,6 +109,10 @@ class BookingNotDeleted(Conflict):
     pass
 
 
+class BookingDeleted(Conflict):
+    pass
+
+
 class RequestIdReused(Conflict):
     pass
 
@@ -139,6 +144,7 @@ BY_REASON: dict[str, type[BookingError]] = {
     "SLOT_UNAVAILABLE": SlotUnavailable,
     "ETAG_MISMATCH": EtagMismatch,
     "BOOKING_NOT_DELETED": BookingNotDeleted,
+    "BOOKING_DELETED": BookingDeleted,
     "REQUEST_ID_REUSED": RequestIdReused,
     "NOT_OWN_BOOKING": NotOwnBooking,
     "ADMIN_ONLY": AdminOnly,

@@ -50,8 +50,13 @@ PENDING_EVENTS = 1000
 
 @dataclass(frozen=True)
 class Change:
+    """A booking added to, changed in, or removed from the cache. An "updated" change carries the state the
+    reader saw before (`previous`) and the new one (`booking`), as client-go's OnUpdate(old, new) does; a
+    "removed" one the last state the cache held."""
+
     kind: Literal["added", "updated", "removed"]
     booking: booking_pb2.Booking
+    previous: booking_pb2.Booking | None = None  # "updated": the state before
 
 
 def version(booking: booking_pb2.Booking) -> int:
@@ -92,7 +97,9 @@ class Changes:
         if earlier is not None and earlier.kind == "added":
             change = Change("added", change.booking)  # updated, but still new to the reader
         elif earlier is not None and earlier.kind == "removed":
-            change = Change("updated", change.booking)  # back: the reader knew it before it left
+            change = Change("updated", change.booking, earlier.booking)  # back: the reader knew it before it left
+        elif earlier is not None and earlier.kind == "updated" and change.kind == "updated":
+            change = Change("updated", change.booking, earlier.previous)  # from what the reader last saw
         self._waiting[booking_id] = change  # a booking already waiting keeps its place
         self._ready.set()
 
@@ -210,7 +217,7 @@ class Informer:
             known = self._cache.get(booking_id)
             if known is None or known.etag != booking.etag or known != booking:
                 self._cache[booking_id] = booking
-                self._emit(Change("added" if known is None else "updated", booking))
+                self._emit(Change("added", booking) if known is None else Change("updated", booking, known))
 
     def _apply(self, event: events_pb2.BookingEvent) -> None:
         booking = event.booking
@@ -226,7 +233,7 @@ class Informer:
         if known is not None and version(known) >= version(booking):
             return  # the list already showed this state or a later one
         self._cache[booking.id] = booking
-        self._emit(Change("added" if known is None else "updated", booking))
+        self._emit(Change("added", booking) if known is None else Change("updated", booking, known))
 
     def _emit(self, change: Change) -> None:
         for reader in self._listeners:

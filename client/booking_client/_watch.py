@@ -29,7 +29,8 @@ from booking_api.notify.v1 import notify_pb2
 from booking_client._errors import TooManyStreams, from_rpc_error
 
 if TYPE_CHECKING:
-    from booking_client._client import Backoff, BookingClient
+    from booking_client._client import BookingClient
+    from booking_client._options import Backoff
 
 POSITION_HEADER = "x-stream-position"
 # After TOO_MANY_STREAMS: the first wait, and the most any wait grows to (each jittered down to half).

@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any
 
 import grpc
@@ -31,146 +30,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2
 from booking_client import _cli_commands
-from booking_client._cli_config import ConfigError, Settings, resolve, suggestion
-from booking_client._cli_output import KINDS, Output, as_dict, event_line, iso, plural, print_error, role_name, table
+from booking_client._cli_config import ConfigError, Settings, resolve
+from booking_client._cli_output import Output, as_dict, event_line, iso, plural, print_error, role_name, table
+from booking_client._cli_parser import SERVICE_HEADER, parser
 from booking_client._cli_prompt import NotConfirmed, Usage, confirm
-from booking_client._client import BookingClient, Tls
+from booking_client._client import BookingClient
 from booking_client._errors import BookingError, NotFound
-
-ROLES = ("user", "provider", "admin")
-# The balancer routes health and reflection calls by this header (deploy/nginx/nginx.conf; default: booking).
-SERVICE_HEADER = "x-service"
-
-
-def _time(text: str) -> datetime:
-    """An ISO 8601 time; one without a zone is UTC."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with a suggestion for a mistyped flag or command."""
-
-    def error(self, message: str) -> Any:
-        if "unrecognized arguments: " in message:
-            words = message.split("unrecognized arguments: ", 1)[1].split()
-            options = [o for p in _parsers(self) for a in p._actions for o in a.option_strings]
-            message += "".join(suggestion(w.split("=")[0], options) for w in words if w.startswith("-"))[:200]
-        elif "invalid choice: " in message:
-            word = message.split("invalid choice: ", 1)[1].split("'")[1]
-            message += suggestion(word, [c for a in self._actions for c in (a.choices or ())])
-        super().error(message)
-
-
-def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    found = [parser]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                found += _parsers(child)
-    return found
-
-
-def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """The flags every command takes, before or after it: on the main parser (default None) and on each
-    command's (SUPPRESS, so a command's parser does not overwrite what was given before the command)."""
-    default = argparse.SUPPRESS if suppress else None
-    group = parser.add_argument_group("global flags")
-    group.add_argument("--context", default=default, help="a saved context (bookingctl config)")
-    group.add_argument("--target", default=default, help="booking service (env BOOKING_TARGET; 127.0.0.1:50051)")
-    group.add_argument(
-        "--notify-target",
-        default=default,
-        help="notify service (env BOOKING_NOTIFY_TARGET; default: --target, or 127.0.0.1:50052 with make run's)",
-    )
-    group.add_argument("--token", default=default, help="bearer token (env BOOKING_TOKEN)")
-    group.add_argument("-o", "--output", choices=KINDS, default=default, help="default: table at a terminal, else json")
-    group.add_argument("--timeout", type=float, default=default, help="seconds per call (default 10)")
-    group.add_argument("-v", "--verbose", action="store_true", default=default, help="each call on stderr")
-    group.add_argument("--tls", action="store_true", default=default, help="TLS, trusting the system's CAs")
-    group.add_argument("--cacert", default=default, help="PEM CA to trust (TLS)")
-    group.add_argument("--cert", default=default, help="PEM client certificate (mutual TLS)")
-    group.add_argument("--key", default=default, help="PEM key of --cert")
-    group.add_argument("--server-name", default=default, help="the name the server's certificate must have")
-
-
-def parser() -> argparse.ArgumentParser:
-    main = Parser(prog="bookingctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    main.add_argument("--version", action="version", version=f"bookingctl {_version()}")
-    _global_flags(main, suppress=False)
-    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
-        _global_flags(sub, suppress=True)
-        return sub
-
-    token = command("token", "print a token signed with env JWT_SECRET (development)")
-    token.add_argument("--sub", required=True)
-    token.add_argument("--role", required=True, choices=ROLES)
-    token.add_argument("--name", default=None)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
-
-    health = command("health", "the health of both services (exit 1 unless all SERVING)")
-    health.add_argument("--service", default="", help="a health name (default: the whole server)")
-
-    command("get", "bookings by id").add_argument("booking_ids", nargs="+", metavar="BOOKING_ID")
-    for name, text in (("list", "bookings you may see"), ("list-deleted", "soft-deleted bookings (admins)")):
-        listing = command(name, text)
-        listing.add_argument("--customer", default="")
-        listing.add_argument("--provider", default="")
-        listing.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-        if name == "list":
-            listing.add_argument("--show-deleted", action="store_true")
-
-    create = command("create", "book a provider's time")
-    create.add_argument("--provider", required=True)
-    create.add_argument("--start", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
-    create.add_argument("--end", required=True, type=_time)
-    create.add_argument("--customer", default="", help="(admins and providers; users book for themselves)")
-    create.add_argument("--service", required=True, help="the service booked (e.g. haircut)")
-    create.add_argument("--notes", default="")
-    create.add_argument("--request-id", default=None, help="makes a repeated create return the same booking")
-
-    delete = command("delete", "soft-delete a booking")
-    delete.add_argument("booking_id")
-    delete.add_argument("--reason", default="")
-    delete.add_argument("--etag", default="", help="only if the booking is still at this etag")
-    restore = command("restore", "restore a soft-deleted booking")
-    restore.add_argument("booking_id")
-    restore.add_argument("--etag", default="")
-    hard = command("hard-delete", "permanently remove a soft-deleted booking (admins; asks first)")
-    hard.add_argument("booking_id")
-    hard.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    command("audit", "a booking's audit trail").add_argument("booking_id")
-
-    purge = command("purge", "hard-delete what was soft-deleted before a time (admins)")
-    purge.add_argument("--before", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
-    purge.add_argument("--force", action="store_true", help="purge (without: only preview)")
-    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-    watch = command("watch", "follow changes, one line each, resuming by itself (progress on stderr)")
-    watch.add_argument("--resume-after", default=None, help="an event_id: start after it")
-    watch.add_argument("--customer", default="")
-    watch.add_argument("--provider", default="")
-    watch.add_argument("--booking", default="")
-    watch.add_argument("--limit", type=int, default=0, help="stop after this many events (0: never)")
-
-    _cli_commands.add_config_commands(command("config", "saved contexts (kubeconfig's shape): see --help"))
-    completion = command("completion", 'shell completion: eval "$(bookingctl completion bash)"')
-    completion.add_argument("shell", choices=("bash", "zsh"))
-    return main
-
-
-def _version() -> str:
-    try:
-        return metadata.version("booking-client")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
+from booking_client._options import Tls
 
 # --- commands -------------------------------------------------------------------------------------------------
 
@@ -201,8 +67,13 @@ async def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         if command == "get":
             return await get(client, args.booking_ids, out)
         if command == "list":
-            filters = {"customer_id": args.customer, "provider_id": args.provider}
-            out.bookings(await collect(client.list_bookings(show_deleted=args.show_deleted, **filters), args.limit))
+            if (args.since is None) != (args.until is None):
+                raise Usage("--from and --to go together")
+            window = (args.since, args.until) if args.since else None
+            listed = client.list_bookings(
+                customer_id=args.customer, provider_id=args.provider, show_deleted=args.show_deleted, overlaps=window
+            )
+            out.bookings(await collect(listed, args.limit))
         elif command == "list-deleted":
             deleted = client.list_deleted_bookings(customer_id=args.customer, provider_id=args.provider)
             out.bookings(await collect(deleted, args.limit))
@@ -211,6 +82,11 @@ async def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 provider_id=args.provider, start_time=args.start, end_time=args.end, customer_id=args.customer,
                 service_id=args.service, notes=args.notes, request_id=args.request_id,
             )], one=True)  # fmt: skip
+        elif command == "reschedule":
+            moved = await client.reschedule(args.booking_id, args.start, args.end, etag=args.etag)
+            out.bookings([moved], one=True)
+        elif command == "free":
+            await free(client, args, out)
         elif command == "delete":
             out.bookings([await client.delete_booking(args.booking_id, reason=args.reason, etag=args.etag)], one=True)
         elif command == "restore":
@@ -278,6 +154,19 @@ async def health(args: argparse.Namespace, settings: Settings, out: Output) -> i
         grid.add_row(row["service"], row["target"], row["status"])
     out.document(rows, grid)
     return 0 if all(row["status"] == "SERVING" for row in rows) else 1
+
+
+async def free(client: BookingClient, args: argparse.Namespace, out: Output) -> None:
+    """The free intervals, as a table (FROM, TO, LENGTH) or a list of {start_time, end_time}."""
+    slots = await client.list_available_slots(args.provider, args.since, args.until, args.duration)
+
+    def utc(value: datetime) -> str:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    grid = table("FROM", "TO", "LENGTH")
+    for start, end in slots:
+        grid.add_row(utc(start), utc(end), str(end - start))
+    out.document([{"start_time": utc(start), "end_time": utc(end)} for start, end in slots], grid)
 
 
 async def audit(client: BookingClient, booking_id: str, out: Output) -> None:
@@ -354,13 +243,13 @@ def confirm_deletion(args: argparse.Namespace, settings: Settings, out: Output) 
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    args = parser().parse_args(list(argv) if argv is not None else None)
+    args = parser(__doc__).parse_args(list(argv) if argv is not None else None)
     out = Output(args.output)
     try:
         if args.command == "token":
             return token(args)
         if args.command in ("config", "completion"):
-            return _cli_commands.local_command(args, parser())
+            return _cli_commands.local_command(args, parser(__doc__))
         settings = resolve(vars(args), need_token=args.command != "health")
         confirm_deletion(args, settings, out)
         return asyncio.run(run(args, settings, out))

@@ -173,6 +173,35 @@ def test_get_takes_several_ids_and_list_a_limit(ctl: Ctl) -> None:
     assert len(ctl.json("list", "--provider", provider, "--limit", "2")) == 2
 
 
+def test_reschedule_list_a_window_and_free_time_with_errors_in_flags_words(ctl: Ctl) -> None:
+    provider = uid("p")
+    start, end = fresh_slot(hours=4)
+    first = ctl.json("create", "--service", "s", "--provider", provider, "--customer", "c",
+                     "--start", iso(start), "--end", iso(start + timedelta(hours=1)))  # fmt: skip
+    second = ctl.json("create", "--service", "s", "--provider", provider, "--customer", "c",
+                      "--start", iso(start + timedelta(hours=2)), "--end", iso(start + timedelta(hours=3)))  # fmt: skip
+    moved = ctl.json("reschedule", first["id"], "--start", iso(start + timedelta(hours=3)), "--end", iso(end),
+                     "--etag", first["etag"])  # fmt: skip
+    assert moved["id"] == first["id"] and moved["start_time"] == iso(start + timedelta(hours=3)).replace("+00:00", "Z")
+    taken = ctl("reschedule", first["id"], "--start", iso(start + timedelta(hours=2)), "--end", iso(end))
+    assert taken.returncode == 1 and "SLOT_UNAVAILABLE" in taken.stderr
+    backwards = ctl("reschedule", first["id"], "--start", iso(end), "--end", iso(start))
+    assert backwards.returncode == 1 and "--end: must be after --start" in backwards.stderr, backwards.stderr
+    window = ["--from", iso(start + timedelta(hours=2, minutes=30)), "--to", iso(end)]
+    assert [b["id"] for b in ctl.json("list", "--provider", provider, *window)] == [second["id"], first["id"]]
+    free = ctl.json("free", "--provider", provider, "--from", iso(start), "--to", iso(end), "--duration", "1h")
+    assert free == [{"start_time": iso(start).replace("+00:00", "Z"),
+                     "end_time": iso(start + timedelta(hours=2)).replace("+00:00", "Z")}]  # fmt: skip
+    table = ctl("-o", "table", "free", "--provider", provider, "--from", iso(start), "--to", iso(end),
+                "--duration", "30m")  # fmt: skip
+    assert table.returncode == 0 and "2:00:00" in table.stdout, table.stdout
+    for bad in (["--duration", "soon"], ["--duration", "0s"]):
+        refused = ctl("free", "--provider", provider, "--from", iso(start), "--to", iso(end), *bad)
+        assert refused.returncode in (1, 2) and "--duration" in refused.stderr, refused.stderr
+    half = ctl("list", "--from", iso(start))
+    assert half.returncode == 2 and "--from and --to go together" in half.stderr
+
+
 def test_verbose_shows_each_call_with_its_request_id(ctl: Ctl) -> None:
     shown = ctl("-v", "list", "--provider", uid("p"))
     assert shown.returncode == 0

@@ -82,6 +82,32 @@ async def test_every_booking_method_maps_its_rpc(
             await admin.get_booking(made[2].id)
 
 
+async def test_the_calendar_methods_move_list_a_window_and_find_free_time(admin: BookingClient) -> None:
+    provider, hour = uid("prov"), timedelta(hours=1)
+    day, _ = fresh_slot(hours=24)
+    first = await admin.create_booking(
+        service_id="haircut", provider_id=provider, customer_id="c", start_time=day, end_time=day + hour
+    )
+    second = await admin.create_booking(
+        service_id="haircut", provider_id=provider, customer_id="c", start_time=day + 2 * hour, end_time=day + 3 * hour
+    )
+    moved = await admin.reschedule(first.id, day + 4 * hour, day + 5 * hour, etag=first.etag)
+    assert moved.id == first.id and moved.start_time.ToDatetime(tzinfo=UTC) == day + 4 * hour
+    with pytest.raises(booking_client.SlotUnavailable):
+        await admin.reschedule(first.id, day + 2 * hour, day + 3 * hour)
+    with pytest.raises(booking_client.EtagMismatch):
+        await admin.update_booking(first.id, notes="late", etag=first.etag)
+    noted = await admin.update_booking(first.id, notes="late")
+    assert noted.notes == "late" and noted.start_time == moved.start_time
+    window = (day + 2 * hour + hour / 2, day + 4 * hour + hour / 2)
+    assert [b.id async for b in admin.list_bookings(provider_id=provider, overlaps=window)] == [second.id, first.id]
+    free = await admin.list_available_slots(provider, day, day + 6 * hour, timedelta(minutes=30))
+    assert free == [(day, day + 2 * hour), (day + 3 * hour, day + 4 * hour), (day + 5 * hour, day + 6 * hour)]
+    await admin.delete_booking(second.id)
+    with pytest.raises(booking_client.BookingDeleted):
+        await admin.update_booking(second.id, notes="x")
+
+
 def booking_client_action(action: booking_pb2.AuditAction.ValueType) -> str:
     return booking_pb2.AuditAction.Name(action).removeprefix("AUDIT_ACTION_")
 

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from booking_api.booking.v1 import events_pb2
 from tests.support.events import (
     NOTIFY_DOMAIN,
     EventSystem,
@@ -23,7 +24,7 @@ from tests.support.events import (
     assert_order_per_booking,
     eventually,
 )
-from tests.support.helpers import assert_status, uid
+from tests.support.helpers import assert_status, fresh_slot, uid
 from tests.support.writer import Writer, book_and_cancel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -70,6 +71,33 @@ async def test_changes_through_either_booking_instance_reach_subscribers_on_both
     await latecomer.open(notifiers[0].address, filters={"resume_after": "0-0"})  # the whole history
     await latecomer.wait_for(committed[-1][0])
     assert_exactly(latecomer, committed)
+
+
+async def test_an_update_reaches_its_customers_and_providers_streams_as_updated_with_the_new_state(
+    system: EventSystem,
+    subscriptions: Callable[[str, str], Subscription],
+    channels: list[grpc.aio.Channel],
+) -> None:
+    notifier = system.notify()
+    alice, prov = uid("alice"), uid("prov")
+    streams = {"alice": subscriptions("user", alice), "prov": subscriptions("provider", prov)}
+    streams["bob"] = subscriptions("user", uid("bob"))
+    for stream in streams.values():
+        await stream.open(notifier.address)
+    admin = await admin_on(system.booking(), channels)
+    made = await admin.create(provider_id=prov, customer_id=alice)
+    start, end = fresh_slot()
+    moved = await admin.move(made.id, start, end)
+    marker = await admin.create(provider_id=prov, customer_id=streams["bob"].sub)  # bob's, and the provider's
+    committed = await system.wait_relayed(3)
+    for name in ("prov", "bob"):
+        await streams[name].wait_for(committed[-1][0])
+    await streams["alice"].wait_for(committed[1][0])
+    for name in ("alice", "prov"):
+        updated = [e for e in streams[name].events if e.type == events_pb2.BOOKING_EVENT_TYPE_UPDATED]
+        assert [e.booking for e in updated] == [moved], name
+        assert updated[0].actor.id == admin.id
+    assert [e.booking.id for e in streams["bob"].events] == [marker.id]
 
 
 async def test_a_subscriber_that_stops_reading_is_ended_while_another_gets_every_event(

@@ -13,7 +13,7 @@ from booking_api.booking.v1 import events_pb2
 from svc_common.eventstream import EventId
 from svc_common.outbox import AFTER_SQL, PlacedRow
 from tests.support.events import EventSystem, admin_on
-from tests.support.helpers import uid
+from tests.support.helpers import fresh_slot, uid
 from tests.support.servers import stream_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,10 +26,12 @@ async def test_a_placed_rows_encoding_is_the_api_view_and_the_relays_entry(
     made = await admin.create(provider_id=uid("prov"), customer_id=uid("cust"), notes="window seat")
     deleted = await admin.delete(made.id, reason="moved")
     restored = await admin.restore(made.id)
-    shown = [made, deleted, restored]
+    start, end = fresh_slot()
+    moved = await admin.update(made.id, "start_time", "end_time", "notes", start=start, end=end, notes="aisle")
+    shown = [made, deleted, restored, moved]
     types = [events_pb2.BOOKING_EVENT_TYPE_CREATED, events_pb2.BOOKING_EVENT_TYPE_DELETED,
-             events_pb2.BOOKING_EVENT_TYPE_RESTORED]  # fmt: skip
-    await system.wait_relayed(3)
+             events_pb2.BOOKING_EVENT_TYPE_RESTORED, events_pb2.BOOKING_EVENT_TYPE_UPDATED]  # fmt: skip
+    await system.wait_relayed(4)
 
     conn = await asyncpg.connect(system.database_url)
     try:

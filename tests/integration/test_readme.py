@@ -164,6 +164,11 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                     grpcurl.env["BOOKING_ID"] = result["booking"]["id"]
                 if command.endswith(" list"):
                     assert "booking.v1.BookingService" in result
+                if "ListAvailableSlots" in command:  # the morning but for alice's half hour, moved to 10:00
+                    assert result["free_intervals"] == [
+                        {"start_time": "2030-01-07T08:00:00Z", "end_time": "2030-01-07T10:00:00Z"},
+                        {"start_time": "2030-01-07T10:30:00Z", "end_time": "2030-01-07T12:00:00Z"},
+                    ], result
             if "dr-house" in command and "Subscribe" in command:  # the tour's one booking
                 assert [e["type"] for e in grpcurl.streamed_events()] == ["BOOKING_EVENT_TYPE_CREATED"]
             elif '"0-0"' in command:  # the whole history: the walkthrough's five changes of alice's booking
@@ -179,10 +184,10 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
         grpcurl.close()
         booking.stop()
         notify.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 23
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 26
 
 
-READMES_CHANGES = ["CREATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
+READMES_CHANGES = ["CREATED", "UPDATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
 
 
 def readme_settings_table() -> dict[str, tuple[str, str]]:

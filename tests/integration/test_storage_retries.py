@@ -13,7 +13,8 @@ import pytest
 from booking_service.database import Connection, Database, DatabaseConfig
 from booking_service.domain import Actor, NewBooking
 from booking_service.rows import booking_from_record
-from booking_service.storage import CREATE_SQL, Storage
+from booking_service.sql import CREATE_SQL
+from booking_service.storage import Storage
 from svc_common.errors import Aborted, Unavailable
 from svc_common.principal import Role
 

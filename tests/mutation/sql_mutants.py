@@ -25,7 +25,7 @@ class Mutant:
 L = "tests/integration/test_lifecycle.py::"
 C = "tests/integration/test_create.py::"
 P = "tests/integration/test_pagination.py::"
-S = "booking_service/storage.py"
+S = "booking_service/sql.py"
 M1 = "booking_service/migrations/0001_bookings.sql"
 M4 = "booking_service/migrations/0004_least_privilege.sql"
 

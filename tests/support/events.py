@@ -83,8 +83,11 @@ class EventSystem:
             await conn.close()
         unplaced = sum(r["seq"] is None for r in rows)
         assert unplaced == 0, f"{unplaced} committed events have no stream position yet"
-        types = {"CREATED": CREATED, "DELETED": DELETED, "RESTORED": RESTORED, "HARD_DELETED": HARD_DELETED}
-        return [(f"{r['stream_ms']}-{r['seq']}", types[r["event_type"]], r["booking_id"]) for r in rows]
+        return [
+            (f"{r['stream_ms']}-{r['seq']}", events_pb2.BookingEventType.Value(f"BOOKING_EVENT_TYPE_{r['event_type']}"),
+             r["booking_id"])
+            for r in rows
+        ]  # fmt: skip
 
     async def wait_relayed(self, count: int) -> list[tuple[str, int, str]]:
         """Wait until `count` committed changes all have their stream position, and return them."""

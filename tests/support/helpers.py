@@ -110,6 +110,44 @@ class Caller:
         booking: booking_pb2.Booking = response.booking
         return booking
 
+    async def update(
+        self,
+        booking_id: str,
+        *paths: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        service_id: str = "",
+        notes: str = "",
+        etag: str = "",
+        request_id: str = "",
+    ) -> booking_pb2.Booking:
+        """UpdateBooking with the update mask `paths` (the values of the fields not named are sent but unused)."""
+        booking = booking_pb2.Booking(id=booking_id, service_id=service_id, notes=notes, etag=etag)
+        if start is not None:
+            booking.start_time.CopyFrom(ts(start))
+        if end is not None:
+            booking.end_time.CopyFrom(ts(end))
+        request = booking_pb2.UpdateBookingRequest(booking=booking, request_id=request_id)
+        request.update_mask.paths.extend(paths)
+        response = await self.call("UpdateBooking", request)
+        updated: booking_pb2.Booking = response.booking
+        return updated
+
+    async def move(self, booking_id: str, start: datetime, end: datetime, etag: str = "") -> booking_pb2.Booking:
+        return await self.update(booking_id, "start_time", "end_time", start=start, end=end, etag=etag)
+
+    async def free(
+        self, provider_id: str, start: datetime, end: datetime, duration: timedelta
+    ) -> list[tuple[datetime, datetime]]:
+        request = booking_pb2.ListAvailableSlotsRequest(provider_id=provider_id)
+        request.interval.start_time.CopyFrom(ts(start))
+        request.interval.end_time.CopyFrom(ts(end))
+        request.duration.FromTimedelta(duration)
+        response = await self.call("ListAvailableSlots", request)
+        return [
+            (i.start_time.ToDatetime(tzinfo=UTC), i.end_time.ToDatetime(tzinfo=UTC)) for i in response.free_intervals
+        ]
+
     async def hard_delete(self, booking_id: str) -> str:
         response = await self.call("HardDeleteBooking", booking_pb2.HardDeleteBookingRequest(booking_id=booking_id))
         deleted: str = response.booking_id

@@ -1,0 +1,218 @@
+"""Every statement of storage.py. Each write is a single statement: a data-modifying CTE writes the booking, its
+audit entry and its change event in the outbox together, so it commits atomically with one round trip."""
+
+from __future__ import annotations
+
+from functools import cache
+
+_AUDIT_INSERT = """
+    INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot)
+"""
+# The change event goes into the outbox in the same statement, hence the same transaction (see outbox.py).
+_OUTBOX_INSERT = """
+    INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, traceparent)
+"""
+
+# Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
+# the insert (the insert reads from `gate`), so a later one finds the earlier one's row; without it, concurrent
+# duplicates deadlock between the request_id index and the overlap constraint.
+CREATE_SQL = f"""
+WITH gate AS (
+    SELECT count(*) FROM (
+        SELECT pg_advisory_xact_lock(hashtextextended($8::text || '/' || $9::text, 0)) WHERE $9::text IS NOT NULL
+    ) locked
+), ins AS (
+    INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, notes,
+                          created_by, request_id)
+    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text
+      FROM gate
+    ON CONFLICT (created_by, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $10, ins.id, 'CREATED', $8, $11, $12, '', to_jsonb(ins) FROM ins
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'CREATED', to_jsonb(ins), $8, $11, $12, $13::text FROM ins
+)
+SELECT * FROM ins
+"""
+
+DELETE_SQL = f"""
+WITH upd AS (
+    UPDATE bookings
+       SET delete_time = now(), update_time = now(), version = version + 1,
+           deleted_by_id = $2, deleted_by_name = $3, deleted_by_role = $4, deletion_reason = $5
+     WHERE id = $1 AND delete_time IS NULL
+       AND ($6::text IS NULL OR customer_id = $6)
+       AND ($7::text IS NULL OR provider_id = $7)
+       AND ($8::bigint IS NULL OR version = $8)
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $9, upd.id, 'DELETED', $2, $3, $4, $5, to_jsonb(upd) FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'DELETED', to_jsonb(upd), $2, $3, $4, $10::text FROM upd
+)
+SELECT * FROM upd
+"""
+
+RESTORE_SQL = f"""
+WITH upd AS (
+    UPDATE bookings
+       SET delete_time = NULL, update_time = now(), version = version + 1,
+           deleted_by_id = NULL, deleted_by_name = NULL, deleted_by_role = NULL, deletion_reason = ''
+     WHERE id = $1 AND delete_time IS NOT NULL AND ($2::bigint IS NULL OR version = $2)
+    RETURNING *
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT $3, upd.id, 'RESTORED', $4, $5, $6, '', to_jsonb(upd) FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'RESTORED', to_jsonb(upd), $4, $5, $6, $7::text FROM upd
+)
+SELECT * FROM upd
+"""
+
+
+def _hard_delete_sql(victims: str) -> str:
+    """Permanently delete the soft-deleted bookings `victims` selects, erase every snapshot of them from the
+    audit trail (its entries remain) and their notes from their change events in the outbox (the relay replaces
+    their entries in the Redis stream before it publishes the HARD_DELETED event), and record a HARD_DELETED entry
+    and event for each (the event carries the booking as it was, but for its notes, so subscribers can tell whose
+    it was).
+
+    Parameters: $1-$3 actor id, name and role, $4 reason, $5 audit entry id (NULL: a fresh one per booking),
+    $6 the writer's traceparent (NULL: none); `victims` uses $7 onwards.
+    """
+    return f"""
+WITH victims AS ({victims}),
+del AS (
+    DELETE FROM bookings b USING victims v WHERE b.id = v.id AND b.delete_time IS NOT NULL RETURNING b.*
+), erase AS (  -- one row each; the final SELECT joins them, so they run (a SELECT CTE runs only when read)
+    SELECT booking_audit_erase_snapshots(array_agg(id)) AS erased FROM del
+), redact AS (
+    SELECT booking_events_erase_notes(array_agg(id)) AS redacted FROM del
+), audit AS (
+    {_AUDIT_INSERT}
+    SELECT coalesce($5::uuid, gen_random_uuid()), del.id, 'HARD_DELETED', $1, $2, $3, $4, NULL FROM del
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'HARD_DELETED', to_jsonb(del) || '{{"notes": ""}}', $1, $2, $3, $6::text FROM del
+)
+SELECT del.id FROM del, erase, redact
+"""
+
+
+HARD_DELETE_SQL = _hard_delete_sql("SELECT $7::uuid AS id")
+PURGE_BATCH_SQL = _hard_delete_sql(
+    "SELECT id FROM bookings WHERE delete_time < $7 ORDER BY delete_time, id LIMIT $8 FOR UPDATE SKIP LOCKED"
+)
+
+PURGE_PREVIEW_SQL = """
+SELECT count(*) OVER () AS total, id FROM bookings
+ WHERE delete_time < $1 ORDER BY delete_time, id LIMIT $2
+"""
+
+
+@cache
+def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, deleted: bool | None) -> str:
+    """One statement per filter combination, so each gets a plan that can use its index.
+
+    Parameters, in order: limit, then customer_id, provider_id, the interval's start and end, and the keyset
+    position where used. deleted: None lists every booking, False only active ones, True only deleted ones
+    (newest deletion first). The interval is matched with the expression of the overlap constraint, so a
+    provider's active bookings in a window are found through that constraint's GiST index.
+    """
+    where, params = [], ["$1"]
+
+    def param() -> str:
+        params.append(f"${len(params) + 1}")
+        return params[-1]
+
+    if deleted is False:
+        where.append("delete_time IS NULL")
+    elif deleted is True:
+        where.append("delete_time IS NOT NULL")
+    if customer:
+        where.append(f"customer_id = {param()}")
+    if provider:
+        where.append(f"provider_id = {param()}")
+    if overlaps:
+        where.append(f"tstzrange(start_time, end_time, '[)') && tstzrange({param()}, {param()}, '[)')")
+    if deleted is True:
+        if after:
+            where.append(f"(delete_time, id) < ({param()}, {param()})")
+        order = "delete_time DESC, id DESC"
+    else:
+        if after:
+            where.append(f"(start_time, id) > ({param()}, {param()})")
+        order = "start_time, id"
+    condition = " AND ".join(where) or "TRUE"
+    return f"SELECT * FROM bookings WHERE {condition} ORDER BY {order} LIMIT $1"
+
+
+# Parameters: $1 the booking, $2-$5 its new start, end, service and notes (NULL: kept; every one of them is NOT
+# NULL), $6-$7 the caller's scope (NULL: any), $8 the version it must have (NULL: any), $9 the audit entry's id,
+# $10-$12 the actor, $13 the update mask, $14 the traceparent, $15-$16 the request_id (NULL: none) and digest.
+# Only the fields named are changed (NULL: kept; every one of them is NOT NULL). The row is locked first (`old`),
+# so `previous_*` are the times this update replaced. The new time is checked by the overlap constraint in this
+# statement: a taken slot fails it whole, and the booking stays where it was. Calls with the same caller and
+# request_id are serialised as CreateBooking's are; a repeat finds the first's audit entry (`prior`) and
+# changes nothing (a concurrent repeat that slipped past the lock fails on the request_id index, and is retried).
+UPDATE_SQL = f"""
+WITH gate AS (
+    SELECT count(*) FROM (
+        SELECT pg_advisory_xact_lock(hashtextextended($10::text || '/' || $15::text, 0)) WHERE $15::text IS NOT NULL
+    ) locked
+), prior AS (
+    SELECT a.booking_id, a.request_digest FROM booking_audit a, gate
+     WHERE $15::text IS NOT NULL AND a.actor_id = $10 AND a.request_id = $15
+), old AS (
+    SELECT id, start_time, end_time FROM bookings
+     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
+       FOR UPDATE
+), upd AS (
+    UPDATE bookings b
+       SET start_time = coalesce($2::timestamptz, b.start_time),
+           end_time = coalesce($3::timestamptz, b.end_time),
+           service_id = coalesce($4::text, b.service_id),
+           notes = coalesce($5::text, b.notes),
+           update_time = now(), version = b.version + 1
+      FROM old
+     WHERE b.id = old.id AND b.delete_time IS NULL
+       AND ($6::text IS NULL OR b.customer_id = $6)
+       AND ($7::text IS NULL OR b.provider_id = $7)
+       AND ($8::bigint IS NULL OR b.version = $8)
+    RETURNING b.*, old.start_time AS previous_start, old.end_time AS previous_end
+), audit AS (
+    INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot,
+                               update_mask, previous_start, previous_end, request_id, request_digest)
+    SELECT $9, upd.id, 'UPDATED', $10, $11, $12, '', to_jsonb(upd) - 'previous_start' - 'previous_end',
+           $13::text[], upd.previous_start, upd.previous_end, $15::text, $16::text
+      FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'UPDATED', to_jsonb(upd) - 'previous_start' - 'previous_end', $10, $11, $12, $14::text FROM upd
+)
+SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prior_digest
+  FROM (SELECT) AS one LEFT JOIN upd ON true LEFT JOIN prior ON true
+"""
+
+# The provider's free time in [$2, $3): that interval minus the provider's active bookings (one multirange
+# difference), each remaining interval kept if at least $4 long. Bookings are found through the overlap
+# constraint's GiST index.
+FREE_SLOTS_SQL = """
+SELECT lower(free) AS start_time, upper(free) AS end_time
+  FROM unnest(
+           tstzmultirange(tstzrange($2, $3, '[)'))
+           - coalesce(
+               (SELECT range_agg(tstzrange(start_time, end_time, '[)')) FROM bookings
+                 WHERE provider_id = $1 AND delete_time IS NULL
+                   AND tstzrange(start_time, end_time, '[)') && tstzrange($2, $3, '[)')),
+               '{}'::tstzmultirange)
+       ) AS free
+ WHERE upper(free) - lower(free) >= $4
+ ORDER BY lower(free)
+"""

@@ -26,6 +26,9 @@ L = "tests/integration/test_lifecycle.py::"
 C = "tests/integration/test_create.py::"
 P = "tests/integration/test_pagination.py::"
 S = "booking_service/sql.py"
+ST = "booking_service/storage.py"
+U = "tests/integration/test_update.py::"
+W = "tests/integration/test_calendar.py::"
 M1 = "booking_service/migrations/0001_bookings.sql"
 M4 = "booking_service/migrations/0004_least_privilege.sql"
 
@@ -120,8 +123,8 @@ MUTANTS = (
     Mutant(
         "purge takes every deleted booking",
         S,
-        "SELECT id FROM bookings WHERE delete_time < $6",
-        "SELECT id FROM bookings WHERE delete_time IS NOT NULL AND $6::timestamptz IS NOT NULL",
+        "SELECT id FROM bookings WHERE delete_time < $7",
+        "SELECT id FROM bookings WHERE delete_time IS NOT NULL AND $7::timestamptz IS NOT NULL",
         (L + "test_purge_without_force_deletes_nothing_and_with_force_removes_old_deleted_bookings",),
     ),
     Mutant(
@@ -133,10 +136,59 @@ MUTANTS = (
     ),
     Mutant(
         "request ids shared between callers",
-        S,
+        ST,
         '"SELECT * FROM bookings WHERE created_by = $1 AND request_id = $2", actor.id, request_id',
         '"SELECT * FROM bookings WHERE request_id = $2 AND $1::text IS NOT NULL", actor.id, request_id',
         (C + "test_request_id_is_per_caller",),
+    ),
+    Mutant(
+        "update ignores the customer scope",
+        S,
+        "AND ($6::text IS NULL OR b.customer_id = $6)",
+        "AND ($6::text IS NULL OR b.customer_id = $6 OR true)",
+        (U + "test_the_customer_the_provider_and_admins_may_update_and_nobody_else_learns_it_exists",),
+    ),
+    Mutant(
+        "update ignores the provider scope",
+        S,
+        "AND ($7::text IS NULL OR b.provider_id = $7)",
+        "AND ($7::text IS NULL OR b.provider_id = $7 OR true)",
+        (U + "test_the_customer_the_provider_and_admins_may_update_and_nobody_else_learns_it_exists",),
+    ),
+    Mutant(
+        "update of a soft-deleted booking",
+        S,
+        "WHERE b.id = old.id AND b.delete_time IS NULL",
+        "WHERE b.id = old.id",
+        (U + "test_the_customer_the_provider_and_admins_may_update_and_nobody_else_learns_it_exists",),
+    ),
+    Mutant(
+        "update ignores the etag",
+        S,
+        "AND ($8::bigint IS NULL OR b.version = $8)",
+        "AND true",
+        (U + "test_a_stale_etag_is_aborted_and_every_update_changes_the_etag",),
+    ),
+    Mutant(
+        "update request ids shared between callers",
+        S,
+        "AND a.actor_id = $10 AND a.request_id = $15",
+        "AND a.request_id = $15 AND $10::text IS NOT NULL",
+        (U + "test_a_repeated_request_id_changes_once_and_another_change_under_it_is_refused",),
+    ),
+    Mutant(
+        "a window takes bookings that only touch it",
+        S,
+        "&& tstzrange({param()}, {param()}, '[)')",
+        "&& tstzrange({param()}, {param()}, '[]')",
+        (W + "test_a_window_keeps_the_bookings_overlapping_it_with_the_other_filters",),
+    ),
+    Mutant(
+        "free slots count soft-deleted bookings",
+        S,
+        "WHERE provider_id = $1 AND delete_time IS NULL",
+        "WHERE provider_id = $1",
+        (W + "test_free_slots_are_the_gaps_between_active_bookings_and_each_is_bookable",),
     ),
     Mutant(
         "snapshot erasure reaches active bookings",

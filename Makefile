@@ -90,6 +90,7 @@ mutants: gen $(SERVERS)
 # Benchmarks, each against a baseline run side by side; prints JSON with the ratio.
 bench: gen $(SERVERS)
 	$(PY) -m tests.bench.bench_write_path
+	$(PY) -m tests.bench.bench_calendar
 	$(PY) -m tests.bench.bench_events
 
 lint: $(STAMP)

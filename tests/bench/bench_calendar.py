@@ -1,0 +1,250 @@
+"""Calendar benchmark: the service against raw asyncpg running the same SQL, side by side in one run, with
+100,000 bookings in each database.
+
+    python -m tests.bench.bench_calendar [--rate 200] [--seconds 20] [--read-rate 100] [--read-seconds 10]
+
+1. UpdateBooking at `rate` per second (open loop) for `seconds` in all: each call moves a booking half an hour
+   later (over its own old time, as reschedules do); raw asyncpg runs UpdateBooking's statement at the same rate.
+2. ListBookings of one provider's week (page size 50) at `read-rate` per second for `read-seconds`.
+3. ListAvailableSlots of one provider's month (30-minute gaps) at `read-rate` per second for `read-seconds`.
+
+p50 and p99 of each, from send to answer; targets as for CreateBooking's: the service adds at most 1 ms to raw's
+p50 and 3 ms to its p99. Each pair runs in alternating halves on one private PostgreSQL server, so that drift on
+a shared machine hits both alike. Results: a table on the terminal and .local/bench/calendar.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_service.database import release_connection
+from booking_service.domain import BookingChange
+from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
+from svc_common.dev.servers import PostgresServer, RedisServer
+from tests.bench.bench_write_path import POOL_SIZE, _create_databases, _migrate, _quantile, paced_latencies
+from tests.bench.common import OUT_DIR, progress, run_in_workdir
+from tests.support.helpers import auth, ts
+from tests.support.servers import ServiceProcess
+
+EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+SEED = 100_000  # bookings: 100 providers p0..p99, one booking an hour across them, an hour each (~11 years)
+WEEK = (datetime(2035, 6, 4, tzinfo=UTC), datetime(2035, 6, 11, tzinfo=UTC))
+MONTH = (datetime(2035, 6, 1, tzinfo=UTC), datetime(2035, 7, 1, tzinfo=UTC))
+MOVABLE_EPOCH = datetime(2050, 1, 1, tzinfo=UTC)  # the bookings the update benchmark moves, one an hour
+HALF_HOUR = timedelta(minutes=30)
+
+SEED_SQL = """
+INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)
+SELECT gen_random_uuid(), 'c' || (n % 500), 'p' || (n % 100), 'haircut',
+       $1::timestamptz + make_interval(hours => n), $1::timestamptz + make_interval(hours => n + 1), 'seed'
+  FROM generate_series(1, $2::int) AS n
+"""
+MOVABLE_SQL = """
+INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)
+SELECT gen_random_uuid(), 'customer', $3::text, 'svc',
+       $1::timestamptz + make_interval(hours => n), $1::timestamptz + make_interval(hours => n) + interval '30 min',
+       'seed'
+  FROM generate_series(0, $2::int - 1) AS n
+"""
+
+
+async def seed(dsn: str, movable: int, provider: str) -> list[uuid.UUID]:
+    """100,000 bookings, plus `movable` of `provider` one an hour; the ids of those, in time order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SEED_SQL, EPOCH, SEED)
+        await conn.execute(MOVABLE_SQL, MOVABLE_EPOCH, movable, provider)
+        await conn.execute("ANALYZE bookings")
+        rows = await conn.fetch("SELECT id FROM bookings WHERE provider_id = $1 ORDER BY start_time", provider)
+        return [r["id"] for r in rows]
+    finally:
+        await conn.close()
+
+
+def moved(k: int) -> tuple[datetime, datetime]:
+    """Where booking k of the movable ones goes: half an hour later than it was."""
+    start = MOVABLE_EPOCH + timedelta(hours=k) + HALF_HOUR
+    return start, start + HALF_HOUR
+
+
+class Raw:
+    """The service's statements through a pool configured as the service's."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self.pool = pool
+
+    async def update(self, booking_id: uuid.UUID, k: int) -> None:
+        start, end = moved(k)
+        change = BookingChange(start_time=start, end_time=end)
+        async with self.pool.acquire() as conn:
+            record = await conn.fetchrow(
+                UPDATE_SQL, booking_id, start, end, None, None, None, None, None, uuid.uuid4(), "bench", "Bench",
+                "admin", change.paths, None, None, None,
+            )  # fmt: skip
+        assert record is not None and record["id"] is not None
+
+    async def week(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.fetch(list_sql(customer=False, provider=True, overlaps=True, after=False, deleted=False),
+                             51, "p7", *WEEK)  # fmt: skip
+
+    async def month(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.fetch(FREE_SLOTS_SQL, "p7", *MONTH, HALF_HOUR)
+
+
+class Service:
+    def __init__(self, stub: booking_pb2_grpc.BookingServiceAsyncStub) -> None:
+        self.stub, self.metadata = stub, auth("admin", "bench")
+
+    async def update(self, booking_id: uuid.UUID, k: int) -> None:
+        start, end = moved(k)
+        booking = booking_pb2.Booking(id=str(booking_id), start_time=ts(start), end_time=ts(end))
+        request = booking_pb2.UpdateBookingRequest(booking=booking)
+        request.update_mask.paths.extend(["start_time", "end_time"])
+        await self.stub.UpdateBooking(request, metadata=self.metadata)
+
+    async def week(self) -> None:
+        request = booking_pb2.ListBookingsRequest(provider_id="p7", page_size=50)
+        request.overlaps.start_time.CopyFrom(ts(WEEK[0]))
+        request.overlaps.end_time.CopyFrom(ts(WEEK[1]))
+        await self.stub.ListBookings(request, metadata=self.metadata)
+
+    async def month(self) -> None:
+        request = booking_pb2.ListAvailableSlotsRequest(provider_id="p7")
+        request.interval.start_time.CopyFrom(ts(MONTH[0]))
+        request.interval.end_time.CopyFrom(ts(MONTH[1]))
+        request.duration.FromTimedelta(HALF_HOUR)
+        await self.stub.ListAvailableSlots(request, metadata=self.metadata)
+
+
+def figures(raw_ms: list[float], svc_ms: list[float]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "calls": [len(raw_ms), len(svc_ms)],
+        "raw_asyncpg": {"p50_ms": _quantile(raw_ms, 0.5), "p99_ms": _quantile(raw_ms, 0.99)},
+        "service": {"p50_ms": _quantile(svc_ms, 0.5), "p99_ms": _quantile(svc_ms, 0.99)},
+    }
+    row["added_p50_ms"] = round(row["service"]["p50_ms"] - row["raw_asyncpg"]["p50_ms"], 2)
+    row["added_p99_ms"] = round(row["service"]["p99_ms"] - row["raw_asyncpg"]["p99_ms"], 2)
+    row["target_met"] = row["added_p50_ms"] <= 1.0 and row["added_p99_ms"] <= 3.0
+    return row
+
+
+async def side_by_side(
+    name: str, rate: float, seconds: float, raw: Callable[[int], Awaitable[None]], svc: Callable[[int], Awaitable[None]]
+) -> dict[str, Any]:
+    """`raw` and `svc` at `rate` per second, in two alternating halves; k runs on across the halves."""
+    raw_ms: list[float] = []
+    svc_ms: list[float] = []
+    half = seconds / 2
+    per_half = int(rate * half)
+    for h in range(2):
+        progress(f"{name}, half {h + 1} of 2: raw asyncpg, then the service, {rate:g}/s for {half:g} s each")
+        raw_ms += await paced_latencies(rate, half, lambda k, h=h: raw(h * per_half + k))  # type: ignore[misc]
+        svc_ms += await paced_latencies(rate, half, lambda k, h=h: svc(h * per_half + k))  # type: ignore[misc]
+    return figures(raw_ms, svc_ms)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    pg = PostgresServer(workdir / "postgres", durable=True)
+    pg.start()
+    rds = RedisServer(workdir / "redis")
+    rds.start()
+    service = None
+    movable = int(args.rate * args.seconds)
+    try:
+        await _create_databases(pg.url, "raw", "svc")
+        await _migrate(pg.url_for("raw"))
+        await _migrate(pg.url_for("svc"))
+        progress(f"seeding {SEED:,} bookings (and {movable:,} to move) into each database")
+        raw_ids = await seed(pg.url_for("raw"), movable, "mv")
+        svc_ids = await seed(pg.url_for("svc"), movable, "mv")
+        env = {
+            "DATABASE_URL": pg.url_for("svc"),
+            "REDIS_URL": rds.url,
+            "JWT_SECRET": "tests-only-secret-0123456789abcdef-0123456789",
+            "DB_MIN_CONNECTIONS": str(POOL_SIZE),
+            "DB_MAX_CONNECTIONS": str(POOL_SIZE),
+        }
+        service = ServiceProcess("booking_service", env, workdir)
+        service.start()
+        pool = await asyncpg.create_pool(
+            pg.url_for("raw"), min_size=POOL_SIZE, max_size=POOL_SIZE, server_settings={"timezone": "UTC"},
+            reset=release_connection,
+        )  # fmt: skip
+        try:
+            async with grpc.aio.insecure_channel(service.address) as channel:
+                raw, svc = Raw(pool), Service(booking_pb2_grpc.BookingServiceStub(channel))
+                for _ in range(20):  # warm-up: connections, plans, the channel
+                    await raw.week()
+                    await svc.week()
+                rows = {
+                    "update_booking": await side_by_side(
+                        "UpdateBooking", args.rate, args.seconds, lambda k: raw.update(raw_ids[k], k),
+                        lambda k: svc.update(svc_ids[k], k),
+                    ),
+                    "list_week": await side_by_side(
+                        "ListBookings, one provider's week", args.read_rate, args.read_seconds,
+                        lambda _: raw.week(), lambda _: svc.week(),
+                    ),
+                    "free_month": await side_by_side(
+                        "ListAvailableSlots, one provider's month", args.read_rate, args.read_seconds,
+                        lambda _: raw.month(), lambda _: svc.month(),
+                    ),
+                }  # fmt: skip
+        finally:
+            await pool.close()
+        return {
+            "benchmark": "calendar: the service against raw asyncpg running the same SQL, 100,000 bookings",
+            "rates_per_s": {"update_booking": args.rate, "reads": args.read_rate},
+            "target": "the service adds <= 1 ms to raw's p50 and <= 3 ms to its p99",
+            **rows,
+        }
+    finally:
+        if service is not None:
+            service.stop()
+        rds.stop()
+        pg.stop("fast")
+
+
+def report(result: dict[str, Any]) -> None:
+    print("calendar, 100,000 bookings | raw asyncpg p50 / p99 ms | service p50 / p99 ms | added p50 / p99 ms")
+    for key, name in (
+        ("update_booking", f"UpdateBooking at {result['rates_per_s']['update_booking']:g}/s"),
+        ("list_week", f"ListBookings, a provider's week, at {result['rates_per_s']['reads']:g}/s"),
+        ("free_month", f"ListAvailableSlots, a month, at {result['rates_per_s']['reads']:g}/s"),
+    ):
+        row = result[key]
+        raw, svc = row["raw_asyncpg"], row["service"]
+        print(
+            f"{name} | {raw['p50_ms']} / {raw['p99_ms']} | {svc['p50_ms']} / {svc['p99_ms']} | "
+            f"{row['added_p50_ms']} / {row['added_p99_ms']} ({'met' if row['target_met'] else 'MISSED'})"
+        )
+    print(f"written: {OUT_DIR / 'calendar.json'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="UpdateBookings per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--read-rate", type=float, default=100.0, help="each read per second")
+    parser.add_argument("--read-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    result = run_in_workdir(run, args)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "calendar.json").write_text(json.dumps(result, indent=2))
+    report(result)
+
+
+if __name__ == "__main__":
+    main()

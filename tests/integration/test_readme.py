@@ -164,7 +164,12 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                     grpcurl.env["BOOKING_ID"] = result["booking"]["id"]
                 if command.endswith(" list"):
                     assert "booking.v1.BookingService" in result
-                if "ListAvailableSlots" in command:  # the morning but for alice's half hour, moved to 10:00
+                if "ListAvailableSlots" in command and "dr-house" in command:  # around the tour's booking
+                    assert result["free_intervals"] == [
+                        {"start_time": "2030-03-04T09:00:00Z", "end_time": "2030-03-04T10:00:00Z"},
+                        {"start_time": "2030-03-04T10:30:00Z", "end_time": "2030-03-04T12:00:00Z"},
+                    ], result
+                elif "ListAvailableSlots" in command:  # the morning but for alice's half hour, moved to 10:00
                     assert result["free_intervals"] == [
                         {"start_time": "2030-01-07T08:00:00Z", "end_time": "2030-01-07T10:00:00Z"},
                         {"start_time": "2030-01-07T10:30:00Z", "end_time": "2030-01-07T12:00:00Z"},
@@ -184,7 +189,7 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
         grpcurl.close()
         booking.stop()
         notify.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 26
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 27
 
 
 READMES_CHANGES = ["CREATED", "UPDATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
@@ -267,7 +272,12 @@ def test_the_client_example_runs_as_printed(new_database: Callable[[], str], red
         done = subprocess.run([sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         printed = done.stdout.splitlines()
-        assert printed[0].endswith(" 2030-02-04 09:00:00+00:00") and 'provider_id: "dr-who"' in done.stdout
+        assert printed[0].endswith(" 2030-02-04 10:00:00+00:00") and 'provider_id: "dr-who"' in done.stdout  # moved
+        # Free that week: all but the half hour from 10:00.
+        assert printed[1:3] == [
+            "free 2030-02-04 09:00:00+00:00 2030-02-04 10:00:00+00:00",
+            "free 2030-02-04 10:30:00+00:00 2030-02-11 09:00:00+00:00",
+        ], printed
         assert printed[-1].endswith(" 1"), printed  # the first event: CREATED
     finally:
         booking.stop()

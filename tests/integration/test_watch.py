@@ -216,6 +216,8 @@ async def test_the_informer_converges_to_the_database_after_thousands_of_changes
     assert informer.lists >= 2 and everything.lists >= 2, "the Redis flush did not make the informers list again"
     assert changes, "no change was reported"
     assert {c.kind for c in changes} == {"added", "updated", "removed"}
+    # Updates flowed through as UPDATED events: a change of notes alone, with the state before it.
+    assert any(c.kind == "updated" and c.previous is not None and c.previous.notes != c.booking.notes for c in changes)
 
 
 async def test_a_watch_broken_before_its_first_event_still_misses_nothing(behind: Behind) -> None:

@@ -4,7 +4,8 @@ Three mixes of changes, each through booking callers taken in turn (one per book
 - "churn": create a booking, then delete it (two changes): the steady traffic of the event tests;
 - "create": creates only; with `per_second`, at that steady rate whatever the latency (the realtime tests
   measure from when each create returned, `returned`);
-- "mixed": creates, deletes, restores and hard deletes at random, per loop, over that loop's own bookings.
+- "mixed": creates, updates, deletes, restores and hard deletes at random, per loop, over that loop's own
+  bookings.
 
 A call that fails is kept in `failures` and the writer goes on. With `retry_cancelled` it does what a careful
 client does (booking_client retries likewise): a call that ends CANCELLED, which this client never asks for, is
@@ -142,23 +143,28 @@ class Writer:
     async def _mixed(self, rng: random.Random, mine: list[booking_pb2.Booking]) -> None:
         roll = rng.random()
         caller = self._next_caller()
-        if roll < 0.4 or not mine:
+        if roll < 0.35 or not mine:
             mine.append(await self.create())
             return
-        if roll < 0.65:  # delete or restore
-            booking = mine[rng.randrange(len(mine))]
+        booking = mine[rng.randrange(len(mine))]
+        if roll < 0.55:  # delete or restore
             if booking.HasField("delete_time"):
                 mine[mine.index(booking)] = await self._call(lambda: caller.restore(booking.id))
             else:
                 mine[mine.index(booking)] = await self._call(lambda: caller.delete(booking.id, reason="churn"))
-        elif roll < 0.8:  # hard delete
+        elif roll < 0.7:  # hard delete
             deleted = [b for b in mine if b.HasField("delete_time")]
             if not deleted:
                 return
             await self._call(lambda: caller.hard_delete(deleted[0].id))
             mine.remove(deleted[0])
+        elif roll < 0.85:  # update (its notes: the slot stays its own)
+            if booking.HasField("delete_time"):
+                return
+            notes = f"{rng.random():.6f}{self.notes}"[:2000]  # the longest notes a booking may have
+            changed = await self._call(lambda: caller.update(booking.id, "notes", notes=notes))
+            mine[mine.index(booking)] = changed
         else:  # delete
-            booking = mine[rng.randrange(len(mine))]
             if booking.HasField("delete_time"):
                 return
             mine[mine.index(booking)] = await self._call(lambda: caller.delete(booking.id, reason="churn"))

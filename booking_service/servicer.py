@@ -52,6 +52,9 @@ def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, call
     return new
 
 
+MAX_MASK_PATHS = 16  # four fields may be named, a few times over
+
+
 def _interval(check: Checker, field: str, interval: interval_pb2.Interval) -> tuple[datetime, datetime]:
     """Both ends of an interval, in the range of booking times, the end after the start."""
     start = check.time_within(
@@ -70,6 +73,9 @@ def _change(request: booking_pb2.UpdateBookingRequest, check: Checker) -> Bookin
     paths = list(request.update_mask.paths)
     if not paths:
         check.fail("update_mask", f"required: the fields to change, among {', '.join(UPDATABLE)}")
+    elif len(paths) > MAX_MASK_PATHS:  # a violation per path would outgrow what a status may carry
+        check.fail("update_mask", f"at most {MAX_MASK_PATHS} paths, among {', '.join(UPDATABLE)}")
+        paths = []
     for n, path in enumerate(paths):
         if path not in UPDATABLE:
             check.fail(f"update_mask.paths[{n}]", f"{path!r} cannot be updated; only {', '.join(UPDATABLE)}")

@@ -100,6 +100,16 @@ async def test_a_bad_mask_or_value_is_invalid_argument_naming_the_field(
     assert await alice.get(booking.id) == booking
 
 
+async def test_a_mask_of_a_hundred_thousand_paths_is_one_violation_not_a_status_too_large_to_send(
+    caller: Callers,
+) -> None:
+    alice = caller("user", uid("alice"))
+    booking = await alice.create(provider_id=uid("prov"))
+    error = await expect_error(alice.update(booking.id, *(["x"] * 100_000)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert field_violations(error) == {"update_mask": "at most 16 paths, among start_time, end_time, service_id, notes"}
+    assert (await alice.update(booking.id, *(["notes"] * 16), notes="16 times")).notes == "16 times"
+
+
 async def test_times_follow_the_rules_of_create_against_the_stored_time_too(caller: Callers) -> None:
     alice = caller("user", uid("alice"))
     start, end = fresh_slot()

@@ -25,7 +25,8 @@ EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
-MAX_SLOTS_WINDOW = timedelta(days=31)  # ListAvailableSlots looks at most this far
+MAX_SLOTS_WINDOW = timedelta(days=31)  # ListAvailableSlots looks at most this far ...
+MAX_FREE_INTERVALS = 10_000  # ... and answers with at most this many intervals (about 300 KB)
 
 
 class SlotTaken(Exception):

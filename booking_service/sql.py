@@ -201,8 +201,8 @@ SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prio
 """
 
 # The provider's free time in [$2, $3): that interval minus the provider's active bookings (one multirange
-# difference), each remaining interval kept if at least $4 long. Bookings are found through the overlap
-# constraint's GiST index.
+# difference), each remaining interval kept if at least $4 long, at most $5 of them. Bookings are found through
+# the overlap constraint's GiST index.
 FREE_SLOTS_SQL = """
 SELECT lower(free) AS start_time, upper(free) AS end_time
   FROM unnest(
@@ -215,4 +215,5 @@ SELECT lower(free) AS start_time, upper(free) AS end_time
        ) AS free
  WHERE upper(free) - lower(free) >= $4
  ORDER BY lower(free)
+ LIMIT $5
 """

@@ -71,10 +71,10 @@ class Storage:
         return await self._db.run(work)
 
     async def free_slots(
-        self, provider_id: str, start: datetime, end: datetime, duration: timedelta
+        self, provider_id: str, start: datetime, end: datetime, duration: timedelta, limit: int
     ) -> list[tuple[datetime, datetime]]:
         async def work(conn: Connection) -> list[tuple[datetime, datetime]]:
-            records = await conn.fetch(FREE_SLOTS_SQL, provider_id, start, end, duration)
+            records = await conn.fetch(FREE_SLOTS_SQL, provider_id, start, end, duration, limit)
             return [(r["start_time"], r["end_time"]) for r in records]
 
         return await self._db.run(work)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from booking_service import pagination
 from booking_service.domain import (
+    MAX_FREE_INTERVALS,
     PURGE_SAMPLE_SIZE,
     AuditEntry,
     Booking,
@@ -269,8 +270,20 @@ class BookingUseCases:
         self, principal: Principal, provider_id: str, start: datetime, end: datetime, duration: timedelta
     ) -> list[tuple[datetime, datetime]]:
         """The provider's free intervals in [start, end), each at least `duration` long. Any caller may ask: the
-        answer names no booking."""
-        return await self._storage.free_slots(provider_id, start, end, duration)
+        answer names no booking. More than MAX_FREE_INTERVALS is refused: ask for less."""
+        free = await self._storage.free_slots(provider_id, start, end, duration, MAX_FREE_INTERVALS + 1)
+        if len(free) > MAX_FREE_INTERVALS:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "interval",
+                        f"more than {MAX_FREE_INTERVALS} free intervals: "
+                        "ask for a shorter interval or a longer duration",
+                    )
+                ],
+                reason="TOO_MANY_FREE_INTERVALS",
+            )
+        return free
 
     async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
         require_admin(principal, "restore bookings")

@@ -28,7 +28,7 @@ import grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import release_connection
-from booking_service.domain import BookingChange
+from booking_service.domain import MAX_FREE_INTERVALS, BookingChange
 from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
 from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import POOL_SIZE, _create_databases, _migrate, _quantile, paced_latencies
@@ -100,7 +100,7 @@ class Raw:
 
     async def month(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.fetch(FREE_SLOTS_SQL, "p7", *MONTH, HALF_HOUR)
+            await conn.fetch(FREE_SLOTS_SQL, "p7", *MONTH, HALF_HOUR, MAX_FREE_INTERVALS + 1)
 
 
 class Service:

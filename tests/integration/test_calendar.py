@@ -150,7 +150,9 @@ async def test_a_providers_week_is_an_index_scan_among_100000_bookings(new_datab
         rows = await conn.fetch(sql, 51, "p7", *week)
         brute = "SELECT id FROM bookings WHERE provider_id = 'p7' AND start_time < $2 AND end_time > $1 ORDER BY 1"
         assert sorted(r["id"] for r in rows) == [r["id"] for r in await conn.fetch(brute, *week)] and rows
-        free_plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {FREE_SLOTS_SQL}", "p7", *week, timedelta(minutes=30))
+        free_plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {FREE_SLOTS_SQL}", "p7", *week, timedelta(minutes=30), 100
+        )
         assert "bookings_no_overlap" in json.dumps(free_plan) and "Seq Scan" not in json.dumps(free_plan)
     finally:
         await conn.close()
@@ -198,6 +200,30 @@ async def test_free_slots_are_the_gaps_between_active_bookings_and_each_is_booka
     for start, end in free:
         await alice.create(provider_id=prov.id, start=start, end=end)
     assert await stranger.free(prov.id, at(0), at(8), timedelta(microseconds=1)) == [(at(4.25), at(4.5))]
+
+
+async def test_more_free_intervals_than_the_bound_are_refused_not_sent(caller: Callers, db: asyncpg.Connection) -> None:
+    """10,001 one-minute bookings a minute apart make 10,002 gaps: one answer would be too many."""
+    alice, provider = caller("user", uid("alice")), uid("prov")
+    day, _ = fresh_slot(hours=24)
+    await db.execute(
+        """
+        INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)
+        SELECT gen_random_uuid(), 'c', $1, 's', $2::timestamptz + make_interval(mins => 2 * n),
+               $2::timestamptz + make_interval(mins => 2 * n + 1), 'seed'
+          FROM generate_series(0, 10000) AS n
+        """,
+        provider,
+        day,
+    )
+    end = day + timedelta(days=15)
+    error = await expect_error(
+        alice.free(provider, day - HOUR, end, timedelta(minutes=1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TOO_MANY_FREE_INTERVALS",
+    )
+    assert "interval" in field_violations(error)
+    assert len(await alice.free(provider, day - HOUR, end, timedelta(minutes=2))) == 2  # before and after them
 
 
 async def test_free_slots_refuse_a_bad_request_naming_the_field(caller: Callers) -> None:

@@ -16,7 +16,6 @@ a shared machine hits both alike. Results: a table on the terminal and .local/be
 from __future__ import annotations
 
 import argparse
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,12 +26,18 @@ import asyncpg
 import grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.database import release_connection
 from booking_service.domain import MAX_FREE_INTERVALS, BookingChange
 from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.bench.bench_write_path import POOL_SIZE, _create_databases, _migrate, _quantile, paced_latencies
-from tests.bench.common import OUT_DIR, progress, run_in_workdir
+from tests.bench.bench_write_path import (
+    _create_databases,
+    _migrate,
+    paced_latencies,
+    raw_pool,
+    service_env,
+    side_by_side,
+)
+from tests.bench.common import OUT_DIR, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
 from tests.support.servers import ServiceProcess
 
@@ -128,19 +133,7 @@ class Service:
         await self.stub.ListAvailableSlots(request, metadata=self.metadata)
 
 
-def figures(raw_ms: list[float], svc_ms: list[float]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "calls": [len(raw_ms), len(svc_ms)],
-        "raw_asyncpg": {"p50_ms": _quantile(raw_ms, 0.5), "p99_ms": _quantile(raw_ms, 0.99)},
-        "service": {"p50_ms": _quantile(svc_ms, 0.5), "p99_ms": _quantile(svc_ms, 0.99)},
-    }
-    row["added_p50_ms"] = round(row["service"]["p50_ms"] - row["raw_asyncpg"]["p50_ms"], 2)
-    row["added_p99_ms"] = round(row["service"]["p99_ms"] - row["raw_asyncpg"]["p99_ms"], 2)
-    row["target_met"] = row["added_p50_ms"] <= 1.0 and row["added_p99_ms"] <= 3.0
-    return row
-
-
-async def side_by_side(
+async def measured(
     name: str, rate: float, seconds: float, raw: Callable[[int], Awaitable[None]], svc: Callable[[int], Awaitable[None]]
 ) -> dict[str, Any]:
     """`raw` and `svc` at `rate` per second, in two alternating halves; k runs on across the halves."""
@@ -152,7 +145,7 @@ async def side_by_side(
         progress(f"{name}, half {h + 1} of 2: raw asyncpg, then the service, {rate:g}/s for {half:g} s each")
         raw_ms += await paced_latencies(rate, half, lambda k, h=h: raw(h * per_half + k))  # type: ignore[misc]
         svc_ms += await paced_latencies(rate, half, lambda k, h=h: svc(h * per_half + k))  # type: ignore[misc]
-    return figures(raw_ms, svc_ms)
+    return {"calls": [len(raw_ms), len(svc_ms)], **side_by_side(raw_ms, svc_ms)}
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -169,19 +162,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         progress(f"seeding {SEED:,} bookings (and {movable:,} to move) into each database")
         raw_ids = await seed(pg.url_for("raw"), movable, "mv")
         svc_ids = await seed(pg.url_for("svc"), movable, "mv")
-        env = {
-            "DATABASE_URL": pg.url_for("svc"),
-            "REDIS_URL": rds.url,
-            "JWT_SECRET": "tests-only-secret-0123456789abcdef-0123456789",
-            "DB_MIN_CONNECTIONS": str(POOL_SIZE),
-            "DB_MAX_CONNECTIONS": str(POOL_SIZE),
-        }
-        service = ServiceProcess("booking_service", env, workdir)
+        service = ServiceProcess("booking_service", service_env(pg.url_for("svc"), rds.url), workdir)
         service.start()
-        pool = await asyncpg.create_pool(
-            pg.url_for("raw"), min_size=POOL_SIZE, max_size=POOL_SIZE, server_settings={"timezone": "UTC"},
-            reset=release_connection,
-        )  # fmt: skip
+        pool = await raw_pool(pg.url_for("raw"))
         try:
             async with grpc.aio.insecure_channel(service.address) as channel:
                 raw, svc = Raw(pool), Service(booking_pb2_grpc.BookingServiceStub(channel))
@@ -189,15 +172,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     await raw.week()
                     await svc.week()
                 rows = {
-                    "update_booking": await side_by_side(
+                    "update_booking": await measured(
                         "UpdateBooking", args.rate, args.seconds, lambda k: raw.update(raw_ids[k], k),
                         lambda k: svc.update(svc_ids[k], k),
                     ),
-                    "list_week": await side_by_side(
+                    "list_week": await measured(
                         "ListBookings, one provider's week", args.read_rate, args.read_seconds,
                         lambda _: raw.week(), lambda _: svc.week(),
                     ),
-                    "free_month": await side_by_side(
+                    "free_month": await measured(
                         "ListAvailableSlots, one provider's month", args.read_rate, args.read_seconds,
                         lambda _: raw.month(), lambda _: svc.month(),
                     ),
@@ -241,8 +224,7 @@ def main() -> None:
     parser.add_argument("--read-seconds", type=float, default=10.0)
     args = parser.parse_args()
     result = run_in_workdir(run, args)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "calendar.json").write_text(json.dumps(result, indent=2))
+    write_result("calendar.json", result)
     report(result)
 
 

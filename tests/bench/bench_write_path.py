@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -35,7 +34,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.sql import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.bench.common import OUT_DIR, open_loop, progress, run_in_workdir
+from tests.bench.common import OUT_DIR, open_loop, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
 from tests.support.servers import ServiceProcess
 
@@ -78,11 +77,38 @@ async def _raw_create(pool: asyncpg.Pool[asyncpg.Record], provider: str, i: int)
     return record
 
 
-async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> float:
-    # The same pool configuration as the service's (size, time zone, reset on release).
-    pool = await asyncpg.create_pool(
+async def raw_pool(dsn: str) -> asyncpg.Pool[asyncpg.Record]:
+    """The baseline's pool, configured as the service's (size, time zone, reset on release)."""
+    return await asyncpg.create_pool(
         dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, server_settings={"timezone": "UTC"}, reset=release_connection
     )
+
+
+def service_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The service's settings in a benchmark: the baseline's pool size."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "JWT_SECRET": "tests-only-secret-0123456789abcdef-0123456789",
+        "DB_MIN_CONNECTIONS": str(POOL_SIZE),
+        "DB_MAX_CONNECTIONS": str(POOL_SIZE),
+    }
+
+
+def side_by_side(raw_ms: list[float], svc_ms: list[float]) -> dict[str, Any]:
+    """p50 and p99 of each, what the service adds, and whether that meets the target (+1 ms p50, +3 ms p99)."""
+    row: dict[str, Any] = {
+        "raw_asyncpg": {"p50_ms": _quantile(raw_ms, 0.5), "p99_ms": _quantile(raw_ms, 0.99)},
+        "service": {"p50_ms": _quantile(svc_ms, 0.5), "p99_ms": _quantile(svc_ms, 0.99)},
+    }
+    row["added_p50_ms"] = round(row["service"]["p50_ms"] - row["raw_asyncpg"]["p50_ms"], 2)
+    row["added_p99_ms"] = round(row["service"]["p99_ms"] - row["raw_asyncpg"]["p99_ms"], 2)
+    row["target_met"] = row["added_p50_ms"] <= 1.0 and row["added_p99_ms"] <= 3.0
+    return row
+
+
+async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> float:
+    pool = await raw_pool(dsn)
     try:
 
         async def pair(worker: int, i: int) -> None:
@@ -112,9 +138,7 @@ async def paced_latencies(rate: float, seconds: float, call: Callable[[int], Awa
 
 
 async def raw_fixed(dsn: str, rate: float, seconds: float, tag: str) -> list[float]:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, server_settings={"timezone": "UTC"}, reset=release_connection
-    )
+    pool = await raw_pool(dsn)
     try:
 
         async def create(k: int) -> None:
@@ -196,17 +220,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         await _create_databases(pg.url, "raw", "svc")
         await _migrate(pg.url_for("raw"))
-        service = ServiceProcess(
-            "booking_service",
-            {
-                "DATABASE_URL": pg.url_for("svc"),
-                "REDIS_URL": rds.url,
-                "JWT_SECRET": "tests-only-secret-0123456789abcdef-0123456789",
-                "DB_MIN_CONNECTIONS": str(POOL_SIZE),
-                "DB_MAX_CONNECTIONS": str(POOL_SIZE),
-            },
-            workdir,
-        )
+        service = ServiceProcess("booking_service", service_env(pg.url_for("svc"), rds.url), workdir)
         service.start()
         # Warm-up, then alternate so that drift on a shared machine hits both sides alike.
         await raw_round(pg.url_for("raw"), args.concurrency, 1, "warm")
@@ -225,15 +239,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             progress(f"saturation, round {r + 1} of {args.rounds}: {args.concurrency} concurrent pairs")
             raw.append(await raw_round(pg.url_for("raw"), args.concurrency, args.seconds, f"r{r}"))
             svc.append(await service_round(service.address, args.concurrency, args.seconds, f"r{r}"))
-        fixed = {
-            "rate_per_s": args.rate,
-            "seconds": args.fixed_seconds,
-            "raw_asyncpg": {"p50_ms": _quantile(raw_ms, 0.5), "p99_ms": _quantile(raw_ms, 0.99)},
-            "service": {"p50_ms": _quantile(svc_ms, 0.5), "p99_ms": _quantile(svc_ms, 0.99)},
-        }
-        fixed["added_p50_ms"] = round(fixed["service"]["p50_ms"] - fixed["raw_asyncpg"]["p50_ms"], 2)
-        fixed["added_p99_ms"] = round(fixed["service"]["p99_ms"] - fixed["raw_asyncpg"]["p99_ms"], 2)
-        fixed["target_met"] = fixed["added_p50_ms"] <= 1.0 and fixed["added_p99_ms"] <= 3.0
+        fixed = {"rate_per_s": args.rate, "seconds": args.fixed_seconds, **side_by_side(raw_ms, svc_ms)}
         return {
             "benchmark": "write path: the service against raw asyncpg running the same SQL",
             "postgres_fsync": not args.no_fsync,
@@ -278,8 +284,7 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL without fsync (harder on us)")
     args = parser.parse_args()
     result = run_in_workdir(run, args)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "write_path.json").write_text(json.dumps(result, indent=2))
+    write_result("write_path.json", result)
     report(result)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -16,6 +17,12 @@ from typing import Any
 from tests.support.servers import PROJECT
 
 OUT_DIR = PROJECT / ".local" / "bench"  # JSON results and charts
+
+
+def write_result(name: str, result: dict[str, Any]) -> None:
+    """A benchmark's result as JSON in OUT_DIR."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / name).write_text(json.dumps(result, indent=2))
 
 
 def progress(text: str) -> None:

@@ -192,6 +192,9 @@ class Hub:
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.last: EventId | None = None
+        # Set once the reader has found where it follows the stream from: before that, a subscriber has no
+        # position to start after (the reader's first read may land after events it was meant to get).
+        self.positioned = asyncio.Event()
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
         self._recent: deque[Event] = deque(maxlen=window)
@@ -201,6 +204,7 @@ class Hub:
         self.last = last
         self._recent.clear()
         self._remember(recent)
+        self.positioned.set()
 
     def _remember(self, events: list[Event]) -> None:
         if self._recent.maxlen == 0:

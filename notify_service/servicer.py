@@ -42,8 +42,8 @@ def _request(request: notify_pb2.SubscribeRequest) -> tuple[EventFilter, EventId
     return EventFilter(scope, customer_id=customer, provider_id=provider, booking_id=booking), cursor
 
 
-# The initial metadata key that names the position a subscription starts after (absent: the instance has not
-# read the stream yet, so a live subscription's start has no name).
+# The initial metadata key that names the position a subscription starts after (absent only while the stream
+# is empty: a live subscription then gets every event).
 POSITION_HEADER = "x-stream-position"
 
 
@@ -67,7 +67,7 @@ class NotifyServicer:
         cursor: EventId | None,
         context: grpc.aio.ServicerContext[notify_pb2.SubscribeRequest, bytes],
     ) -> None:
-        subscriber = self._subscriptions.open(event_filter, cursor)
+        subscriber = await self._subscriptions.open(event_filter, cursor)
         metrics.SUBSCRIPTIONS_OPEN.inc()
         ended = "CANCELLED"  # unless the service ends it (by the client, or by the server's own cancellation)
         principal = current_principal()

@@ -33,6 +33,7 @@ class Settings:
     stream_key: str = DEFAULT_STREAM_KEY
     max_queue: int = SubscriptionConfig.max_queue  # events a subscriber may fall behind before it is ended
     grace_seconds: float = 5.0
+    start_wait_seconds: float = SubscriptionConfig.start_wait_seconds  # a Subscribe before the first stream read
     max_batch_events: int = BatchLimits.max_events  # what one Subscribe response may carry
     max_batch_bytes: int = BatchLimits.max_bytes
     history_window: int = DEFAULT_WINDOW  # recent events kept in memory for resuming subscribers
@@ -51,7 +52,9 @@ class Settings:
 
     @property
     def subscriptions(self) -> SubscriptionConfig:
-        return SubscriptionConfig(self.max_queue, BatchLimits(self.max_batch_events, self.max_batch_bytes))
+        return SubscriptionConfig(
+            self.max_queue, BatchLimits(self.max_batch_events, self.max_batch_bytes), self.start_wait_seconds
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, listen: str | None = None, reuse_port: bool = False) -> Settings:
@@ -78,6 +81,7 @@ class Settings:
             stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
             max_queue=env.integer("SUBSCRIBER_QUEUE_SIZE", cls.max_queue, least=1, most=1_000_000),
             grace_seconds=env.number("SHUTDOWN_GRACE_SECONDS", cls.grace_seconds, above=0, most=3600),
+            start_wait_seconds=env.number("SUBSCRIBE_START_WAIT_SECONDS", cls.start_wait_seconds, above=0, most=3600),
             max_batch_events=env.integer("SUBSCRIBE_MAX_BATCH_EVENTS", cls.max_batch_events, least=1, most=100_000),
             # grpc clients refuse messages over 4 MiB unless told otherwise.
             max_batch_bytes=env.integer(

@@ -181,7 +181,9 @@ class StreamReader:
         """Follow the stream from its current end, dispatching to the hub, until cancelled. While Redis cannot be
         read, or its stream has fallen behind the outbox (notify_service.lag), for `fallback_after` seconds,
         follow the outbox instead (when there is one), counting from the first failed call."""
-        position: bytes | None = None  # the last entry read (ours or not)
+        position: bytes | None = None  # the last entry read (ours or not); None: not positioned yet
+        if self._hub.positioned.is_set():  # restarted after a failure: go on from what was dispatched last
+            position = str(self._hub.last).encode() if self._hub.last is not None else b"0-0"
         backoff = Backoff(0.05, MAX_BACKOFF_SECONDS)
         unreadable_since: float | None = None
         while True:

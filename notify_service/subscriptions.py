@@ -6,10 +6,16 @@ it, otherwise from Redis in shared ranges: notify_service.stream) until it reach
 dispatched up to, then joins the hub in the same step of the event loop (no await in between), so the hub
 offers it exactly the events after its position. It keeps checking that each event follows the previous one,
 so a cursor whose next events are gone ends the call with OUT_OF_RANGE instead of skipping them.
+
+Every subscriber starts once the instance knows its place in the stream (its reader's first read, or the outbox
+while Redis cannot be read): until then there is no position to start after, and a live subscriber accepted
+earlier would miss what the stream got between its acceptance and that read. Subscribe waits for it, bounded
+(`start_wait_seconds`), and is UNAVAILABLE `NOT_READY` past the bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from notify_service import metrics
 from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, cursor_expired, take_batch
 from notify_service.stream import StreamReader
+from svc_common.errors import Unavailable
 from svc_common.eventstream import ORIGIN, EventId
 
 
@@ -24,6 +31,7 @@ from svc_common.eventstream import ORIGIN, EventId
 class SubscriptionConfig:
     max_queue: int = 1000  # events a subscriber may fall behind before it is ended as SLOW_CONSUMER
     limits: BatchLimits = field(default_factory=BatchLimits)  # what one response may carry
+    start_wait_seconds: float = 10.0  # how long a Subscribe waits for the instance to find its place in the stream
 
 
 class Subscriptions:
@@ -32,8 +40,19 @@ class Subscriptions:
         self._reader = reader
         self._config = config
 
-    def open(self, event_filter: EventFilter, resume_after: EventId | None) -> Subscriber:
-        """A new subscriber; a live one (no cursor) is registered at once, so it gets every event from now on."""
+    async def open(self, event_filter: EventFilter, resume_after: EventId | None) -> Subscriber:
+        """A new subscriber, once the hub has a position; a live one (no cursor) is registered at once, so it gets
+        every event after that position."""
+        if not self._hub.positioned.is_set():
+            try:
+                async with asyncio.timeout(self._config.start_wait_seconds):
+                    await self._hub.positioned.wait()
+            except TimeoutError:
+                raise Unavailable(
+                    "this instance has not been able to read the event stream yet; retry, or subscribe on another "
+                    "instance",
+                    reason="NOT_READY",
+                ) from None
         subscriber = Subscriber(event_filter, self._hub.last, self._config.max_queue, self._config.limits)
         if resume_after is None:
             self._hub.add(subscriber)

@@ -18,12 +18,19 @@ import pytest
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
+from booking_api.notify.v1 import notify_pb2
+from notify_service.hub import EventFilter, Hub, Subscriber
 from notify_service.server import running
+from notify_service.servicer import POSITION_HEADER
 from notify_service.settings import Settings
+from notify_service.stream import StreamReader
 from svc_common import eventstream
 from svc_common.dev.servers import RedisServer
+from svc_common.eventstream import EventId
+from svc_common.scope import Scope
+from svc_common.supervisor import cancel_and_wait
 from tests.support.events import Subscription, eventually
-from tests.support.helpers import JWT_SECRET
+from tests.support.helpers import JWT_SECRET, assert_status, uid
 
 KEY = "catch-up:events"
 CUSTOMERS = [f"customer-{n}" for n in range(10)]
@@ -216,3 +223,79 @@ async def test_a_resume_from_the_newest_cursor_gets_what_came_after_it_though_no
         finally:
             await first.close()
             await second.close()
+
+
+async def test_a_live_subscriber_accepted_before_the_first_stream_read_gets_every_event_after_its_position(
+    workdir: Path,
+) -> None:
+    """A subscriber that arrives while the instance cannot read the stream yet is accepted only once the instance
+    knows where it follows the stream from, and is told that position: nothing after it is missed (an instance
+    that accepted it earlier started from wherever its first read landed, past events appended meanwhile)."""
+    late_redis = RedisServer(workdir / uid("redis-late"), persist=True)
+    client = redis.Redis.from_url(late_redis.url)
+    stream = Stream(client)
+    await asyncio.to_thread(late_redis.start)
+    await stream.append(3)  # a stream with history, as in the flake: from an empty one, any next event is taken
+    await asyncio.to_thread(late_redis.stop)  # so the instance starts without reading it
+    subscription = Subscription("admin", "early")
+    async with running(settings(late_redis)) as notify:
+        try:
+            call = await subscription.open(f"127.0.0.1:{notify.port}", read=False, wait=False)
+            await asyncio.to_thread(late_redis.start)
+            await stream.append(3)  # before, during or after the instance's first read
+            async with asyncio.timeout(30):
+                metadata = dict(await call.initial_metadata())
+                assert POSITION_HEADER in metadata, f"accepted without a position: {metadata}"
+                start = int(str(metadata[POSITION_HEADER]).split("-")[1])
+                await stream.append(3)
+                await subscription.read_until(event_id(stream.top))
+            assert subscription.ids == ids(start + 1, stream.top)
+        finally:
+            await subscription.close()
+            await client.aclose()
+            late_redis.stop()
+
+
+async def test_a_subscriber_is_unavailable_not_ready_while_the_instance_never_reads_the_stream(
+    workdir: Path,
+) -> None:
+    absent = RedisServer(workdir / uid("redis-absent"))  # never started
+    subscription = Subscription("admin", "early")
+    async with running(settings(absent, SUBSCRIBE_START_WAIT_SECONDS="0.5")) as notify:
+        try:
+            await subscription.open(f"127.0.0.1:{notify.port}")
+            error = await subscription.wait_error(within=30)
+        finally:
+            await subscription.close()
+    assert_status(error, grpc.StatusCode.UNAVAILABLE, "NOT_READY", "notify.v1")
+
+
+async def test_a_stream_reader_restarted_after_a_failure_goes_on_from_what_it_had_dispatched(
+    redis_server: RedisServer, stream: Stream
+) -> None:
+    """Its supervisor restarts a reader that failed; the restarted one must not start again at the stream's end,
+    past what was appended while it was down (every subscriber would then end with CURSOR_EXPIRED)."""
+    await stream.append(5)
+    hub = Hub()
+    reader = StreamReader(stream.client, KEY, hub, block_ms=100)
+    subscriber = Subscriber(EventFilter(Scope(None, None)), None, max_queue=100)
+    reading = asyncio.create_task(reader.run())
+    try:
+        async with asyncio.timeout(15):
+            await hub.positioned.wait()
+            subscriber.last = hub.last
+            hub.add(subscriber)
+            await stream.append(2)
+            await eventually(lambda: hub.last == EventId.parse(event_id(7)), lambda: f"dispatched up to {hub.last}")
+            await cancel_and_wait(reading)  # the reader fails ...
+            await stream.append(3)  # ... events come meanwhile ...
+            reading = asyncio.create_task(reader.run())  # ... and its supervisor starts it again
+            await eventually(lambda: hub.last == EventId.parse(event_id(10)), lambda: f"dispatched up to {hub.last}")
+            batches = []
+            while subscriber.delivered < 5:
+                batches.append(await subscriber.next())
+    finally:
+        await cancel_and_wait(reading)
+    assert subscriber.failure is None
+    received = notify_pb2.SubscribeResponse.FromString(b"".join(batches))
+    assert [event.event_id for event in received.events] == ids(6, 10)

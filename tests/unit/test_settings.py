@@ -80,6 +80,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         "EVENT_STREAM_KEY": "k",
         "SUBSCRIBER_QUEUE_SIZE": "1",
         "SHUTDOWN_GRACE_SECONDS": "2.5",
+        "SUBSCRIBE_START_WAIT_SECONDS": "3",
         "REDIS_FALLBACK_AFTER_SECONDS": "0.5",
         "MAX_CONNECTION_AGE_SECONDS": "60",
         "MAX_CONNECTION_AGE_GRACE_SECONDS": "5",
@@ -93,6 +94,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         stream_key="k",
         max_queue=1,
         grace_seconds=2.5,
+        start_wait_seconds=3,
         database_url="postgresql://u@h/db",
         fallback_after_seconds=0.5,
     )

@@ -3,7 +3,12 @@ relaying process knows are reported by the highest value among live workers (the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from svc_common.metrics import HOP_BUCKETS
 
 DATABASE_UP = Gauge(
     "booking_database_up", "1 while every worker reaches PostgreSQL (its health check)", multiprocess_mode="livemin"
@@ -30,6 +35,17 @@ RELAY_ROUNDS = Histogram(
     "Relay rounds (place committed events, publish them) and how long each took",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+EVENT_HOPS = Histogram(
+    "booking_event_hop_seconds",
+    "The hops of a change through the relay, each from the one before: hop='placed' from the write's transaction "
+    "(the event's occur_time) to its place in the stream (its event id's milliseconds: commit, waking the relay "
+    "and its placing statement); 'published' from there to Redis acknowledging the XADD. Observed by the "
+    "relaying worker when it publishes",
+    ["hop"],
+    buckets=HOP_BUCKETS,
+)
+_PLACED = EVENT_HOPS.labels("placed")
+_PUBLISHED = EVENT_HOPS.labels("published")
 PUBLISH_BLOCKED = Gauge(
     "booking_relay_publish_blocked",
     "1 while the relaying worker cannot publish to Redis (down, refusing writes, or stalled): events are placed "
@@ -48,3 +64,10 @@ STREAM_BEHIND_OUTBOX = Gauge(
     "Positions the outbox is ahead of the Redis stream while the relay cannot publish (0 when it publishes)",
     multiprocess_mode="livemax",
 )
+
+
+def events_published(placed: Sequence[tuple[datetime, int]], now: float) -> None:
+    """Time the hops of events published at `now` (time.time()), given each one's (occur_time, stream ms)."""
+    for occurred, stream_ms in placed:
+        _PLACED.observe(max(0.0, stream_ms / 1000 - occurred.timestamp()))
+        _PUBLISHED.observe(max(0.0, now - stream_ms / 1000))

@@ -327,6 +327,7 @@ class EventRelay:
                     await outbox.set_aside(failures)
                 await self._publisher.publish(entries, await self._erased(outbox, rows))
                 metrics.EVENTS_PUBLISHED.inc(len(entries))
+                metrics.events_published([(row.record["occur_time"], row.event_id.ms) for row in rows], time.time())
                 # Marked published durably by a later round (about once a second): a crash before that only
                 # means publishing them again, which the stream refuses.
                 self._published = rows[-1].event_id.seq

@@ -12,6 +12,10 @@ subscribers resuming from a recent cursor (a notify instance died, a client reco
 without reading Redis at all. When it dispatches a HARD_DELETED event, it erases that booking's notes from the
 events it remembers, in the same step (svc_common.eventstream: erasure).
 
+For the hop metrics (notify_service.metrics), each dispatch is a `Round`: when its events were read, and which
+subscribers still owe a write of some of them, so the first and the last write that carry them are timed
+(a few operations per write; nothing is timed per event on the write path).
+
 A subscriber's queue is bounded: one that still holds `max_queue` undelivered events when the next batch
 arrives from Redis is ended with RESOURCE_EXHAUSTED `SLOW_CONSUMER` (so it holds at most `max_queue` plus one
 batch), and dispatching never waits for it.
@@ -20,9 +24,12 @@ batch), and dispatching never waits for it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import islice
+from typing import Any
 
 from booking_api.notify.v1 import notify_pb2
 from svc_common.errors import OutOfRange, ResourceExhausted, ServiceError
@@ -106,10 +113,39 @@ def take_batch(queue: deque[bytes], limits: BatchLimits) -> bytes:
     return b"".join(parts)
 
 
+class Round:
+    """One dispatch of events read together: when they were read (time.monotonic()) and from where, how many
+    subscribers still owe a write that carries some of them, and when the first and last such write ended."""
+
+    __slots__ = ("first", "last", "pending", "read_at", "report", "source")
+
+    def __init__(self, read_at: float, source: str, report: Callable[[Round], None]) -> None:
+        self.read_at = read_at
+        self.source = source
+        self.report = report  # told once, when no subscriber owes a write any more (if any write was made)
+        self.pending = 0
+        self.first: float | None = None
+        self.last = 0.0
+
+    def written(self, now: float) -> None:
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.settled()
+
+    def settled(self) -> None:
+        """One subscriber owes nothing more of this round (written, or gone)."""
+        self.pending -= 1
+        if self.pending == 0 and self.first is not None:
+            self.report(self)
+
+
 class Subscriber:
     __slots__ = (
+        "_owed",
         "_queue",
         "_ready",
+        "_taken",
         "delivered",
         "failure",
         "filter",
@@ -133,9 +169,12 @@ class Subscriber:
         self.reported = (0, 0)  # (delivered, responses) as far as the metrics have counted them
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
+        self._owed: deque[list[Any]] = deque()  # [round, events of it still queued], oldest first
+        self._taken: list[Round] = []  # the rounds the response being written completes
 
-    def offer(self, events: list[Event]) -> None:
-        """Queue what this subscriber should get of `events` (a batch read from the stream, in order)."""
+    def offer(self, events: list[Event], round_: Round | None = None) -> None:
+        """Queue what this subscriber should get of `events` (a batch read from the stream, in order, timed as
+        `round_`)."""
         if self.failure is not None:
             return
         if len(self._queue) >= self.max_queue:
@@ -147,7 +186,7 @@ class Subscriber:
                 )
             )
             return
-        queued = False
+        queued = 0
         for event in events:
             if self.last is not None:
                 if event.id <= self.last:  # already seen (while catching up from history)
@@ -158,9 +197,12 @@ class Subscriber:
             self.last = event.id
             if self.filter.matches(event):
                 self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
-                queued = True
+                queued += 1
         if queued:
             self._ready.set()
+            if round_ is not None:
+                round_.pending += 1
+                self._owed.append([round_, queued])
 
     def fail(self, error: ServiceError) -> None:
         """End this subscription with `error` (what was still queued is dropped: the client resumes)."""
@@ -181,17 +223,45 @@ class Subscriber:
             raise self.failure
         waiting = len(self._queue)
         batch = take_batch(self._queue, self.limits)
-        self.delivered += waiting - len(self._queue)
+        taken = waiting - len(self._queue)
+        self.delivered += taken
         self.responses += 1
+        owed = self._owed
+        while taken and owed:  # the rounds whose last queued events this response carries
+            entry = owed[0]
+            if entry[1] <= taken:
+                taken -= entry[1]
+                self._taken.append(owed.popleft()[0])
+            else:
+                entry[1] -= taken
+                taken = 0
         return batch
+
+    def written(self) -> None:
+        """The response `next()` returned has been written."""
+        if self._taken:
+            now = time.monotonic()
+            for round_ in self._taken:
+                round_.written(now)
+            self._taken.clear()
+
+    def release(self) -> None:
+        """The subscription ended: it owes no round anything more."""
+        for round_ in self._taken:
+            round_.settled()
+        for entry in self._owed:
+            entry[0].settled()
+        self._taken.clear()
+        self._owed.clear()
 
 
 class Hub:
     """The subscribers of this instance, the stream position the reader has dispatched up to, and the most
     recent `window` events (contiguous in seq) for subscribers that catch up."""
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: int = DEFAULT_WINDOW, on_written: Callable[[Round], None] | None = None) -> None:
         self.last: EventId | None = None
+        self._on_written = on_written  # told of each round once its subscribers have been written
         # Set once the reader has found where it follows the stream from: before that, a subscriber has no
         # position to start after (the reader's first read may land after events it was meant to get).
         self.positioned = asyncio.Event()
@@ -250,12 +320,16 @@ class Hub:
     def discard(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    def dispatch(self, events: list[Event]) -> None:
+    def dispatch(self, events: list[Event], read_at: float | None = None, source: str = "redis") -> None:
+        """Offer `events` (read at `read_at`, time.monotonic(), from `source`) to every subscriber."""
         if not events:
             return
+        round_ = None
+        if self._on_written is not None:
+            round_ = Round(time.monotonic() if read_at is None else read_at, source, self._on_written)
         ended = []
         for subscriber in self._subscribers:
-            subscriber.offer(events)
+            subscriber.offer(events, round_)
             if subscriber.failure is not None:
                 ended.append(subscriber)
         # Released at once: a subscriber ended as SLOW_CONSUMER may sit in a write its client never reads.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-from notify_service.hub import Subscriber
+from notify_service.hub import Event, Round, Subscriber
+from svc_common.metrics import HOP_BUCKETS
 
 EVENTS_FROM_POSTGRES = Gauge(
     "notify_events_from_postgres",
@@ -34,6 +35,21 @@ READ_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
+EVENT_HOPS = Histogram(
+    "notify_event_hop_seconds",
+    "The hops of a change through this process, each from the one before: hop='read' from the change's place in "
+    "the stream (its event id's milliseconds, given by the relay) to its read by this process, per event; "
+    "'first_write' and 'last_write' from that read to the end of the first and of the last subscriber write "
+    "carrying it, per batch read. source: where it was read from ('redis', or 'postgres' while notify follows "
+    "the outbox)",
+    ["hop", "source"],
+    buckets=HOP_BUCKETS,
+)
+SOURCES = ("redis", "postgres")
+_READ = {source: EVENT_HOPS.labels("read", source) for source in SOURCES}
+_FIRST_WRITE = {source: EVENT_HOPS.labels("first_write", source) for source in SOURCES}
+_LAST_WRITE = {source: EVENT_HOPS.labels("last_write", source) for source in SOURCES}
+
 REDIS_FAILOVERS = Counter(
     "notify_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
 )
@@ -52,3 +68,18 @@ def count_deliveries(subscribers: Iterable[Subscriber]) -> None:
         EVENTS_DELIVERED.inc(events)
     if responses:
         RESPONSES_WRITTEN.inc(responses)
+
+
+def events_read(events: list[Event], source: str, now: float) -> None:
+    """Time the 'read' hop of `events`, read at `now` (time.time(): the relay's clock made their ids)."""
+    read = _READ[source]
+    for event in events:
+        if event.payload is not None:
+            read.observe(max(0.0, now - event.id.ms / 1000))
+
+
+def round_written(round_: Round) -> None:
+    """Time the 'first_write' and 'last_write' hops of a batch read (notify_service.hub.Round)."""
+    assert round_.first is not None
+    _FIRST_WRITE[round_.source].observe(round_.first - round_.read_at)
+    _LAST_WRITE[round_.source].observe(round_.last - round_.read_at)

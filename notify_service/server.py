@@ -60,7 +60,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     client = connect(settings.redis)
     block_ms = 1000
     blocking = connect(settings.redis, block_seconds=block_ms / 1000)  # the stream reader's XREAD BLOCK
-    hub = Hub(settings.history_window)
+    hub = Hub(settings.history_window, on_written=metrics.round_written)
     lag = OutboxLag(settings.fallback_after_seconds)
     outbox = OutboxReader(settings.database_url, on_placed=lag.placed_notice) if settings.database_url else None
     if outbox is None:

@@ -83,8 +83,9 @@ class NotifyServicer:
             if cursor is not None:
                 async for payload in self._subscriptions.replay(subscriber, cursor):
                     await context.write(payload)
-            while True:  # the hot path: one wait and one write per event, no generators in between
+            while True:  # the hot path: one wait and one write per response, no generators in between
                 await context.write(await subscriber.next())
+                subscriber.written()
         except ServiceError as exc:
             ended = exc.reason or type(exc).__name__
             raise

@@ -259,7 +259,9 @@ class StreamReader:
                 await self.lag.behind.wait()
 
     def _dispatch(self, events: list[Event]) -> None:
-        self._hub.dispatch(events)
+        read_at = time.monotonic()
+        metrics.events_read(events, self.path, time.time())
+        self._hub.dispatch(events, read_at, self.path)
         if events:
             self.lag.dispatched(events[-1].id.seq)
         if any(event.erases for event in events):

@@ -68,6 +68,7 @@ class Subscriptions:
     def close(self, subscriber: Subscriber) -> None:
         """Forget `subscriber` (whether or not it was registered yet), counting what it was handed last."""
         self._hub.discard(subscriber)
+        subscriber.release()
         metrics.count_deliveries((subscriber,))
 
     async def _known(self, cursor: EventId) -> bool:

@@ -3,8 +3,11 @@ them, summed over a service's workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import signal
 import uuid
 
 import grpc
@@ -100,3 +103,78 @@ async def test_every_rpc_is_counted_by_method_and_code_across_workers(
     for name in charted:
         owners = [job for job in exported if name.startswith(f"{job}_")] or list(exported)
         assert all(name in exported[job] for job in owners), (name, owners)
+
+
+def hop(samples: dict[str, float], metric: str, name: str, suffix: str, labels: str = "") -> float:
+    return samples.get(f"{metric}_{suffix}{{hop={name}{labels}}}", 0.0)
+
+
+def above(samples: dict[str, float], metric: str, name: str, seconds: float, labels: str = "") -> float:
+    """How many observations of the hop `name` took longer than `seconds` (a bucket bound)."""
+    within = samples[f"{metric}_bucket{{hop={name},le={seconds}{labels}}}"]
+    return hop(samples, metric, name, "count", labels) - within
+
+
+async def test_each_hop_of_a_change_is_timed_from_its_write_to_its_subscribers(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """booking_event_hop_seconds (placed, published) and notify_event_hop_seconds (read, first_write,
+    last_write), after real changes: one observation per event and hop (per batch read for the writes), and a
+    change held up on its way (Redis stopped for 0.4 s while it is published) shows in its hops."""
+    booking_port, notify_port = free_port(), free_port()
+    booking = system.booking(WORKERS="2", METRICS_LISTEN=f"127.0.0.1:{booking_port}")
+    notify = system.notify(WORKERS="1", METRICS_LISTEN=f"127.0.0.1:{notify_port}")
+    watchers = [Subscription("admin", uid("ops")), Subscription("admin", uid("ops"))]
+    admin = await admin_on(booking, channels)
+    try:
+        for watcher in watchers:
+            await watcher.open(notify.address)
+
+        async def change(count: int) -> None:  # each one read and written before the next: a batch each
+            for _ in range(count):
+                made = len(watchers[0].events) + 1
+                await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+                await delivered(made)
+
+        async def delivered(events: int) -> None:
+            await eventually(
+                lambda: all(len(watcher.events) >= events for watcher in watchers),
+                lambda: f"not every subscriber has {events} events",
+            )
+
+        await change(3)
+        redis_pid = system.redis.process.pid  # type: ignore[union-attr]
+        os.kill(redis_pid, signal.SIGSTOP)  # shorter than the Redis timeout (0.5 s): the XADD waits, no fault
+        try:
+            held = asyncio.create_task(change(1))
+            await asyncio.sleep(0.4)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        await held
+        await change(2)
+    finally:
+        for watcher in watchers:
+            await watcher.close()
+
+    def counted(port: int, metric: str, name: str, labels: str = "") -> bool:
+        return hop(scrape(port), metric, name, "count", labels) >= 6
+
+    booking_hops, notify_hops = "booking_event_hop_seconds", "notify_event_hop_seconds"
+    await eventually(lambda: counted(booking_port, booking_hops, "published"), lambda: f"{scrape(booking_port)}")
+    redis = ",source=redis"
+    await eventually(lambda: counted(notify_port, notify_hops, "last_write", redis), lambda: f"{scrape(notify_port)}")
+    ours, theirs = scrape(booking_port), scrape(notify_port)
+    for name in ("placed", "published"):
+        assert hop(ours, booking_hops, name, "count") == 6, name
+        assert 0 <= hop(ours, booking_hops, name, "sum") < 6 * 2.0, name  # seconds, not milliseconds
+    for name in ("read", "first_write", "last_write"):
+        assert hop(theirs, notify_hops, name, "count", redis) == 6, name
+        assert 0 <= hop(theirs, notify_hops, name, "sum", redis) < 6 * 2.0, name
+        assert hop(theirs, notify_hops, name, "count", ",source=postgres") == 0, name
+    # The held change waited in its publishing, and so in the read that follows it; nothing else did.
+    assert above(ours, booking_hops, "published", 0.15) == 1
+    assert above(theirs, notify_hops, "read", 0.15, redis) == 1
+    assert above(ours, booking_hops, "placed", 0.15) == 0
+    assert above(theirs, notify_hops, "first_write", 0.15, redis) == 0
+    # A batch's last write ends no sooner than its first.
+    assert hop(theirs, notify_hops, "last_write", "sum", redis) >= hop(theirs, notify_hops, "first_write", "sum", redis)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 import pytest
 
-from notify_service.hub import BatchLimits, Event, EventFilter, Hub, Subscriber, cursor_expired, take_batch
+from notify_service.hub import BatchLimits, Event, EventFilter, Hub, Round, Subscriber, cursor_expired, take_batch
 from svc_common.errors import OutOfRange, ResourceExhausted, Unavailable
 from svc_common.eventstream import EventId
 from svc_common.principal import Principal, Role
@@ -217,3 +218,64 @@ def test_a_window_of_zero_keeps_nothing() -> None:
     hub.dispatch([event(3)])
     assert hub.recent_after(EventId(1002, 2), 10) is None
     assert hub.last == EventId(1003, 3)
+
+
+async def write(subscriber: Subscriber) -> bytes:
+    """What the servicer does: take the next response, write it (here: nowhere), say it was written."""
+    response = await subscriber.next()
+    subscriber.written()
+    return response
+
+
+async def test_each_round_is_timed_from_its_read_to_its_first_and_last_write() -> None:
+    reported: list[Round] = []
+    hub = Hub(on_written=reported.append)
+    first, second, other = (Subscriber(EventFilter(ADMIN), None, 10) for _ in range(3))
+    elsewhere = Subscriber(EventFilter(ADMIN, customer_id="nobody"), None, 10)  # owes nothing of these rounds
+    for subscriber in (first, second, other, elsewhere):
+        hub.add(subscriber)
+    read_at = time.monotonic()
+    hub.dispatch([event(1)], read_at, "redis")
+    await write(first)
+    assert reported == []  # two subscribers still owe their write
+    await asyncio.sleep(0.05)
+    await write(second)
+    assert reported == []
+    hub.discard(other)
+    other.release()  # left without writing it: owes nothing any more
+    assert len(reported) == 1
+    round_ = reported[0]
+    assert round_.source == "redis" and round_.first is not None
+    assert read_at <= round_.first and round_.last - round_.first >= 0.05
+
+    reported.clear()
+    hub.dispatch([event(2)], time.monotonic(), "postgres")
+    hub.dispatch([event(3)], time.monotonic(), "postgres")
+    hub.dispatch([event(4)], time.monotonic(), "postgres")
+    assert await write(first) == b"e2e3e4"  # one response carries three rounds: each is settled by it
+    assert await write(second) == b"e2e3e4"
+    assert len(reported) == 3 and {r.source for r in reported} == {"postgres"}
+
+
+async def test_a_round_is_settled_only_by_the_response_that_carries_its_last_event() -> None:
+    reported: list[Round] = []
+    hub = Hub(on_written=reported.append)
+    subscriber = Subscriber(EventFilter(ADMIN), None, 10, BatchLimits(max_events=2))
+    hub.add(subscriber)
+    hub.dispatch([event(1), event(2), event(3)], time.monotonic())
+    assert await write(subscriber) == b"e1e2"
+    assert reported == []  # its third event is still queued
+    assert await write(subscriber) == b"e3"
+    assert len(reported) == 1
+
+
+async def test_a_round_nobody_was_written_is_never_reported() -> None:
+    reported: list[Round] = []
+    hub = Hub(on_written=reported.append)
+    subscriber = Subscriber(EventFilter(ADMIN), None, 10)
+    hub.add(subscriber)
+    hub.dispatch([event(1)], time.monotonic())
+    await subscriber.next()  # taken, but the write never ended: the subscription went away
+    hub.discard(subscriber)
+    subscriber.release()
+    assert reported == []

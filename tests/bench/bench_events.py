@@ -2,7 +2,7 @@
 
     python -m tests.bench.bench_events [--seconds 10] [--rounds 3] [--rate 100] [--subscribers 200]
         [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
-        [--booking-workers N] [--notify-workers N] [--only-steady] [--profile]
+        [--booking-workers N] [--notify-workers N] [--only-steady] [--no-profile]
 
 The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
 (tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
@@ -15,7 +15,9 @@ the same paced writer; latency runs from the send of each write to its receipt b
 Scenarios:
 - steady: `subscribers` on one instance, `rate` changes/s, in `rounds` rounds of `seconds`, the systems taking
   turns: p50, p99, max, server CPU per delivery (the CPU time of every process of the subscribers' instance
-  over the run, divided by the deliveries), lost; `--profile` adds py-spy's hottest functions of notify;
+  over the run, divided by the deliveries), lost; for this project, each hop's p50 and p99 from its own
+  histograms (tests/bench/fanout_hops.py), and py-spy's hottest functions of every process on the path in a
+  round of its own, not counted (unless `--no-profile`);
 - capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
   the most deliveries/s held with p99 under 100 ms and nothing lost;
 - faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down
@@ -44,9 +46,9 @@ import grpc
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.bench.common import OUT_DIR, progress, run_in_workdir
+from tests.bench.fanout_hops import Hops, breakdown_lines, hot_functions_by_process
 from tests.bench.fanout_load import (
     SICK_REDIS,
-    hot_functions,
     kill_instance_at,
     profile,
     redis_sick_at,
@@ -80,20 +82,20 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
         floor = BareGrpc(workdir, pg, rds, ("", ""))
         systems.append(floor)
         runs: dict[str, dict[str, Any]] = {system.name: {"steady": []} for system in systems}
+        ours = next(system for system in systems if isinstance(system, ThisProject))
+        hops = Hops(ours.metrics_ports)
         for r in range(args.rounds):
             for system in systems:
-                spies = []
-                if args.profile and isinstance(system, ThisProject) and r == 0:
-                    shutil.rmtree(OUT_DIR / "profile", ignore_errors=True)
-                    pids = system.instance_pids()
-                    spies = profile(pids[1:] or pids, args.seconds, OUT_DIR / "profile")
+                if system is ours:
+                    await asyncio.to_thread(hops.start)
                 run = await scenario(system, workdir, f"steady-{r}", args.subscribers, args.rate, args.seconds)
                 runs[system.name]["steady"].append(run)
-                for spy in spies:
-                    spy.wait(60)
+                if system is ours:
+                    await asyncio.to_thread(hops.stop)
         results: dict[str, Any] = {name: {"steady": summary(r["steady"])} for name, r in runs.items()}
-        if args.profile:
-            results[ThisProject.name]["steady"]["profile_self_time"] = hot_functions(OUT_DIR / "profile")
+        results[ThisProject.name]["steady"]["hops"] = hops.summary()
+        if not args.no_profile:
+            results[ThisProject.name]["steady"]["profiles"] = await profiled_round(ours, workdir, args)
         systems.remove(floor)
         floor.stop()
         if args.only_steady:
@@ -197,6 +199,19 @@ async def bench_memory(args: argparse.Namespace, workdir: Path, rds: RedisServer
         stop_bare(bare)
 
 
+async def profiled_round(system: ThisProject, workdir: Path, args: argparse.Namespace) -> dict[str, list[str]]:
+    """One more steady round of this project with py-spy on every process of the path (not counted: py-spy slows
+    what it samples); each process's hottest functions."""
+    out = OUT_DIR / "profile"
+    shutil.rmtree(out, ignore_errors=True)
+    names = system.path_pids()
+    spies = profile(list(names), args.seconds, out)
+    await scenario(system, workdir, "steady-profiled", args.subscribers, args.rate, args.seconds)
+    for spy in spies:
+        await asyncio.to_thread(spy.wait, 60)
+    return hot_functions_by_process(out, names)
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
     rds = RedisServer(workdir / "redis", persist=True)  # as production runs it: a restart keeps the stream
@@ -243,13 +258,19 @@ def main() -> None:
     parser.add_argument("--booking-workers", default="", help="WORKERS of booking_service (default: its own)")
     parser.add_argument("--notify-workers", default="", help="WORKERS of notify_service (default: its own)")
     parser.add_argument("--only-steady", action="store_true", help="the steady scenario only (for quick work)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the notify workers during steady")
+    parser.add_argument("--no-profile", action="store_true", help="no py-spy round after the steady scenario")
     args = parser.parse_args()
     result = run_in_workdir(run, args)
+    systems = result["only_steady"] if args.only_steady else result["systems"]
+    steady = systems[ThisProject.name]["steady"]
+    breakdown = breakdown_lines(steady["hops"], steady.get("profiles", {}))
     if args.only_steady:
         print(json.dumps(result, indent=2))
+        print("\n".join(breakdown))
         return
     print("\n".join(result["table"]))
+    print()
+    print("\n".join(breakdown))
     print()
     for name, met in result["targets_met"].items():
         print(f"{'met   ' if met else 'MISSED'} {name}")

@@ -295,17 +295,3 @@ def profile(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen
         )
         for pid in pids
     ]
-
-
-def hot_functions(out: Path, top: int = 25) -> list[str]:
-    """The functions with the most samples on top of the stack (self time) in py-spy's collapsed stacks."""
-    own: dict[str, int] = {}
-    total = 0
-    for path in out.glob("*.txt"):
-        for line in path.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            frames = stack.split(";")
-            total += int(count)
-            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
-    ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
-    return [f"{100 * n / max(total, 1):5.1f}% {frame}" for frame, n in ranked]

@@ -26,6 +26,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2
 from svc_common.dev.servers import PostgresServer, RedisServer, SentinelGroup, children, free_port, wait_for_port
 from tests.bench.common import open_loop, progress
+from tests.bench.fanout_hops import process_names
 from tests.support.helpers import JWT_SECRET, auth, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -159,9 +160,11 @@ class ThisProject:
     ) -> None:
         env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM, "DATABASE_URL": pg.url}
         booking_workers, notify_workers = ({"WORKERS": n} if n else {} for n in workers)
-        self.booking = ServiceProcess("booking_service", {**env, **booking_workers}, workdir)
+        self.metrics_ports = [free_port(), free_port()]  # booking's and notify's /metrics (their hop histograms)
+        booking_metrics, notify_metrics = ({"METRICS_LISTEN": f"127.0.0.1:{port}"} for port in self.metrics_ports)
+        self.booking = ServiceProcess("booking_service", {**env, **booking_workers, **booking_metrics}, workdir)
         # DATABASE_URL: while Redis is down, notify follows the outbox (notify_service.fallback).
-        self.notify = ServiceProcess("notify_service", {**env, **notify_workers}, workdir)
+        self.notify = ServiceProcess("notify_service", {**env, **notify_workers, **notify_metrics}, workdir)
         self.booking.start()
         self.notify.start()
 
@@ -172,6 +175,11 @@ class ThisProject:
     def instance_pids(self) -> list[int]:
         assert self.notify.process is not None
         return [self.notify.process.pid, *children(self.notify.process.pid)]
+
+    def path_pids(self) -> dict[int, str]:
+        """Every process a change goes through, named: booking's (the relay among its workers) and notify's."""
+        assert self.booking.process is not None and self.notify.process is not None
+        return process_names("booking", self.booking.process.pid) | process_names("notify", self.notify.process.pid)
 
     def kill_instance(self) -> None:
         for pid in reversed(self.instance_pids()):  # its workers, then its supervisor: a crash of the whole

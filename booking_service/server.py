@@ -28,7 +28,7 @@ from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.backoff import Backoff
 from svc_common.errors import ServiceError
-from svc_common.grpc_server import GrpcServer
+from svc_common.grpc_server import GrpcServer, loop_name
 from svc_common.principal import Principal, Role
 from svc_common.redis_client import REDIS_ERRORS, connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import (
@@ -182,7 +182,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
                 )
             )
         stack.push_async_callback(_cancel_all, background)
-        log.info("booking service listening on %s", settings.server.listen)
+        log.info("booking service listening on %s, event loop %s", settings.server.listen, loop_name())
         yield server
 
 

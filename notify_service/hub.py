@@ -115,28 +115,27 @@ def take_batch(queue: deque[bytes], limits: BatchLimits) -> bytes:
 
 class Round:
     """One dispatch of events read together: when they were read (time.monotonic()) and from where, how many
-    subscribers still owe a write that carries some of them, and when the first and last such write ended."""
+    subscribers still owe a write that carries some of them, when the first such write started (its response
+    handed to grpc, which sends it from there) and when the last one ended."""
 
     __slots__ = ("first", "last", "pending", "read_at", "report", "source")
 
     def __init__(self, read_at: float, source: str, report: Callable[[Round], None]) -> None:
         self.read_at = read_at
         self.source = source
-        self.report = report  # told once, when no subscriber owes a write any more (if any write was made)
+        self.report = report  # told once, when no subscriber owes a write any more (if any write ended)
         self.pending = 0
         self.first: float | None = None
-        self.last = 0.0
+        self.last: float | None = None
 
     def written(self, now: float) -> None:
-        if self.first is None:
-            self.first = now
         self.last = now
         self.settled()
 
     def settled(self) -> None:
         """One subscriber owes nothing more of this round (written, or gone)."""
         self.pending -= 1
-        if self.pending == 0 and self.first is not None:
+        if self.pending == 0 and self.last is not None:
             self.report(self)
 
 
@@ -227,8 +226,11 @@ class Subscriber:
         self.delivered += taken
         self.responses += 1
         owed = self._owed
-        while taken and owed:  # the rounds whose last queued events this response carries
+        now = 0.0
+        while taken and owed:  # the rounds whose events this response carries (settled: those of their last)
             entry = owed[0]
+            if entry[0].first is None:  # the round's first write starts now
+                entry[0].first = now = now or time.monotonic()
             if entry[1] <= taken:
                 taken -= entry[1]
                 self._taken.append(owed.popleft()[0])

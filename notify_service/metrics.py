@@ -39,9 +39,9 @@ EVENT_HOPS = Histogram(
     "notify_event_hop_seconds",
     "The hops of a change through this process, each from the one before: hop='read' from the change's place in "
     "the stream (its event id's milliseconds, given by the relay) to its read by this process, per event; "
-    "'first_write' and 'last_write' from that read to the end of the first and of the last subscriber write "
-    "carrying it, per batch read. source: where it was read from ('redis', or 'postgres' while notify follows "
-    "the outbox)",
+    "'first_write' from that read to the start of the first subscriber write carrying it (its response handed to "
+    "grpc), 'last_write' to the end of the last one, per batch read. source: where it was read from ('redis', or "
+    "'postgres' while notify follows the outbox)",
     ["hop", "source"],
     buckets=HOP_BUCKETS,
 )
@@ -80,6 +80,6 @@ def events_read(events: list[Event], source: str, now: float) -> None:
 
 def round_written(round_: Round) -> None:
     """Time the 'first_write' and 'last_write' hops of a batch read (notify_service.hub.Round)."""
-    assert round_.first is not None
+    assert round_.first is not None and round_.last is not None
     _FIRST_WRITE[round_.source].observe(round_.first - round_.read_at)
     _LAST_WRITE[round_.source].observe(round_.last - round_.read_at)

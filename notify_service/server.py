@@ -28,7 +28,7 @@ from notify_service.subscriptions import Subscriptions
 from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
-from svc_common.grpc_server import GrpcServer
+from svc_common.grpc_server import GrpcServer, loop_name
 from svc_common.redis_client import connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import (
     SHUTDOWN_MARGIN_SECONDS,
@@ -116,7 +116,12 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             stack.push_async_callback(cancel_and_wait, following)
         counting = supervisor.start("delivery metrics", lambda: _count_deliveries(hub))
         stack.push_async_callback(cancel_and_wait, counting)
-        log.info("notify service listening on %s, stream %r", settings.server.listen, settings.stream_key)
+        log.info(
+            "notify service listening on %s, stream %r, event loop %s",
+            settings.server.listen,
+            settings.stream_key,
+            loop_name(),
+        )
         yield Running(port, hub)
 
 

@@ -105,7 +105,12 @@ def run_service(
             follow_parent()
         if metrics is not None:
             metrics.start()
-        asyncio.run(serve(settings))
+        if settings.server.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(settings))
+        else:
+            asyncio.run(serve(settings))
     except ListenError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ health servicer svc_common.health.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ class ServerConfig:
     # bound: a gateway may carry all its subscriptions on one connection (grpc's channels to one address share one).
     max_concurrent_streams: int = 10_000
     max_health_watches: int = 1000  # open Health/Watch streams per process (0: no bound)
+    # The event loop the process runs on (EVENT_LOOP): uvloop (libuv's, in C), or Python's own ("asyncio"). Side by
+    # side in `make bench`, uvloop took about a quarter off the realtime p50 and a few us of CPU per delivery.
+    event_loop: str = "uvloop"
 
     @property
     def metrics(self) -> bool:
@@ -78,6 +82,7 @@ class ServerConfig:
                 "MAX_CONCURRENT_STREAMS", cls.max_concurrent_streams, least=1, most=2**31 - 1
             ),
             max_health_watches=env.integer("HEALTH_MAX_WATCHES", cls.max_health_watches, least=0, most=10_000_000),
+            event_loop=env.text("EVENT_LOOP", cls.event_loop, choices=("asyncio", "uvloop")),
         )
 
     def options(self) -> list[tuple[str, int]]:
@@ -143,3 +148,8 @@ class GrpcServer:
         """Report NOT_SERVING, refuse new calls and give calls in flight `grace_seconds` to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+
+
+def loop_name() -> str:
+    """The running event loop's implementation: "uvloop" or "asyncio" (for the start-up log line)."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]

@@ -14,6 +14,7 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(process.env.BENCH_NODE_MODULES + '/');
 const [mode, target, countText, out, token] = process.argv.slice(2);
+const perConnection = Number(process.env.BENCH_STREAMS_PER_CONNECTION || 50);
 const count = Number(countText);
 const now = () => performance.timeOrigin + performance.now();
 
@@ -122,8 +123,8 @@ function grpcSubscribers() {
   });
   let client;
   for (let i = 0; i < count; i++) {
-    if (i % 50 === 0) {
-      // 50 streams per connection
+    if (i % perConnection === 0) {
+      // BENCH_STREAMS_PER_CONNECTION streams per connection (50 unless told)
       client = new Client(target, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
     }
     const own = client;

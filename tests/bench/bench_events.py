@@ -2,7 +2,8 @@
 
     python -m tests.bench.bench_events [--seconds 10] [--rounds 3] [--rate 100] [--subscribers 200]
         [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
-        [--booking-workers N] [--notify-workers N] [--only-steady] [--no-profile]
+        [--booking-workers N] [--notify-workers N] [--only-steady] [--no-profile] [--variant NAME:K=V,...]
+        [--streams-per-connection 50]
 
 The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
 (tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
@@ -36,17 +37,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
+import uvloop
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.bench.common import OUT_DIR, progress, run_in_workdir
-from tests.bench.fanout_hops import Hops, breakdown_lines, hot_functions_by_process
+from tests.bench.fanout_hops import Hops, breakdown_lines, hot_functions_by_process, steady_lines
 from tests.bench.fanout_load import (
     SICK_REDIS,
     kill_instance_at,
@@ -64,7 +67,9 @@ from tests.bench.fanout_systems import (
     SocketIo,
     System,
     ThisProject,
+    Variant,
     bare_server,
+    create_database,
     start_bare,
     stop_bare,
 )
@@ -77,25 +82,36 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
     the steady scenario alternates them over several rounds so that drift on a shared machine hits both."""
     systems: list[System] = []
     try:
+        workers = (args.booking_workers, args.notify_workers)
         for make in (SocketIo, ThisProject):
-            systems.append(make(workdir, pg, rds, (args.booking_workers, args.notify_workers)))
+            systems.append(make(workdir, pg, rds, workers))
+        ours = systems[-1]
+        assert isinstance(ours, ThisProject)
+        variants: list[System] = []
+        for variant in args.variant:  # steady only, beside the defaults
+            await create_database(pg.url, variant.database)
+            variants.append(ThisProject(workdir, pg, rds, workers, variant))
+        systems += variants
         floor = BareGrpc(workdir, pg, rds, ("", ""))
         systems.append(floor)
         runs: dict[str, dict[str, Any]] = {system.name: {"steady": []} for system in systems}
-        ours = next(system for system in systems if isinstance(system, ThisProject))
-        hops = Hops(ours.metrics_ports)
+        hops = {system.name: Hops(system.metrics_ports) for system in systems if isinstance(system, ThisProject)}
         for r in range(args.rounds):
             for system in systems:
-                if system is ours:
-                    await asyncio.to_thread(hops.start)
+                if system.name in hops:
+                    await asyncio.to_thread(hops[system.name].start)
                 run = await scenario(system, workdir, f"steady-{r}", args.subscribers, args.rate, args.seconds)
                 runs[system.name]["steady"].append(run)
-                if system is ours:
-                    await asyncio.to_thread(hops.stop)
+                if system.name in hops:
+                    await asyncio.to_thread(hops[system.name].stop)
         results: dict[str, Any] = {name: {"steady": summary(r["steady"])} for name, r in runs.items()}
-        results[ThisProject.name]["steady"]["hops"] = hops.summary()
+        for name, counted in hops.items():
+            results[name]["steady"]["hops"] = counted.summary()
         if not args.no_profile:
             results[ThisProject.name]["steady"]["profiles"] = await profiled_round(ours, workdir, args)
+        for variant_system in variants:
+            systems.remove(variant_system)
+            variant_system.stop()
         systems.remove(floor)
         floor.stop()
         if args.only_steady:
@@ -243,7 +259,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
-        asyncio.run(bare_server(int(sys.argv[2]), sys.argv[3]))
+        # On the event loop the services run on by default (EVENT_LOOP), so the floor is a floor for them.
+        uvloop.run(bare_server(int(sys.argv[2]), sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round of the steady scenario")
@@ -259,11 +276,28 @@ def main() -> None:
     parser.add_argument("--notify-workers", default="", help="WORKERS of notify_service (default: its own)")
     parser.add_argument("--only-steady", action="store_true", help="the steady scenario only (for quick work)")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy round after the steady scenario")
+    parser.add_argument(
+        "--variant",
+        type=Variant.parse,
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE,...: this project once more with these settings, in the steady rounds beside the "
+        "defaults (repeatable)",
+    )
+    parser.add_argument(
+        "--streams-per-connection",
+        type=int,
+        default=50,
+        help="gRPC subscribers per HTTP/2 connection (200: all on one, as a gateway multiplexing its users)",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_STREAMS_PER_CONNECTION"] = str(args.streams_per_connection)  # read by bench_client.mjs
     result = run_in_workdir(run, args)
     systems = result["only_steady"] if args.only_steady else result["systems"]
-    steady = systems[ThisProject.name]["steady"]
-    breakdown = breakdown_lines(steady["hops"], steady.get("profiles", {}))
+    breakdown = steady_lines(systems)
+    for name, figures in systems.items():
+        if "hops" in figures["steady"]:
+            breakdown += breakdown_lines(name, figures["steady"]["hops"], figures["steady"].get("profiles", {}))
     if args.only_steady:
         print(json.dumps(result, indent=2))
         print("\n".join(breakdown))

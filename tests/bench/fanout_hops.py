@@ -124,8 +124,20 @@ def hot_functions_by_process(out: Path, names: dict[int, str], top: int = 8) -> 
     return result
 
 
-def breakdown_lines(hops: dict[str, dict[str, Any]], profiles: dict[str, list[str]]) -> list[str]:
-    lines = ["this project, steady scenario, hop by hop (each from the one before; ms):"]
+def steady_lines(systems: dict[str, Any]) -> list[str]:
+    """The steady scenario of every system, one line each, from the same run."""
+    lines = ["steady scenario (ms; CPU in us per delivery):"]
+    for name, figures in systems.items():
+        s = figures["steady"]
+        lines.append(
+            f"  {name:<36} p50 {s['p50_ms']:>7}  p99 {s['p99_ms']:>7}  max {s['max_ms']:>7}  "
+            f"CPU {s.get('cpu_us_per_delivery', '-'):>6}  write p50 {s['write_p50_ms']:>6}  lost {s['lost']}"
+        )
+    return lines
+
+
+def breakdown_lines(name: str, hops: dict[str, dict[str, Any]], profiles: dict[str, list[str]]) -> list[str]:
+    lines = [f"{name}, steady scenario, hop by hop (each from the one before; ms):"]
     lines += [f"  {hop:<32} p50 {h['p50_ms']:>8}  p99 {h['p99_ms']:>8}  ({h['count']})" for hop, h in hops.items()]
     for process, functions in profiles.items():
         lines.append(f"py-spy, {process}:")

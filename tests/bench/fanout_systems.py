@@ -14,10 +14,12 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
 import grpc
 import httpx
 import redis.asyncio as redis
@@ -151,15 +153,66 @@ class System(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Variant:
+    """This project once more, with settings of its own (`--variant NAME:KEY=VALUE,...`; `booking.KEY=VALUE` or
+    `notify.KEY=VALUE` for one service only), to measure a change side by side with the defaults in the same run."""
+
+    name: str
+    env: dict[str, str]
+
+    def env_of(self, service: str) -> dict[str, str]:
+        """The settings `service` ("booking" or "notify") gets."""
+        mine = {}
+        for key, value in self.env.items():
+            scope, dot, name = key.partition(".")
+            if not dot:
+                mine[key] = value
+            elif scope == service:
+                mine[name] = value
+        return mine
+
+    @property
+    def database(self) -> str:
+        return f"bench_{self.name.replace('-', '_')}"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        name, _, settings = text.partition(":")
+        if not name.replace("-", "").isalnum():
+            raise ValueError(f"a variant's name is letters, digits and dashes: {name!r}")
+        return cls(name, dict(item.split("=", 1) for item in settings.split(",") if item))
+
+
+async def create_database(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
 class ThisProject:
     name = "this project"
     mode = "grpc"
 
     def __init__(
-        self, workdir: Path, pg: PostgresServer, rds: RedisServer | SentinelGroup, workers: tuple[str, str]
+        self,
+        workdir: Path,
+        pg: PostgresServer,
+        rds: RedisServer | SentinelGroup,
+        workers: tuple[str, str],
+        variant: Variant | None = None,
     ) -> None:
         env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM, "DATABASE_URL": pg.url}
+        if variant is not None:  # its own database and stream: its relay must not relay the other's events
+            self.name = f"{ThisProject.name} [{variant.name}]"
+            env |= {"DATABASE_URL": pg.url_for(variant.database), "EVENT_STREAM_KEY": f"{STREAM}:{variant.name}"}
         booking_workers, notify_workers = ({"WORKERS": n} if n else {} for n in workers)
+        if variant is not None:
+            booking_workers |= variant.env_of("booking")
+            notify_workers |= variant.env_of("notify")
         self.metrics_ports = [free_port(), free_port()]  # booking's and notify's /metrics (their hop histograms)
         booking_metrics, notify_metrics = ({"METRICS_LISTEN": f"127.0.0.1:{port}"} for port in self.metrics_ports)
         self.booking = ServiceProcess("booking_service", {**env, **booking_workers, **booking_metrics}, workdir)
@@ -251,7 +304,8 @@ class SocketIo:
 
 class BareGrpc:
     """The floor of grpc.aio: a bare fan-out server (one XREAD loop writing each entry's ready-made response
-    to every open stream; no auth, filters, bounds, history, PostgreSQL or relay; one process), fed by XADDs of
+    to every open stream; no auth, filters, bounds, history, PostgreSQL or relay; one process, on uvloop as the
+    services are by default), fed by XADDs of
     a response like this project's. Steady scenario only: it shows what any grpc.aio fan-out costs."""
 
     name = "bare grpc.aio fan-out"

@@ -50,8 +50,12 @@ async def test_changes_through_either_booking_instance_reach_subscribers_on_both
     subscriptions: Callable[[str, str], Subscription],
     channels: list[grpc.aio.Channel],
 ) -> None:
-    bookings = [system.booking(), system.booking()]
-    notifiers = [system.notify(), system.notify()]
+    # One of each on either event loop (EVENT_LOOP), each instance saying which it runs on.
+    bookings = [system.booking(EVENT_LOOP="asyncio"), system.booking(EVENT_LOOP="uvloop")]
+    notifiers = [system.notify(EVENT_LOOP="asyncio"), system.notify(EVENT_LOOP="uvloop")]
+    for process, loop in zip([*bookings, *notifiers], ["asyncio", "uvloop"] * 2, strict=True):
+        said = f"event loop {loop}"
+        await eventually(lambda p=process, s=said: s in p.log(), lambda p=process: p.log_tail())  # type: ignore[misc]
     watchers = [subscriptions("admin", uid("ops")) for _ in notifiers]
     for watcher, notifier in zip(watchers, notifiers, strict=True):
         await watcher.open(notifier.address)

@@ -36,6 +36,7 @@ def test_every_bad_setting_is_reported_at_once_one_line_each_with_exit_status_2(
         "WORKERS": "0",
         "METRICS_LISTEN": "nowhere",
         "MAX_CONNECTION_AGE_SECONDS": "soon",
+        "EVENT_LOOP": "gevent",
     }
     stderr = refused_start(module, {**BASE, **bad})
     lines = stderr.strip().splitlines()

@@ -245,7 +245,7 @@ async def test_each_round_is_timed_from_its_read_to_its_first_and_last_write() -
     other.release()  # left without writing it: owes nothing any more
     assert len(reported) == 1
     round_ = reported[0]
-    assert round_.source == "redis" and round_.first is not None
+    assert round_.source == "redis" and round_.first is not None and round_.last is not None
     assert read_at <= round_.first and round_.last - round_.first >= 0.05
 
     reported.clear()

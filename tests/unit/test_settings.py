@@ -84,12 +84,17 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
         "REDIS_FALLBACK_AFTER_SECONDS": "0.5",
         "MAX_CONNECTION_AGE_SECONDS": "60",
         "MAX_CONNECTION_AGE_GRACE_SECONDS": "5",
+        "EVENT_LOOP": "asyncio",
     }
     assert NotifySettings.from_env(notify, listen="0.0.0.0:2") == NotifySettings(
         redis=RedisConfig("redis://h"),
         jwt_secret=SECRET,
         server=replace(
-            NotifySettings.server, listen="0.0.0.0:2", max_connection_age_seconds=60, max_connection_age_grace_seconds=5
+            NotifySettings.server,
+            listen="0.0.0.0:2",
+            max_connection_age_seconds=60,
+            max_connection_age_grace_seconds=5,
+            event_loop="asyncio",
         ),
         stream_key="k",
         max_queue=1,
@@ -122,6 +127,7 @@ def test_every_default_when_nothing_but_the_required_is_set() -> None:
     )
     assert (BookingSettings.server.listen, NotifySettings.server.listen) == ("127.0.0.1:50051", "127.0.0.1:50052")
     assert (RelayConfig.stream_key, NotifySettings.stream_key) == ("booking:events", "booking:events")
+    assert BookingSettings.server.event_loop == NotifySettings.server.event_loop == "uvloop"
 
 
 @pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"])

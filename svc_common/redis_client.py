@@ -121,6 +121,22 @@ class _MoveNoticed(SentinelManagedConnection):
         await super().connect_to(address)  # type: ignore[no-untyped-call]
 
 
+class _FollowingPool(SentinelConnectionPool):
+    """A pool of connections to the primary the sentinels name that closes a connection to any other one as it
+    comes back (`named_primary`, kept by follow_failovers). A call in flight keeps its connection through a
+    failover, and a blocking reader takes it again at once: without this, a reader stays on a primary that a
+    graceful failover (SENTINEL FAILOVER) replaced but that answers as one, with none of the new writes, until
+    Sentinel turns it into a replica (when it next reads its INFO, up to 10 s later)."""
+
+    named_primary: tuple[str, int] | None = None
+
+    async def release(self, connection: Any) -> None:
+        named = self.named_primary
+        if named is not None and (connection.host, connection.port) != named:
+            connection.mark_for_reconnect()  # closed by the release, reconnected to the named one when next used
+        await super().release(connection)
+
+
 class _SentinelManaged(redis.Redis):
     """A client of the primary the sentinels name; closing it closes its connections to the sentinels too."""
 
@@ -161,6 +177,7 @@ def connect(config: RedisConfig, *, block_seconds: float = 0.0) -> redis.Redis:
         target.service_name,
         redis_class=_SentinelManaged,
         connection_class=_MoveNoticed,
+        connection_pool_class=_FollowingPool,
         username=target.username,
         password=target.password,
         db=target.db,
@@ -176,9 +193,9 @@ def sentinel_managed(client: redis.Redis) -> bool:
 
 async def follow_failovers(clients: Sequence[redis.Redis], failovers: Counter, interval: float = 1.0) -> None:
     """With Sentinel: ask the sentinels every `interval` which primary they name; on a change, count it (a
-    failover seen), log it, and drop the idle connections to the old one (a call in flight keeps its connection:
-    dropping it under redis-py mid-call is not safe; a blocking read on a demoted primary goes on reading it, as a
-    replica of the new one, until it next fails)."""
+    failover seen), log it, and drop the idle connections to the old one. A call in flight keeps its connection
+    (dropping it under redis-py mid-call is not safe) until it comes back to the pool, which then closes it
+    (_FollowingPool), so a blocking read leaves the old primary within its block time."""
     pools = [client.connection_pool for client in clients if isinstance(client.connection_pool, SentinelConnectionPool)]
     assert pools, "not Sentinel-managed clients"
     last: tuple[str, int] | None = None
@@ -189,6 +206,9 @@ async def follow_failovers(clients: Sequence[redis.Redis], failovers: Counter, i
         except REDIS_ERRORS:
             named = None  # no sentinel answers, or none names a primary: ask again
         if named is not None:
+            for pool in pools:
+                if isinstance(pool, _FollowingPool):
+                    pool.named_primary = named
             if last is not None and named != last:
                 failovers.inc()
                 log.warning("Sentinel names a new Redis primary: %s:%d (was %s:%d)", *named, *last)

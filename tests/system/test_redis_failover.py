@@ -22,9 +22,11 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
+from prometheus_client import CollectorRegistry, Counter
 
 from svc_common.dev.servers import SentinelGroup
-from svc_common.redis_client import RedisConfig, connect
+from svc_common.redis_client import RedisConfig, connect, follow_failovers
+from svc_common.supervisor import cancel_and_wait
 from tests.support.events import EventSystem, Subscription, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.realtime import Metrics, back_on_redis, every_change_within_bounds, steady_changes
@@ -203,4 +205,51 @@ async def test_a_connection_that_would_move_silently_to_a_new_primary_fails_once
         await client.set("k", "3")  # and then on, to the new primary
         assert await command(await primary_named(group), "GET", "k") == b"3"
     finally:
+        await client.aclose()
+
+
+async def test_a_blocking_reader_leaves_a_primary_replaced_by_a_graceful_failover_within_its_block_time(
+    group: SentinelGroup,
+) -> None:
+    """SENTINEL FAILOVER leaves the old primary answering as a primary, with none of the new one's writes, until
+    Sentinel turns it into a replica when it next reads its INFO (up to 10 s later). A reader in a blocking XREAD
+    on it keeps its connection through the change (follow_failovers drops idle ones only), so the pool closes
+    that connection as it comes back, and the next read goes to the new primary."""
+    key = f"reader:{uid('stream')}"
+    client = connect(RedisConfig(group.url), block_seconds=1.0)
+    following = asyncio.create_task(
+        follow_failovers([client], Counter("failovers", "seen", registry=CollectorRegistry()))
+    )
+    read: list[bytes] = []
+
+    async def reader() -> None:
+        position = "0-0"
+        while True:
+            try:
+                reply: Any = await client.xread({key: position}, block=1000)
+            except redis.RedisError:
+                await asyncio.sleep(0.05)  # the first call after the move fails once (_MoveNoticed)
+                continue
+            for _key, entries in reply or ():
+                read.extend(entry_id for entry_id, _ in entries)
+                position = entries[-1][0].decode()
+
+    reading = asyncio.create_task(reader())
+    try:
+        primary = await primary_named(group)
+        await command(primary, "XADD", key, "1-1", "n", "1")
+        await eventually(lambda: read == [b"1-1"], lambda: f"read {read}")  # in a blocking read on the old one
+        await graceful_failover(group, primary)
+        new = await primary_named(group, other_than=primary)
+        await command(new, "XADD", key, "2-2", "n", "2")
+        written = time.monotonic()
+        await eventually(lambda: b"2-2" in read, lambda: f"read {read} from the old primary", within=30)
+        took = time.monotonic() - written
+        print(f"\nthe reader read the new primary's entry {took:.1f} s after it was written")
+        # Its block time (1 s), follow_failovers' interval (1 s), a failed call's back-off, and slack for a busy
+        # machine; Sentinel's 10 s INFO period is what it must not wait for.
+        assert took < 4, f"the reader stayed on the replaced primary for {took:.1f} s"
+    finally:
+        await cancel_and_wait(reading)
+        await cancel_and_wait(following)
         await client.aclose()

@@ -117,7 +117,7 @@ def hot_functions_by_process(out: Path, names: dict[int, str], top: int = 8) -> 
             frames = stack.split(";")
             total += int(count)
             own[frames[-1]] = own.get(frames[-1], 0) + int(count)
-            relayed = relayed or "booking_service/relay.py" in stack
+            relayed = relayed or "EventRelay._relay_all" in stack  # standbys run relay.py too (the lock)
         ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
         label = f"{name} (pid {pid}{', the relay' if relayed else ''}; {total} samples)"
         result[label] = [f"{100 * n / max(total, 1):5.1f}% {frame}" for frame, n in ranked]

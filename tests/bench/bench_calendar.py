@@ -30,14 +30,13 @@ from booking_service.domain import MAX_FREE_INTERVALS, BookingChange
 from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
 from svc_common.dev.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import (
-    _create_databases,
     _migrate,
     paced_latencies,
     raw_pool,
     service_env,
     side_by_side,
 )
-from tests.bench.common import OUT_DIR, progress, run_in_workdir, write_result
+from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
 from tests.support.servers import ServiceProcess
 
@@ -156,7 +155,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     service = None
     movable = int(args.rate * args.seconds)
     try:
-        await _create_databases(pg.url, "raw", "svc")
+        await create_databases(pg.url, "raw", "svc")
         await _migrate(pg.url_for("raw"))
         await _migrate(pg.url_for("svc"))
         progress(f"seeding {SEED:,} bookings (and {movable:,} to move) into each database")

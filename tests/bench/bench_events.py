@@ -48,7 +48,7 @@ import uvloop
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
-from tests.bench.common import OUT_DIR, progress, run_in_workdir
+from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workdir
 from tests.bench.fanout_hops import Hops, breakdown_lines, hot_functions_by_process, steady_lines
 from tests.bench.fanout_load import (
     SICK_REDIS,
@@ -69,7 +69,6 @@ from tests.bench.fanout_systems import (
     ThisProject,
     Variant,
     bare_server,
-    create_database,
     start_bare,
     stop_bare,
 )
@@ -89,7 +88,7 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
         assert isinstance(ours, ThisProject)
         variants: list[System] = []
         for variant in args.variant:  # steady only, beside the defaults
-            await create_database(pg.url, variant.database)
+            await create_databases(pg.url, variant.database)
             variants.append(ThisProject(workdir, pg, rds, workers, variant))
         systems += variants
         floor = BareGrpc(workdir, pg, rds, ("", ""))

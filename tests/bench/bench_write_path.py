@@ -34,7 +34,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.sql import CREATE_SQL, DELETE_SQL
 from svc_common.dev.servers import PostgresServer, RedisServer
-from tests.bench.common import OUT_DIR, open_loop, progress, run_in_workdir, write_result
+from tests.bench.common import OUT_DIR, create_databases, open_loop, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
 from tests.support.servers import ServiceProcess
 
@@ -202,15 +202,6 @@ async def _migrate(dsn: str) -> None:
         await storage.close()
 
 
-async def _create_databases(server_url: str, *names: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        for name in names:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg = PostgresServer(workdir / "postgres", durable=not args.no_fsync)
     pg.start()
@@ -218,7 +209,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rds.start()
     service = None
     try:
-        await _create_databases(pg.url, "raw", "svc")
+        await create_databases(pg.url, "raw", "svc")
         await _migrate(pg.url_for("raw"))
         service = ServiceProcess("booking_service", service_env(pg.url_for("svc"), rds.url), workdir)
         service.start()

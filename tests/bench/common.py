@@ -14,6 +14,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from tests.support.servers import PROJECT
 
 OUT_DIR = PROJECT / ".local" / "bench"  # JSON results and charts
@@ -23,6 +25,16 @@ def write_result(name: str, result: dict[str, Any]) -> None:
     """A benchmark's result as JSON in OUT_DIR."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / name).write_text(json.dumps(result, indent=2))
+
+
+async def create_databases(server_url: str, *names: str) -> None:
+    """Databases `names` on the benchmark's own PostgreSQL server (fresh for each run)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        for name in names:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
 
 
 def progress(text: str) -> None:

@@ -38,12 +38,9 @@ def hop_buckets(ports: Iterable[int]) -> Buckets:
     return counts
 
 
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """The q-quantile of a histogram's cumulative bucket counts, interpolated within its bucket (None: empty)."""
-    total = buckets.get(math.inf, 0.0)
-    if total <= 0:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
+def quantile(q: float, buckets: dict[float, float]) -> float:
+    """The q-quantile of a non-empty histogram's cumulative bucket counts, interpolated within its bucket."""
+    rank, lower, below = q * buckets[math.inf], 0.0, 0.0
     for bound in sorted(buckets):
         count = buckets[bound]
         if count >= rank:
@@ -84,10 +81,9 @@ class Hops:
             buckets = self.counted[hop]
             if buckets.get(math.inf, 0.0) <= 0:
                 continue
-            p50, p99 = quantile(0.5, buckets), quantile(0.99, buckets)
             result[hop] = {
-                "p50_ms": round((p50 or 0.0) * 1000, 2),
-                "p99_ms": round((p99 or 0.0) * 1000, 2),
+                "p50_ms": round(quantile(0.5, buckets) * 1000, 2),
+                "p99_ms": round(quantile(0.99, buckets) * 1000, 2),
                 "count": int(buckets[math.inf]),
             }
         return result

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import asyncpg
 import grpc
 import httpx
 import redis.asyncio as redis
@@ -184,15 +183,6 @@ class Variant:
         return cls(name, dict(item.split("=", 1) for item in settings.split(",") if item))
 
 
-async def create_database(url: str, name: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 class ThisProject:
     name = "this project"
     mode = "grpc"
@@ -206,11 +196,10 @@ class ThisProject:
         variant: Variant | None = None,
     ) -> None:
         env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "EVENT_STREAM_KEY": STREAM, "DATABASE_URL": pg.url}
+        booking_workers, notify_workers = ({"WORKERS": n} if n else {} for n in workers)
         if variant is not None:  # its own database and stream: its relay must not relay the other's events
             self.name = f"{ThisProject.name} [{variant.name}]"
             env |= {"DATABASE_URL": pg.url_for(variant.database), "EVENT_STREAM_KEY": f"{STREAM}:{variant.name}"}
-        booking_workers, notify_workers = ({"WORKERS": n} if n else {} for n in workers)
-        if variant is not None:
             booking_workers |= variant.env_of("booking")
             notify_workers |= variant.env_of("notify")
         self.metrics_ports = [free_port(), free_port()]  # booking's and notify's /metrics (their hop histograms)

@@ -209,6 +209,9 @@ class Subscriber:
             self.failure = error
             self._queue.clear()
             self._ready.set()
+            for entry in self._owed:  # what was queued will never be written: the rounds need not wait for it
+                entry[0].settled()
+            self._owed.clear()
 
     async def next(self) -> bytes:
         """The next response to send: every event queued by now, within the batch limits; raises the failure

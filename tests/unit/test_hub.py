@@ -279,3 +279,20 @@ async def test_a_round_nobody_was_written_is_never_reported() -> None:
     hub.discard(subscriber)
     subscriber.release()
     assert reported == []
+
+
+async def test_a_subscriber_ended_as_a_slow_consumer_owes_its_rounds_nothing_more() -> None:
+    """Its queue is dropped: the rounds it held are timed by the others' writes, not held until its call ends."""
+    reported: list[Round] = []
+    hub = Hub(on_written=reported.append)
+    fast, slow = Subscriber(EventFilter(ADMIN), None, 1), Subscriber(EventFilter(ADMIN), None, 1)
+    hub.add(fast)
+    hub.add(slow)
+    hub.dispatch([event(1)], time.monotonic())
+    await write(fast)
+    assert reported == []  # the slow one still owes it
+    hub.dispatch([event(2)], time.monotonic())  # the slow one is a full queue behind: ended
+    assert isinstance(slow.failure, ResourceExhausted)
+    assert len(reported) == 1  # before its call ends (release)
+    await write(fast)
+    assert len(reported) == 2

@@ -56,7 +56,8 @@ class ServerConfig:
     max_concurrent_streams: int = 10_000
     max_health_watches: int = 1000  # open Health/Watch streams per process (0: no bound)
     # The event loop the process runs on (EVENT_LOOP): uvloop (libuv's, in C), or Python's own ("asyncio"). Side by
-    # side in `make bench`, uvloop took about a quarter off the realtime p50 and a few us of CPU per delivery.
+    # side in `make bench` (2026-12-05), uvloop took 5-20% off the median realtime p50 (it varied between sets of
+    # runs) and 2-6 us of CPU per delivery: docs/benchmarks.md.
     event_loop: str = "uvloop"
 
     @property

@@ -3,15 +3,17 @@
 Woken after events commit (by `RelayWaker`), with a periodic sweep as a backstop, the relaying instance
 (outbox.py) gives events their stream position, appends them to the stream with XADD under that explicit id,
 and records durably how far it has published about once a second. A crash between XADD and that mark means
-the events are published again under the same ids, which Redis refuses (ids only increase): the publisher
-skips what the stream already holds.
+the events are published again under the same ids: the publisher skips what the stream already holds. It appends
+only where it last left the stream (a script checks the stream's last id first), so a stream that lost its last
+entries without the relay's connection failing (a failover to a replica that lacked them) is never appended to
+after a gap: the relay reads where it ends and publishes the lost entries again, under the same ids.
 While Redis is down, events wait in the outbox and go out in order once it is back; meanwhile the relay still
 gives them their positions as they commit and tells notify instances (PLACED_CHANNEL), which read them from the
 outbox until Redis is back (notify_service.fallback), under the same ids.
 
 Erasure: a hard delete erases the booking's notes from its outbox rows in its own statement. Before the relay
 appends that booking's HARD_DELETED event, it replaces the booking's earlier entries in the stream with the
-redacted rows, in the same MULTI (svc_common.eventstream explains how readers find them), so no reader of the
+redacted rows, in the same script (svc_common.eventstream explains how readers find them), so no reader of the
 stream, from any cursor, gets the notes once the HARD_DELETED event can be read.
 
 Housekeeping trims the stream by age (XTRIM MINID, exactly; XADD trims by count) and deletes published outbox
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
 from booking_service import metrics
 from booking_service.database import LOST_CONNECTION, Database
@@ -88,8 +90,38 @@ def entries_of(rows: Sequence[PlacedRow]) -> tuple[list[Entry], list[tuple[int, 
     return entries, failures
 
 
-def _already_there(error: Exception) -> bool:
-    return isinstance(error, ResponseError) and "equal or smaller than the target stream top item" in str(error)
+# KEYS: the stream, its erased set. ARGV: the last id the publisher expects the stream to have ("0-0": none), the
+# stream's max length, the number of erased entries, then (packed copy, seq, id) for each, then (id, number of
+# values, field, value, ...) for each entry to append. Returns the stream's last id, writing nothing, when it is
+# not the one expected; else nil. The last id is last-generated-id, which XDEL (erasure) leaves alone.
+APPEND_SCRIPT = """
+local key, erased_key = KEYS[1], KEYS[2]
+local top = '0-0'
+if redis.call('EXISTS', key) == 1 then
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then top = info[i + 1] end
+  end
+end
+if top ~= ARGV[1] then return top end
+local at = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('ZADD', erased_key, ARGV[at + 1], ARGV[at])
+  redis.call('XDEL', key, ARGV[at + 2])
+  at = at + 3
+end
+while at <= #ARGV do
+  local values = tonumber(ARGV[at + 1])
+  redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], ARGV[at], unpack(ARGV, at + 2, at + 1 + values))
+  at = at + 2 + values
+end
+return false
+"""
+
+
+class StreamMoved(RedisError):
+    """The stream does not end where this publisher last appended: it lost entries (a failover or a restart the
+    connection did not fail through), or another relay appended meanwhile. Nothing was written."""
 
 
 def _placed_ms(member: bytes) -> int:
@@ -110,6 +142,7 @@ class RedisPublisher:
         self._erased_key = stream.erased_key(key)
         self._max_len = max_len
         self._top: EventId | None = None  # the stream's last id as far as we know; None: ask Redis
+        self._append = client.register_script(APPEND_SCRIPT)
 
     async def _read_top(self) -> EventId:
         if not await self._redis.exists(self._key):
@@ -137,7 +170,8 @@ class RedisPublisher:
 
     async def publish(self, entries: Sequence[Entry], erased: Sequence[Entry] = ()) -> None:
         """Append `entries` the stream lacks; before them, replace those of `erased` (redacted copies of entries)
-        that it holds, all in one MULTI, so a reader sees both or neither (replacing again is harmless)."""
+        that it holds, in one script, so a reader sees both or neither (replacing again is harmless). Raises
+        StreamMoved, writing nothing, if the stream does not end where this publisher last left it."""
         try:
             if self._top is None:
                 self._top = await self._read_top()
@@ -145,30 +179,19 @@ class RedisPublisher:
             fresh = [(event_id, fields) for event_id, fields in entries if event_id > top]
             if fresh:
                 replaced = [(event_id, fields) for event_id, fields in erased if event_id <= top]
-                pipe = self._redis.pipeline(transaction=bool(replaced))
-                if replaced:
-                    copies = {
-                        stream.pack_entry(str(event_id).encode(), fields): event_id.seq for event_id, fields in replaced
-                    }
-                    pipe.zadd(self._erased_key, copies)
-                    pipe.xdel(self._key, *(str(event_id) for event_id, _ in replaced))
+                args: list[bytes | str | int] = [str(top), self._max_len, len(replaced)]
+                for event_id, fields in replaced:
+                    args += (stream.pack_entry(str(event_id).encode(), fields), event_id.seq, str(event_id))
                 for event_id, fields in fresh:
-                    pipe.xadd(
-                        self._key,
-                        fields,  # type: ignore[arg-type]
-                        id=str(event_id),
-                        maxlen=self._max_len,
-                        approximate=True,
-                    )
-                results = await pipe.execute(raise_on_error=False)
-                for result in results:
-                    # An id at or below the stream's top is already there: published before a reconnect, by a
-                    # relay that lost its lock, or by the old primary's replica. Not a fault.
-                    if isinstance(result, Exception) and not _already_there(result):
-                        raise result
+                    args += (str(event_id), 2 * len(fields))
+                    for item in fields.items():
+                        args += item
+                moved: Any = await self._append(keys=[self._key, self._erased_key], args=args)
+                if moved is not None:
+                    raise StreamMoved(f"the stream ends at {moved.decode()}, not at {top} where this relay left it")
                 self._top = fresh[-1][0]
         except BaseException:
-            self._top = None  # a refused id, a lost connection or a restarted Redis: ask again next time
+            self._top = None  # a refused write, a lost connection, a stream that moved: ask again next time
             raise
 
     async def trim_older_than(self, cutoff_ms: int) -> None:
@@ -237,8 +260,9 @@ class EventRelay:
                 await self._relay_all(outbox)
                 await self._housekeeping(outbox)
             except REDIS_ERRORS as exc:
-                # Any error reply (OOM, READONLY, MISCONF, NOSCRIPT) or a timeout is "cannot publish", as is a
-                # lost connection: events keep their places in the outbox, which notify follows meanwhile.
+                # Any error reply (OOM, READONLY, MISCONF), a timeout or a lost connection is "cannot publish",
+                # as is a stream that moved (StreamMoved: the stream's end is read again before the next append):
+                # events keep their places in the outbox, which notify follows meanwhile.
                 self.blocked = True
                 metrics.PUBLISH_BLOCKED.set(1)
                 waiting, _ = await self._sample_backlog(outbox)

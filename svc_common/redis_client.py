@@ -26,9 +26,8 @@ from urllib.parse import unquote
 import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from svc_common.settings import REDIS_SCHEMES, Env
@@ -106,21 +105,6 @@ def _check_sentinel_url(url: str) -> None:
         ) from exc
 
 
-class _MoveNoticed(SentinelManagedConnection):
-    """A connection to the primary the sentinels name that fails, once, when that primary is not the one the
-    pool's last connection went to. redis-py moves connections to a new primary silently (it drops idle ones when
-    any new connection finds the primary changed): a caller that knew something of the old primary (the relay:
-    where its stream ends) would go on as if nothing happened, and append after a tail the new one lacks."""
-
-    async def connect_to(self, address: Any) -> None:
-        pool = self.connection_pool
-        last = getattr(pool, "last_primary", None)
-        pool.last_primary = tuple(address)
-        if last is not None and tuple(address) != last:
-            raise RedisConnectionError(f"the Redis primary moved from {last[0]}:{last[1]} to {address[0]}:{address[1]}")
-        await super().connect_to(address)  # type: ignore[no-untyped-call]
-
-
 class _FollowingPool(SentinelConnectionPool):
     """A pool of connections to the primary the sentinels name that closes a connection to any other one as it
     comes back (`named_primary`, kept by follow_failovers). A call in flight keeps its connection through a
@@ -176,7 +160,6 @@ def connect(config: RedisConfig, *, block_seconds: float = 0.0) -> redis.Redis:
     managed: _SentinelManaged = sentinel.master_for(
         target.service_name,
         redis_class=_SentinelManaged,
-        connection_class=_MoveNoticed,
         connection_pool_class=_FollowingPool,
         username=target.username,
         password=target.password,

@@ -27,9 +27,10 @@ from prometheus_client import CollectorRegistry, Counter
 from svc_common.dev.servers import SentinelGroup
 from svc_common.redis_client import RedisConfig, connect, follow_failovers
 from svc_common.supervisor import cancel_and_wait
-from tests.support.events import EventSystem, Subscription, eventually
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.realtime import Metrics, back_on_redis, every_change_within_bounds, steady_changes
+from tests.support.servers import stream_key
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -189,25 +190,6 @@ async def test_a_failover_that_lost_acknowledged_writes_is_mended_from_the_outbo
     assert republished, "the new primary lacked nothing: the test did not lose writes"
 
 
-async def test_a_connection_that_would_move_silently_to_a_new_primary_fails_once_instead(group: SentinelGroup) -> None:
-    """redis-py moves a pool's connections to a new primary without an error (it drops idle ones when it finds the
-    primary changed); ours fail once, so a caller that knew the old primary's state (the relay) reads it again."""
-    client = connect(RedisConfig(group.url))
-    try:
-        await client.set("k", "1")  # a connection to the first primary
-        primary = await primary_named(group)
-        await graceful_failover(group, primary)
-        new = await primary_named(group, other_than=primary)
-        await settled(group, new, primary)
-        await client.connection_pool.disconnect()  # as redis-py does with idle connections once it sees the change
-        with pytest.raises(redis.ConnectionError, match="primary moved"):
-            await client.set("k", "2")
-        await client.set("k", "3")  # and then on, to the new primary
-        assert await command(await primary_named(group), "GET", "k") == b"3"
-    finally:
-        await client.aclose()
-
-
 async def test_a_blocking_reader_leaves_a_primary_replaced_by_a_graceful_failover_within_its_block_time(
     group: SentinelGroup,
 ) -> None:
@@ -228,7 +210,7 @@ async def test_a_blocking_reader_leaves_a_primary_replaced_by_a_graceful_failove
             try:
                 reply: Any = await client.xread({key: position}, block=1000)
             except redis.RedisError:
-                await asyncio.sleep(0.05)  # the first call after the move fails once (_MoveNoticed)
+                await asyncio.sleep(0.05)
                 continue
             for _key, entries in reply or ():
                 read.extend(entry_id for entry_id, _ in entries)
@@ -253,3 +235,51 @@ async def test_a_blocking_reader_leaves_a_primary_replaced_by_a_graceful_failove
         await cancel_and_wait(reading)
         await cancel_and_wait(following)
         await client.aclose()
+
+
+async def test_a_stream_that_lost_its_tail_under_the_relays_live_connection_gets_it_again_and_no_gap(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """(d) A failover the relay's connection does not see: the stream it appends to lost its last entries (a
+    replica that had not received them took over, and the connection went on to it without an error). The relay
+    must not append after that tail: it publishes the lost entries again, under the same ids, then the new ones,
+    so the stream holds every event with no gap and a subscriber resuming from before the loss gets each."""
+    booking = system.booking()
+    admin = await admin_on(booking, channels)
+    for _ in range(6):
+        await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    committed = await system.wait_relayed(6)
+    key = stream_key(system.database_url)
+    client = redis.Redis.from_url(system.redis.url)
+    try:
+        assert await stream_ids(client, key, 6) == [event_id for event_id, _, _ in committed]
+        entries: Any = await client.xrange(key)
+        async with client.pipeline(transaction=True) as pipe:  # what the replica had: all but the last three
+            pipe.delete(key)
+            for entry_id, fields in entries[:3]:
+                pipe.xadd(key, fields, id=entry_id)
+            await pipe.execute()
+        for _ in range(4):
+            await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+        committed = await system.wait_relayed(10)
+        assert await stream_ids(client, key, 10) == [event_id for event_id, _, _ in committed], "a gap"
+    finally:
+        await client.aclose()
+    assert "before the published mark" in booking.log()
+    reader = Subscription("admin", uid("from-start"))
+    await reader.open(system.notify(SUBSCRIBE_HISTORY_WINDOW="0").address, filters={"resume_after": committed[1][0]})
+    try:
+        await reader.wait_for(committed[-1][0])
+        assert reader.ids == [event_id for event_id, _, _ in committed[2:]]
+    finally:
+        await reader.close()
+
+
+async def stream_ids(client: redis.Redis, key: str, count: int, within: float = 10) -> list[str]:
+    """The stream's ids once it holds `count` entries (or, after `within` seconds, those it holds)."""
+    deadline = time.monotonic() + within
+    while True:
+        entries: Any = await client.xrange(key)
+        if len(entries) >= count or time.monotonic() > deadline:
+            return [entry_id.decode() for entry_id, _ in entries]
+        await asyncio.sleep(0.05)

@@ -16,7 +16,9 @@ const require = createRequire(process.env.BENCH_NODE_MODULES + '/');
 const [mode, target, countText, out, token] = process.argv.slice(2);
 const perConnection = Number(process.env.BENCH_STREAMS_PER_CONNECTION || 50);
 const count = Number(countText);
-const now = () => performance.timeOrigin + performance.now();
+// CLOCK_MONOTONIC in ms, the clock the Python writer stamps its sends with (time.monotonic()): the wall clock can
+// step between a send and its receipt, and performance.timeOrigin + performance.now() drifts from it when it does.
+const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 const times = new Map(); // key -> receipt times
 const seen = new Map(); // key -> Set of subscribers that got it

@@ -70,7 +70,9 @@ def node_env() -> dict[str, str]:
 
 # --- writers -----------------------------------------------------------------------------------------------
 
-Sent = dict[str, tuple[float, float]]  # change key -> (when its write was sent, when it returned)
+# change key -> (when its write was sent, when it returned), on CLOCK_MONOTONIC (time.monotonic()), the clock the
+# Node.js subscribers stamp their receipts with (process.hrtime): the machine's wall clock can step mid-run.
+Sent = dict[str, tuple[float, float]]
 
 
 async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[str]]) -> tuple[Sent, int]:
@@ -81,13 +83,13 @@ async def paced(rate: float, seconds: float, write: Callable[[int], Awaitable[st
     failed: list[BaseException] = []
 
     async def timed(k: int) -> None:
-        t0 = time.time()
+        t0 = time.monotonic()
         try:
             key = await write(k)
         except (grpc.aio.AioRpcError, httpx.HTTPError) as exc:  # not committed: not expected either
             failed.append(exc)
         else:
-            sent[key] = (t0, time.time())
+            sent[key] = (t0, time.monotonic())
 
     started = await open_loop(rate, seconds, timed)
     if failed:

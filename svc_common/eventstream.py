@@ -15,8 +15,8 @@ could not publish has only `skipped` (the error): it keeps the seqs gapless and 
 Erasure: a hard delete erases the booking's notes from its events. Redis cannot rewrite an entry, so before the
 relay appends a HARD_DELETED event it deletes (XDEL) that booking's earlier entries and puts their redacted
 copies, under the same ids, in a sorted set beside the stream (`erased_key`, score: seq; member: `pack_entry`),
-all in one script (atomic). A reader that finds seqs missing between two entries takes them from there (a gap that set
-cannot fill is real: trimmed history, or data Redis lost), so cursors stay valid and nobody sees a gap.
+all in one script (atomic). A reader that finds seqs missing between two entries takes them from there (a gap
+that set cannot fill is real: trimmed history, or data Redis lost), so cursors stay valid and nobody sees a gap.
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ class Subscriber:
     __slots__ = (
         "_owed",
         "_queue",
-        "_ready",
         "_taken",
+        "_waiter",
         "delivered",
         "failure",
         "filter",
@@ -167,7 +167,9 @@ class Subscriber:
         self.responses = 0
         self.reported = (0, 0)  # (delivered, responses) as far as the metrics have counted them
         self._queue: deque[bytes] = deque()
-        self._ready = asyncio.Event()
+        # Set when something is queued or the subscription fails. A bare future, not an asyncio.Event: the
+        # dispatch wakes every subscriber per event, and an Event's wait and set cost 0.5 us more per delivery.
+        self._waiter: asyncio.Future[None] | None = None
         self._owed: deque[list[Any]] = deque()  # [round, events of it still queued], oldest first
         self._taken: list[Round] = []  # the rounds the response being written completes
 
@@ -198,17 +200,23 @@ class Subscriber:
                 self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
                 queued += 1
         if queued:
-            self._ready.set()
+            self._wake()
             if round_ is not None:
                 round_.pending += 1
                 self._owed.append([round_, queued])
+
+    def _wake(self) -> None:
+        """Wake next() if it waits."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def fail(self, error: ServiceError) -> None:
         """End this subscription with `error` (what was still queued is dropped: the client resumes)."""
         if self.failure is None:
             self.failure = error
             self._queue.clear()
-            self._ready.set()
+            self._wake()
             for entry in self._owed:  # what was queued will never be written: the rounds need not wait for it
                 entry[0].settled()
             self._owed.clear()
@@ -219,8 +227,8 @@ class Subscriber:
         while not self._queue:
             if self.failure is not None:
                 raise self.failure
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter  # a waiter left done (or cancelled with the call) is never set again
         if self.failure is not None:
             raise self.failure
         waiting = len(self._queue)

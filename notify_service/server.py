@@ -25,7 +25,7 @@ from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
 from notify_service.subscriptions import Subscriptions
-from svc_common import eventstream, tracing
+from svc_common import eventstream, grpc_metrics, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, loop_name
@@ -45,7 +45,7 @@ ERROR_DOMAIN = "notify.v1"
 # Health name that says which path events come by: SERVING while from the Redis stream, NOT_SERVING while
 # from the outbox in PostgreSQL (or from nowhere: then "events" is NOT_SERVING too).
 STREAM_HEALTH_NAME = "redis"
-DELIVERY_COUNT_SECONDS = 1.0  # how often deliveries are added to the metrics
+DELIVERY_COUNT_SECONDS = 1.0  # how often deliveries (and grpc_server_msg_sent_total) are added to the metrics
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,11 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
 
 async def _count_deliveries(hub: Hub) -> None:
+    """Add to the metrics, every DELIVERY_COUNT_SECONDS, what was delivered since (counted in bulk, not per write)."""
     while True:
         await asyncio.sleep(DELIVERY_COUNT_SECONDS)
         metrics.count_deliveries(hub.subscribers)
+        grpc_metrics.flush_sent()
 
 
 async def serve(settings: Settings) -> None:

@@ -4,9 +4,15 @@ grpc_server_handled_total (grpc_code, spelled as Go spells it: "OK", "NotFound",
 grpc_server_msg_received_total, grpc_server_msg_sent_total and grpc_server_handling_seconds, each labelled
 grpc_type ("unary" or "server_stream"), grpc_service and grpc_method. Recorded by the interceptor
 (svc_common.interceptor) only when the service serves metrics; each method's labelled children are made once.
+
+The messages a server stream sends are added to grpc_server_msg_sent_total in bulk (`StreamSent`), not per write:
+an inc of a multiprocess counter costs about 0.75 us, 2-3% of what a delivery to a subscriber costs.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from typing import ClassVar
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -49,3 +55,34 @@ class MethodMetrics:
             child = self._handled[code] = HANDLED.labels(*self._labels, GO_NAMES[code])
         child.inc()
         self._handling.observe(seconds)
+
+
+class StreamSent:
+    """The messages one open server stream has sent and not yet added to grpc_server_msg_sent_total: added when
+    the stream ends and at each `flush_sent()`, which a service serving long streams calls every second."""
+
+    __slots__ = ("_counter", "unreported")
+    _open: ClassVar[set[StreamSent]] = set()
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self.unreported = 0  # the stream's writer adds to it after each message
+        StreamSent._open.add(self)
+
+    def close(self) -> None:
+        StreamSent._open.discard(self)
+        if self.unreported:
+            self._counter.inc(self.unreported)
+            self.unreported = 0
+
+
+def flush_sent() -> None:
+    """Add what the open streams have sent since the last flush to grpc_server_msg_sent_total (one inc per
+    method, however many streams)."""
+    totals: defaultdict[Counter, int] = defaultdict(int)
+    for stream in StreamSent._open:
+        if stream.unreported:
+            totals[stream._counter] += stream.unreported
+            stream.unreported = 0
+    for counter, count in totals.items():
+        counter.inc(count)

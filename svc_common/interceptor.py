@@ -14,7 +14,7 @@ from google.rpc import code_pb2
 
 from svc_common import errors, tracing
 from svc_common.auth import TokenVerifier
-from svc_common.grpc_metrics import MethodMetrics
+from svc_common.grpc_metrics import MethodMetrics, StreamSent
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, request_id, start_call
 from svc_common.principal import current_principal, set_current_principal
 from svc_common.status import rich_status, status_code_for
@@ -50,17 +50,17 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 class _Counting:
-    """A servicer context whose writes are counted (grpc_server_msg_sent_total), for streaming methods."""
+    """A servicer context whose writes are counted (grpc_server_msg_sent_total, in bulk), for streaming methods."""
 
     __slots__ = ("_context", "_sent")
 
-    def __init__(self, context: Any, sent: Any) -> None:
+    def __init__(self, context: Any, sent: StreamSent) -> None:
         self._context = context
         self._sent = sent
 
     async def write(self, message: Any) -> None:
         await self._context.write(message)
-        self._sent.inc()
+        self._sent.unreported += 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -222,7 +222,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     self._prepare(request, context, authenticate)
                     # The handler sends the initial metadata (with current_request_id()) when it is ready.
-                    await writer(request, context if metrics is None else _Counting(context, metrics.sent))
+                    if metrics is None:
+                        await writer(request, context)
+                    else:
+                        sent = StreamSent(metrics.sent)
+                        try:
+                            await writer(request, _Counting(context, sent))
+                        finally:
+                            sent.close()
                 except grpc.aio.AbortError:
                     raise
                 except grpc.aio.InternalError:

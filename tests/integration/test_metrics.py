@@ -105,6 +105,38 @@ async def test_every_rpc_is_counted_by_method_and_code_across_workers(
         assert all(name in exported[job] for job in owners), (name, owners)
 
 
+async def test_an_open_stream_has_its_messages_counted_before_it_ends(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """grpc_server_msg_sent_total is added to in bulk, not per write: a stream that stays open still shows what
+    it sent within about a second, across workers."""
+    notify_port = free_port()
+    notify = system.notify(WORKERS="2", METRICS_LISTEN=f"127.0.0.1:{notify_port}")
+    watchers = [Subscription("admin", uid("ops")) for _ in range(4)]  # on either worker, or both
+    admin = await admin_on(system.booking(), channels)
+    try:
+        for watcher in watchers:
+            await watcher.open(notify.address)
+        for _ in range(3):
+            await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+        await eventually(lambda: all(len(w.events) == 3 for w in watchers), lambda: "not every subscriber has 3")
+
+        def counts() -> tuple[float, float | None]:
+            samples = scrape(notify_port)
+            sent = sample(samples, "grpc_server_msg_sent_total", "Subscribe", NOTIFY)
+            return sent, samples.get("notify_responses_written_total")
+
+        def counted() -> bool:
+            sent, written = counts()
+            return len(watchers) <= sent == written
+
+        await eventually(counted, lambda: f"(sent, responses written): {counts()}", within=10)
+        assert scrape(notify_port)["notify_subscriptions_open"] == len(watchers)
+    finally:
+        for watcher in watchers:
+            await watcher.close()
+
+
 def hop(samples: dict[str, float], metric: str, name: str, suffix: str, labels: str = "") -> float:
     return samples.get(f"{metric}_{suffix}{{hop={name}{labels}}}", 0.0)
 

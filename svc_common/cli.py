@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -23,7 +24,19 @@ from svc_common.settings import Env, SettingsError
 from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers, follow_parent
 
 MAX_WORKERS = 64
+# The garbage collector's thresholds while serving: the youngest generation collected every 50,000 allocations
+# (Python's default: 700), the older ones as rarely. With the defaults, at the benchmark's steady fan-out (a few
+# futures and tasks allocated per delivery), the collector took about 5% of notify's CPU per delivery.
+GC_THRESHOLDS = (50_000, 20, 100)
 log = logging.getLogger(__name__)
+
+
+def collect_less() -> None:
+    """Before serving: leave what start-up made (modules, descriptors, settings) out of every collection from now
+    on (gc.freeze), and collect less often (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class ServiceSettings(Protocol):
@@ -105,6 +118,7 @@ def run_service(
             follow_parent()
         if metrics is not None:
             metrics.start()
+        collect_less()
         if settings.server.event_loop == "uvloop":
             import uvloop
 

@@ -87,6 +87,8 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
         ours = systems[-1]
         assert isinstance(ours, ThisProject)
         variants: list[System] = []
+        if args.baseline is not None:
+            args.variant.append(Variant("baseline", {}, args.baseline.resolve()))
         for variant in args.variant:  # steady only, beside the defaults
             await create_databases(pg.url, variant.database)
             variants.append(ThisProject(workdir, pg, rds, workers, variant))
@@ -282,6 +284,12 @@ def main() -> None:
         default=[],
         help="NAME:KEY=VALUE,...: this project once more with these settings, in the steady rounds beside the "
         "defaults (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this project (main, say), made ready with `make install gen`: its services run "
+        "beside these in the steady rounds, as 'this project [baseline]', to measure a change in one run",
     )
     parser.add_argument(
         "--streams-per-connection",

@@ -157,10 +157,12 @@ class System(Protocol):
 @dataclass(frozen=True)
 class Variant:
     """This project once more, with settings of its own (`--variant NAME:KEY=VALUE,...`; `booking.KEY=VALUE` or
-    `notify.KEY=VALUE` for one service only), to measure a change side by side with the defaults in the same run."""
+    `notify.KEY=VALUE` for one service only), or from another checkout (`--baseline PATH`: `tree`), to measure a
+    change side by side with the defaults in the same run."""
 
     name: str
     env: dict[str, str]
+    tree: Path = PROJECT  # the checkout whose services run
 
     def env_of(self, service: str) -> dict[str, str]:
         """The settings `service` ("booking" or "notify") gets."""
@@ -206,9 +208,14 @@ class ThisProject:
             notify_workers |= variant.env_of("notify")
         self.metrics_ports = [free_port(), free_port()]  # booking's and notify's /metrics (their hop histograms)
         booking_metrics, notify_metrics = ({"METRICS_LISTEN": f"127.0.0.1:{port}"} for port in self.metrics_ports)
-        self.booking = ServiceProcess("booking_service", {**env, **booking_workers, **booking_metrics}, workdir)
+        tree = PROJECT if variant is None else variant.tree
+        self.booking = ServiceProcess(
+            "booking_service", {**env, **booking_workers, **booking_metrics}, workdir, project=tree
+        )
         # DATABASE_URL: while Redis is down, notify follows the outbox (notify_service.fallback).
-        self.notify = ServiceProcess("notify_service", {**env, **notify_workers, **notify_metrics}, workdir)
+        self.notify = ServiceProcess(
+            "notify_service", {**env, **notify_workers, **notify_metrics}, workdir, project=tree
+        )
         self.booking.start()
         self.notify.start()
 

@@ -30,9 +30,14 @@ class ServiceProcess:
 
     instances: ClassVar[list[ServiceProcess]] = []
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, module: str, env: dict[str, str], log_dir: Path, port: int | None = None, project: Path = PROJECT
+    ) -> None:
         ServiceProcess.instances.append(self)
         self.module = module
+        # Another checkout runs on its own virtualenv's Python (the benchmarks' --baseline).
+        self.project = project
+        self.python = sys.executable if project == PROJECT else str(project / ".venv" / "bin" / "python")
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         # No metrics unless a test asks (the default addresses would collide between instances).
@@ -43,9 +48,9 @@ class ServiceProcess:
     def start(self, *, wait_serving: bool = True, timeout: float = 60.0) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, "--listen", self.address],
+                [self.python, "-m", self.module, "--listen", self.address],
                 env=self.env,
-                cwd=PROJECT,
+                cwd=self.project,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -3,7 +3,7 @@
     python -m tests.bench.bench_events [--seconds 10] [--rounds 3] [--rate 100] [--subscribers 200]
         [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
         [--booking-workers N] [--notify-workers N] [--only-steady] [--no-profile] [--variant NAME:K=V,...]
-        [--streams-per-connection 50]
+        [--baseline PATH] [--streams-per-connection 50]
 
 The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
 (tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
@@ -18,7 +18,8 @@ Scenarios:
   turns: p50, p99, max, server CPU per delivery (the CPU time of every process of the subscribers' instance
   over the run, divided by the deliveries), lost; for this project, each hop's p50 and p99 from its own
   histograms (tests/bench/fanout_hops.py), and py-spy's hottest functions of every process on the path in a
-  round of its own, not counted (unless `--no-profile`);
+  round of its own, not counted (unless `--no-profile`); with `--variant` or `--baseline` (another checkout, such
+  as main, to measure a change against), this project once more in each round, with its own database and stream;
 - capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
   the most deliveries/s held with p99 under 100 ms and nothing lost;
 - faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down

@@ -25,8 +25,8 @@ from svc_common.workers import WORKER_FLAG, Workers, check_free, default_workers
 
 MAX_WORKERS = 64
 # The garbage collector's thresholds while serving: the youngest generation collected every 50,000 allocations
-# (Python's default: 700), the older ones as rarely. With the defaults, at the benchmark's steady fan-out (a few
-# futures and tasks allocated per delivery), the collector took about 5% of notify's CPU per delivery.
+# (Python's default: 700), the older ones as rarely. At the benchmark's steady fan-out (a few futures and tasks
+# allocated per delivery), this took 3-6% off notify's CPU per delivery (docs/benchmarks.md).
 GC_THRESHOLDS = (50_000, 20, 100)
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import glob
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -39,11 +40,37 @@ def as_role(url: str, role: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
+# Ports for servers about to start are picked from LOWEST_PORT up to the kernel's ephemeral range, not from it:
+# outgoing connections take their source ports from that range, and one could take a port between its check here
+# and the server's bind (a benchmark's run with hundreds of client connections lost a notify instance to that).
+LOWEST_PORT = 10_000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # not Linux: let the kernel choose
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing listens on, for a server about to start: below the ephemeral range where
+    there is room, and never the same twice in this process."""
+    top = _ephemeral_start()
+    for _ in range(1000):
+        wanted = random.randrange(LOWEST_PORT, top) if top - LOWEST_PORT >= 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", wanted))
+            except OSError:
+                continue  # taken
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError("no free port found")
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:

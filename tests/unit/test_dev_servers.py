@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from svc_common.cli import run_service
-from svc_common.dev.servers import as_role, describe_servers, from_wheel, postgres_bindir, redis_binary
+from svc_common.dev.servers import (
+    EPHEMERAL_RANGE,
+    LOWEST_PORT,
+    as_role,
+    describe_servers,
+    free_port,
+    from_wheel,
+    postgres_bindir,
+    redis_binary,
+)
 from svc_common.grpc_server import ServerConfig
 from svc_common.settings import Env
 
@@ -27,6 +36,15 @@ def test_the_servers_come_from_where_they_were_asked_for() -> None:
     else:
         assert from_wheel(postgres) == (not Path("/usr/lib/postgresql").exists() and not shutil.which("initdb"))
         assert from_wheel(redis) == (shutil.which("redis-server") is None)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    """Outgoing connections take their source ports from the ephemeral range: a port from it could be taken
+    before the server it was picked for binds it."""
+    ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(LOWEST_PORT <= port < ephemeral for port in ports)
 
 
 def test_urls_for_a_role_keep_host_port_and_database() -> None:

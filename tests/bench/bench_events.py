@@ -16,9 +16,10 @@ the same paced writer; latency runs from the send of each write to its receipt b
 Scenarios:
 - steady: `subscribers` on one instance, `rate` changes/s, in `rounds` rounds of `seconds`, the systems taking
   turns: p50, p99, max, server CPU per delivery (the CPU time of every process of the subscribers' instance
-  over the run, divided by the deliveries), lost; for this project, each hop's p50 and p99 from its own
-  histograms (tests/bench/fanout_hops.py), and py-spy's hottest functions of every process on the path in a
-  round of its own, not counted (unless `--no-profile`); with `--variant` or `--baseline` (another checkout, such
+  over the run, divided by the deliveries), lost, and how the kernel split the subscribers' connections over
+  the instance's workers; for this project, each hop's p50 and p99 from its own histograms
+  (tests/bench/fanout_hops.py), and py-spy's hottest functions of every process on the path in a round of its
+  own, not counted (unless `--no-profile`); with `--variant` or `--baseline` (another checkout, such
   as main, to measure a change against), this project once more in each round, with its own database and stream;
 - capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
   the most deliveries/s held with p99 under 100 ms and nothing lost;

@@ -95,6 +95,31 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def connection_split(pids: list[int], port: int) -> str:
+    """How the kernel spread the clients' TCP connections to `port` over the instance's workers (`pids`: a
+    supervisor first, then its workers), e.g. "3+1", most first; "" for an instance of one process. SO_REUSEPORT
+    places whole connections, so a 4-0 split puts every subscriber on one worker."""
+    workers = pids[1:]
+    if len(workers) < 2:
+        return ""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local address, remote address, state, ..., inode (10th)
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    established.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in workers:
+        count = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    count += os.readlink(fd) in established
+        counts.append(count)
+    return "+".join(str(count) for count in sorted(counts, reverse=True))
+
+
 def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else float("nan")
 
@@ -112,9 +137,12 @@ class Run:
     resumes: int
     cpu: float | None  # CPU seconds of the subscribers' instance (None across a restart)
     writes_failed: int
+    split: str = ""  # the subscribers' connections per worker ("3+1"), where the instance has workers
 
 
-def measured(sent: Sent, failed: int, received: Received, subscribers: int, seconds: float, cpu: float | None) -> Run:
+def measured(
+    sent: Sent, failed: int, received: Received, subscribers: int, seconds: float, cpu: float | None, split: str = ""
+) -> Run:
     return Run(
         subscribers=subscribers,
         seconds=seconds,
@@ -125,6 +153,7 @@ def measured(sent: Sent, failed: int, received: Received, subscribers: int, seco
         resumes=received.resumes,
         cpu=cpu,
         writes_failed=failed,
+        split=split,
     )
 
 
@@ -134,7 +163,7 @@ def summary(runs: list[Run]) -> dict[str, Any]:
     writes = sorted(t for run in runs for t in run.writes)
     expected = sum(run.subscribers * run.changes for run in runs)
     received = sum(run.received for run in runs)
-    result = {
+    result: dict[str, Any] = {
         "subscribers": runs[0].subscribers,
         "rounds": len(runs),
         "changes": sum(run.changes for run in runs),
@@ -151,6 +180,8 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         "write_p50_ms": round(percentile(writes, 0.50), 2),  # the write's own call, send to return
         "_latencies": latencies,
     }
+    if any(run.split for run in runs):
+        result["connection_split"] = [run.split for run in runs]
     if all(run.cpu is not None for run in runs):
         cpu = sum(run.cpu or 0.0 for run in runs)
         result["cpu_us_per_delivery"] = round(cpu / max(len(latencies), 1) * 1e6, 1)
@@ -175,6 +206,7 @@ async def scenario(
         await asyncio.to_thread(clients.wait_ready)
         await asyncio.sleep(1)  # the same pause for every system between its subscribers' start and the writes
         pids = system.instance_pids()
+        split = connection_split(pids, int(system.target.rsplit(":", 1)[1]))
         cpu_before = cpu_seconds(pids)
         faulting = asyncio.create_task(fault()) if fault is not None else None
         sent, failed = await system.write(rate, seconds)
@@ -182,12 +214,15 @@ async def scenario(
             await faulting
         await asyncio.sleep(SETTLE_SECONDS if fault is None else 3 * SETTLE_SECONDS)
         cpu = cpu_seconds(pids) - cpu_before if fault is None else None
-        run = measured(sent, failed, await asyncio.to_thread(clients.finish), subscribers, seconds, cpu)
+        run = measured(sent, failed, await asyncio.to_thread(clients.finish), subscribers, seconds, cpu, split)
     except BaseException:
         clients.kill()
         raise
     brief = summary([run])
-    progress(f"  p50 {brief['p50_ms']} ms, p99 {brief['p99_ms']} ms, lost {brief['lost']} of {brief['expected']}")
+    spread = f", connections per worker {split}" if split else ""
+    progress(
+        f"  p50 {brief['p50_ms']} ms, p99 {brief['p99_ms']} ms, lost {brief['lost']} of {brief['expected']}{spread}"
+    )
     return run
 
 

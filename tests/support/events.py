@@ -18,8 +18,9 @@ import redis.asyncio as redis
 from booking_api.booking.v1 import booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.servers import RedisServer
+from svc_common.eventstream import ORIGIN, EventId
 from tests.support.helpers import Caller, auth, uid
-from tests.support.servers import ServiceProcess, booking_env, notify_env
+from tests.support.servers import ServiceProcess, booking_env, notify_env, stream_key
 
 T = TypeVar("T")
 NOTIFY_DOMAIN = "notify.v1"
@@ -58,6 +59,22 @@ class EventSystem:
 
     def notify(self, **env: str) -> ServiceProcess:
         return self._start("notify_service", {**notify_env(self.database_url, self.redis.url), **env})
+
+    async def wait_published(self, event_id: str, within: float = 30) -> None:
+        """Wait until the Redis stream holds the event `event_id` (its newest entry is that one or a later one)."""
+        wanted = EventId.parse(event_id)
+        assert wanted is not None, event_id
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            deadline = time.monotonic() + within
+            while True:
+                newest: Any = await client.xrevrange(stream_key(self.database_url), count=1)
+                if newest and (EventId.parse(newest[0][0]) or ORIGIN) >= wanted:
+                    return
+                assert time.monotonic() < deadline, f"{event_id} not in the stream after {within}s"
+                await asyncio.sleep(0.02)
+        finally:
+            await client.aclose()
 
     async def flush_redis(self) -> None:
         """Redis loses all its data."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,10 +31,18 @@ RESTORED = events_pb2.BOOKING_EVENT_TYPE_RESTORED
 HARD_DELETED = events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED
 
 
-async def eventually(check: Callable[[], bool], what: Callable[[], str], within: float = 30.0) -> None:
-    """Wait until `check()` holds; fail with `what()` if it does not `within` seconds (a bound, not a target)."""
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], what: Callable[[], str], within: float = 30.0
+) -> None:
+    """Wait until `check()` holds (awaited when it is a coroutine function: a check that asks a server); fail with
+    `what()` if it does not `within` seconds (a bound, not a target)."""
     deadline = time.monotonic() + within
-    while not check():
+
+    async def holds() -> bool:
+        result = check()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting: {what()}")
         await asyncio.sleep(0.02)
@@ -65,14 +74,13 @@ class EventSystem:
         wanted = EventId.parse(event_id)
         assert wanted is not None, event_id
         client = redis.Redis.from_url(self.redis.url)
+
+        async def held() -> bool:
+            newest: Any = await client.xrevrange(stream_key(self.database_url), count=1)
+            return bool(newest) and (EventId.parse(newest[0][0]) or ORIGIN) >= wanted
+
         try:
-            deadline = time.monotonic() + within
-            while True:
-                newest: Any = await client.xrevrange(stream_key(self.database_url), count=1)
-                if newest and (EventId.parse(newest[0][0]) or ORIGIN) >= wanted:
-                    return
-                assert time.monotonic() < deadline, f"{event_id} not in the stream after {within}s"
-                await asyncio.sleep(0.02)
+            await eventually(held, lambda: f"{event_id} not in the stream", within)
         finally:
             await client.aclose()
 

@@ -56,6 +56,12 @@ REPUBLISHED_AFTER_LOSS = Counter(
     "booking_events_republished_after_loss",
     "Events published again because the Redis stream ended before the published mark (a failover lost writes)",
 )
+SEAMS = Counter(
+    "booking_relay_seams",
+    "Seams the relay placed: positions skipped on purpose because the outbox it works on may lack events already "
+    "published or read (a PostgreSQL failover to a standby missing the last transactions, or a stream ahead of "
+    "the outbox)",
+)
 REDIS_FAILOVERS = Counter(
     "booking_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
 )

@@ -9,6 +9,10 @@ connection, in one statement per round (one round trip on the event path):
    id order, hence seq order, is their commit order;
 3. returns the events that have a position but are not published yet, in seq order, for publishing.
 
+Before it places anything on a connection, the relay checks that positions it would hand out were never handed
+out before (`seam`): after a failover to a standby that lacked the last transactions, or a stream that is ahead
+of the outbox for any other reason, it places a seam past them first (svc_common.eventstream: seams).
+
 Only the instance holding the session advisory lock RELAY_LOCK_ID relays, so one relay hands out positions at a
 time; if its connection dies, the lock goes with it and another instance takes over. A relay that lost its lock
 can at worst publish events again, under the same ids, which Redis refuses (stream ids only increase).
@@ -17,12 +21,14 @@ can at worst publish events again, under the same ids, which Redis refuses (stre
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import asyncpg
 
 from booking_service.rows import Record
-from svc_common.outbox import EVENT_COLUMNS, PLACED_CHANNEL, TOP, PlacedRow
+from svc_common.eventstream import SEAM_GAP, EventId
+from svc_common.outbox import EVENT_COLUMNS, PLACED_CHANNEL, SEAM, TOP, PlacedRow
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
@@ -103,6 +109,23 @@ ERASED_SQL = f"""
 SELECT {EVENT_COLUMNS} FROM booking_outbox WHERE booking->>'id' = ANY($1::text[]) AND seq < $2 ORDER BY seq
 """
 
+# Where the relay stands before it places anything: the newest position handed out, the timeline it last placed
+# on, the server's timeline now (the first 8 hex digits of the current WAL file's name) and its clock.
+STANDING_SQL = f"""
+SELECT top.seq, top.stream_ms, state.timeline AS recorded,
+       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint AS timeline,
+       (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
+  FROM ({TOP}) top, booking_outbox_state state
+"""
+
+# $1: the seam's description (JSON), $2 its seq, $3 its ms.
+SEAM_SQL = f"""
+INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, seq, stream_ms)
+VALUES ('{SEAM}', $1::jsonb, 'relay', 'booking_service relay', 'admin', $2, $3)
+"""
+
+RECORD_TIMELINE_SQL = "UPDATE booking_outbox_state SET timeline = $1 WHERE timeline IS DISTINCT FROM $1"
+
 SET_ASIDE_SQL = """
 INSERT INTO booking_outbox_dead (seq, stream_ms, outbox_id, event_type, booking, actor_id, actor_name, actor_role,
                                  occur_time, traceparent, error)
@@ -117,6 +140,17 @@ BACKLOG_SQL = """
 SELECT count(*) AS waiting, coalesce(extract(epoch FROM now() - min(occur_time)), 0)::float8 AS oldest_age
   FROM booking_outbox WHERE seq IS NULL OR seq > greatest($1, (SELECT published_seq FROM booking_outbox_state))
 """
+
+
+def seam_reason(placed: EventId, stream_top: EventId | None, recorded: int | None, timeline: int) -> str | None:
+    """Why positions after `placed` (the newest the outbox handed out) may have been handed out before, or None:
+    the stream (whose last id is `stream_top`, None: not known) is ahead of the outbox, or the database is on
+    another timeline than the one events were last placed on (`recorded`, None: never recorded)."""
+    if stream_top is not None and (stream_top.seq > placed.seq or stream_top.ms > placed.ms):
+        return f"the stream ends at {stream_top}, past the outbox's newest position {placed}"
+    if recorded is not None and recorded != timeline:
+        return f"PostgreSQL is on timeline {timeline}, not {recorded} where events were last placed (a promotion)"
+    return None
 
 
 class OutboxConnection:
@@ -179,6 +213,23 @@ class OutboxConnection:
         """Lower the durable published mark to `seq` if it is above; returns the mark as it was."""
         mark: int = await self._conn.fetchval(REWIND_SQL, seq)
         return mark
+
+    async def seam(self, stream_top: EventId | None) -> tuple[EventId, str] | None:
+        """Place a seam past every position that may have been handed out before (see `seam_reason`), and record
+        the timeline; returns the seam's id and why it was placed, or None if none was needed."""
+        async with self._conn.transaction():
+            standing = await self._conn.fetchrow(STANDING_SQL)
+            assert standing is not None
+            placed = EventId(standing["stream_ms"], standing["seq"])
+            reason = seam_reason(placed, stream_top, standing["recorded"], standing["timeline"])
+            made = None
+            if reason is not None:
+                top = stream_top or placed
+                made = EventId(max(placed.ms, top.ms, standing["now_ms"]), max(placed.seq, top.seq) + SEAM_GAP)
+                about = json.dumps({"after": str(max(placed, top)), "reason": reason})
+                await self._conn.execute(SEAM_SQL, about, made.seq, made.ms)
+            await self._conn.execute(RECORD_TIMELINE_SQL, standing["timeline"])
+        return (made, reason) if made is not None and reason is not None else None
 
     async def set_aside(self, failures: Sequence[tuple[int, str]]) -> None:
         """Copy the events at these seqs into the dead-letter table with their errors (idempotent)."""

@@ -61,6 +61,7 @@ class RelayConfig:
     max_age_seconds: float = 86_400.0  # stream and published-outbox retention by age
     housekeeping_seconds: float = 60.0
     max_backoff_seconds: float = 2.0
+    seam_probe_seconds: float = 1.0  # on taking the relay: how long to wait for the stream's end before placing
 
 
 Entry = tuple[EventId, dict[bytes, bytes]]  # a stream entry: its id and fields
@@ -150,6 +151,10 @@ class RedisPublisher:
         info = await self._redis.xinfo_stream(self._key)
         ms, _, seq = info["last-generated-id"].partition(b"-")
         return EventId(int(ms), int(seq))
+
+    def forget_top(self) -> None:
+        """Ask Redis where the stream ends before the next append."""
+        self._top = None
 
     async def read_top_if_unknown(self) -> EventId | None:
         """The stream's last id, if it had to be asked of Redis now (after a fault: a restart or a failover may
@@ -254,6 +259,15 @@ class EventRelay:
             await asyncio.sleep(self._config.lock_retry_seconds)
         self.relaying = True
         log.info("relaying change events to Redis stream %r", self._config.stream_key)
+        # Before placing anything on this connection (perhaps to a primary that took over): a seam if the outbox
+        # may lack positions already handed out. The stream's end, if Redis answers at once; else the timeline
+        # alone now, and the stream's end once it can be read (_relay_all).
+        self._publisher.forget_top()
+        stream_top = None
+        with contextlib.suppress(TimeoutError, *REDIS_ERRORS):
+            async with asyncio.timeout(self._config.seam_probe_seconds):
+                stream_top = await self._publisher.read_top_if_unknown()
+        await self._reconcile(outbox, stream_top)
         while True:
             self._wake.clear()
             try:
@@ -322,21 +336,8 @@ class EventRelay:
         if time.monotonic() >= self._next_sample:
             await self._sample_backlog(outbox)
         top = await self._publisher.read_top_if_unknown()
-        if top is not None and top.seq > 0:
-            # After a fault: a primary that took over may lack the last events the old one acknowledged. Publish
-            # again from the stream's end, under the same ids (a stream that came back empty starts afresh from
-            # the durable mark instead: notify tells cursors into the lost part OUT_OF_RANGE).
-            mark = await outbox.rewind(top.seq)
-            if max(mark, self._published) > top.seq:
-                log.warning(
-                    "Redis stream %r ends at %s, before the published mark %d (a failover lost acknowledged "
-                    "writes): publishing again from there",
-                    self._config.stream_key,
-                    top,
-                    max(mark, self._published),
-                )
-                metrics.REPUBLISHED_AFTER_LOSS.inc(max(mark, self._published) - top.seq)
-            self._published = min(self._published, top.seq)
+        if top is not None:
+            await self._reconcile(outbox, top)
         batch = self._config.batch
         while True:
             now = time.monotonic()
@@ -358,6 +359,33 @@ class EventRelay:
             metrics.RELAY_ROUNDS.observe(time.perf_counter() - started)
             if len(rows) < batch:
                 return
+
+    async def _reconcile(self, outbox: OutboxConnection, top: EventId | None) -> None:
+        """Square the outbox with the stream's end `top` (None: not known, Redis cannot be read) before placing
+        or publishing from it."""
+        seam = await outbox.seam(top)
+        if seam is not None:
+            # The primary lacks events already handed out (published, or read by notify from the old primary's
+            # outbox while Redis could not take them): numbering on from its own newest position would give new
+            # events positions readers have seen, and they would pass over them.
+            log.warning("placed a seam at %s (%s); the positions before it are never handed out again", *seam)
+            metrics.SEAMS.inc()
+        if top is None or top.seq == 0:
+            return
+        # After a fault: Redis may have come back without the last events it took (a failover to a replica that
+        # lacked them). Publish again from the stream's end, under the same ids (a stream that came back empty
+        # starts afresh from the durable mark instead: notify tells cursors into the lost part OUT_OF_RANGE).
+        mark = await outbox.rewind(top.seq)
+        if max(mark, self._published) > top.seq:
+            log.warning(
+                "Redis stream %r ends at %s, before the published mark %d (a failover lost acknowledged "
+                "writes): publishing again from there",
+                self._config.stream_key,
+                top,
+                max(mark, self._published),
+            )
+            metrics.REPUBLISHED_AFTER_LOSS.inc(max(mark, self._published) - top.seq)
+        self._published = min(self._published, top.seq)
 
     @staticmethod
     async def _erased(outbox: OutboxConnection, rows: Sequence[PlacedRow]) -> list[Entry]:

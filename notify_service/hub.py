@@ -50,6 +50,11 @@ class Event:
     booking_id: str
     payload: bytes | None
     erases: bool = False  # a HARD_DELETED event: its booking's earlier events lose their notes
+    seam: bool = False  # a seam: positions jump here on purpose (svc_common.eventstream); never delivered
+
+    def continues(self, previous: EventId) -> bool:
+        """Whether this entry comes next after `previous`, with nothing missing in between."""
+        return self.id.continues(previous, seam=self.seam)
 
 
 def without_notes(event: Event) -> Event:
@@ -189,10 +194,13 @@ class Subscriber:
             return
         queued = 0
         for event in events:
-            if self.last is not None:
-                if event.id <= self.last:  # already seen (while catching up from history)
+            if self.last is not None:  # Event.continues, inline on the hot path
+                if event.seam:
+                    if event.id.seq <= self.last.seq:  # passed already (while catching up from history)
+                        continue
+                elif event.id <= self.last:  # already seen (while catching up from history)
                     continue
-                if not event.id.follows(self.last):
+                elif not event.id.follows(self.last):
                     self.fail(cursor_expired(self.last))
                     return
             self.last = event.id
@@ -292,7 +300,7 @@ class Hub:
     def _remember(self, events: list[Event]) -> None:
         if self._recent.maxlen == 0:
             return
-        for event in events:  # the window stays contiguous: a gap (lost history) starts it afresh
+        for event in events:  # the window stays contiguous in seq: a gap (lost history, a seam) starts it afresh
             if self._recent and not event.id.follows(self._recent[-1].id):
                 self._recent.clear()
             self._recent.append(event)

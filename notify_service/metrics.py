@@ -50,6 +50,11 @@ _READ = {source: EVENT_HOPS.labels("read", source) for source in SOURCES}
 _FIRST_WRITE = {source: EVENT_HOPS.labels("first_write", source) for source in SOURCES}
 _LAST_WRITE = {source: EVENT_HOPS.labels("last_write", source) for source in SOURCES}
 
+SEAMS_PASSED = Counter(
+    "notify_stream_seams_passed",
+    "Seams the stream reader passed: positions that jump on purpose where the relay found the outbox lacking "
+    "events already handed out (a PostgreSQL failover)",
+)
 REDIS_FAILOVERS = Counter(
     "notify_redis_failovers", "Times the Redis primary named by Sentinel changed, as this process saw it"
 )

@@ -53,6 +53,8 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
         return None
     raw = fields.get(stream.FIELD_EVENT)
     if raw is None:
+        if stream.FIELD_SEAM in fields:
+            return Event(id=event_id, customer_id="", provider_id="", booking_id="", payload=None, seam=True)
         if stream.FIELD_SKIPPED in fields:
             log.warning("change event %s was set aside by the relay; passed over", event_id)
             return Event(id=event_id, customer_id="", provider_id="", booking_id="", payload=None)
@@ -84,10 +86,25 @@ def _missing(previous: EventId | None, events: list[Event]) -> bool:
     """Whether seqs are missing between `previous` (None: anywhere before the first) and the events, or among them."""
     expected = previous.seq + 1 if previous is not None else None
     for event in events:
-        if expected is not None and event.id.seq > expected:
+        if expected is not None and event.id.seq > expected and not event.seam:
             return True
         expected = event.id.seq + 1
     return False
+
+
+def _range(position: EventId, count: int, events: list[Event]) -> list[Event]:
+    """The events of a history read after `position` up to seq `position.seq + count` (erased ones put back may
+    reach further), or up to a seam: the next read starts from it."""
+    kept: list[Event] = []
+    for event in events:
+        if event.seam:
+            if not kept:
+                kept.append(event)
+            break
+        if event.id.seq > position.seq + count:
+            break
+        kept.append(event)
+    return kept
 
 
 def _unpacked(member: bytes) -> Event | None:
@@ -259,6 +276,14 @@ class StreamReader:
                 await self.lag.behind.wait()
 
     def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if event.seam:
+                log.warning(
+                    "passed a seam at %s: the stream's positions jump there on purpose (a PostgreSQL failover lost "
+                    "events already handed out; the relay logged why)",
+                    event.id,
+                )
+                metrics.SEAMS_PASSED.inc()
         read_at = time.monotonic()
         metrics.events_read(events, self.path, time.time())
         self._hub.dispatch(events, read_at, self.path)
@@ -304,8 +329,18 @@ class StreamReader:
         metrics.EVENT_SOURCE_SWITCHES.labels(to="postgres").inc()
         await self._set_connected(True)
         try:
+            top = await outbox.top()
             if self._hub.last is None:
-                self._hub.start_at(await outbox.top(), [])
+                self._hub.start_at(top, [])
+            elif top is not None and top.seq < self._hub.last.seq:
+                # The database now read lacks events this instance dispatched (a failover to a standby that
+                # lacked them): what follows is read from the relay's seam, which it places past them.
+                log.warning(
+                    "the outbox ends at %s, before %s which this instance dispatched (a PostgreSQL failover lost "
+                    "events): following on from the relay's seam",
+                    top,
+                    self._hub.last,
+                )
             while True:
                 events = await outbox.after(self._hub.last, self._batch)
                 if events:
@@ -384,8 +419,7 @@ class StreamReader:
 
         async def from_redis() -> list[Event]:
             entries: Any = await self._redis.xrange(self._key, min=f"({position}", count=count)
-            events = await self._complete(position, entries)
-            return [event for event in events if event.id.seq <= position.seq + count]  # erased ones put back
+            return _range(position, count, await self._complete(position, entries))
 
         async def read() -> list[Event]:  # decoded once for everyone who shares the read
             return await self._either(position, from_redis, lambda outbox: outbox.after(position, count))

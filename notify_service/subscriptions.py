@@ -91,7 +91,7 @@ class Subscriptions:
             matched: deque[bytes] = deque()
             gap = False
             for event in events:
-                if not event.id.follows(position):
+                if not event.continues(position):
                     gap = True
                     break
                 position = event.id

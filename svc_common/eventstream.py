@@ -17,6 +17,14 @@ relay appends a HARD_DELETED event it deletes (XDEL) that booking's earlier entr
 copies, under the same ids, in a sorted set beside the stream (`erased_key`, score: seq; member: `pack_entry`),
 all in one script (atomic). A reader that finds seqs missing between two entries takes them from there (a gap
 that set cannot fill is real: trimmed history, or data Redis lost), so cursors stay valid and nobody sees a gap.
+
+Seams: after PostgreSQL fails over to a standby that lacks the primary's last transactions, the new primary's
+outbox ends before positions that were already published or read. The relay never hands those positions out
+again: before it places anything there, it places a seam entry (only `seam`, saying where it jumped from and
+why) SEAM_GAP positions past the newest one it knows of, and with an ms no smaller than any it knows of. A reader
+takes a seam as the continuation of whatever came before it (`continues`), so live subscribers go on, a replay
+from `0-0` reads both sides of it, and a cursor that names an event the stream never got (it was read from the
+lost outbox) is unknown, hence OUT_OF_RANGE, instead of naming another event's position.
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ FIELD_PROVIDER = b"provider"
 FIELD_BOOKING = b"booking"
 # An entry that holds a place in the stream but no event (the relay set the event aside): readers pass over it.
 FIELD_SKIPPED = b"skipped"
+# An entry where positions jump on purpose (a seam, after a failover): it delivers nothing, and what follows it
+# continues what came before it.
+FIELD_SEAM = b"seam"
+# How far a seam jumps past the newest position known: more than any outbox can place while Redis is away (a
+# billion events), and small enough for a bigint to take nine billion seams.
+SEAM_GAP = 1_000_000_000
 
 
 def erased_key(stream_key: str) -> str:
@@ -96,6 +110,12 @@ class EventId:
     def follows(self, previous: EventId) -> bool:
         """Whether this event comes right after `previous`, with nothing missing in between."""
         return self.seq == previous.seq + 1 and self > previous
+
+    def continues(self, previous: EventId, *, seam: bool) -> bool:
+        """Whether this entry (a seam, if `seam`) comes next after `previous`: a seam continues anything before it
+        in seq (its ms may be behind, if it was placed where the stream could not be read), any other entry only
+        the one right before it."""
+        return self.seq > previous.seq if seam else self.follows(previous)
 
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"

@@ -50,6 +50,7 @@ AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
 TOP_SQL = f"SELECT seq, stream_ms FROM ({TOP}) t"
 
 HARD_DELETED = "HARD_DELETED"
+SEAM = "SEAM"  # a row that is no event: where positions jump after a failover (svc_common.eventstream: seams)
 _EVENT_TYPES = {
     "CREATED": events_pb2.BOOKING_EVENT_TYPE_CREATED,
     "DELETED": events_pb2.BOOKING_EVENT_TYPE_DELETED,
@@ -111,6 +112,11 @@ class PlacedRow:
         """Whether this event erases its booking's earlier events (their notes) from the stream."""
         return bool(self.record["event_type"] == HARD_DELETED)
 
+    @property
+    def seam(self) -> bool:
+        """Whether this row is a seam (no event; positions jump here on purpose)."""
+        return bool(self.record["event_type"] == SEAM)
+
     def message(self) -> events_pb2.BookingEvent:
         record = self.record
         return events_pb2.BookingEvent(
@@ -123,7 +129,11 @@ class PlacedRow:
         )
 
     def fields(self) -> dict[bytes, bytes]:
-        """The stream entry's fields: the event's bytes, and what subscribers are filtered on."""
+        """The stream entry's fields: the event's bytes, and what subscribers are filtered on (a seam: where it
+        jumped from, and why)."""
+        if self.seam:
+            seam = json.loads(self.record["booking"])
+            return {stream.FIELD_SEAM: f"after {seam['after']}: {seam['reason']}".encode()}
         event = self.message()
         return {
             stream.FIELD_EVENT: event.SerializeToString(),

@@ -19,6 +19,7 @@ import asyncpg
 from booking_service import schema
 from svc_common.backoff import Backoff
 from svc_common.errors import Aborted, Unavailable
+from svc_common.postgres import DEFAULT_CONNECT_TIMEOUT_SECONDS, Connector
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class DatabaseRefused(Exception):
 
 # Errors after which the statement certainly did not commit and may simply run again.
 RETRYABLE_ROLLBACK = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# The server is read-only (SQLSTATE 25006): a standby, or a primary demoted by a failover. Nothing was written;
+# the connection is dropped and the work runs again on a new one, which goes to the host that takes writes.
+READ_ONLY = asyncpg.ReadOnlySQLTransactionError
 
 
 # Errors that mean the database is unreachable or the connection gone; a write may or may not have committed.
@@ -62,6 +66,7 @@ LOST_CONNECTION = (*CONNECTION_ERRORS, asyncpg.InterfaceError)
 @dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS  # per host (svc_common.postgres)
     min_connections: int = 2
     max_connections: int = 10
     command_timeout: float = 10.0
@@ -83,6 +88,8 @@ class Database:
     def __init__(self, config: DatabaseConfig) -> None:
         self._config = config
         self._pool: asyncpg.Pool[Record] | None = None
+        # Shared by the pool and the relay's own connection: each host in turn, the last that answered first.
+        self.connector = Connector(config.dsn, config.connect_timeout)
 
     @property
     def pool(self) -> asyncpg.Pool[Record]:
@@ -93,6 +100,7 @@ class Database:
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._config.dsn,
+            connect=self.connector,
             min_size=self._config.min_connections,
             max_size=self._config.max_connections,
             command_timeout=self._config.command_timeout,
@@ -128,12 +136,20 @@ class Database:
             return await schema.prepare(conn, owner_dsn)
 
     async def ping(self) -> bool:
+        """Whether a pooled connection answers; if not, the pool's connections are all replaced as they are next
+        used (a host that stopped answering, or a failover: new ones go to whichever host takes writes now)."""
         try:
             async with self.pool.acquire(timeout=self._config.acquire_timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=self._config.acquire_timeout)
         except (*LOST_CONNECTION, asyncpg.PostgresError):
+            await self._renew()
             return False
         return True
+
+    async def _renew(self) -> None:
+        """Replace every pooled connection when it is next acquired (those in use when they are released)."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
 
     async def notify(self, channel: str) -> None:
         """Send a notification on `channel`, best effort (a listener that misses it has its own backstop)."""
@@ -190,8 +206,13 @@ class Database:
                     await self.pool.release(conn)
             except RETRYABLE_ROLLBACK as exc:
                 last = exc
+            except READ_ONLY as exc:  # a standby took the connection: the next ones try the other hosts first
+                last = exc
+                self.connector.pass_over()
+                await self._renew()
             except CONNECTION_ERRORS as exc:
                 last, uncertain = exc, True
+                await self._renew()  # the host may be gone or frozen: its other connections are no better
             log.warning("database attempt %d failed: %s", attempt + 1, type(last).__name__)
         if isinstance(last, RETRYABLE_ROLLBACK):
             raise Aborted("the change conflicted with a concurrent one; retry", reason="CONCURRENT_MODIFICATION")

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
 from booking_service.rows import Record
 from svc_common.eventstream import SEAM_GAP, EventId
-from svc_common.outbox import EVENT_COLUMNS, PLACED_CHANNEL, SEAM, TOP, PlacedRow
+from svc_common.outbox import EVENT_COLUMNS, PLACED_CHANNEL, SEAM, TOP, PlacedRow, change_key
+from svc_common.postgres import Connector
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
@@ -126,6 +128,19 @@ VALUES ('{SEAM}', $1::jsonb, 'relay', 'booking_service relay', 'admin', $2, $3)
 
 RECORD_TIMELINE_SQL = "UPDATE booking_outbox_state SET timeline = $1 WHERE timeline IS DISTINCT FROM $1"
 
+# Committed events without a position, oldest first ($1: how many), with what tells their changes apart.
+UNPLACED_SQL = """
+SELECT id, event_type, booking->>'id' AS booking_id, booking->>'version' AS version
+  FROM booking_outbox WHERE seq IS NULL ORDER BY id LIMIT $1
+"""
+
+# $1: outbox ids, $2: their seqs, $3: their ms: positions given as they are in the stream already.
+ADOPT_SQL = """
+UPDATE booking_outbox o SET seq = a.seq, stream_ms = a.ms
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS a (id, seq, ms) WHERE o.id = a.id
+"""
+ADOPT_MAX = 100_000  # events looked at for adoption after a failover (more than any lost placing can leave)
+
 SET_ASIDE_SQL = """
 INSERT INTO booking_outbox_dead (seq, stream_ms, outbox_id, event_type, booking, actor_id, actor_name, actor_role,
                                  occur_time, traceparent, error)
@@ -153,6 +168,16 @@ def seam_reason(placed: EventId, stream_top: EventId | None, recorded: int | Non
     return None
 
 
+@dataclass(frozen=True)
+class Seam:
+    """A seam placed (svc_common.eventstream: seams): where, why, and how many events without a position took
+    the ones the stream already had them at."""
+
+    at: EventId
+    reason: str
+    adopted: int
+
+
 class OutboxConnection:
     """The relay's own connection (not pooled: it holds a session lock and a LISTEN)."""
 
@@ -162,10 +187,12 @@ class OutboxConnection:
         self.locked = False
 
     @classmethod
-    async def connect(cls, dsn: str, wake: asyncio.Event, *, limit_seconds: float = 10.0) -> OutboxConnection:
-        conn: asyncpg.Connection[Record] = await asyncpg.connect(
-            dsn,
-            timeout=limit_seconds,
+    async def connect(
+        cls, connector: Connector, wake: asyncio.Event, *, limit_seconds: float = 10.0
+    ) -> OutboxConnection:
+        """The relay's connection, to the host `connector` finds (each host within its connect timeout);
+        `limit_seconds` bounds each statement."""
+        conn: asyncpg.Connection[Record] = await connector(
             command_timeout=limit_seconds,
             server_settings={"timezone": "UTC", "application_name": "booking_service relay"},
         )
@@ -214,9 +241,13 @@ class OutboxConnection:
         mark: int = await self._conn.fetchval(REWIND_SQL, seq)
         return mark
 
-    async def seam(self, stream_top: EventId | None) -> tuple[EventId, str] | None:
+    async def seam(
+        self, stream_top: EventId | None, published: Callable[[EventId], Awaitable[Mapping[str, EventId]]]
+    ) -> Seam | None:
         """Place a seam past every position that may have been handed out before (see `seam_reason`), and record
-        the timeline; returns the seam's id and why it was placed, or None if none was needed."""
+        the timeline; None if no seam was needed. When the stream is ahead, the committed events without a
+        position whose changes it holds after the outbox's newest position (`published(position)`: by change
+        key) take the positions they have there, instead of being placed, hence delivered, a second time."""
         async with self._conn.transaction():
             standing = await self._conn.fetchrow(STANDING_SQL)
             assert standing is not None
@@ -224,12 +255,30 @@ class OutboxConnection:
             reason = seam_reason(placed, stream_top, standing["recorded"], standing["timeline"])
             made = None
             if reason is not None:
+                adopted = await self._adopt(await published(placed)) if stream_top and stream_top > placed else 0
                 top = stream_top or placed
-                made = EventId(max(placed.ms, top.ms, standing["now_ms"]), max(placed.seq, top.seq) + SEAM_GAP)
+                at = EventId(max(placed.ms, top.ms, standing["now_ms"]), max(placed.seq, top.seq) + SEAM_GAP)
                 about = json.dumps({"after": str(max(placed, top)), "reason": reason})
-                await self._conn.execute(SEAM_SQL, about, made.seq, made.ms)
+                await self._conn.execute(SEAM_SQL, about, at.seq, at.ms)
+                made = Seam(at, reason, adopted)
             await self._conn.execute(RECORD_TIMELINE_SQL, standing["timeline"])
-        return (made, reason) if made is not None and reason is not None else None
+        return made
+
+    async def _adopt(self, published: Mapping[str, EventId]) -> int:
+        """Give the committed events without a position whose changes are in `published` those positions;
+        returns how many."""
+        if not published:
+            return 0
+        ids, seqs, mss = [], [], []
+        for row in await self._conn.fetch(UNPLACED_SQL, ADOPT_MAX):
+            at = published.get(change_key(row["event_type"], row["booking_id"], row["version"]))
+            if at is not None:
+                ids.append(row["id"])
+                seqs.append(at.seq)
+                mss.append(at.ms)
+        if ids:
+            await self._conn.execute(ADOPT_SQL, ids, seqs, mss)
+        return len(ids)
 
     async def set_aside(self, failures: Sequence[tuple[int, str]]) -> None:
         """Copy the events at these seqs into the dead-letter table with their errors (idempotent)."""

@@ -32,15 +32,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
+from google.protobuf.message import DecodeError
 from redis.exceptions import RedisError
 
+from booking_api.booking.v1 import events_pb2
 from booking_service import metrics
 from booking_service.database import LOST_CONNECTION, Database
-from booking_service.outbox import CHANNEL, OutboxConnection
+from booking_service.outbox import ADOPT_MAX, CHANNEL, OutboxConnection
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
-from svc_common.outbox import PlacedRow
+from svc_common.outbox import PlacedRow, change_of
+from svc_common.postgres import Connector
 from svc_common.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,6 @@ PROBE_MAX_SECONDS = 1.0  # while Redis cannot take events: how often, at most, t
 
 @dataclass(frozen=True)
 class RelayConfig:
-    dsn: str
     stream_key: str = stream.DEFAULT_STREAM_KEY
     batch: int = 500
     sweep_seconds: float = 1.0  # backstop for a missed notification
@@ -199,6 +201,21 @@ class RedisPublisher:
             self._top = None  # a refused write, a lost connection, a stream that moved: ask again next time
             raise
 
+    async def changes_after(self, after: EventId, upto: EventId, count: int) -> dict[str, EventId]:
+        """The changes of the events the stream holds after `after` up to `upto` (at most `count` entries), by
+        change key (svc_common.outbox.change_key), with their ids."""
+        entries: Any = await self._redis.xrange(self._key, min=f"({after}", max=str(upto), count=count)
+        found = {}
+        for entry_id, fields in entries:
+            event_id, raw = EventId.parse(entry_id), fields.get(stream.FIELD_EVENT)
+            if event_id is None or raw is None:
+                continue
+            try:
+                found[change_of(events_pb2.BookingEvent.FromString(raw))] = event_id
+            except DecodeError:
+                continue
+        return found
+
     async def trim_older_than(self, cutoff_ms: int) -> None:
         """Remove entries placed before `cutoff_ms` (exactly: the outbox keeps what the stream keeps), and their
         erased copies (those before the oldest entry left are the candidates; ms and seq grow together)."""
@@ -216,8 +233,9 @@ class RedisPublisher:
 class EventRelay:
     """Runs on every booking instance; relays while it holds the relay lock, stands by otherwise."""
 
-    def __init__(self, config: RelayConfig, client: redis.Redis) -> None:
+    def __init__(self, config: RelayConfig, client: redis.Redis, connector: Connector) -> None:
         self._config = config
+        self._connector = connector
         self._publisher = RedisPublisher(client, config.stream_key, config.max_len)
         self._wake = asyncio.Event()
         self._next_housekeeping = 0.0
@@ -233,7 +251,7 @@ class EventRelay:
         backoff = Backoff(0.1, self._config.max_backoff_seconds)
         while True:
             try:
-                outbox = await OutboxConnection.connect(self._config.dsn, self._wake)
+                outbox = await OutboxConnection.connect(self._connector, self._wake)
             except LOST_CONNECTION as exc:
                 log.debug("relay cannot reach the database: %s", type(exc).__name__)
                 await backoff.sleep()
@@ -363,12 +381,27 @@ class EventRelay:
     async def _reconcile(self, outbox: OutboxConnection, top: EventId | None) -> None:
         """Square the outbox with the stream's end `top` (None: not known, Redis cannot be read) before placing
         or publishing from it."""
-        seam = await outbox.seam(top)
+
+        async def published(after: EventId) -> dict[str, EventId]:
+            assert top is not None
+            try:
+                return await self._publisher.changes_after(after, top, ADOPT_MAX)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot read what the stream holds past the outbox (%s): none adopted", _describe(exc))
+                return {}
+
+        seam = await outbox.seam(top, published)
         if seam is not None:
             # The primary lacks events already handed out (published, or read by notify from the old primary's
             # outbox while Redis could not take them): numbering on from its own newest position would give new
             # events positions readers have seen, and they would pass over them.
-            log.warning("placed a seam at %s (%s); the positions before it are never handed out again", *seam)
+            log.warning(
+                "placed a seam at %s (%s); the positions before it are never handed out again; %d committed "
+                "events took the positions the stream already had them at",
+                seam.at,
+                seam.reason,
+                seam.adopted,
+            )
             metrics.SEAMS.inc()
         if top is None or top.seq == 0:
             return

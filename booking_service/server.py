@@ -133,7 +133,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
         service_names=[SERVICE_NAME],
     )
     client = connect(settings.redis)
-    relay = EventRelay(settings.relay, client)
+    relay = EventRelay(settings.relay, client, db.connector)
     waker = RelayWaker(relay, db)
     usecases = BookingUseCases(Storage(db), waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)

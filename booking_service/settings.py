@@ -8,11 +8,12 @@ from typing import Any
 
 from booking_service.database import DatabaseConfig
 from booking_service.relay import RelayConfig
-from svc_common import probes
+from svc_common import postgres, probes
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.grpc_server import ServerConfig
+from svc_common.postgres import database_connect_timeout
 from svc_common.redis_client import RedisConfig
-from svc_common.settings import POSTGRES_SCHEMES, Env, read_checked
+from svc_common.settings import Env, read_checked
 
 SERVICE = "booking_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -62,11 +63,12 @@ class Settings:
     @classmethod
     def read(cls, env: Env, *, listen: str, reuse_port: bool) -> Settings:
         """Read every setting; what is wrong is recorded in `env` (each bound named), for `env.check()`."""
-        database_url = env.url("DATABASE_URL", POSTGRES_SCHEMES, required=True)
+        database_url = postgres.read_url(env, "DATABASE_URL", required=True)
         max_connections = env.integer("DB_MAX_CONNECTIONS", DatabaseConfig.max_connections, least=1, most=1000)
         return cls(
             database=DatabaseConfig(
                 dsn=database_url,
+                connect_timeout=database_connect_timeout(env),
                 min_connections=env.integer(
                     "DB_MIN_CONNECTIONS", DatabaseConfig.min_connections, least=0, most=max_connections
                 ),
@@ -75,7 +77,6 @@ class Settings:
             ),
             redis=RedisConfig.read(env),
             relay=RelayConfig(
-                dsn=database_url,
                 stream_key=env.text("EVENT_STREAM_KEY", RelayConfig.stream_key),
                 # Redis takes MAXLEN as a 64-bit integer; a billion events is more than any stream should hold.
                 max_len=env.integer("EVENT_STREAM_MAX_LEN", RelayConfig.max_len, least=1, most=1_000_000_000),
@@ -100,5 +101,5 @@ class Settings:
             retention_interval_seconds=env.number(
                 "RETENTION_INTERVAL_SECONDS", cls.retention_interval_seconds, least=0.1, most=86400
             ),
-            migration_database_url=env.url("MIGRATION_DATABASE_URL", POSTGRES_SCHEMES) or None,
+            migration_database_url=postgres.read_url(env, "MIGRATION_DATABASE_URL") or None,
         )

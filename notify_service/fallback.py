@@ -29,6 +29,7 @@ from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
+from svc_common.postgres import Connector
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class OutboxReader:
     (`run`) even while events come from Redis, so that this process learns when the stream falls behind the
     outbox (`on_placed`; notify_service.lag)."""
 
-    def __init__(self, dsn: str, on_placed: Callable[[str], None] | None = None) -> None:
-        self._dsn = dsn
+    def __init__(self, connector: Connector, on_placed: Callable[[str], None] | None = None) -> None:
+        self._connector = connector
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # the follower and history reads share the connection
         self._placed = asyncio.Event()
@@ -85,9 +86,7 @@ class OutboxReader:
         if self.is_open:
             return
         try:
-            conn = await asyncpg.connect(
-                self._dsn,
-                timeout=CONNECT_SECONDS,
+            conn = await self._connector(
                 command_timeout=CONNECT_SECONDS,
                 server_settings={"application_name": "notify_service outbox reader"},
             )

@@ -51,6 +51,7 @@ class Event:
     payload: bytes | None
     erases: bool = False  # a HARD_DELETED event: its booking's earlier events lose their notes
     seam: bool = False  # a seam: positions jump here on purpose (svc_common.eventstream); never delivered
+    change: str = ""  # what tells this change from others whatever its position (svc_common.outbox.change_key)
 
     def continues(self, previous: EventId) -> bool:
         """Whether this entry comes next after `previous`, with nothing missing in between."""
@@ -289,6 +290,9 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
         self._recent: deque[Event] = deque(maxlen=window)
+        # The changes dispatched before the last seam (those the window held): a primary that took over places
+        # again the changes it got the commits of but not the placing, and those are not delivered twice.
+        self._before_seam: frozenset[str] = frozenset()
 
     def start_at(self, last: EventId | None, recent: list[Event]) -> None:
         """Set the position the stream is followed from, with the events that led up to it (oldest first)."""
@@ -345,6 +349,8 @@ class Hub:
         """Offer `events` (read at `read_at`, time.monotonic(), from `source`) to every subscriber."""
         if not events:
             return
+        if self._before_seam or any(event.seam for event in events):
+            events = self._once(events)
         round_ = None
         if self._on_written is not None:
             round_ = Round(time.monotonic() if read_at is None else read_at, source, self._on_written)
@@ -360,6 +366,19 @@ class Hub:
         erased = {event.booking_id for event in events if event.erases}
         if erased:
             self._erase(erased)
+
+    def _once(self, events: list[Event]) -> list[Event]:
+        """`events`, each change already dispatched before a seam among them or before the last one replaced by
+        a place holder (it keeps its position, and is never delivered again)."""
+        kept: list[Event] = []
+        for event in events:
+            if event.seam:
+                before = (e.change for e in (*self._recent, *kept) if e.change)
+                self._before_seam = frozenset(before)
+            elif event.change in self._before_seam:
+                event = replace(event, payload=None, change="")
+            kept.append(event)
+        return kept
 
     def _erase(self, booking_ids: set[str]) -> None:
         """Erase the notes of these bookings from the events remembered (one pass, however many bookings), before

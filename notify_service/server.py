@@ -29,6 +29,7 @@ from svc_common import eventstream, grpc_metrics, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.errors import Unavailable
 from svc_common.grpc_server import GrpcServer, loop_name
+from svc_common.postgres import Connector
 from svc_common.redis_client import connect, follow_failovers, sentinel_managed
 from svc_common.supervisor import (
     SHUTDOWN_MARGIN_SECONDS,
@@ -62,7 +63,11 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     blocking = connect(settings.redis, block_seconds=block_ms / 1000)  # the stream reader's XREAD BLOCK
     hub = Hub(settings.history_window, on_written=metrics.round_written)
     lag = OutboxLag(settings.fallback_after_seconds)
-    outbox = OutboxReader(settings.database_url, on_placed=lag.placed_notice) if settings.database_url else None
+    outbox = (
+        OutboxReader(Connector(settings.database_url, settings.database_connect_timeout), on_placed=lag.placed_notice)
+        if settings.database_url
+        else None
+    )
     if outbox is None:
         log.warning("DATABASE_URL is not set: while Redis cannot be read, subscribers wait for it")
     reader = StreamReader(

@@ -9,12 +9,13 @@ from typing import Any
 from notify_service.hub import DEFAULT_WINDOW, BatchLimits
 from notify_service.limits import StreamBounds
 from notify_service.subscriptions import SubscriptionConfig
-from svc_common import probes
+from svc_common import postgres, probes
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.eventstream import DEFAULT_STREAM_KEY
 from svc_common.grpc_server import ServerConfig
+from svc_common.postgres import database_connect_timeout
 from svc_common.redis_client import RedisConfig
-from svc_common.settings import POSTGRES_SCHEMES, Env, read_checked
+from svc_common.settings import Env, read_checked
 
 SERVICE = "notify_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -38,6 +39,7 @@ class Settings:
     max_batch_bytes: int = BatchLimits.max_bytes
     history_window: int = DEFAULT_WINDOW  # recent events kept in memory for resuming subscribers
     database_url: str = ""  # booking_service's database, read while Redis cannot be ("": no fallback)
+    database_connect_timeout: float = postgres.DEFAULT_CONNECT_TIMEOUT_SECONDS  # per host
     fallback_after_seconds: float = 2.0  # how long Redis may be unreadable before the outbox is followed
     stream_bounds: StreamBounds = field(
         default_factory=StreamBounds
@@ -76,7 +78,8 @@ class Settings:
                 metrics_default=DEFAULT_METRICS_LISTEN,
                 service_name=SERVICE,
             ),
-            database_url=env.url("DATABASE_URL", POSTGRES_SCHEMES),
+            database_url=postgres.read_url(env, "DATABASE_URL"),
+            database_connect_timeout=database_connect_timeout(env),
             fallback_after_seconds=fallback_after,
             stream_key=env.text("EVENT_STREAM_KEY", cls.stream_key),
             max_queue=env.integer("SUBSCRIBER_QUEUE_SIZE", cls.max_queue, least=1, most=1_000_000),

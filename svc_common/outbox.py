@@ -58,7 +58,20 @@ _EVENT_TYPES = {
     HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
     "UPDATED": events_pb2.BOOKING_EVENT_TYPE_UPDATED,
 }
+_TYPE_NAMES = {number: name for name, number in _EVENT_TYPES.items()}
 _ROLES = {"user": booking_pb2.ROLE_USER, "provider": booking_pb2.ROLE_PROVIDER, "admin": booking_pb2.ROLE_ADMIN}
+
+
+def change_key(event_type: str, booking_id: str, version: object) -> str:
+    """What tells one change from every other, whatever position it is given: its type, its booking, and the
+    booking's version after it. A primary that took over may place again a change its predecessor had placed
+    (the standby got the change's commit but not its placing): the relay and notify know it by this."""
+    return f"{event_type} {booking_id} {version}"
+
+
+def change_of(event: events_pb2.BookingEvent) -> str:
+    """The change key of an event as the stream carries it."""
+    return change_key(_TYPE_NAMES.get(event.type, str(event.type)), event.booking.id, event.booking.etag.strip('"'))
 
 
 def _stamp(value: datetime | str) -> Timestamp:

@@ -3,14 +3,13 @@ error that says why not. Each returns a short description of what answered."""
 
 from __future__ import annotations
 
-import asyncpg
-
+from svc_common.postgres import Connector
 from svc_common.redis_client import RedisConfig, connect
 from svc_common.settings import redact_url
 
 
 async def postgres(url: str) -> str:
-    conn = await asyncpg.connect(url, timeout=5)
+    conn = await Connector(url)()
     try:
         version = await conn.fetchval("SHOW server_version")
         user = await conn.fetchval("SELECT current_user")

@@ -25,7 +25,6 @@ REDACTED = "<redacted>"
 ALSO_READ = frozenset({"TLS_CA_FILE", "TLS_SERVER_NAME"})
 # Prefixes libraries read many variables of (OpenTelemetry's SDK): never reported as unknown.
 LIBRARY_PREFIXES = ("OTEL_",)
-POSTGRES_SCHEMES = ("postgresql", "postgres")  # the URL forms asyncpg takes
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")  # redis-py's, and Sentinel (svc_common.redis_client)
 
 

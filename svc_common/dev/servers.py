@@ -176,9 +176,12 @@ def describe_servers() -> str:
 class PostgresServer:
     """A PostgreSQL cluster in `base_dir` (created on first start), listening on 127.0.0.1:`port`."""
 
-    def __init__(self, base_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self, base_dir: Path, port: int | None = None, *, durable: bool = True, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.base_dir = base_dir
         self.durable = durable
+        self.prefix = prefix  # a command the server runs under (`faketime -f -30s`: a clock 30 s behind)
         self.data_dir = base_dir / "data"
         self.port = port or free_port()
         self.bindir = postgres_bindir()
@@ -235,6 +238,7 @@ class PostgresServer:
             # Throwaway test servers: survive a crash of PostgreSQL, not of the machine.
             options += " -c fsync=off -c full_page_writes=off"
         self._cmd(
+            *self.prefix,
             str(self.bindir / "pg_ctl"),
             "-D",
             str(self.data_dir),

@@ -98,11 +98,13 @@ class EventSystem:
         self.redis.stop()
 
     async def committed(self) -> list[tuple[str, int, str]]:
-        """Every committed change with its stream position: (event_id, event type, booking id), in stream order."""
+        """Every committed change with its stream position: (event_id, event type, booking id), in stream order
+        (seams, which are no change, left out)."""
         conn = await asyncpg.connect(self.database_url)
         try:
             rows = await conn.fetch(
-                "SELECT stream_ms, seq, event_type, booking->>'id' AS booking_id FROM booking_outbox ORDER BY seq"
+                "SELECT stream_ms, seq, event_type, booking->>'id' AS booking_id FROM booking_outbox"
+                " WHERE event_type <> 'SEAM' ORDER BY seq"
             )
         finally:
             await conn.close()

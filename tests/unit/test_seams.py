@@ -103,3 +103,26 @@ def test_a_seam_row_is_the_same_entry_on_both_paths_and_decodes_as_a_seam() -> N
     decoded = decode(str(row.event_id).encode(), fields)
     assert decoded is not None and decoded.seam and decoded.payload is None
     assert decoded.id == EventId(1234, 7 + SEAM_GAP)
+
+
+def test_a_change_delivered_before_a_seam_and_placed_again_after_it_is_delivered_once() -> None:
+    """The old primary placed (and notify delivered) a change whose commit, but not whose placing, reached the
+    standby; the new primary places it again after its seam: it keeps that position but is not delivered."""
+
+    def change(seq: int, key: str) -> Event:
+        return Event(EventId(1000 + seq, seq), "c", "p", key, f"e{seq}".encode(), change=key)
+
+    hub = Hub()
+    subscriber = Subscriber(EventFilter(ADMIN), None, 10)
+    hub.add(subscriber)
+    jump = 3 + SEAM_GAP
+    hub.dispatch([change(1, "CREATED a 1"), change(2, "CREATED b 1"), change(3, "UPDATED a 2")])
+    hub.dispatch([seam(jump), change(jump + 1, "CREATED b 1"), change(jump + 2, "UPDATED a 2")])
+    hub.dispatch([change(jump + 3, "CREATED c 1"), change(jump + 4, "UPDATED a 2")])
+    assert subscriber.failure is None
+    assert list(subscriber._queue) == [b"e1", b"e2", b"e3", f"e{jump + 3}".encode()]
+    assert subscriber.last == EventId(1000 + jump + 4, jump + 4)
+    # The window holds the place holders, so a subscriber resuming after the seam gets the same.
+    assert [e.payload for e in hub.recent_after(EventId(1000 + jump, jump), 10) or []] == [
+        None, None, f"e{jump + 3}".encode(), None
+    ]  # fmt: skip

@@ -66,7 +66,7 @@ def test_every_variable_is_read_into_its_own_setting() -> None:
     assert BookingSettings.from_env(environ, listen="0.0.0.0:1") == BookingSettings(
         database=DatabaseConfig("postgresql://u@h/db", min_connections=3, max_connections=7, attempts=5),
         redis=RedisConfig("redis://h"),
-        relay=RelayConfig("postgresql://u@h/db", stream_key="k", max_len=99, max_age_seconds=77.5, sweep_seconds=0.5),
+        relay=RelayConfig(stream_key="k", max_len=99, max_age_seconds=77.5, sweep_seconds=0.5),
         jwt_secret=SECRET,
         server=replace(BookingSettings.server, listen="0.0.0.0:1"),
         grace_seconds=1.5,
@@ -118,7 +118,7 @@ def test_every_default_when_nothing_but_the_required_is_set() -> None:
     assert BookingSettings.from_env(BASE) == BookingSettings(
         database=DatabaseConfig("postgresql://u@h/db"),
         redis=RedisConfig("redis://h"),
-        relay=RelayConfig("postgresql://u@h/db"),
+        relay=RelayConfig(),
         jwt_secret=SECRET,
     )
     assert BookingSettings.from_env({**BASE, "DB_ATTEMPTS": "  "}).database.attempts == DatabaseConfig.attempts
@@ -248,7 +248,10 @@ def test_notify_values_out_of_bounds_are_refused_all_at_once_each_named() -> Non
     ("name", "value", "message"),
     [
         ("DATABASE_URL", "mysql://h/db", "DATABASE_URL must be a URL starting with postgresql:// or postgres://"),
-        ("DATABASE_URL", "postgresql://h:port/db", "DATABASE_URL must be a URL"),
+        ("DATABASE_URL", "postgresql://h:port/db", "DATABASE_URL: port 'port' of h is not a number from 1 to 65535"),
+        ("DATABASE_URL", "postgresql://h1:5432,h2:65536/db", "DATABASE_URL: port '65536' of h2 is not a number"),
+        ("DATABASE_URL", "postgresql://h/db?target_session_attrs=rw", "DATABASE_URL: target_session_attrs must be"),
+        ("DATABASE_CONNECT_TIMEOUT_SECONDS", "0", "DATABASE_CONNECT_TIMEOUT_SECONDS must be more than 0"),
         ("MIGRATION_DATABASE_URL", "owner@h/db", "MIGRATION_DATABASE_URL must be a URL"),
         ("REDIS_URL", "localhost:6379", "REDIS_URL must be a URL starting with redis://"),
         ("SHUTDOWN_GRACE_SECONDS", "inf", "SHUTDOWN_GRACE_SECONDS must be a finite number, got 'inf'"),

@@ -34,9 +34,12 @@ from svc_common.postgres import Connector
 
 RELAY_LOCK_ID = 0x6B6F6F63  # pg_advisory_lock key: held by the one relaying instance
 CHANNEL = "booking_outbox"
-# Sent by the relay when it places events while Redis is down (payload: the newest seq); notify instances
-# reading the outbox instead of the stream meanwhile LISTEN to it (notify_service.fallback).
-CLOSE_SECONDS = 2.0
+CLOSE_SECONDS = 2.0  # closing the connection politely; past it, it is dropped
+# The most a relay statement may take: a round of a few hundred events takes milliseconds, so this is about a
+# primary that stopped answering. Housekeeping (deleting a day's published events, counting a backlog) may take
+# longer.
+STATEMENT_SECONDS = 3.0
+HOUSEKEEPING_SECONDS = 60.0
 
 # The CTEs that give up to $1 committed events their positions, following on from the newest one (only one
 # relay runs at a time: RELAY_LOCK_ID); `assigned` holds the rows placed.
@@ -188,10 +191,11 @@ class OutboxConnection:
 
     @classmethod
     async def connect(
-        cls, connector: Connector, wake: asyncio.Event, *, limit_seconds: float = 10.0
+        cls, connector: Connector, wake: asyncio.Event, *, limit_seconds: float = STATEMENT_SECONDS
     ) -> OutboxConnection:
         """The relay's connection, to the host `connector` finds (each host within its connect timeout);
-        `limit_seconds` bounds each statement."""
+        `limit_seconds` bounds each statement but housekeeping's: a primary that hangs (a frozen host) is
+        left that soon, and the relay reconnects to whichever host takes writes."""
         conn: asyncpg.Connection[Record] = await connector(
             command_timeout=limit_seconds,
             server_settings={"timezone": "UTC", "application_name": "booking_service relay"},
@@ -216,6 +220,10 @@ class OutboxConnection:
         except BaseException:
             self._conn.terminate()
             raise
+
+    def drop(self) -> None:
+        """Close the connection at once, without a word to the server."""
+        self._conn.terminate()
 
     async def try_lock(self) -> bool:
         """Become the relay if no other instance is; True if this connection holds the lock."""
@@ -287,7 +295,7 @@ class OutboxConnection:
 
     async def delete_published(self, before_ms: int) -> int:
         """Delete published events placed before `before_ms` (stream id ms); returns how many."""
-        status = await self._conn.execute(DELETE_PUBLISHED_SQL, before_ms)
+        status = await self._conn.execute(DELETE_PUBLISHED_SQL, before_ms, timeout=HOUSEKEEPING_SECONDS)
         return int(status.split()[-1])
 
     async def erased(self, booking_ids: Sequence[str], before: int) -> list[PlacedRow]:
@@ -297,6 +305,6 @@ class OutboxConnection:
 
     async def backlog(self, published: int) -> tuple[int, float]:
         """How many committed events are not published yet (after seq `published`), and the oldest one's age."""
-        record = await self._conn.fetchrow(BACKLOG_SQL, published)
+        record = await self._conn.fetchrow(BACKLOG_SQL, published, timeout=HOUSEKEEPING_SECONDS)
         assert record is not None
         return record["waiting"], record["oldest_age"]

@@ -260,6 +260,7 @@ class EventRelay:
                 await self._serve(outbox)
             except LOST_CONNECTION as exc:
                 log.warning("relay lost the database (%s); reconnecting", type(exc).__name__)
+                outbox.drop()  # not closed politely: the server may be frozen, and that would wait on it
                 backoff.reset()
             finally:
                 self._published = 0  # marks are made on the connection that published; start afresh

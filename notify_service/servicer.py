@@ -6,16 +6,20 @@ a pass-through serializer and writes those bytes as they are.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 
 import grpc
 
 from booking_api.notify.v1 import notify_pb2
 from notify_service import metrics
-from notify_service.hub import EventFilter
+from notify_service.hub import EventFilter, Subscriber
 from notify_service.limits import StreamCounts
 from notify_service.subscriptions import Subscriptions
-from svc_common.errors import ServiceError
+from svc_common.errors import ServiceError, Unauthenticated
 from svc_common.eventstream import EventId
 from svc_common.logs import REQUEST_ID_HEADER, call_fields, current_request_id
 from svc_common.principal import current_principal
@@ -48,9 +52,12 @@ POSITION_HEADER = "x-stream-position"
 
 
 class NotifyServicer:
-    def __init__(self, subscriptions: Subscriptions, counts: StreamCounts) -> None:
+    def __init__(
+        self, subscriptions: Subscriptions, counts: StreamCounts, clock: Callable[[], float] = time.time
+    ) -> None:
         self._subscriptions = subscriptions
         self._counts = counts
+        self._clock = clock  # the clock tokens' expiry is judged by (svc_common.auth's)
 
     async def Subscribe(
         self,
@@ -71,6 +78,7 @@ class NotifyServicer:
         metrics.SUBSCRIPTIONS_OPEN.inc()
         ended = "CANCELLED"  # unless the service ends it (by the client, or by the server's own cancellation)
         principal = current_principal()
+        expiry = self._end_at_expiry(subscriber, principal.expires_at)
         opened = {"method": "Subscribe", "caller": principal.id, "role": principal.role.value}
         opened |= {"request_id": current_request_id(), "resume_after": str(cursor) if cursor else ""}
         log.info("subscribed", extra={"rpc": opened})
@@ -82,6 +90,8 @@ class NotifyServicer:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, current_request_id()), *position))
             if cursor is not None:
                 async for payload in self._subscriptions.replay(subscriber, cursor):
+                    if subscriber.failure is not None:  # the token expired while history was read
+                        raise subscriber.failure
                     await context.write(payload)
             while True:  # the hot path: one wait and one write per response, no generators in between
                 await context.write(await subscriber.next())
@@ -90,10 +100,26 @@ class NotifyServicer:
             ended = exc.reason or type(exc).__name__
             raise
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._subscriptions.close(subscriber)
             metrics.SUBSCRIPTIONS_OPEN.dec()
             metrics.SUBSCRIPTIONS_ENDED.labels(reason=ended).inc()
             call_fields().update(events=subscriber.delivered, ended=ended)  # on the call's own log line
+
+    def _end_at_expiry(self, subscriber: Subscriber, expires_at: float) -> asyncio.TimerHandle | None:
+        """End `subscriber`'s stream when the token that opened it is no longer accepted (its `exp` plus the
+        leeway), as a new call with it would be refused; the client subscribes again with a fresh token, from
+        the last event it received."""
+        if math.isinf(expires_at):
+            return None
+        expired = Unauthenticated(
+            "the token that opened this stream has expired; subscribe again with a fresh token, resuming after the "
+            "last event_id received",
+            reason="TOKEN_EXPIRED",
+        )
+        delay = max(0.0, expires_at - self._clock())
+        return asyncio.get_running_loop().call_later(delay, subscriber.fail, expired)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; responses are already serialized, so they pass through as they are."""

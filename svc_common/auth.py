@@ -101,7 +101,8 @@ class TokenVerifier:
             parsed_role = Role(role)
         except ValueError as exc:
             raise Unauthenticated("claim 'role' must be one of user, provider, admin", reason="INVALID_TOKEN") from exc
-        return Principal(id=sub, name=name, role=parsed_role), exp + self._leeway
+        expires = exp + self._leeway
+        return Principal(id=sub, name=name, role=parsed_role, expires_at=expires), expires
 
 
 def mint(secret: str, *, sub: str, name: str, role: Role, ttl_seconds: int = 3600) -> str:

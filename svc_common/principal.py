@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 
 class Role(enum.Enum):
@@ -16,11 +17,13 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller."""
+    """The authenticated caller; `expires_at` (time.time(), the leeway included) is when its token stops being
+    accepted: a stream it opened ends then (not a part of who it is: two principals compare by the rest)."""
 
     id: str
     name: str
     role: Role
+    expires_at: float = field(default=math.inf, compare=False)
 
 
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")

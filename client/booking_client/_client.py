@@ -135,6 +135,11 @@ class BookingClient:
         )
         return stub
 
+    @property
+    def refreshes_tokens(self) -> bool:
+        """Whether each call asks the token callable for its token (a string token is the same every time)."""
+        return callable(self._token)
+
     async def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
         if inspect.isawaitable(token):

@@ -11,6 +11,11 @@ Before the first event the cursor is the position the server names in its initia
 (event ids increase: `ms-seq`). OUT_OF_RANGE (the stream no longer holds what follows the cursor) raises
 CursorExpired: the caller must re-read state (ListBookings) and watch again, as the informer does.
 
+A stream ends (UNAUTHENTICATED `TOKEN_EXPIRED`) when the token that opened it expires. Given a token callable
+(BookingClient's `token=`), the watch subscribes again at once, with the token the callable returns now, from
+its cursor: nothing is missed or repeated. With a fixed token, or when the new token is refused too, it raises
+Unauthenticated.
+
 `cursor` is the last event yielded (or the start position): a caller that keeps it can watch again from it
 after a restart of its own (`resume_after=`). `started` is set once the server has accepted the subscription.
 """
@@ -51,6 +56,10 @@ def retry_delay(backoff: Backoff, failures: int, *, refused: bool) -> float:
     if refused:
         return min(REFUSED_MAX_WAIT_SECONDS, REFUSED_WAIT_SECONDS * 2.0**failures) * random.uniform(0.5, 1.0)
     return backoff.delay(failures)
+
+
+def _token_expired(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() == grpc.StatusCode.UNAUTHENTICATED and from_rpc_error(error).reason == "TOKEN_EXPIRED"
 
 
 def _mendable(error: grpc.aio.AioRpcError) -> bool:
@@ -97,9 +106,9 @@ class Watch:
             request_id = f"watch-{id(self):x}-{self.resumes}"
             self.progress(f"connecting to {self.client.notify_target}")
             call = self.client._notify.Subscribe(request, metadata=await self.client.metadata(request_id))
-            refused = False
+            refused = accepted = False
             try:
-                await self._note_start(call)
+                accepted = await self._note_start(call)
                 self.progress(f"subscribed at {self.client.notify_target}, after {self.cursor or 'now'}")
                 async for response in call:
                     failures = 0
@@ -108,6 +117,10 @@ class Watch:
                             self.cursor = event.event_id
                             yield event
             except grpc.aio.AioRpcError as error:
+                if accepted and self.client.refreshes_tokens and _token_expired(error):
+                    self.resumes += 1
+                    self.progress(f"the token expired; subscribing again after {self.cursor} with a fresh one")
+                    continue  # at once: nothing is wrong but the token, and a fresh one is at hand
                 if not _mendable(error):
                     raise from_rpc_error(error, request_id) from error
                 refused = isinstance(from_rpc_error(error), TooManyStreams)
@@ -122,13 +135,16 @@ class Watch:
             await asyncio.sleep(delay)
             failures = min(failures + 1, 10)
 
-    async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+    async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> bool:  # type: ignore[type-arg]
+        """Take the start position the server names, if the watch has none; whether the server accepted the
+        call (a call refused before the service, a bad token say, has no initial metadata)."""
         metadata = await call.initial_metadata()
         if not self.cursor:
             named = dict(metadata or ()).get(POSITION_HEADER)
             if isinstance(named, str) and position(named) is not None:
                 self.cursor = named
         self.started.set()
+        return bool(metadata)
 
     def _is_new(self, event_id: str) -> bool:
         """Whether `event_id` comes after the cursor (a resumed stream may repeat what was already yielded)."""

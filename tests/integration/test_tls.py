@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from tests.support.events import EventSystem
+from tests.support.events import EventSystem, eventually
 from tests.support.helpers import auth
 from tests.support.servers import booking_env, refused_start
 
@@ -35,15 +35,18 @@ def issue(directory: Path, name: str, subject: str, extensions: str) -> None:
             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A CA, a server certificate for localhost and 127.0.0.1, and a client certificate."""
-    directory = tmp_path_factory.mktemp("pki")
+def make_pki(directory: Path) -> Path:
+    """A CA, a server certificate for localhost and 127.0.0.1, and a client certificate, in `directory`."""
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
             "-subj", "/CN=test CA", cwd=directory)  # fmt: skip
     issue(directory, "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     issue(directory, "client", "/CN=a client", "extendedKeyUsage=clientAuth\n")
-    yield directory
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def channel(address: str, pki: Path, *, client: bool = False) -> grpc.aio.Channel:
@@ -118,3 +121,42 @@ def test_bad_tls_settings_are_one_line_and_exit_status_2(
 ) -> None:
     env = booking_env(booking_db_url, redis_url) | {name: str(pki / file) for name, file in settings.items()}
     assert message in refused_start("booking_service", env)
+
+
+async def test_a_renewed_certificate_reaches_new_connections_without_a_restart(
+    system: EventSystem, pki: Path, tmp_path: Path
+) -> None:
+    """The files are replaced as cert-manager or certbot does (each renamed into place); new connections get the
+    new pair within seconds, connections already open go on."""
+    (tmp_path / "renewed").mkdir()
+    renewed = make_pki(tmp_path / "renewed")  # another CA: a client trusting only it tells the pairs apart
+    live = tmp_path / "live"
+    live.mkdir()
+
+    def install(source: Path, *names: str) -> None:
+        for name in names or ("server.crt", "server.key"):
+            (live / f"{name}.new").write_bytes((source / name).read_bytes())
+            os.replace(live / f"{name}.new", live / name)
+
+    async def served(trusted: Path) -> bool:
+        async with channel(notify.address, trusted) as fresh:
+            try:
+                return bool(await health(fresh) == SERVING)
+            except grpc.aio.AioRpcError:
+                return False
+
+    install(pki)
+    notify = system.notify(
+        TLS_CERT_FILE=str(live / "server.crt"), TLS_KEY_FILE=str(live / "server.key"), TLS_CA_FILE=str(pki / "ca.crt")
+    )
+    async with channel(notify.address, pki) as before:
+        assert await health(before) == SERVING
+        install(renewed, "server.crt")  # half way: the new certificate beside the old key is not taken
+        await asyncio.sleep(2.5)  # past the next look at the files (at most once a second)
+        assert await served(pki), "a certificate and key that do not match were taken"
+        install(renewed, "server.key")
+        await eventually(lambda: served(renewed), lambda: "new connections still get the old certificate", within=30)
+        assert await health(before) == SERVING  # open connections keep the pair they started with
+        async with channel(notify.address, pki) as old_trust:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await health(old_trust)

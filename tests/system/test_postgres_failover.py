@@ -9,10 +9,11 @@ instance:
     the failover (notify follows the outbox meanwhile);
 (d) as (c), with the new primary's clock 30 s behind the old one's.
 
-Each checks that every change the new primary holds reached every subscriber exactly once, in stream order, and
-that every create acknowledged after the promotion is among them; in (c) and (d), that the lost tail (what the
-subscribers got that the new primary lacks) comes right before the seam, in one piece. Each prints how long
-after the promotion writes succeeded again and every subscriber had the first of them.
+Each checks that every change the new primary holds reached every subscriber exactly once, in stream order; that
+every create acknowledged after the promotion is among them; that no call failed otherwise than UNAVAILABLE or
+ABORTED (never INTERNAL); that a replay from `0-0` afterwards has every change once; and in (c) and (d), that the
+lost tail (what the subscribers got that the new primary lacks) comes right before the seam, in one piece. Each
+prints how long after the promotion writes succeeded again and every subscriber had the first of them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ async def _failover(
     fault: str,
     before_promotion: Callable[[Writer], Awaitable[None]],
 ) -> None:
-    _, writer = await steady_changes(system, watchers, channels, DATABASE_CONNECT_TIMEOUT_SECONDS="1")
+    notifiers, writer = await steady_changes(system, watchers, channels, DATABASE_CONNECT_TIMEOUT_SECONDS="1")
     await writer.until(100)
     await before_promotion(writer)
     acked_before = set(writer.returned)
@@ -136,6 +137,22 @@ async def _failover(
             assert seams, "events the new primary lacks were delivered, but no seam was placed"
             following = EventId.parse(watcher.ids[extra[-1] + 1]) if extra[-1] + 1 < len(got) else None
             assert following is not None and following.seq > seams[0].seq, "the lost run is not right before the seam"
+    internal = [f for f in writer.failures if f.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)]
+    assert not internal, [f"{f.code().name}: {f.details()}" for f in internal]
+
+    # A replay of the whole stream after the failover: both sides of the seam, each change once.
+    replay = Subscription("admin", "replay")
+    await replay.open(notifiers[0].address, filters={"resume_after": "0-0"})
+    try:
+        await eventually(
+            lambda: replay.error is not None or set(held) <= set(changes(replay)),
+            lambda: f"the replay has {len(set(held) & set(changes(replay)))} of {len(held)} changes",
+            within=60,
+        )
+        assert replay.error is None, f"{replay.error.code()}: {replay.error.details()}"
+        assert len(changes(replay)) == len(set(changes(replay))), "the replay has a change twice"
+    finally:
+        await replay.close()
     first_after = min(t for t in writer.returned.values() if t >= promoted)
     print(
         f"\nPostgreSQL failover, {fault}: writes again {first_after - promoted:.2f} s after the promotion, every "

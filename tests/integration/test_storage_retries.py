@@ -175,3 +175,32 @@ async def test_each_write_whose_reply_was_lost_after_commit_returns_what_it_comm
 
 def vars_of(new: NewBooking) -> tuple[object, ...]:
     return (new.customer_id, new.provider_id, new.service_id, new.start_time, new.end_time, new.notes)
+
+
+async def test_a_read_only_server_renews_the_pool_and_is_unavailable_not_an_error(storage: Database) -> None:
+    """A connection that answers read-only (SQLSTATE 25006: a standby, or a primary demoted by a failover) wrote
+    nothing: the call is tried again on new connections, is UNAVAILABLE while the server stays read-only, and
+    the pooled connections (whose sessions began read-only) are replaced, so writes work once it takes them."""
+    async with storage.pool.acquire() as conn:
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    await storage.pool.expire_connections()  # every connection from now on starts read-only
+
+    async def write(conn: Connection) -> str:
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1)")
+        return "ok"
+
+    async def make_writable() -> None:
+        owner = await asyncpg.connect(storage.connector.url)
+        try:
+            await owner.execute("SET default_transaction_read_only = off")
+            await owner.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        finally:
+            await owner.close()
+
+    with pytest.raises(Unavailable) as refused:
+        await storage.run(write)
+    assert refused.value.reason == "DATABASE_UNAVAILABLE"
+    assert isinstance(refused.value.__cause__, asyncpg.ReadOnlySQLTransactionError)
+    await make_writable()
+    assert await storage.run(write) == "ok"

@@ -184,9 +184,8 @@ class Seam:
 class OutboxConnection:
     """The relay's own connection (not pooled: it holds a session lock and a LISTEN)."""
 
-    def __init__(self, conn: asyncpg.Connection[Record], wake: asyncio.Event) -> None:
+    def __init__(self, conn: asyncpg.Connection[Record]) -> None:
         self._conn = conn
-        self._wake = wake
         self.locked = False
 
     @classmethod
@@ -196,20 +195,13 @@ class OutboxConnection:
         """The relay's connection, to the host `connector` finds (each host within its connect timeout);
         `limit_seconds` bounds each statement but housekeeping's: a primary that hangs (a frozen host) is
         left that soon, and the relay reconnects to whichever host takes writes."""
-        conn: asyncpg.Connection[Record] = await connector(
+        conn: asyncpg.Connection[Record] = await connector.listening(
+            CHANNEL,
+            lambda *_: wake.set(),  # a wake-up is all a notification means
             command_timeout=limit_seconds,
             server_settings={"timezone": "UTC", "application_name": "booking_service relay"},
         )
-        outbox = cls(conn, wake)
-        try:
-            await conn.add_listener(CHANNEL, outbox._notified)
-        except BaseException:
-            await conn.close()
-            raise
-        return outbox
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
+        return cls(conn)
 
     async def close(self) -> None:
         """Close politely, or drop the connection if that does not finish within CLOSE_SECONDS (or is cancelled)."""

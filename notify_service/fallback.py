@@ -86,20 +86,14 @@ class OutboxReader:
         if self.is_open:
             return
         try:
-            conn = await self._connector(
+            self._conn = await self._connector.listening(
+                PLACED_CHANNEL,
+                self._notified,
                 command_timeout=CONNECT_SECONDS,
                 server_settings={"application_name": "notify_service outbox reader"},
             )
         except DATABASE_ERRORS as exc:
             raise OutboxUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            await conn.add_listener(PLACED_CHANNEL, self._notified)
-        except BaseException as exc:
-            conn.terminate()
-            if isinstance(exc, DATABASE_ERRORS):
-                raise OutboxUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            raise
-        self._conn = conn
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self._placed.set()

@@ -143,6 +143,21 @@ class Connector:
         assert last is not None
         raise last
 
+    async def listening(self, channel: str, callback: Any, **kwargs: Any) -> asyncpg.Connection[Any]:
+        """A connection (as `__call__` makes it) that LISTENs on `channel`. A standby refuses LISTEN (a URL without
+        `target_session_attrs=read-write` may lead to one): NoHostAvailable, and the next host is tried first."""
+        conn = await self(**kwargs)
+        try:
+            await conn.add_listener(channel, callback)
+        except asyncpg.ReadOnlySQLTransactionError as exc:
+            conn.terminate()
+            self.pass_over()
+            raise NoHostAvailable(f"{exc}: a standby; the next host is tried first") from exc
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     def pass_over(self) -> None:
         """The host that answered last turned out not to serve as wanted (read-only): try the next one first."""
         self._first = (self._first + 1) % len(self.hosts)

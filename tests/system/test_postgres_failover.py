@@ -30,6 +30,7 @@ import redis.asyncio as redis
 
 from svc_common.eventstream import EventId
 from svc_common.outbox import change_key, change_of
+from svc_common.postgres import Connector, NoHostAvailable
 from tests.support.events import EventSystem, Subscription, eventually
 from tests.support.pg_pair import LIBFAKETIME, PostgresPair
 from tests.support.realtime import steady_changes
@@ -222,3 +223,23 @@ async def test_a_new_primary_whose_clock_is_behind(
     await _failover(
         pair, system, watchers, channels, "(d) as (c), the new primary's clock 30 s behind", lose_tail_and_clock
     )
+
+
+async def test_without_target_session_attrs_a_standby_named_first_is_passed_over(pair: PostgresPair) -> None:
+    """A URL that names the standby first and does not ask for read-write connects to it; what needs the primary
+    (LISTEN, which a standby refuses) moves on to the next host, and connections after it go there first."""
+    database = await pair.create_database()
+    url = f"postgresql://postgres@127.0.0.1:{pair.standby.port},127.0.0.1:{pair.primary.port}/{database}"
+    connector = Connector(url, connect_timeout=2)
+    with pytest.raises(NoHostAvailable, match="a standby"):
+        await connector.listening("anything", lambda *_: None)
+    conn = await connector.listening("anything", lambda *_: None)
+    try:
+        assert not await conn.fetchval("SELECT pg_is_in_recovery()")
+    finally:
+        await conn.close()
+    conn = await connector()
+    try:
+        assert not await conn.fetchval("SELECT pg_is_in_recovery()")
+    finally:
+        await conn.close()

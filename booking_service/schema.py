@@ -12,10 +12,14 @@ so owns everything (simple, not least privilege).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
+
+from svc_common.postgres import Connector
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -42,24 +46,35 @@ async def _pending(conn: Conn) -> list[Path]:
     return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.name not in done]
 
 
+@contextlib.asynccontextmanager
+async def _locked(conn: Conn) -> AsyncIterator[None]:
+    """Hold the migration lock (one instance at a time, across instances) while the block runs."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def _apply(conn: Conn) -> list[str]:
+    applied = []
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for path in await _pending(conn):
+        async with conn.transaction():
+            await conn.execute(path.read_text())
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+        applied.append(path.name)
+    return applied
+
+
 async def migrate(conn: Conn) -> list[str]:
     """Apply pending migrations on `conn`, serialised across instances by an advisory lock; returns what it
     applied."""
-    applied = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for path in await _pending(conn):
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
-            applied.append(path.name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
-    return applied
+    async with _locked(conn):
+        return await _apply(conn)
 
 
 async def grant_service_role(conn: Conn, role: str) -> None:
@@ -71,15 +86,18 @@ async def grant_service_role(conn: Conn, role: str) -> None:
 
 async def prepare(service: Conn, owner_dsn: str | None) -> list[str]:
     """Bring the schema up to date: as the owner (`owner_dsn`), then granting the service's role (the user of
-    `service`) its privileges; or, without an owner, as the service's role itself. Returns what was applied."""
+    `service`) its privileges; or, without an owner, as the service's role itself. Returns what was applied.
+    Both under the migration lock: instances starting together would otherwise grant at once, and PostgreSQL
+    refuses concurrent GRANTs on one table (`tuple concurrently updated`)."""
     if owner_dsn is None:
         return await migrate(service)
-    owner = await asyncpg.connect(owner_dsn, timeout=10, command_timeout=60)
+    owner = await Connector(owner_dsn)(command_timeout=60)
     try:
-        applied = await migrate(owner)
         role = await service.fetchval("SELECT current_user")
-        if role != await owner.fetchval("SELECT current_user"):
-            await grant_service_role(owner, role)
+        async with _locked(owner):
+            applied = await _apply(owner)
+            if role != await owner.fetchval("SELECT current_user"):
+                await grant_service_role(owner, role)
     finally:
         await owner.close()
     return applied

@@ -23,6 +23,10 @@ RUN /build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ./cl
     && /venv/bin/pip install --no-deps /wheels/*.whl
 
 FROM python:3.11-slim
+# The commit the image is built from, shown by --version, the start-up log line and build_info:
+# docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG GIT_COMMIT=unknown
+ENV BUILD_COMMIT=$GIT_COMMIT
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /venv /venv
 ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1 LOG_FORMAT=json

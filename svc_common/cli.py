@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-from svc_common import logs
+from svc_common import logs, version
 from svc_common.errors import ListenError
 from svc_common.grpc_server import ServerConfig
 from svc_common.metrics import MetricsServer
@@ -81,8 +81,13 @@ def run_service(
         action="store_true",
         help="with --check-config: also connect to each dependency once (exit 1 if one does not answer)",
     )
+    parser.add_argument("--version", action="store_true", help="print the version, commit and Python, and exit")
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     args = parser.parse_args(argv)
+    info = version.build_info(os.environ)
+    if args.version:
+        print(f"{name} {info}")
+        return 0
     if args.probe and not args.check_config:
         parser.error("--probe goes with --check-config")
     env = Env(os.environ)
@@ -103,6 +108,8 @@ def run_service(
     settings, log_config, workers = config
     address = settings.server.metrics_listen
     logs.configure(log_config, service=name)
+    if not args.worker:
+        log.info("%s %s starting on %s, %d worker%s", name, info, args.listen, workers, "s" if workers > 1 else "")
     for variable in unknown if not args.worker else ():
         log.warning("%s (python -m %s --check-config shows what is read)", variable, name)
     # Workers write their metrics for the supervisor to serve; a lone process serves its own.
@@ -116,6 +123,7 @@ def run_service(
             return Workers(name, args.listen, workers, on_exit=metrics.worker_exited if metrics else None).run()
         if args.worker:
             follow_parent()
+        version.record(name, info)
         if metrics is not None:
             metrics.start()
         collect_less()

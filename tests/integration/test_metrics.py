@@ -15,6 +15,7 @@ import pytest
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from svc_common.dev.servers import free_port
+from svc_common.version import build_info
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import exported_names, scrape, uid
 from tests.support.servers import PROJECT
@@ -49,6 +50,10 @@ async def test_every_rpc_is_counted_by_method_and_code_across_workers(
     await watcher.close()
 
     samples = scrape(booking_port)
+    info = build_info({})
+    for port, service in ((booking_port, "booking_service"), (notify_port, "notify_service")):  # what runs
+        labels = f"commit={info.commit},python={info.python},service={service},version={info.version}"
+        assert scrape(port).get(f"build_info{{{labels}}}") == 1, [k for k in scrape(port) if "build" in k]
     assert sample(samples, "grpc_server_started_total", "CreateBooking", BOOKING) == 3
     assert sample(samples, "grpc_server_handled_total", "CreateBooking", BOOKING, "OK") == 3
     assert sample(samples, "grpc_server_msg_received_total", "CreateBooking", BOOKING) == 3

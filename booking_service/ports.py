@@ -40,7 +40,14 @@ class BookingStore(Protocol):
     async def list_bookings(self, query: ListQuery, *, deleted: bool | None) -> list[Booking]: ...
     async def list_audit(self, booking_id: uuid.UUID, after_seq: int, limit: int) -> list[AuditEntry]: ...
     async def create(
-        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Principal, request_id: str | None
+        self,
+        new: NewBooking,
+        *,
+        booking_id: uuid.UUID,
+        op_id: uuid.UUID,
+        actor: Principal,
+        request_id: str | None,
+        note: str = "",
     ) -> tuple[Booking, bool]: ...
     async def soft_delete(
         self,
@@ -67,6 +74,7 @@ class BookingStore(Protocol):
         scope_provider: str | None,
         version: int | None,
         request_id: str | None,
+        note: str = "",
     ) -> UpdateResult: ...
     async def free_slots(
         self, provider_id: str, start: datetime, end: datetime, duration: timedelta, limit: int

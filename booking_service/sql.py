@@ -30,7 +30,7 @@ WITH gate AS (
     RETURNING *
 ), audit AS (
     {_AUDIT_INSERT}
-    SELECT $10, ins.id, 'CREATED', $8, $11, $12, '', to_jsonb(ins) FROM ins
+    SELECT $10, ins.id, 'CREATED', $8, $11, $12, $14::text, to_jsonb(ins) FROM ins
 ), event AS (
     {_OUTBOX_INSERT}
     SELECT 'CREATED', to_jsonb(ins), $8, $11, $12, $13::text FROM ins
@@ -189,7 +189,7 @@ WITH gate AS (
 ), audit AS (
     INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot,
                                update_mask, previous_start, previous_end, request_id, request_digest)
-    SELECT $9, upd.id, 'UPDATED', $10, $11, $12, '', to_jsonb(upd) - 'previous_start' - 'previous_end',
+    SELECT $9, upd.id, 'UPDATED', $10, $11, $12, $17::text, to_jsonb(upd) - 'previous_start' - 'previous_end',
            $13::text[], upd.previous_start, upd.previous_end, $15::text, $16::text
       FROM upd
 ), event AS (

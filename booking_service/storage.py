@@ -100,9 +100,17 @@ class Storage:
         return booking_from_record(record) if record else None
 
     async def create(
-        self, new: NewBooking, *, booking_id: uuid.UUID, op_id: uuid.UUID, actor: Actor, request_id: str | None
+        self,
+        new: NewBooking,
+        *,
+        booking_id: uuid.UUID,
+        op_id: uuid.UUID,
+        actor: Actor,
+        request_id: str | None,
+        note: str = "",
     ) -> tuple[Booking, bool]:
-        """Insert a booking; returns it and whether this call created it (False: an earlier request_id's)."""
+        """Insert a booking; returns it and whether this call created it (False: an earlier request_id's).
+        `note` goes into its audit entry's reason."""
 
         async def by_request(conn: Connection) -> Booking | None:
             if request_id is None:
@@ -129,6 +137,7 @@ class Storage:
                     actor.name,
                     actor.role.value,
                     tracing.traceparent(),
+                    note,
                 )
             except asyncpg.ExclusionViolationError as exc:
                 # A concurrent call with the same request_id may hold the slot: that is its result, not a clash.
@@ -212,8 +221,10 @@ class Storage:
         scope_provider: str | None,
         version: int | None,
         request_id: str | None,
+        note: str = "",
     ) -> UpdateResult:
-        """Change the fields of `change` if the booking is active, within scope and at `version`."""
+        """Change the fields of `change` if the booking is active, within scope and at `version`; `note` goes
+        into its audit entry's reason."""
         args = (
             booking_id,
             change.start_time,
@@ -231,6 +242,7 @@ class Storage:
             tracing.traceparent(),
             request_id,
             change.digest(str(booking_id)) if request_id is not None else None,
+            note,
         )
 
         async def attempt(conn: Connection) -> Record | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from booking_service import pagination
@@ -34,6 +35,9 @@ from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 PURGE_BATCH = 500
+# How far before now a user's or provider's booking may start (clocks that disagree a little, a booking made as
+# it begins); earlier is IN_THE_PAST, except for admins (a backfill, noted in the audit entry).
+PAST_LEEWAY = timedelta(minutes=1)
 
 
 def not_found(booking_id: uuid.UUID) -> NotFound:
@@ -81,19 +85,41 @@ class ChangeSignal(Protocol):
 
 
 class BookingUseCases:
-    def __init__(self, storage: BookingStore, changes: ChangeSignal, page_tokens: pagination.PageTokens) -> None:
+    def __init__(
+        self,
+        storage: BookingStore,
+        changes: ChangeSignal,
+        page_tokens: pagination.PageTokens,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._storage = storage
         self._changes = changes
         self._tokens = page_tokens
+        self._clock = clock
+
+    def _not_in_the_past(self, principal: Principal, start: datetime) -> str:
+        """Refuse a booking that would start before now (PAST_LEEWAY allowed) to users and providers; for an admin
+        (a backfill), the note its audit entry keeps ("" when it does not start in the past)."""
+        now = self._clock()
+        if start >= now - PAST_LEEWAY:
+            return ""
+        if is_admin(principal):
+            return f"backfill: starts {start.isoformat()}, before the time it was written"
+        raise FailedPrecondition(
+            f"a booking may not start in the past (before {(now - PAST_LEEWAY).isoformat()}); an admin may backfill",
+            reason="IN_THE_PAST",
+            metadata={"start_time": start.isoformat(), "now": now.isoformat()},
+        )
 
     async def create(self, principal: Principal, new: NewBooking, request_id: str | None) -> Booking:
         if principal.role is Role.USER and new.customer_id != principal.id:
             raise PermissionDenied("users may only book for themselves", reason="NOT_OWN_BOOKING")
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
+        note = self._not_in_the_past(principal, new.start_time)
         try:
             booking, created = await self._storage.create(
-                new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id
+                new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id, note=note
             )
         except SlotTaken as exc:
             raise _slot_taken() from exc
@@ -225,6 +251,7 @@ class BookingUseCases:
     ) -> Booking:
         """Change an active booking's time, service or notes: its customer, its provider or an admin may."""
         scope = Scope.of(principal)
+        note = self._not_in_the_past(principal, change.start_time) if change.start_time is not None else ""
         try:
             result = await self._storage.update(
                 booking_id,
@@ -235,6 +262,7 @@ class BookingUseCases:
                 scope_provider=scope.provider_id,
                 version=version,
                 request_id=request_id,
+                note=note,
             )
         except SlotTaken as exc:
             raise _slot_taken() from exc

@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
+from svc_common import probes
 from svc_common.dev.servers import (
     CREATE_ROLES,
     OWNER_ROLE,
@@ -42,11 +42,14 @@ from svc_common.dev.servers import (
     redis_binary,
 )
 from svc_common.healthcheck import serving_status
-from svc_common.redis_client import SENTINEL_SCHEME, SentinelTarget
+from svc_common.postgres import Connector
+from svc_common.redis_client import RedisConfig
+from svc_common.settings import redact_url
 
 PROJECT = Path(__file__).resolve().parents[2]
 # MAKE_RUN_LOCAL: another folder for the private servers and the lock (the tests use their own).
 LOCAL = Path(os.environ.get("MAKE_RUN_LOCAL", PROJECT / ".local")).resolve()
+# The private servers' ports (LOCAL_POSTGRES_PORT, LOCAL_REDIS_PORT choose others: a second checkout, or the tests).
 PRIVATE_PG_PORT = 55432
 PRIVATE_REDIS_PORT = 56379
 DATABASE = "booking"
@@ -89,8 +92,11 @@ def claim_local(what: str = "make run") -> Iterator[None]:
         lock.close()  # closing releases the lock
 
 
-def check_free(addresses: list[str]) -> None:
-    """Refuse if something already listens on one of `addresses` (HOST:PORT)."""
+def check_free(
+    addresses: list[str],
+    hint: str = "is another make run up? Stop it, or choose other addresses (BOOKING_LISTEN, NOTIFY_LISTEN)",
+) -> None:
+    """Refuse if something already listens on one of `addresses` (HOST:PORT); `hint` says what to do."""
     for address in addresses:
         host, _, port = address.rpartition(":")
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -98,10 +104,7 @@ def check_free(addresses: list[str]) -> None:
             try:
                 sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
             except OSError as exc:
-                raise Refused(
-                    f"{address} is not free ({exc.strerror}): is another make run up? "
-                    "Stop it, or set BOOKING_LISTEN and NOTIFY_LISTEN"
-                ) from None
+                raise Refused(f"{address} is not free ({exc.strerror}): {hint}") from None
 
 
 def postgres_folder(name: str, local: Path = LOCAL) -> Path:
@@ -136,13 +139,15 @@ def wait_until_serving(
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-async def _postgres_answers(url: str) -> bool:
+async def _postgres_refusal(url: str) -> str | None:
+    """Why the PostgreSQL at `url` cannot be used (the server's own words: authentication, an unknown database,
+    TLS), or None if a connection works."""
     try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError):
-        return False
+        conn = await Connector(url)(timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     await conn.close()
-    return True
+    return None
 
 
 async def _ensure_database(server_url: str, database: str) -> bool:
@@ -161,34 +166,46 @@ async def _ensure_database(server_url: str, database: str) -> bool:
     return bool(owner == OWNER_ROLE)
 
 
-def _redis_answers(url: str) -> bool:
-    """Whether the Redis `url` names answers (for a redis+sentinel:// URL: whether its first sentinel does)."""
-    if url.startswith(f"{SENTINEL_SCHEME}://"):
-        try:
-            host, port = SentinelTarget.parse(url).sentinels[0]
-        except ValueError:
-            return False
-    else:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+def _redis_refusal(env: dict[str, str]) -> str | None:
+    """Why the Redis of REDIS_URL cannot be used (the server's own words: authentication, an ACL), or None if
+    it answers (svc_common.probes: as the services connect, Sentinel included)."""
     try:
-        with socket.create_connection((host, port), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
+        asyncio.run(
+            asyncio.wait_for(
+                probes.redis(RedisConfig(env["REDIS_URL"], 3.0, env.get("REDIS_SENTINEL_PASSWORD", ""))), 10
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever stops it from answering is the answer
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    text = env.get(name) or str(default)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise Refused(f"{name} must be a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 @contextlib.contextmanager
 def database(env: dict[str, str]) -> Iterator[None]:
     url = env.get("DATABASE_URL", "")
-    if url and asyncio.run(_postgres_answers(url)):
-        say(f"using DATABASE_URL {url}")
+    if url:  # the operator's choice: used, or refused with the server's reason, never silently replaced
+        refusal = asyncio.run(_postgres_refusal(url))
+        if refusal is not None:
+            raise Refused(
+                f"DATABASE_URL {redact_url(url)} cannot be used ({refusal}); fix it, or unset it for a private "
+                "PostgreSQL"
+            )
+        say(f"using DATABASE_URL {redact_url(url)}")
         yield
         return
     folder = postgres_folder(POSTGRES_FOLDER)
-    say(f"DATABASE_URL {'does not answer' if url else 'is not set'}; a private PostgreSQL in {shown(folder)}")
-    server = PostgresServer(folder, port=PRIVATE_PG_PORT)
+    port = _port(env, "LOCAL_POSTGRES_PORT", PRIVATE_PG_PORT)
+    say(f"DATABASE_URL is not set; a private PostgreSQL in {shown(folder)} on port {port}")
+    server = PostgresServer(folder, port=port)
+    if not server.running():
+        check_free([f"127.0.0.1:{port}"], hint="set LOCAL_POSTGRES_PORT to another port")
     started = not server.running()
     if started:
         server.start()
@@ -211,8 +228,13 @@ def database(env: dict[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def redis(env: dict[str, str]) -> Iterator[None]:
     url = env.get("REDIS_URL", "")
-    if url and _redis_answers(url):
-        say(f"using REDIS_URL {url}")
+    if url:  # the operator's choice: used, or refused, never silently replaced
+        refusal = _redis_refusal(env)
+        if refusal is not None:
+            raise Refused(
+                f"REDIS_URL {redact_url(url)} cannot be used ({refusal}); fix it, or unset it for a private Redis"
+            )
+        say(f"using REDIS_URL {redact_url(url)}")
         yield
         return
     if env.get("SENTINEL") == "1":  # make cluster SENTINEL=1: a primary, a replica and three sentinels
@@ -227,8 +249,10 @@ def redis(env: dict[str, str]) -> Iterator[None]:
             group.stop()
         return
     folder = LOCAL / ("redis-embedded" if from_wheel(redis_binary()) else "redis")
-    say(f"REDIS_URL {'does not answer' if url else 'is not set'}; starting a private Redis in {shown(folder)}")
-    server = RedisServer(folder, port=PRIVATE_REDIS_PORT, persist=True)
+    port = _port(env, "LOCAL_REDIS_PORT", PRIVATE_REDIS_PORT)
+    say(f"REDIS_URL is not set; starting a private Redis in {shown(folder)} on port {port}")
+    check_free([f"127.0.0.1:{port}"], hint="set LOCAL_REDIS_PORT to another port")
+    server = RedisServer(folder, port=port, persist=True)
     server.start()
     env["REDIS_URL"] = server.url
     say(f"REDIS_URL={env['REDIS_URL']}")

@@ -20,6 +20,7 @@ from svc_common.dev.cluster import Balancer
 from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, eventually
 from tests.support.helpers import Caller, fresh_slot, token, uid
+from tests.support.servers import require_nginx
 from tests.support.writer import Writer
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,6 +60,7 @@ class Behind:
 
 @pytest.fixture
 async def behind(system: EventSystem) -> AsyncIterator[Behind]:
+    require_nginx()
     made = Behind(system)
     yield made
     await made.close()

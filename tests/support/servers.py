@@ -13,8 +13,10 @@ from typing import ClassVar
 
 import asyncpg
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
+from svc_common.dev.cluster import nginx_binary
 from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
 from svc_common.settings import Env
@@ -120,6 +122,17 @@ class ServiceProcess:
 
     def logged_since(self, when: float) -> bool:
         return self.log_path.exists() and self.log_path.stat().st_mtime >= when
+
+
+def require_nginx() -> None:
+    """Skip the test, in one line saying how to get them run, where nginx is not installed; where every test must
+    run (TESTS_REQUIRE_ALL=1: CI), fail instead."""
+    try:
+        nginx_binary()
+    except RuntimeError as missing:
+        if os.environ.get("TESTS_REQUIRE_ALL") == "1":
+            raise
+        pytest.skip(f"{missing}: the tests behind the balancer need it")
 
 
 def stream_key(database_url: str) -> str:

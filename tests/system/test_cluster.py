@@ -26,7 +26,7 @@ from svc_common.dev.cluster import Balancer
 from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, Subscription, assert_exactly, assert_order_per_booking, eventually
 from tests.support.helpers import Caller, auth, expect_error, fresh_slot, ts, uid
-from tests.support.servers import ServiceProcess
+from tests.support.servers import ServiceProcess, require_nginx
 from tests.support.writer import Writer
 
 pytestmark = pytest.mark.timeout(240)
@@ -51,6 +51,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(system: EventSystem) -> Iterator[Cluster]:
+    require_nginx()
     made = Cluster(system)
     yield made
     made.balancer.stop()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
@@ -27,7 +28,7 @@ from booking_service.usecases import BookingUseCases
 from svc_common import eventstream, tracing
 from svc_common.auth import TokenVerifier
 from svc_common.backoff import Backoff
-from svc_common.errors import ServiceError
+from svc_common.errors import CannotStart, ServiceError
 from svc_common.grpc_server import GrpcServer, loop_name
 from svc_common.principal import Principal, Role
 from svc_common.redis_client import REDIS_ERRORS, connect, follow_failovers, sentinel_managed
@@ -48,8 +49,11 @@ RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=
 
 
 async def _open_database(db: Database, owner_dsn: str | None, stop: asyncio.Event) -> None:
-    """Connect and migrate, waiting for the database to come up (or for a stop signal)."""
+    """Connect and migrate, waiting for the database to come up (or for a stop signal). A refusal (privileges,
+    authentication, an unknown database) is tried REFUSALS_BEFORE_GIVING_UP times (another instance may be
+    granting, an operator creating the database), then the service gives up: CannotStart, status 2."""
     backoff = Backoff(0.5, 5.0)
+    refusals = 0
     while True:
         try:
             await db.open()
@@ -57,10 +61,17 @@ async def _open_database(db: Database, owner_dsn: str | None, stop: asyncio.Even
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             return
-        except LOST_CONNECTION as exc:
+        except (*LOST_CONNECTION, asyncpg.PostgresError) as exc:
             await db.close()
+            if not isinstance(exc, LOST_CONNECTION):
+                refusals += 1
+                if refusals >= REFUSALS_BEFORE_GIVING_UP:
+                    raise CannotStart(
+                        f"the database refuses what the service needs to start ({type(exc).__name__}: {exc}); "
+                        f"{_REFUSAL_HINT}"
+                    ) from exc
             delay = backoff.next()
-            log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            log.warning("database not reachable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()
@@ -76,6 +87,11 @@ async def _redis_ok(client: redis.Redis) -> bool:
 
 
 RELAY_TASKS = ("relay", "waker")
+REFUSALS_BEFORE_GIVING_UP = 3
+_REFUSAL_HINT = (
+    "check DATABASE_URL's user, password and database, and that MIGRATION_DATABASE_URL names the schema's owner "
+    "when DATABASE_URL's role may not create tables (docs/configuration.md)"
+)
 
 
 async def _watch_health(

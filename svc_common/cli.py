@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from svc_common import logs, version
-from svc_common.errors import ListenError
+from svc_common.errors import CannotStart
 from svc_common.grpc_server import ServerConfig
 from svc_common.metrics import MetricsServer
 from svc_common.settings import Env, SettingsError
@@ -133,7 +133,7 @@ def run_service(
             uvloop.run(serve(settings))
         else:
             asyncio.run(serve(settings))
-    except ListenError as exc:
+    except CannotStart as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -94,6 +94,10 @@ class Unavailable(ServiceError):
     default_reason = "UNAVAILABLE"
 
 
-class ListenError(Exception):
-    """The server cannot listen on its address (in use, or not an address of this host): a start-up error, not
-    an RPC's (the command line prints it and exits with status 2)."""
+class CannotStart(Exception):
+    """The service cannot start, for a reason that will not pass by itself (a start-up error, not an RPC's): the
+    command line prints it in one line and exits with status 2, which stops every worker."""
+
+
+class ListenError(CannotStart):
+    """The server cannot listen on its address (in use, or not an address of this host)."""

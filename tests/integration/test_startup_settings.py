@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.helpers import JWT_SECRET
 from tests.support.servers import PROJECT, refused_start
 
@@ -93,3 +94,18 @@ def test_check_config_probe_connects_to_each_dependency(new_database: Callable[[
         "# probe: Redis (REDIS_URL)",
     ]
     assert "--probe goes with --check-config" in run("booking_service", {}, "--probe").stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_database_that_refuses_what_the_service_needs_stops_it_with_the_reason_after_a_few_tries(
+    new_database: Callable[[], str], redis_url: str, workers: str
+) -> None:
+    """The least-privilege role without MIGRATION_DATABASE_URL may not create the tables: the service says so in
+    one line and exits with status 2 (so its workers stop too), instead of restarting forever."""
+    env = {"DATABASE_URL": as_role(new_database(), SERVICE_ROLE), "REDIS_URL": redis_url, "WORKERS": workers}
+    env |= {"METRICS_LISTEN": "", "LOG_FORMAT": "text", "JWT_SECRET": JWT_SECRET}
+    stderr = refused_start("booking_service", env, listen=f"127.0.0.1:{free_port()}")
+    reason = [line for line in stderr.splitlines() if line.startswith("booking_service: ")]
+    assert reason and "permission denied for schema public" in reason[0], stderr  # each worker that got so far
+    assert "MIGRATION_DATABASE_URL" in reason[0]
+    assert stderr.count("database not reachable (InsufficientPrivilegeError") >= 2, stderr  # tried again first

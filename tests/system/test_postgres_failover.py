@@ -218,6 +218,7 @@ async def test_a_new_primary_whose_clock_is_behind(
 ) -> None:
     if not LIBFAKETIME.exists() and os.environ.get("TESTS_REQUIRE_ALL") != "1":  # CI installs it: never skipped
         pytest.skip("libfaketime is not installed (Debian: apt-get install faketime)")
+
     async def lose_tail_and_clock(writer: Writer) -> None:
         await _lose_the_tail(pair, writer)
         pair.set_standby_clock("-30s")

@@ -85,6 +85,10 @@ class TokenVerifier:
             raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from exc
         except jwt.InvalidSignatureError as exc:
             raise Unauthenticated("token signature is invalid", reason="INVALID_TOKEN") from exc
+        except jwt.DecodeError as exc:  # its own words name the library's internals (a codec, a byte)
+            raise Unauthenticated(
+                "token is not a JWT (header.payload.signature, base64url)", reason="INVALID_TOKEN"
+            ) from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token rejected: {exc}", reason="INVALID_TOKEN") from exc
         exp = claims["exp"]

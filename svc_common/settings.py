@@ -25,6 +25,9 @@ REDACTED = "<redacted>"
 ALSO_READ = frozenset({"TLS_CA_FILE", "TLS_SERVER_NAME"})
 # Prefixes libraries read many variables of (OpenTelemetry's SDK): never reported as unknown.
 LIBRARY_PREFIXES = ("OTEL_",)
+# How alike a variable's name must be to a setting's to be taken for a misspelling of it (difflib's ratio:
+# DATABSE_URL and DATABASE_URL 0.96, WORKER and WORKERS 0.92).
+CLOSE_SPELLING = 0.85
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")  # redis-py's, and Sentinel (svc_common.redis_client)
 
 
@@ -99,6 +102,12 @@ class Env:
             name, shown, "required" if default is _REQUIRED else _show(default), self.is_set(name)
         )
 
+    def _set_instead(self, name: str) -> str:
+        """A hint naming a variable that is set and spelled nearly as `name` (DATABSE_URL for DATABASE_URL)."""
+        others = [other for other in self._environ if other != name]  # set but empty: no hint
+        close = difflib.get_close_matches(name, others, n=1, cutoff=CLOSE_SPELLING)
+        return f" ({close[0]} is set: a misspelling?)" if close else ""
+
     def unknown(self) -> list[str]:
         """Variables set with the prefix of a setting this service read (DB_, REDIS_, ...) that it did not read:
         misspelled, or meant for another service; each as a warning naming the closest known name, if any."""
@@ -106,10 +115,16 @@ class Env:
         prefixes = {name.split("_", 1)[0] + "_" for name in known if "_" in name} - set(LIBRARY_PREFIXES)
         found = []
         for name in sorted(self._environ):
-            if name.startswith(tuple(prefixes)) and name not in known:
+            if name in known:
+                continue
+            if name.startswith(tuple(prefixes)):
                 kin = [k for k in known if k.split("_", 1)[0] == name.split("_", 1)[0]]  # DB_POOL_MAX: DB_*
                 close = difflib.get_close_matches(name, kin, n=1, cutoff=0.4)
-                found.append(f"{name} is set but not read" + (f": did you mean {close[0]}?" if close else ""))
+            else:  # another prefix, but spelled nearly as a setting: DATABSE_URL, WORKER
+                close = difflib.get_close_matches(name, list(known), n=1, cutoff=CLOSE_SPELLING)
+                if not close:
+                    continue
+            found.append(f"{name} is set but not read" + (f": did you mean {close[0]}?" if close else ""))
         return found
 
     def report(self) -> str:
@@ -134,7 +149,7 @@ class Env:
     def require(self, name: str) -> str:
         value = self.raw(name)
         if value is None:
-            self.problem(f"environment variable {name} is required")
+            self.problem(f"environment variable {name} is required{self._set_instead(name)}")
         self.note(name, value, _REQUIRED)
         return value or ""
 
@@ -147,7 +162,7 @@ class Env:
     def secret(self, name: str, *, min_bytes: int) -> str:
         value = self.raw(name)
         if value is None:
-            self.problem(f"environment variable {name} is required")
+            self.problem(f"environment variable {name} is required{self._set_instead(name)}")
         elif len(value.encode()) < min_bytes:
             self.problem(f"{name} must be at least {min_bytes} bytes (HS256 keys shorter than that are weak)")
         self.note(name, value, _REQUIRED, secret=True)
@@ -166,7 +181,7 @@ class Env:
         value = self.raw(name)
         if value is None:
             if required:
-                self.problem(f"environment variable {name} is required")
+                self.problem(f"environment variable {name} is required{self._set_instead(name)}")
             self.note(name, "", _REQUIRED if required else "", url=True)
             return ""
         self.note(name, value, _REQUIRED if required else "", url=True)

@@ -112,9 +112,10 @@ def main() -> int:
 def serve(instances: list[tuple[str, int]], env: dict[str, str]) -> int:
     processes = []
     for n, (module, port) in enumerate(instances):
-        say(f"starting {module} on 127.0.0.1:{port}")
         # Metrics of each instance on a port of its own (9101, 9102 booking; 9103, 9104 notify).
-        instance_env = {**env, "METRICS_LISTEN": f"127.0.0.1:{9101 + n}"}
+        metrics = f"127.0.0.1:{9101 + n}"
+        say(f"starting {module} on 127.0.0.1:{port}, metrics on http://{metrics}/metrics")
+        instance_env = {**env, "METRICS_LISTEN": metrics}
         command = [sys.executable, "-m", module, "--listen", f"127.0.0.1:{port}"]
         processes.append(subprocess.Popen(command, env=instance_env))
     addresses = {f"{module}-{port}": f"127.0.0.1:{port}" for module, port in instances}

@@ -342,3 +342,18 @@ def test_the_redis_timeout_is_bounded_under_notifys_fallback_delay_and_passwords
     assert "data-pw" not in report and "s-pw" not in report
     assert "REDIS_URL=redis+sentinel://:<redacted>@s1:1,s2:2/m" in report.splitlines()
     assert "REDIS_SENTINEL_PASSWORD=<redacted>" in report.splitlines()
+
+
+def test_a_misspelled_setting_is_named_whatever_its_prefix() -> None:
+    """DATABSE_URL for a required DATABASE_URL: the missing one's problem names the misspelling; WORKER, set
+    beside the settings, is warned of as WORKERS; a name far from every setting (PATH) is nobody's business."""
+    env = Env({"DATABSE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h", "JWT_SECRET": SECRET})
+    BookingSettings.read(env, listen="127.0.0.1:1", reuse_port=False)
+    assert "environment variable DATABASE_URL is required (DATABSE_URL is set: a misspelling?)" in env.problems
+    env = Env({**BASE, "WORKER": "1", "PATH": "/usr/bin", "REDIS_URI": "redis://h"})
+    BookingSettings.read(env, listen="127.0.0.1:1", reuse_port=False)
+    env.integer("WORKERS", 1)  # read by the command line beside the service's settings
+    assert env.unknown() == [
+        "REDIS_URI is set but not read: did you mean REDIS_URL?",
+        "WORKER is set but not read: did you mean WORKERS?",
+    ]

@@ -181,3 +181,24 @@ def test_a_url_that_is_set_but_refuses_stops_make_run_with_the_reason_and_no_pas
     assert "refused" in lines[-1] and name in lines[-1] and words in lines[-1], lines
     assert "s3cret" not in run.text(), run.text()
     assert "starting booking_service" not in run.text()
+
+
+def test_two_checkouts_run_side_by_side_with_the_documented_line(tmp_path: Path) -> None:
+    """A second checkout (its own .local/) beside the first, on the ports the README's line chooses (here free
+    ones): both serve at once, each on its own private servers."""
+    first, second = Local(tmp_path / "one" / "local"), Local(tmp_path / "two" / "local")
+    for local in (first, second):
+        local.folder.parent.mkdir()
+    runs = [MakeRun(local, "run") for local in (first, second)]
+    try:
+        for run in runs:
+            run.wait_for("both services SERVING")
+        for run in runs:
+            assert serving_status(run.booking) == SERVING and serving_status(run.notify) == SERVING
+        assert postgres_answers(first) and postgres_answers(second)
+    finally:
+        for run in runs:
+            assert run.stop() == 0, run.text()
+        for local in (first, second):
+            if local.postgres().running():
+                local.postgres().stop("immediate")

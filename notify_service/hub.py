@@ -31,9 +31,12 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from booking_api.notify.v1 import notify_pb2
 from svc_common.errors import OutOfRange, ResourceExhausted, ServiceError
 from svc_common.eventstream import EventId
+from svc_common.outbox import change_of
 from svc_common.scope import Scope
 
 DEFAULT_WINDOW = 10_000  # recent events a hub keeps for subscribers that resume
@@ -51,11 +54,21 @@ class Event:
     payload: bytes | None
     erases: bool = False  # a HARD_DELETED event: its booking's earlier events lose their notes
     seam: bool = False  # a seam: positions jump here on purpose (svc_common.eventstream); never delivered
-    change: str = ""  # what tells this change from others whatever its position (svc_common.outbox.change_key)
 
     def continues(self, previous: EventId) -> bool:
         """Whether this entry comes next after `previous`, with nothing missing in between."""
         return self.id.continues(previous, seam=self.seam)
+
+    def change(self) -> str:
+        """What tells this change from others whatever its position (svc_common.outbox.change_key; "" for an
+        entry without an event). Parsed from the payload: asked only around a seam, never on the hot path."""
+        if self.payload is None:
+            return ""
+        try:
+            carried = notify_pb2.SubscribeResponse.FromString(self.payload).events
+        except DecodeError:  # not one of ours (the reader makes every payload): nothing to compare it by
+            return ""
+        return change_of(carried[0]) if carried else ""
 
 
 def without_notes(event: Event) -> Event:
@@ -373,10 +386,9 @@ class Hub:
         kept: list[Event] = []
         for event in events:
             if event.seam:
-                before = (e.change for e in (*self._recent, *kept) if e.change)
-                self._before_seam = frozenset(before)
-            elif event.change in self._before_seam:
-                event = replace(event, payload=None, change="")
+                self._before_seam = frozenset(e.change() for e in (*self._recent, *kept)) - {""}
+            elif event.change() in self._before_seam:
+                event = replace(event, payload=None)
             kept.append(event)
         return kept
 

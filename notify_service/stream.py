@@ -32,7 +32,6 @@ from notify_service.lag import OutboxLag
 from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import ORIGIN, EventId
-from svc_common.outbox import change_of
 from svc_common.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,6 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
         booking_id=fields.get(stream.FIELD_BOOKING, b"").decode(),
         payload=response.SerializeToString(),
         erases=event.type == events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
-        change=change_of(event),
     )
 
 

@@ -7,6 +7,9 @@ import json
 
 import pytest
 
+from booking_api.booking.v1 import events_pb2
+from booking_api.booking.v1.booking_pb2 import Booking
+from booking_api.notify.v1 import notify_pb2
 from booking_service.outbox import seam_reason
 from notify_service.hub import Event, EventFilter, Hub, Subscriber
 from notify_service.stream import _range, decode
@@ -108,21 +111,27 @@ def test_a_seam_row_is_the_same_entry_on_both_paths_and_decodes_as_a_seam() -> N
 def test_a_change_delivered_before_a_seam_and_placed_again_after_it_is_delivered_once() -> None:
     """The old primary placed (and notify delivered) a change whose commit, but not whose placing, reached the
     standby; the new primary places it again after its seam: it keeps that position but is not delivered."""
+    kinds = {"CREATED": events_pb2.BOOKING_EVENT_TYPE_CREATED, "UPDATED": events_pb2.BOOKING_EVENT_TYPE_UPDATED}
+    sent: dict[int, bytes] = {}
 
-    def change(seq: int, key: str) -> Event:
-        return Event(EventId(1000 + seq, seq), "c", "p", key, f"e{seq}".encode(), change=key)
+    def change(seq: int, kind: str, booking: str, version: int) -> Event:
+        carried = events_pb2.BookingEvent(
+            event_id=f"{1000 + seq}-{seq}", type=kinds[kind], booking=Booking(id=booking, etag=f'"{version}"')
+        )
+        sent[seq] = notify_pb2.SubscribeResponse(events=[carried]).SerializeToString()
+        return Event(EventId(1000 + seq, seq), "c", "p", booking, sent[seq])
 
     hub = Hub()
     subscriber = Subscriber(EventFilter(ADMIN), None, 10)
     hub.add(subscriber)
     jump = 3 + SEAM_GAP
-    hub.dispatch([change(1, "CREATED a 1"), change(2, "CREATED b 1"), change(3, "UPDATED a 2")])
-    hub.dispatch([seam(jump), change(jump + 1, "CREATED b 1"), change(jump + 2, "UPDATED a 2")])
-    hub.dispatch([change(jump + 3, "CREATED c 1"), change(jump + 4, "UPDATED a 2")])
+    hub.dispatch([change(1, "CREATED", "a", 1), change(2, "CREATED", "b", 1), change(3, "UPDATED", "a", 2)])
+    hub.dispatch([seam(jump), change(jump + 1, "CREATED", "b", 1), change(jump + 2, "UPDATED", "a", 2)])
+    hub.dispatch([change(jump + 3, "CREATED", "c", 1), change(jump + 4, "UPDATED", "a", 3)])
     assert subscriber.failure is None
-    assert list(subscriber._queue) == [b"e1", b"e2", b"e3", f"e{jump + 3}".encode()]
+    assert list(subscriber._queue) == [sent[1], sent[2], sent[3], sent[jump + 3], sent[jump + 4]]
     assert subscriber.last == EventId(1000 + jump + 4, jump + 4)
     # The window holds the place holders, so a subscriber resuming after the seam gets the same.
     assert [e.payload for e in hub.recent_after(EventId(1000 + jump, jump), 10) or []] == [
-        None, None, f"e{jump + 3}".encode(), None
+        None, None, sent[jump + 3], sent[jump + 4]
     ]  # fmt: skip

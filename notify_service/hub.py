@@ -54,6 +54,9 @@ class Event:
     payload: bytes | None
     erases: bool = False  # a HARD_DELETED event: its booking's earlier events lose their notes
     seam: bool = False  # a seam: positions jump here on purpose (svc_common.eventstream); never delivered
+    # After a seam: the id this instance dispatched the same change under before it (the old primary placed it,
+    # the new one again): not delivered again to a subscriber that passed that id (Subscriber.crossed_from).
+    repeats: EventId | None = None
 
     def continues(self, previous: EventId) -> bool:
         """Whether this entry comes next after `previous`, with nothing missing in between."""
@@ -69,6 +72,13 @@ class Event:
         except DecodeError:  # not one of ours (the reader makes every payload): nothing to compare it by
             return ""
         return change_of(carried[0]) if carried else ""
+
+
+def already_had(repeated: EventId, crossed_from: EventId | None) -> bool:
+    """Whether a reader that passed a seam from `crossed_from` (None: it passed none) had the change the event
+    after it repeats (dispatched before the seam as `repeated`): a live one did, one that came to the seam
+    through the stream (which never held it: it was read from the lost outbox) did not."""
+    return crossed_from is not None and repeated.seq <= crossed_from.seq
 
 
 def without_notes(event: Event) -> Event:
@@ -164,6 +174,7 @@ class Subscriber:
         "_queue",
         "_taken",
         "_waiter",
+        "crossed_from",
         "delivered",
         "failure",
         "filter",
@@ -182,6 +193,7 @@ class Subscriber:
         self.max_queue = max_queue  # events, whatever the responses they go out in
         self.limits = limits
         self.failure: ServiceError | None = None
+        self.crossed_from: EventId | None = None  # where it was when it passed the last seam (None: it did not)
         self.delivered = 0  # events handed out in responses, and those responses (for the metrics)
         self.responses = 0
         self.reported = (0, 0)  # (delivered, responses) as far as the metrics have counted them
@@ -212,12 +224,15 @@ class Subscriber:
                 if event.seam:
                     if event.id.seq <= self.last.seq:  # passed already (while catching up from history)
                         continue
+                    self.crossed_from = self.last
                 elif event.id <= self.last:  # already seen (while catching up from history)
                     continue
                 elif not event.id.follows(self.last):
                     self.fail(cursor_expired(self.last))
                     return
             self.last = event.id
+            if event.repeats is not None and already_had(event.repeats, self.crossed_from):
+                continue
             if self.filter.matches(event):
                 self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
                 queued += 1
@@ -303,9 +318,9 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._closing: ServiceError | None = None
         self._recent: deque[Event] = deque(maxlen=window)
-        # The changes dispatched before the last seam (those the window held): a primary that took over places
-        # again the changes it got the commits of but not the placing, and those are not delivered twice.
-        self._before_seam: frozenset[str] = frozenset()
+        # The changes dispatched before the last seam (those the window held), with their ids: a primary that
+        # took over places again the changes it got the commits of but not the placing (Event.repeats).
+        self._before_seam: dict[str, EventId] = {}
 
     def start_at(self, last: EventId | None, recent: list[Event]) -> None:
         """Set the position the stream is followed from, with the events that led up to it (oldest first)."""
@@ -381,14 +396,14 @@ class Hub:
             self._erase(erased)
 
     def _once(self, events: list[Event]) -> list[Event]:
-        """`events`, each change already dispatched before a seam among them or before the last one replaced by
-        a place holder (it keeps its position, and is never delivered again)."""
+        """`events`, each change already dispatched before a seam among them (or before the last one) marked with
+        the id it was dispatched under (Event.repeats)."""
         kept: list[Event] = []
         for event in events:
             if event.seam:
-                self._before_seam = frozenset(e.change() for e in (*self._recent, *kept)) - {""}
-            elif event.change() in self._before_seam:
-                event = replace(event, payload=None)
+                self._before_seam = {change: e.id for e in (*self._recent, *kept) if (change := e.change())}
+            elif (earlier := self._before_seam.get(event.change())) is not None:
+                event = replace(event, repeats=earlier)
             kept.append(event)
         return kept
 

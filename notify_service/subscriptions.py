@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from notify_service import metrics
-from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, cursor_expired, take_batch
+from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, already_had, cursor_expired, take_batch
 from notify_service.stream import StreamReader
 from svc_common.errors import Unavailable
 from svc_common.eventstream import ORIGIN, EventId
@@ -80,6 +80,7 @@ class Subscriptions:
     async def _replay(self, subscriber: Subscriber, cursor: EventId) -> AsyncIterator[bytes]:
         """History after `cursor` up to the hub's position; leaves `subscriber.last` where history ended."""
         position = cursor
+        crossed = subscriber.crossed_from
         first = True
         while True:
             events = self._hub.recent_after(position, self._reader.history_batch)
@@ -94,7 +95,11 @@ class Subscriptions:
                 if not event.continues(position):
                     gap = True
                     break
+                if event.seam:
+                    crossed = position
                 position = event.id
+                if event.repeats is not None and already_had(event.repeats, crossed):
+                    continue
                 if subscriber.filter.matches(event):
                     matched.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
             while matched:  # what came before a gap is delivered before the call ends
@@ -107,5 +112,5 @@ class Subscriptions:
                 raise cursor_expired(position)
             hub = self._hub.last
             if not events or hub is None or position >= hub:
-                subscriber.last = position
+                subscriber.last, subscriber.crossed_from = position, crossed
                 return

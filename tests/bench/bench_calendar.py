@@ -93,7 +93,7 @@ class Raw:
         async with self.pool.acquire() as conn:
             record = await conn.fetchrow(
                 UPDATE_SQL, booking_id, start, end, None, None, None, None, None, uuid.uuid4(), "bench", "Bench",
-                "admin", change.paths, None, None, None,
+                "admin", change.paths, None, None, None, "",
             )  # fmt: skip
         assert record is not None and record["id"] is not None
 

@@ -156,11 +156,15 @@ async def _failover(
     finally:
         await replay.close()
     first_after = min(t for t in writer.returned.values() if t >= promoted)
+    # Changes the new primary placed again (it had their commits, not their placing): delivered once all the same.
+    held_at = {change_key(r["event_type"], r["booking"], r["version"]): f"{r['stream_ms']}-{r['seq']}" for r in rows}
+    placed_again = sum(held_at.get(change_of(e)) not in (None, e.event_id) for e in watchers[0].events)
     print(
         f"\nPostgreSQL failover, {fault}: writes again {first_after - promoted:.2f} s after the promotion, every "
         f"subscriber had the first of them {_first_everywhere(watchers, writer, promoted):.2f} s after it; "
         f"{len(writer.failures)} creates failed during the fault, {len(lost)} acknowledged creates lost with the "
-        f"old primary, {len(seams)} seam(s); 0 lost or duplicated after the promotion ({len(after)} creates)"
+        f"old primary, {placed_again} placed again, {len(seams)} seam(s); 0 lost or duplicated after the "
+        f"promotion ({len(after)} creates)"
     )
 
 

@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from tests.support.events import EventSystem, eventually
-from tests.support.helpers import auth
+from tests.support.grpcurl import Grpcurl
+from tests.support.helpers import auth, token
 from tests.support.servers import booking_env, refused_start
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -160,3 +161,18 @@ async def test_a_renewed_certificate_reaches_new_connections_without_a_restart(
         async with channel(notify.address, pki) as old_trust:
             with pytest.raises(grpc.aio.AioRpcError):
                 await health(old_trust)
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_the_grpcurl_call_of_docs_operations_works_as_printed(system: EventSystem, pki: Path, mutual: bool) -> None:
+    """docs/operations.md's TLS call with the real grpcurl: the CA file, and for mutual TLS the client pair."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    (call,) = [line for line in page.splitlines() if line.startswith("grpcurl -cacert")]
+    if mutual:
+        assert "also -cert client.crt -key client.key" in page
+        call = call.replace("-cacert ca.crt", "-cacert ca.crt -cert client.crt -key client.key")
+    booking = system.booking(**tls_env(pki, mutual=mutual))
+    for name in ("ca.crt", "client.crt", "client.key"):
+        call = call.replace(f" {name} ", f" {pki / name} ")
+    result = Grpcurl({"ADMIN": token("admin", "root")}).run(call.replace("localhost:50051", booking.address))
+    assert isinstance(result, dict)  # an answer ({}: no bookings yet), over TLS

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,7 +26,8 @@ from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from svc_common.dev.cluster import Balancer
 from svc_common.dev.servers import free_port
 from tests.support.events import EventSystem, Subscription, assert_exactly, assert_order_per_booking, eventually
-from tests.support.helpers import Caller, auth, expect_error, fresh_slot, ts, uid
+from tests.support.grpcurl import Grpcurl, GrpcurlError
+from tests.support.helpers import Caller, auth, expect_error, fresh_slot, token, ts, uid
 from tests.support.servers import ServiceProcess, require_nginx
 from tests.support.writer import Writer
 
@@ -155,6 +157,22 @@ def admin_create_request() -> booking_pb2.CreateBookingRequest:
             end_time=ts(end),
         )
     )
+
+
+def test_the_grpcurl_calls_of_docs_operations_work_through_the_balancer(cluster: Cluster) -> None:
+    """docs/operations.md's calls at the one address, with the real grpcurl (the Subscribe bounded by -max-time:
+    it streams until stopped)."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    calls = [line for line in page.splitlines() if line.startswith("grpcurl -plaintext") and "50050" in line]
+    assert len(calls) == 3, calls
+    grpcurl = Grpcurl({"ADMIN": token("admin", "root")})
+    listed, health = (grpcurl.run(call.replace("localhost:50050", cluster.balancer.address)) for call in calls[:2])
+    assert isinstance(listed, dict) and health == {"status": "SERVING"}
+    with pytest.raises(GrpcurlError) as streamed:
+        grpcurl.run(
+            calls[2].replace("grpcurl ", "grpcurl -max-time 2 ").replace("localhost:50050", cluster.balancer.address)
+        )
+    assert streamed.value.code == "DEADLINE_EXCEEDED"  # subscribed, and streaming when -max-time ended it
 
 
 async def test_a_subscriber_resumes_through_the_balancer_after_its_instance_is_killed(

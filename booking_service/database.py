@@ -133,7 +133,7 @@ class Database:
     async def prepare_schema(self, owner_dsn: str | None) -> list[str]:
         """Apply pending migrations (as the owner, when given) and return what was applied (see schema.py)."""
         async with self.pool.acquire() as conn:
-            return await schema.prepare(conn, owner_dsn)
+            return await schema.prepare(conn, owner_dsn, self._config.connect_timeout)
 
     async def ping(self) -> bool:
         """Whether a pooled connection answers; if not, the pool's connections are all replaced as they are next

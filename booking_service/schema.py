@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from svc_common.postgres import Connector
+from svc_common.postgres import DEFAULT_CONNECT_TIMEOUT_SECONDS, Connector
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -84,14 +84,16 @@ async def grant_service_role(conn: Conn, role: str) -> None:
         await conn.execute(statement.format(role=quoted))
 
 
-async def prepare(service: Conn, owner_dsn: str | None) -> list[str]:
+async def prepare(
+    service: Conn, owner_dsn: str | None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
+) -> list[str]:
     """Bring the schema up to date: as the owner (`owner_dsn`), then granting the service's role (the user of
     `service`) its privileges; or, without an owner, as the service's role itself. Returns what was applied.
     Both under the migration lock: instances starting together would otherwise grant at once, and PostgreSQL
     refuses concurrent GRANTs on one table (`tuple concurrently updated`)."""
     if owner_dsn is None:
         return await migrate(service)
-    owner = await Connector(owner_dsn)(command_timeout=60)
+    owner = await Connector(owner_dsn, connect_timeout)(command_timeout=60)
     try:
         role = await service.fetchval("SELECT current_user")
         async with _locked(owner):

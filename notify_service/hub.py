@@ -319,8 +319,12 @@ class Hub:
         self._closing: ServiceError | None = None
         self._recent: deque[Event] = deque(maxlen=window)
         # The changes dispatched before the last seam (those the window held), with their ids: a primary that
-        # took over places again the changes it got the commits of but not the placing (Event.repeats).
+        # took over places again the changes it got the commits of but not the placing (Event.repeats). It places
+        # them among the first after the seam (their outbox ids are older than any written after the promotion),
+        # so only a window's worth of events after it are looked at (each payload parsed), or fewer once every
+        # change is matched; then the hot path is as before.
         self._before_seam: dict[str, EventId] = {}
+        self._checks_left = 0
 
     def start_at(self, last: EventId | None, recent: list[Event]) -> None:
         """Set the position the stream is followed from, with the events that led up to it (oldest first)."""
@@ -402,8 +406,13 @@ class Hub:
         for event in events:
             if event.seam:
                 self._before_seam = {change: e.id for e in (*self._recent, *kept) if (change := e.change())}
-            elif (earlier := self._before_seam.get(event.change())) is not None:
-                event = replace(event, repeats=earlier)
+                self._checks_left = self._recent.maxlen or 0
+            elif self._before_seam:
+                if (earlier := self._before_seam.pop(event.change(), None)) is not None:
+                    event = replace(event, repeats=earlier)
+                self._checks_left -= 1
+                if self._checks_left <= 0:
+                    self._before_seam = {}
             kept.append(event)
         return kept
 

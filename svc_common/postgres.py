@@ -111,6 +111,7 @@ class Connector:
         self.url = url
         self.connect_timeout = connect_timeout
         self.hosts: Sequence[Host] = hosts(url)
+        self._attrs = _attrs(url)  # target_session_attrs, for the log
         self._first = 0  # the index of the host to try first: the one that answered last
 
     async def __call__(self, *_dsn: object, **kwargs: Any) -> asyncpg.Connection[Any]:
@@ -127,7 +128,7 @@ class Connector:
                     self.url, host=host, port=port, timeout=self.connect_timeout, **kwargs
                 )
             except asyncpg.TargetServerAttributeNotMatched as exc:
-                last = NoHostAvailable(f"PostgreSQL at {host}:{port} does not serve as {_attrs(self.url)}")
+                last = NoHostAvailable(f"PostgreSQL at {host}:{port} does not serve as {self._attrs}")
                 last.__cause__ = exc
                 continue
             except Exception as exc:  # any failure moves on to the next host, as libpq does
@@ -137,7 +138,7 @@ class Connector:
                 last = exc
                 continue
             if index != self._first:
-                log.info("connected to PostgreSQL at %s:%d (it answers for %s now)", host, port, _attrs(self.url))
+                log.info("connected to PostgreSQL at %s:%d (it answers for %s now)", host, port, self._attrs)
                 self._first = index
             return conn
         assert last is not None

@@ -138,3 +138,20 @@ def test_a_change_delivered_before_a_seam_and_placed_again_after_it_is_delivered
     through_stream = Subscriber(EventFilter(ADMIN), EventId(1002, 2), 10)
     through_stream.offer([seam(jump), *after_seam])
     assert list(through_stream._queue) == [sent[jump + 2], sent[jump + 3]]
+
+
+def test_repeats_are_looked_for_only_in_a_windows_worth_of_events_after_the_seam() -> None:
+    """Each payload after a seam is parsed to find repeats; past a window's worth of events (where the new primary
+    has placed every change it got the commit of) the hot path is as before, and nothing is marked."""
+    payload = notify_pb2.SubscribeResponse(
+        events=[
+            events_pb2.BookingEvent(type=events_pb2.BOOKING_EVENT_TYPE_CREATED, booking=Booking(id="a", etag='"1"'))
+        ]
+    ).SerializeToString()
+    hub = Hub(window=3)
+    hub.dispatch([Event(EventId(1001, 1), "c", "p", "a", payload), *[event(seq) for seq in (2, 3)]])
+    jump = 3 + SEAM_GAP
+    hub.dispatch([seam(jump), *[event(jump + n) for n in (1, 2, 3)]])
+    late = Event(EventId(1000 + jump + 4, jump + 4), "c", "p", "a", payload)
+    hub.dispatch([late])
+    assert hub.recent_after(EventId(1000 + jump + 3, jump + 3), 1) == [late]  # not marked as a repeat

@@ -48,6 +48,10 @@ SERVICE_NAME = booking_pb2.DESCRIPTOR.services_by_name["BookingService"].full_na
 RETENTION_ACTOR = Principal(id="system:retention", name="retention purge", role=Role.ADMIN)
 
 
+class StoppedWhileStarting(Exception):
+    """A stop signal came while the service was still waiting for (or being refused by) its database."""
+
+
 async def _open_database(db: Database, owner_dsn: str | None, stop: asyncio.Event) -> None:
     """Connect and migrate, waiting for the database to come up (or for a stop signal). A refusal (privileges,
     authentication, an unknown database) is tried REFUSALS_BEFORE_GIVING_UP times (another instance may be
@@ -76,7 +80,7 @@ async def _open_database(db: Database, owner_dsn: str | None, stop: asyncio.Even
                 async with asyncio.timeout(delay):
                     await stop.wait()
             if stop.is_set():
-                raise
+                raise StoppedWhileStarting from exc
 
 
 async def _redis_ok(client: redis.Redis) -> bool:
@@ -216,6 +220,8 @@ async def serve(settings: Settings) -> None:
             await stop.wait()
             log.info("stopping: draining calls in flight for up to %.0fs", settings.grace_seconds)
             exit_after(settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS, "shutdown")
+    except StoppedWhileStarting:
+        log.info("stop asked while waiting for the database")
     except LOST_CONNECTION:
         if not stop.is_set():
             raise

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.helpers import JWT_SECRET
-from tests.support.servers import PROJECT, refused_start
+from tests.support.servers import PROJECT, ServiceProcess, refused_start
 
 BASE = {"DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/none", "REDIS_URL": "redis://127.0.0.1:1"}
 
@@ -109,3 +112,21 @@ def test_a_database_that_refuses_what_the_service_needs_stops_it_with_the_reason
     assert reason and "permission denied for schema public" in reason[0], stderr  # each worker that got so far
     assert "MIGRATION_DATABASE_URL" in reason[0]
     assert stderr.count("database not reachable (InsufficientPrivilegeError") >= 2, stderr  # tried again first
+
+
+def test_a_stop_while_the_database_refuses_ends_the_service_cleanly(
+    new_database: Callable[[], str], redis_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM between two refused tries (as when one worker gives up and its siblings are told to stop) is a
+    clean stop: exit status 0 and no traceback, not the database's error raised again."""
+    env = {"DATABASE_URL": as_role(new_database(), SERVICE_ROLE), "REDIS_URL": redis_url, "WORKERS": "1"}
+    service = ServiceProcess("booking_service", env | {"LOG_FORMAT": "text", "JWT_SECRET": JWT_SECRET}, tmp_path)
+    service.start(wait_serving=False)
+    deadline = time.monotonic() + 30
+    while "database not reachable (InsufficientPrivilegeError" not in service.log():
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.05)
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0, service.log()
+    assert "Traceback" not in service.log(), service.log()
+    assert "stop asked while waiting for the database" in service.log()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 
-.PHONY: run cluster lock bufbreaking test test-unit test-integration test-system soak mutants bench check lint typecheck buflint gen install clean token
+.PHONY: run cluster lock bufbreaking test test-unit test-integration test-system soak mutants bench check lint typecheck imports buflint gen install clean token
 
 # The secret `make run` and `make token` use unless JWT_SECRET is set (local use only).
 export JWT_SECRET ?= local-dev-secret-change-me-0123456789abcdef
@@ -41,27 +41,27 @@ gen: $(GENERATED)
 
 # Starts the booking service; uses DATABASE_URL/REDIS_URL when they answer, else private servers under .local/.
 run: gen $(SERVERS)
-	$(PY) -m svc_common.dev.run
+	$(PY) -m devtools.run
 
 # The compose topology from local binaries: nginx (deploy/nginx/nginx.conf) on 127.0.0.1:50050 in front of two
 # booking and two notify instances. Needs nginx (Debian: apt-get install nginx-light). `make cluster SENTINEL=1`
 # runs Redis as a primary, a replica and three Sentinels instead (REDIS_URL=redis+sentinel://...).
 cluster: gen $(SERVERS)
-	SENTINEL=$(SENTINEL) $(PY) -m svc_common.dev.cluster
+	SENTINEL=$(SENTINEL) $(PY) -m devtools.cluster
 
 # The image's hash-pinned lock files (deploy/image/), from the services' and the client's dependencies (the client
 # itself is built from this checkout, so not pinned) and the build requirements.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml deploy/image/requirements.in $(LOCK_FLAGS) \
-		--no-emit-package booking-client -o deploy/image/requirements.lock
+		--no-emit-package slotledger-client -o deploy/image/requirements.lock
 	$(VENV)/bin/uv pip compile deploy/image/build-requirements.in $(LOCK_FLAGS) -o deploy/image/build-requirements.lock
 
 # Print a token: make -s token SUB=alice ROLE=user (ROLE: user, provider or admin).
 SUB ?= alice
 ROLE ?= user
 token: $(STAMP)
-	@$(PY) -m svc_common.dev.mint_token --sub $(SUB) --role $(ROLE)
+	@$(PY) -m devtools.mint_token --sub $(SUB) --role $(ROLE)
 
 test: gen $(SERVERS)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -100,6 +100,10 @@ lint: $(STAMP)
 typecheck: gen
 	$(VENV)/bin/mypy
 
+# The README's layer rules as import-linter contracts ([tool.importlinter] in pyproject.toml).
+imports: gen
+	$(VENV)/bin/lint-imports
+
 buflint: $(STAMP)
 	cd protos && ../$(VENV)/bin/buf lint
 
@@ -108,7 +112,7 @@ BREAKING_AGAINST ?= ../.git\#branch=main,subdir=protos
 bufbreaking: $(STAMP)
 	cd protos && ../$(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'
 
-check: lint typecheck buflint bufbreaking
+check: lint typecheck imports buflint bufbreaking
 
 clean:
 	rm -rf $(VENV) .local client/booking_api/booking client/booking_api/notify $(GENERATED)

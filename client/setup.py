@@ -14,6 +14,6 @@ if GENERATE.exists():  # a checkout (an sdist carries the generated code instead
     try:
         subprocess.run(["sh", str(GENERATE), sys.executable, str(HERE)], check=True, stdout=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError) as exc:
-        sys.exit(f"booking-client: cannot generate the gRPC code from ../protos ({exc})")
+        sys.exit(f"slotledger-client: cannot generate the gRPC code from ../protos ({exc})")
 
 setup()

@@ -1,5 +1,4 @@
-"""What both services share: errors, token verification, settings helpers and gRPC server scaffolding.
-
-`svc_common.dev` holds development-only helpers (local servers, `make run`, token minting) that the services never
-import. The generated stubs live in `protos/booking/` and `protos/notify/` (build output of `make gen`).
+"""What both services share: errors, token verification, settings, the event stream's and the outbox's shapes,
+and the gRPC server scaffolding. The generated code is the client distribution's (`client/booking_api/`, built
+from `protos/` by `make gen`); the development tools (`devtools/`) stay outside the services' wheel.
 """

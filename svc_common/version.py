@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
-DISTRIBUTION = "booking-backend"
+DISTRIBUTION = "slotledger-services"
 BUILD_INFO = Gauge(
     "build_info",
     "1, labelled with what runs: the service, its version, the git commit it was built from, the Python",

@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from booking_api.booking.v1 import booking_pb2_grpc
-from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
+from devtools.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, RedisServer, describe_servers
 from tests.support.bookingctl import Ctl
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller

@@ -169,6 +169,6 @@ def parser(description: str = "") -> argparse.ArgumentParser:
 
 def _version() -> str:
     try:
-        return metadata.version("booking-client")
+        return metadata.version("slotledger-client")
     except metadata.PackageNotFoundError:
         return "unknown"

@@ -29,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.interval_pb2 import Interval
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_api.notify.v1 import notify_pb2_grpc
+from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
 from booking_client._errors import from_rpc_error
 from booking_client._informer import Informer
 from booking_client._options import Backoff, Tls
@@ -139,6 +139,12 @@ class BookingClient:
     def refreshes_tokens(self) -> bool:
         """Whether each call asks the token callable for its token (a string token is the same every time)."""
         return callable(self._token)
+
+    async def open_subscription(
+        self, request: notify_pb2.SubscribeRequest, request_id: str
+    ) -> grpc.aio.UnaryStreamCall[notify_pb2.SubscribeRequest, notify_pb2.SubscribeResponse]:
+        """One Subscribe call, as a Watch makes it (most callers want `watch()`, which resumes it)."""
+        return self._notify.Subscribe(request, metadata=await self.metadata(request_id))
 
     async def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
@@ -376,4 +382,9 @@ class BookingClient:
     def informer(self, *, customer_id: str = "", provider_id: str = "", show_deleted: bool = False) -> Informer:
         """A local cache of the bookings the caller may see, kept equal to the server's state
         (booking_client._informer)."""
-        return Informer(self, customer_id=customer_id, provider_id=provider_id, show_deleted=show_deleted)
+        return Informer(
+            lambda: self.list_bookings(customer_id=customer_id, provider_id=provider_id, show_deleted=show_deleted),
+            lambda: self.watch(customer_id=customer_id, provider_id=provider_id),
+            backoff=self.backoff,
+            show_deleted=show_deleted,
+        )

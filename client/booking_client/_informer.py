@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
 from booking_client._errors import (
@@ -37,10 +38,9 @@ from booking_client._errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from booking_client._watch import Watch
 
 if TYPE_CHECKING:
-    from booking_client._client import BookingClient
+    from booking_client._options import Backoff
 
 FATAL = (Unauthenticated, PermissionDenied, InvalidArgument)
 # Events held while the informer lists: beyond that the watch stops reading, the server ends it as a slow
@@ -108,10 +108,30 @@ class Changes:
         self._ready.set()
 
 
+class EventStream(Protocol):
+    """What the informer reads changes from (a Watch is one): its events, and `started`, set once the server has
+    accepted the subscription (from then on nothing committed is missed)."""
+
+    started: asyncio.Event
+
+    def events(self) -> AsyncIterator[events_pb2.BookingEvent]: ...
+
+
 class Informer:
-    def __init__(self, client: BookingClient, *, customer_id: str, provider_id: str, show_deleted: bool) -> None:
-        self._client = client
-        self._filters = {"customer_id": customer_id, "provider_id": provider_id}
+    """Given how to list what it caches (`list_bookings`) and how to watch it (`watch`: a new stream from now
+    each time it is called); BookingClient.informer() wires both to the same filters."""
+
+    def __init__(
+        self,
+        list_bookings: Callable[[], AsyncIterator[booking_pb2.Booking]],
+        watch: Callable[[], EventStream],
+        *,
+        backoff: Backoff,
+        show_deleted: bool,
+    ) -> None:
+        self._list_bookings = list_bookings
+        self._watch = watch
+        self._backoff = backoff
         self._show_deleted = show_deleted
         self._cache: dict[str, booking_pb2.Booking] = {}
         self._synced = asyncio.Event()
@@ -161,7 +181,7 @@ class Informer:
                 self._fail(error)
                 return
             except BookingError:
-                await asyncio.sleep(self._client.backoff.delay(failures))
+                await asyncio.sleep(self._backoff.delay(failures))
                 failures = min(failures + 1, 10)
 
     def _fail(self, error: BaseException) -> None:
@@ -171,7 +191,7 @@ class Informer:
             reader.fail(error)
 
     async def _list_and_watch(self) -> None:
-        watch = Watch(self._client, "", self._filters["customer_id"], self._filters["provider_id"], "")
+        watch = self._watch()
         pending: asyncio.Queue[events_pb2.BookingEvent | BaseException] = asyncio.Queue(PENDING_EVENTS)
 
         async def follow() -> None:
@@ -189,14 +209,7 @@ class Informer:
                 started.cancel()
                 item = await pending.get()
                 raise item if isinstance(item, BaseException) else AssertionError("an event before the start")
-            listed = {
-                booking.id: booking
-                async for booking in self._client.list_bookings(
-                    customer_id=self._filters["customer_id"],
-                    provider_id=self._filters["provider_id"],
-                    show_deleted=self._show_deleted,
-                )
-            }
+            listed = {booking.id: booking async for booking in self._list_bookings()}
             self.lists += 1
             self._replace(listed)
             self._synced.set()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -34,8 +34,9 @@ from booking_api.notify.v1 import notify_pb2
 from booking_client._errors import TooManyStreams, from_rpc_error
 
 if TYPE_CHECKING:
-    from booking_client._client import BookingClient
     from booking_client._options import Backoff
+
+    SubscribeCall = grpc.aio.UnaryStreamCall[notify_pb2.SubscribeRequest, notify_pb2.SubscribeResponse]
 
 POSITION_HEADER = "x-stream-position"
 # After TOO_MANY_STREAMS: the first wait, and the most any wait grows to (each jittered down to half).
@@ -68,10 +69,26 @@ def _mendable(error: grpc.aio.AioRpcError) -> bool:
     return error.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
 
 
+class Subscriptions(Protocol):
+    """What a Watch needs to subscribe (BookingClient is one): where it subscribes, for its progress lines; how
+    long to wait between tries; whether a new call gets a fresh token; and the call itself."""
+
+    @property
+    def notify_target(self) -> str: ...
+
+    @property
+    def backoff(self) -> Backoff: ...
+
+    @property
+    def refreshes_tokens(self) -> bool: ...
+
+    async def open_subscription(self, request: notify_pb2.SubscribeRequest, request_id: str) -> SubscribeCall: ...
+
+
 class Watch:
     def __init__(
         self,
-        client: BookingClient,
+        client: Subscriptions,
         resume_after: str,
         customer_id: str,
         provider_id: str,
@@ -105,7 +122,7 @@ class Watch:
             request = notify_pb2.SubscribeRequest(resume_after=self.cursor, **self.filters)
             request_id = f"watch-{id(self):x}-{self.resumes}"
             self.progress(f"connecting to {self.client.notify_target}")
-            call = self.client._notify.Subscribe(request, metadata=await self.client.metadata(request_id))
+            call = await self.client.open_subscription(request, request_id)
             refused = accepted = False
             try:
                 accepted = await self._note_start(call)
@@ -135,7 +152,7 @@ class Watch:
             await asyncio.sleep(delay)
             failures = min(failures + 1, 10)
 
-    async def _note_start(self, call: grpc.aio.UnaryStreamCall) -> bool:  # type: ignore[type-arg]
+    async def _note_start(self, call: SubscribeCall) -> bool:
         """Take the start position the server names, if the watch has none; whether the server accepted the
         call (a call refused before the service, a bad token say, has no initial metadata)."""
         metadata = await call.initial_metadata()

@@ -28,7 +28,7 @@ import grpc
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.domain import MAX_FREE_INTERVALS, BookingChange
 from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
-from svc_common.dev.servers import PostgresServer, RedisServer
+from devtools.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import (
     _migrate,
     paced_latencies,

@@ -49,7 +49,7 @@ import grpc
 import uvloop
 
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.dev.servers import PostgresServer, RedisServer, free_port, wait_for_port
+from devtools.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workdir
 from tests.bench.fanout_hops import Hops, breakdown_lines, hot_functions_by_process, steady_lines
 from tests.bench.fanout_load import (

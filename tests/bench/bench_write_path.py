@@ -33,7 +33,7 @@ import grpc
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import Database, DatabaseConfig, release_connection
 from booking_service.sql import CREATE_SQL, DELETE_SQL
-from svc_common.dev.servers import PostgresServer, RedisServer
+from devtools.servers import PostgresServer, RedisServer
 from tests.bench.common import OUT_DIR, create_databases, open_loop, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
 from tests.support.servers import ServiceProcess

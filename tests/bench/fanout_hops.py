@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from svc_common.dev.servers import children
+from devtools.servers import children
 from tests.support.helpers import scrape
 
 HOP_METRICS = {"booking_event_hop_seconds": "booking", "notify_event_hop_seconds": "notify"}

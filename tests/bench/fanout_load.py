@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from svc_common.dev.servers import PostgresServer, RedisServer, SentinelGroup
+from devtools.servers import PostgresServer, RedisServer, SentinelGroup
 from tests.bench.common import progress
 from tests.bench.fanout_systems import BENCH, PER_PROCESS, SETTLE_SECONDS, Sent, System, ThisProject, node_env
 from tests.support.helpers import token

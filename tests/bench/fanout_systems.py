@@ -25,7 +25,7 @@ import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2
-from svc_common.dev.servers import PostgresServer, RedisServer, SentinelGroup, children, free_port, wait_for_port
+from devtools.servers import PostgresServer, RedisServer, SentinelGroup, children, free_port, wait_for_port
 from tests.bench.common import open_loop, progress
 from tests.bench.fanout_hops import process_names
 from tests.support.helpers import JWT_SECRET, auth, ts

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
+from devtools.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, Subscription
 from tests.support.helpers import Caller, expect_error, field_violations, fresh_slot, ts, uid
 from tests.support.servers import ServiceProcess, booking_env, refused_start

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from svc_common.dev.servers import free_port
+from devtools.servers import free_port
 from svc_common.version import build_info
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import exported_names, scrape, uid

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from booking_service import schema
-from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role
+from devtools.servers import OWNER_ROLE, SERVICE_ROLE, as_role
 
 MIGRATIONS = len(list((Path(__file__).parents[2] / "booking_service" / "migrations").glob("*.sql")))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
+from devtools.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.helpers import JWT_SECRET
 from tests.support.servers import PROJECT, ServiceProcess, refused_start
 

@@ -16,8 +16,8 @@ import pytest
 import booking_client
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc, events_pb2
 from booking_client import BookingClient
-from svc_common.dev.cluster import Balancer
-from svc_common.dev.servers import SERVICE_ROLE, as_role, free_port
+from devtools.cluster import Balancer
+from devtools.servers import SERVICE_ROLE, as_role, free_port
 from tests.support.events import EventSystem, eventually
 from tests.support.helpers import Caller, fresh_slot, token, uid
 from tests.support.servers import require_nginx

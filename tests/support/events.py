@@ -18,7 +18,7 @@ import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2_grpc, events_pb2
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.dev.servers import RedisServer
+from devtools.servers import RedisServer
 from svc_common.eventstream import ORIGIN, EventId
 from tests.support.helpers import Caller, auth, uid
 from tests.support.servers import ServiceProcess, booking_env, notify_env, stream_key

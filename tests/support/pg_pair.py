@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from svc_common.dev.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, alive, children
+from devtools.servers import CREATE_ROLES, OWNER_ROLE, PostgresServer, alive, children
 from tests.support.events import eventually
 from tests.support.helpers import uid
 

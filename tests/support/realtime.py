@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2
 
-from svc_common.dev.servers import free_port
+from devtools.servers import free_port
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.servers import ServiceProcess

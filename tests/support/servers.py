@@ -16,8 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from svc_common.dev.cluster import nginx_binary
-from svc_common.dev.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
+from devtools.cluster import nginx_binary
+from devtools.servers import OWNER_ROLE, SERVICE_ROLE, as_role, free_port
 from svc_common.healthcheck import serving_status
 from svc_common.settings import Env
 from svc_common.tls import client_channel_options, client_credentials

@@ -19,13 +19,13 @@ import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
 from booking_api.notify.v1 import notify_pb2
+from devtools.servers import RedisServer
 from notify_service.hub import EventFilter, Hub, Subscriber
 from notify_service.server import running
 from notify_service.servicer import POSITION_HEADER
 from notify_service.settings import Settings
 from notify_service.stream import StreamReader
 from svc_common import eventstream
-from svc_common.dev.servers import RedisServer
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
 from svc_common.supervisor import cancel_and_wait

@@ -23,8 +23,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_api.notify.v1 import notify_pb2, notify_pb2_grpc
-from svc_common.dev.cluster import Balancer
-from svc_common.dev.servers import free_port
+from devtools.cluster import Balancer
+from devtools.servers import free_port
 from tests.support.events import EventSystem, Subscription, assert_exactly, assert_order_per_booking, eventually
 from tests.support.grpcurl import Grpcurl, GrpcurlError
 from tests.support.helpers import Caller, auth, expect_error, fresh_slot, token, ts, uid

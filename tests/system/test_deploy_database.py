@@ -9,7 +9,7 @@ import asyncpg
 import grpc
 import pytest
 
-from svc_common.dev.servers import PostgresServer
+from devtools.servers import PostgresServer
 from tests.support.events import admin_on
 from tests.support.helpers import uid
 from tests.support.servers import PROJECT, ServiceProcess, booking_env

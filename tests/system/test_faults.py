@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from booking_api.booking.v1 import booking_pb2_grpc
-from svc_common.dev.servers import PostgresServer
+from devtools.servers import PostgresServer
 from tests.support.helpers import Caller, expect_error, uid
 from tests.support.servers import ServiceProcess, booking_env
 

@@ -1,4 +1,4 @@
-"""`make run` (svc_common.dev.run) as a newcomer runs it, twice by mistake: the second refuses in one line before
+"""`make run` (devtools.run) as a newcomer runs it, twice by mistake: the second refuses in one line before
 it starts or stops anything, the first keeps serving, and a run stops only the private servers it started.
 
 Each test keeps the private servers in a folder of its own (MAKE_RUN_LOCAL), on free ports of its own
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from svc_common.dev.run import POSTGRES_FOLDER, postgres_folder
-from svc_common.dev.servers import PostgresServer, free_port
+from devtools.run import POSTGRES_FOLDER, postgres_folder
+from devtools.servers import PostgresServer, free_port
 from svc_common.healthcheck import serving_status
 from tests.support.helpers import JWT_SECRET
 from tests.support.servers import PROJECT
@@ -45,7 +45,7 @@ class Local:
 
 
 class MakeRun:
-    """One `python -m svc_common.dev.run` (what `make run` runs), its output collected in a file."""
+    """One `python -m devtools.run` (what `make run` runs), its output collected in a file."""
 
     def __init__(self, local: Local, name: str, **env: str) -> None:
         self.booking, self.notify = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
@@ -65,7 +65,7 @@ class MakeRun:
         }
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "svc_common.dev.run"], env=self.env, cwd=PROJECT, stdout=out, stderr=out
+                [sys.executable, "-m", "devtools.run"], env=self.env, cwd=PROJECT, stdout=out, stderr=out
             )
 
     def text(self) -> str:
@@ -135,7 +135,7 @@ def test_make_run_refuses_addresses_in_use_before_starting_anything(local: Local
         run.process.wait()
         with run.output.open("wb") as out:
             status = subprocess.run(
-                [sys.executable, "-m", "svc_common.dev.run"], env=run.env, cwd=PROJECT, stdout=out, stderr=out
+                [sys.executable, "-m", "devtools.run"], env=run.env, cwd=PROJECT, stdout=out, stderr=out
             ).returncode
     lines = run.text().strip().splitlines()
     assert status == 1 and len(lines) == 1 and "is not free" in lines[0], lines

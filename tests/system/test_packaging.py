@@ -57,18 +57,22 @@ def test_pip_install_builds_the_generated_code_once_and_the_packages_import_anyw
         "print(len(list(files('booking_service').joinpath('migrations').iterdir())))\n"
         "print(files('booking_api').joinpath('booking/v1/booking_pb2.pyi').is_file())\n"
         "from importlib.metadata import files as owned\n"
-        "print(sum(str(f).startswith('booking_api/') for f in owned('booking-backend')))\n"
+        "print(sum(str(f).startswith('booking_api/') for f in owned('slotledger-services')))\n"
+        "from importlib.util import find_spec\n"
+        "print(sum(str(f).startswith('devtools/') or '/dev/' in str(f) for f in owned('slotledger-services')),"
+        " find_spec('devtools') is None)\n"
     )
     ran = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    where, migrations, typed, generated_by_the_services = ran.stdout.split()
+    where, migrations, typed, generated_by_the_services, dev_files, no_devtools = ran.stdout.split()
     assert "site-packages" in where and not where.startswith(str(PROJECT))
     assert int(migrations) == len(list((PROJECT / "booking_service" / "migrations").glob("*.sql")))
     assert typed == "True"
     assert generated_by_the_services == "0"  # booking_api is the client distribution's alone
+    assert (dev_files, no_devtools) == ("0", "True")  # the development tools stay out of the wheel (and image)
 
 
-SERVER_ONLY = {"asyncpg", "redis", "prometheus-client", "booking-backend", "grpcio-reflection", "grpcio-status"}
+SERVER_ONLY = {"asyncpg", "redis", "prometheus-client", "slotledger-services", "grpcio-reflection", "grpcio-status"}
 
 
 @pytest.mark.timeout(900)
@@ -98,7 +102,7 @@ def test_the_client_package_installs_alone_and_calls_a_real_service(
     listed = subprocess.run([str(venv / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True,
                             text=True, check=True)  # fmt: skip
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"booking-client", "grpcio", "protobuf", "googleapis-common-protos", "rich"} <= names
+    assert {"slotledger-client", "grpcio", "protobuf", "googleapis-common-protos", "rich"} <= names
     assert not names & SERVER_ONLY and not any(n.startswith("opentelemetry") for n in names), names
 
     admin = token("admin", "ops")

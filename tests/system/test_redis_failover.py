@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as redis
 from prometheus_client import CollectorRegistry, Counter
 
-from svc_common.dev.servers import SentinelGroup
+from devtools.servers import SentinelGroup
 from svc_common.redis_client import RedisConfig, connect, follow_failovers
 from svc_common.supervisor import cancel_and_wait
 from tests.support.events import EventSystem, Subscription, admin_on, eventually

@@ -16,7 +16,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
-from svc_common.dev.servers import free_port
+from devtools.servers import free_port
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import scrape, uid
 from tests.support.realtime import (

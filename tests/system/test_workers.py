@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from svc_common.dev.servers import alive, children
+from devtools.servers import alive, children
 from tests.support.events import EventSystem, Subscription, admin_on, assert_exactly, eventually
 from tests.support.helpers import uid
 from tests.support.servers import ServiceProcess

@@ -67,13 +67,15 @@ def test_compose_runs_two_of_each_service_behind_nginx_and_requires_a_jwt_secret
     assert set(re.findall(r"server (\S+):\d+", upstreams)) == {"booking-1", "booking-2", "notify-1", "notify-2"}
 
 
-def test_the_image_is_multi_stage_non_root_with_a_health_check_and_installs_only_from_the_lock_files() -> None:
+def test_the_image_is_multi_stage_non_root_health_checked_built_from_the_locks_without_devtools() -> None:
     dockerfile = (PROJECT / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", dockerfile, flags=re.M)) == 2
     assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*svc_common\.healthcheck", dockerfile, flags=re.M)
     installs = re.findall(r"pip (install|wheel) ([^\n\\&]*)", dockerfile)
     assert installs and all("--require-hashes" in args or "--no-deps" in args for _, args in installs), installs
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line}
+    assert "devtools" not in copied and "." not in copied, copied  # the wheel and image hold no development tools
 
 
 def locked(path: Path) -> dict[str, str]:
@@ -93,7 +95,7 @@ def test_the_lock_files_pin_every_dependency_both_distributions_declare_with_has
     ):
         pins = locked(lock)
         names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]).lower() for d in declared}
-        assert names - {"booking-client"} <= pins.keys(), names - pins.keys()
+        assert names - {"slotledger-client"} <= pins.keys(), names - pins.keys()
         assert lock.read_text().count("--hash=sha256:") >= len(pins)
 
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from svc_common.cli import run_service
-from svc_common.dev.servers import (
+from devtools.servers import (
     EPHEMERAL_RANGE,
     LOWEST_PORT,
     as_role,
@@ -23,6 +22,7 @@ from svc_common.dev.servers import (
     postgres_bindir,
     redis_binary,
 )
+from svc_common.cli import run_service
 from svc_common.grpc_server import ServerConfig
 from svc_common.settings import Env
 

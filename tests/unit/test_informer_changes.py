@@ -60,3 +60,12 @@ async def test_the_error_that_ended_the_informer_comes_after_the_changes_before_
     assert (await anext(changes)).booking.id == "b1"
     with pytest.raises(RuntimeError, match="ended"):
         await asyncio.wait_for(anext(changes), 5)
+
+
+async def test_two_updates_merged_lead_from_the_state_the_reader_saw_before_the_first() -> None:
+    changes = Changes()
+    changes.put(Change("updated", booking("b1", 2), previous=booking("b1", 1)))
+    changes.put(Change("updated", booking("b1", 3), previous=booking("b1", 2)))
+    merged = await asyncio.wait_for(anext(changes), 5)
+    assert (merged.kind, merged.booking.etag) == ("updated", '"3"')
+    assert merged.previous is not None and merged.previous.etag == '"1"'

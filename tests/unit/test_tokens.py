@@ -1,5 +1,5 @@
 """Tokens as an operator meets them: a garbage token is refused in words about the token, not the library's
-internals; `python -m svc_common.dev.mint_token` signs with make run's secret when JWT_SECRET is unset."""
+internals; `python -m devtools.mint_token` signs with make run's secret when JWT_SECRET is unset."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import mint_token
 from svc_common.auth import TokenVerifier
-from svc_common.dev import mint_token
 from svc_common.errors import Unauthenticated
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -26,8 +26,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
-from svc_common import probes
-from svc_common.dev.servers import (
+from devtools.servers import (
     CREATE_ROLES,
     OWNER_ROLE,
     SERVICE_ROLE,
@@ -41,12 +40,13 @@ from svc_common.dev.servers import (
     reachable_by,
     redis_binary,
 )
+from svc_common import probes
 from svc_common.healthcheck import serving_status
 from svc_common.postgres import Connector
 from svc_common.redis_client import RedisConfig
 from svc_common.settings import redact_url
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[1]
 # MAKE_RUN_LOCAL: another folder for the private servers and the lock (the tests use their own).
 LOCAL = Path(os.environ.get("MAKE_RUN_LOCAL", PROJECT / ".local")).resolve()
 # The private servers' ports (LOCAL_POSTGRES_PORT, LOCAL_REDIS_PORT choose others: a second checkout, or the tests).
@@ -56,7 +56,7 @@ DATABASE = "booking"
 POSTGRES_FOLDER = "postgres-embedded" if from_wheel(postgres_bindir()) else "postgres"
 
 
-SPEAKER = {"name": "make run"}  # `make cluster` says so (svc_common.dev.cluster)
+SPEAKER = {"name": "make run"}  # `make cluster` says so (devtools.cluster)
 
 
 def say(message: str) -> None:

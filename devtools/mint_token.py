@@ -1,4 +1,4 @@
-"""Mint a token: `python -m svc_common.dev.mint_token --sub alice --role user [--name Alice] [--ttl 3600]`.
+"""Mint a token: `python -m devtools.mint_token --sub alice --role user [--name Alice] [--ttl 3600]`.
 
 The secret is read from env `JWT_SECRET`; unset, it is the one `make run` and `make token` use (LOCAL_SECRET,
 the Makefile's default), so a token minted here works against `make run` as printed.
@@ -17,7 +17,7 @@ LOCAL_SECRET = "local-dev-secret-change-me-0123456789abcdef"  # the Makefile's J
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m svc_common.dev.mint_token", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.mint_token", description=__doc__)
     parser.add_argument("--sub", required=True, help="caller id (claim sub)")
     parser.add_argument("--role", required=True, choices=[r.value for r in Role])
     parser.add_argument("--name", default=None, help="display name (default: the sub)")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from svc_common.dev.run import (
+from devtools.run import (
     LOCAL,
     PROJECT,
     SPEAKER,
@@ -29,7 +29,7 @@ from svc_common.dev.run import (
     say,
     wait_until_serving,
 )
-from svc_common.dev.servers import wait_for_port
+from devtools.servers import wait_for_port
 
 NGINX_CONF = PROJECT / "deploy" / "nginx" / "nginx.conf"
 LISTEN = ("127.0.0.1", 50050)

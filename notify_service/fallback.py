@@ -25,7 +25,6 @@ import asyncpg
 
 from notify_service.hub import Event
 from notify_service.stream import OutboxUnavailable, decode
-from svc_common import eventstream as stream
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
@@ -41,10 +40,7 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 
 
 def _event(row: PlacedRow) -> Event | None:
-    try:
-        fields = row.fields()
-    except Exception as exc:  # noqa: BLE001 - the relay sets such a row aside; its place is passed over
-        fields = {stream.FIELD_SKIPPED: f"{type(exc).__name__}: {exc}".encode()}
+    fields, _ = row.entry_fields()  # the relay sets a row that cannot be encoded aside; its place is passed over
     return decode(str(row.event_id).encode(), fields)
 
 

@@ -6,8 +6,8 @@ Redis cannot be read (notify_service.fallback).
 It fixes the columns of a placed event, the SQL that reads placed events (after a position, at one, the
 newest), the channel the relay notifies while the outbox is ahead of the stream, and the encoding of a row
 into its stream entry's fields (svc_common.eventstream), straight from the stored JSON to the BookingEvent's
-bytes. Both readers encode with `PlacedRow.fields`, so the relay's entries and the fallback's are the same
-bytes. A reader needs SELECT on booking_outbox and booking_outbox_state only.
+bytes. Both readers encode with `PlacedRow.entry_fields` (a row that cannot be encoded included), so the relay's
+entries and the fallback's are the same bytes. A reader needs SELECT on booking_outbox and booking_outbox_state only.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
 # The newest position handed out.
 TOP_SQL = f"SELECT seq, stream_ms FROM ({TOP}) t"
 
+SKIPPED_REASON_MAX = 1000  # characters of the error kept in the placeholder of a row that cannot be encoded
 HARD_DELETED = "HARD_DELETED"
 SEAM = "SEAM"  # a row that is no event: where positions jump after a failover (svc_common.eventstream: seams)
 _EVENT_TYPES = {
@@ -154,3 +155,12 @@ class PlacedRow:
             stream.FIELD_PROVIDER: event.booking.provider_id.encode(),
             stream.FIELD_BOOKING: event.booking.id.encode(),
         }
+
+    def entry_fields(self) -> tuple[dict[bytes, bytes], str | None]:
+        """The stream entry's fields, and None; or, for a row that cannot be encoded, the placeholder that keeps
+        its place (readers pass over it: svc_common.eventstream's FIELD_SKIPPED) and the error."""
+        try:
+            return self.fields(), None
+        except Exception as exc:  # noqa: BLE001 - a row no reader can represent is set aside, never retried forever
+            error = f"{type(exc).__name__}: {exc}"[:SKIPPED_REASON_MAX]
+            return {stream.FIELD_SKIPPED: error.encode()}, error

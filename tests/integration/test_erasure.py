@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import booking_pb2
-from booking_service.relay import RedisPublisher
+from booking_service.publisher import RedisPublisher
 from svc_common import eventstream
 from svc_common.eventstream import EventId
 from tests.support.events import HARD_DELETED, EventSystem, Subscription, admin_on, assert_exactly, eventually

@@ -4,14 +4,18 @@ notify's fallback makes of the same row."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import grpc
 import pytest
 import redis.asyncio as redis
 
 from booking_api.booking.v1 import events_pb2
+from booking_service.relay import entry_of
+from notify_service.fallback import _event as fallback_event
 from svc_common.eventstream import EventId
-from svc_common.outbox import AFTER_SQL, PlacedRow
+from svc_common.outbox import AFTER_SQL, SKIPPED_REASON_MAX, PlacedRow
 from tests.support.events import EventSystem, admin_on
 from tests.support.helpers import fresh_slot, uid
 from tests.support.servers import stream_key
@@ -52,3 +56,39 @@ async def test_a_placed_rows_encoding_is_the_api_view_and_the_relays_entry(
     assert [(EventId.parse(entry_id or b""), fields) for entry_id, fields in entries] == [
         (row.event_id, row.fields()) for row in rows
     ]
+
+
+async def test_a_row_no_reader_can_encode_is_the_same_placeholder_on_both_paths(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """The relay's entry for a row it sets aside and the fallback's reading of that row are one placeholder
+    (PlacedRow.entry_fields): the same bytes, the error cut to SKIPPED_REASON_MAX characters."""
+    admin = await admin_on(system.booking(), channels)
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        garbage = "x" * 3000  # the error names the value: longer than the placeholder keeps
+        await conn.execute(
+            "INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role)"
+            " VALUES ('CREATED', jsonb_build_object('id', 'x', 'start_time', $1::text), 'e', 'e', 'user')",
+            garbage,
+        )
+        await admin.create(provider_id=uid("prov"), customer_id=uid("cust"))
+        await system.wait_relayed(2)
+        # Relayed once the event after it is in the stream.
+        client = redis.Redis.from_url(system.redis.url)
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(entries := await client.xrange(stream_key(system.database_url)) or []) < 2:
+                assert asyncio.get_running_loop().time() < deadline, entries
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        poison = PlacedRow.of((await conn.fetch(AFTER_SQL, 0, 1))[0])
+    finally:
+        await conn.close()
+    fields, error = poison.entry_fields()
+    assert error is not None and len(error) == SKIPPED_REASON_MAX and garbage[:100] in error
+    relayed_id, relayed = entries[0]
+    assert (EventId.parse(relayed_id or b""), relayed) == (poison.event_id, fields) == entry_of(poison)[0]
+    read = fallback_event(poison)
+    assert read is not None and read.id == poison.event_id and read.payload is None  # a place readers pass over

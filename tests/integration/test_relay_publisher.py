@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from booking_service.relay import RedisPublisher, StreamMoved
+from booking_service.publisher import RedisPublisher, StreamMoved
 from svc_common import eventstream
 from svc_common.eventstream import EventId
 from tests.support.helpers import uid

@@ -1,1 +1,1 @@
-"""Notify service: streams booking change events to subscribers (contract in protos/notify/v1; built in issue 3)."""
+"""Notify service: streams booking change events to subscribers (the contract: protos/notify/v1/notify.proto)."""

@@ -6,7 +6,7 @@ notify process that cannot read the stream, or whose stream has fallen behind th
 for REDIS_FALLBACK_AFTER_SECONDS follows the outbox instead, on one connection (one reader per process, not per
 subscriber, kept open throughout to hear those notifications), woken by them with a short sweep as a backstop,
 and feeds the hub the very events Redis would have carried: same ids, same bytes, same order. It goes back to
-the stream, at its exact position, once Redis answers and holds the events up to it (see notify_service.stream).
+the stream, at its exact position, once Redis answers and holds the events up to it (see notify_service.source).
 
 The outbox belongs to booking_service; this module reads it through its read side's contract
 (svc_common.outbox: the SQL, the placed row and its encoding), as the relay does, so both paths make the same
@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
+from notify_service.entries import decode
 from notify_service.hub import Event
-from notify_service.stream import OutboxUnavailable, decode
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
 from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
@@ -37,6 +37,24 @@ MAX_RECONNECT_SECONDS = 5.0
 CHECK_OPEN_SECONDS = 1.0  # how often `run` looks whether the connection is still open
 # What a lost or refused connection looks like (asyncpg's own errors, and the socket's).
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class OutboxUnavailable(Exception):
+    """PostgreSQL cannot be read."""
+
+
+class Outbox(Protocol):
+    """The outbox in PostgreSQL, as the source switch (notify_service.source) and history reads use it while Redis
+    cannot be read; OutboxReader is the one implementation."""
+
+    @property
+    def is_open(self) -> bool: ...
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def after(self, position: EventId | None, count: int) -> list[Event]: ...
+    async def holds(self, event_id: EventId) -> bool: ...
+    async def top(self) -> EventId | None: ...
+    async def wait(self, seconds: float) -> None: ...
 
 
 def _event(row: PlacedRow) -> Event | None:

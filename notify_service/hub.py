@@ -325,6 +325,7 @@ class Hub:
         # change is matched; then the hot path is as before.
         self._before_seam: dict[str, EventId] = {}
         self._checks_left = 0
+        self.erasures = 0  # how many dispatches erased notes (history reads kept from before are stale)
 
     def start_at(self, last: EventId | None, recent: list[Event]) -> None:
         """Set the position the stream is followed from, with the events that led up to it (oldest first)."""
@@ -419,6 +420,7 @@ class Hub:
     def _erase(self, booking_ids: set[str]) -> None:
         """Erase the notes of these bookings from the events remembered (one pass, however many bookings), before
         anyone can resume past their HARD_DELETED events."""
+        self.erasures += 1
         recent = self._recent
         for index, event in enumerate(recent):
             if event.booking_id in booking_ids and not event.erases:

@@ -17,7 +17,7 @@ import time
 
 class OutboxLag:
     def __init__(self, fallback_after: float) -> None:
-        self._fallback_after = fallback_after
+        self.fallback_after = fallback_after
         self.placed = 0  # the newest seq the relay said it placed without publishing it
         self.since: float | None = None  # (monotonic) since when the outbox is ahead of what was dispatched
         self.behind = asyncio.Event()  # set once it has been ahead for `fallback_after`
@@ -35,10 +35,10 @@ class OutboxLag:
             return
         waited = 0.0
         if ms_text.isdigit() and int(ms_text) > 0:  # how long the oldest has waited, by the relay's clock
-            waited = min(max(0.0, time.time() - int(ms_text) / 1000), self._fallback_after)
+            waited = min(max(0.0, time.time() - int(ms_text) / 1000), self.fallback_after)
         self.since = time.monotonic() - waited
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + self._fallback_after - waited, self._expired)
+        self._timer = loop.call_at(loop.time() + self.fallback_after - waited, self._expired)
 
     def dispatched(self, seq: int) -> None:
         """This process has dispatched up to `seq` (called per batch: a comparison unless the outbox is ahead)."""

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 from notify_service import metrics
 from notify_service.fallback import OutboxReader
+from notify_service.history import History
 from notify_service.hub import Hub
 from notify_service.lag import OutboxLag
 from notify_service.limits import StreamCounts
 from notify_service.servicer import SERVICE_NAME, NotifyServicer
 from notify_service.settings import Settings
+from notify_service.source import EventSource
 from notify_service.stream import StreamReader
 from notify_service.subscriptions import Subscriptions
 from svc_common import eventstream, grpc_metrics, tracing
@@ -70,30 +72,24 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     )
     if outbox is None:
         log.warning("DATABASE_URL is not set: while Redis cannot be read, subscribers wait for it")
-    reader = StreamReader(
-        client,
-        settings.stream_key,
-        hub,
-        block_ms=block_ms,
-        window=settings.history_window,
-        outbox=outbox,
-        fallback_after=settings.fallback_after_seconds,
-        blocking=blocking,
-        lag=lag,
-    )
-    subscriptions = Subscriptions(hub, reader, settings.subscriptions)
     server = GrpcServer(
         settings.server,
         verifier=TokenVerifier(settings.jwt_secret),
         error_domain=ERROR_DOMAIN,
         service_names=[SERVICE_NAME],
     )
-    servicer = NotifyServicer(subscriptions, StreamCounts(settings.stream_bounds))
-    server.server.add_generic_rpc_handlers((servicer.handler(),))
 
-    async def events_health(readable: bool, path: str) -> None:
+    async def report_health(readable: bool, path: str) -> None:
         await server.set_serving(readable, names=[eventstream.HEALTH_NAME])
         await server.set_serving(readable and path == "redis", names=[STREAM_HEALTH_NAME])
+
+    source = EventSource(client, settings.stream_key, hub, lag, outbox=outbox, on_change=report_health)
+    reader = StreamReader(
+        client, settings.stream_key, hub, source, block_ms=block_ms, window=settings.history_window, blocking=blocking
+    )
+    subscriptions = Subscriptions(hub, History(client, settings.stream_key, hub, source), settings.subscriptions)
+    servicer = NotifyServicer(subscriptions, StreamCounts(settings.stream_bounds))
+    server.server.add_generic_rpc_handlers((servicer.handler(),))
 
     async def shut_down() -> None:
         await server.health.enter_graceful_shutdown()
@@ -107,7 +103,6 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         port = await server.start()
         stack.push_async_callback(shut_down)
         await server.set_serving(True)
-        reader.on_change = events_health
         supervisor = Supervisor()
         if outbox is not None:  # kept open, to hear when the stream falls behind it (notify_service.lag)
             listening = supervisor.start("outbox listener", outbox.run)

@@ -2,7 +2,7 @@
 duplicate at the seam.
 
 A resuming subscriber first reads history (from the hub's window of recent events while its position lies in
-it, otherwise from Redis in shared ranges: notify_service.stream) until it reaches the position the hub has
+it, otherwise from Redis in shared ranges: notify_service.history) until it reaches the position the hub has
 dispatched up to, then joins the hub in the same step of the event loop (no await in between), so the hub
 offers it exactly the events after its position. It keeps checking that each event follows the previous one,
 so a cursor whose next events are gone ends the call with OUT_OF_RANGE instead of skipping them.
@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from notify_service import metrics
+from notify_service.history import History
 from notify_service.hub import BatchLimits, EventFilter, Hub, Subscriber, already_had, cursor_expired, take_batch
-from notify_service.stream import StreamReader
 from svc_common.errors import Unavailable
 from svc_common.eventstream import ORIGIN, EventId
 
@@ -35,9 +35,9 @@ class SubscriptionConfig:
 
 
 class Subscriptions:
-    def __init__(self, hub: Hub, reader: StreamReader, config: SubscriptionConfig) -> None:
+    def __init__(self, hub: Hub, history: History, config: SubscriptionConfig) -> None:
         self._hub = hub
-        self._reader = reader
+        self._history = history
         self._config = config
 
     async def open(self, event_filter: EventFilter, resume_after: EventId | None) -> Subscriber:
@@ -75,7 +75,7 @@ class Subscriptions:
         """Whether nothing follows `cursor` because it is the newest event (not because it is unknown)."""
         if cursor == self._hub.last or (cursor == ORIGIN and self._hub.last is None):
             return True
-        return await self._reader.holds(cursor)
+        return await self._history.holds(cursor)
 
     async def _replay(self, subscriber: Subscriber, cursor: EventId) -> AsyncIterator[bytes]:
         """History after `cursor` up to the hub's position; leaves `subscriber.last` where history ended."""
@@ -83,9 +83,9 @@ class Subscriptions:
         crossed = subscriber.crossed_from
         first = True
         while True:
-            events = self._hub.recent_after(position, self._reader.history_batch)
+            events = self._hub.recent_after(position, self._history.batch)
             if events is None:
-                events = await self._reader.after(position)
+                events = await self._history.after(position)
                 if first and not events and not await self._known(position):
                     raise cursor_expired(cursor)
             first = False

@@ -24,13 +24,13 @@ from notify_service.hub import EventFilter, Hub, Subscriber
 from notify_service.server import running
 from notify_service.servicer import POSITION_HEADER
 from notify_service.settings import Settings
-from notify_service.stream import StreamReader
 from svc_common import eventstream
 from svc_common.eventstream import EventId
 from svc_common.scope import Scope
 from svc_common.supervisor import cancel_and_wait
 from tests.support.events import Subscription, eventually
 from tests.support.helpers import JWT_SECRET, assert_status, uid
+from tests.support.notify_path import event_path
 
 KEY = "catch-up:events"
 CUSTOMERS = [f"customer-{n}" for n in range(10)]
@@ -277,7 +277,7 @@ async def test_a_stream_reader_restarted_after_a_failure_goes_on_from_what_it_ha
     past what was appended while it was down (every subscriber would then end with CURSOR_EXPIRED)."""
     await stream.append(5)
     hub = Hub()
-    reader = StreamReader(stream.client, KEY, hub, block_ms=100)
+    reader = event_path(stream.client, KEY, hub, block_ms=100).reader
     subscriber = Subscriber(EventFilter(Scope(None, None)), None, max_queue=100)
     reading = asyncio.create_task(reader.run())
     try:

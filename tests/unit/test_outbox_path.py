@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from notify_service.fallback import OutboxUnavailable
 from notify_service.hub import Event, Hub
-from notify_service.stream import OutboxUnavailable, StreamReader
 from svc_common.eventstream import EventId
 from tests.support.events import eventually
+from tests.support.notify_path import event_path
 
 
 def event(seq: int) -> Event:
@@ -58,30 +59,30 @@ class Outbox:
 async def test_history_from_the_outbox_only_back_to_what_was_seen_older_waits_for_redis() -> None:
     hub = Hub(window=5)
     outbox = Outbox()
-    reader = StreamReader(DownRedis(), "k", hub, outbox=outbox, fallback_after=0.1)  # type: ignore[arg-type]
     switched = asyncio.Event()
 
     async def changed(readable: bool, path: str) -> None:
         if readable and path == "postgres":
             switched.set()
 
-    reader.on_change = changed
+    wired = event_path(DownRedis(), "k", hub, outbox=outbox, fallback_after=0.1, on_change=changed)  # type: ignore[arg-type]
+    reader, history = wired.reader, wired.history
     hub.start_at(EventId(1020, 20), [event(seq) for seq in range(16, 21)])  # what it had seen: 16..20
     following = asyncio.create_task(reader.run())
     try:
         async with asyncio.timeout(5):
             await switched.wait()
-            assert await reader.after(EventId(1018, 18)) == []  # from the outbox
+            assert await history.after(EventId(1018, 18)) == []  # from the outbox
             assert EventId(1018, 18) in outbox.reads
-            assert await reader.holds(EventId(1016, 16))
+            assert await history.holds(EventId(1016, 16))
         with pytest.raises(TimeoutError):  # older than anything seen: Redis's to answer, under its retention
             async with asyncio.timeout(0.5):
-                await reader.after(EventId(1010, 10))
+                await history.after(EventId(1010, 10))
         assert EventId(1010, 10) not in outbox.reads
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
-    assert reader.path == "redis"  # the outbox stays open: its own task (OutboxReader.run) owns the connection
+    assert wired.source.path == "redis"  # the outbox stays open: its own task (OutboxReader.run) owns the connection
 
 
 class RedisThatWentDown:
@@ -100,13 +101,12 @@ class RedisThatWentDown:
 
 async def test_readability_does_not_flap_while_redis_is_down() -> None:
     down = RedisThatWentDown()
-    reader = StreamReader(down, "k", Hub())  # type: ignore[arg-type]
     reported: list[bool] = []
 
     async def changed(readable: bool, _path: str) -> None:
         reported.append(readable)
 
-    reader.on_change = changed
+    reader = event_path(down, "k", Hub(), on_change=changed).reader  # type: ignore[arg-type]
     reading = asyncio.create_task(reader.run())
     await eventually(lambda: down.reads >= 5, lambda: f"{down.reads} reads", within=5)  # many reconnections
     reading.cancel()
@@ -135,13 +135,13 @@ async def test_while_neither_redis_nor_the_outbox_answers_the_reader_backs_off(o
             raise OutboxUnavailable("PostgreSQL is down too")
 
     down = CountingDownRedis()
-    reader = StreamReader(
+    reader = event_path(
         down,  # type: ignore[arg-type]
         "k",
         Hub(window=5),
         outbox=Unreachable() if outbox else None,
         fallback_after=0.1,
-    )
+    ).reader
     reading = asyncio.create_task(reader.run())
     await eventually(lambda: len(down.calls) >= 6, lambda: f"{len(down.calls)} calls", within=5)
     reading.cancel()

@@ -11,8 +11,9 @@ from booking_api.booking.v1 import events_pb2
 from booking_api.booking.v1.booking_pb2 import Booking
 from booking_api.notify.v1 import notify_pb2
 from booking_service.outbox import seam_reason
+from notify_service.entries import decode
+from notify_service.history import within_range
 from notify_service.hub import Event, EventFilter, Hub, Subscriber
-from notify_service.stream import _range, decode
 from svc_common import eventstream
 from svc_common.errors import OutOfRange
 from svc_common.eventstream import SEAM_GAP, EventId
@@ -87,9 +88,9 @@ def test_the_window_restarts_at_a_seam_and_answers_from_it() -> None:
 def test_a_history_read_ends_at_a_seam_and_the_next_one_starts_with_it() -> None:
     jump = 5 + SEAM_GAP
     read = [event(4), event(5), seam(jump), event(jump + 1)]
-    assert [e.id.seq for e in _range(EventId(1003, 3), 997, read)] == [4, 5]
-    assert [e.id.seq for e in _range(EventId(1005, 5), 995, read[2:])] == [jump]
-    assert [e.id.seq for e in _range(EventId(1003, 3), 2, [event(4), event(5), event(6)])] == [4, 5]
+    assert [e.id.seq for e in within_range(EventId(1003, 3), 997, read)] == [4, 5]
+    assert [e.id.seq for e in within_range(EventId(1005, 5), 995, read[2:])] == [jump]
+    assert [e.id.seq for e in within_range(EventId(1003, 3), 2, [event(4), event(5), event(6)])] == [4, 5]
 
 
 def test_a_seam_row_is_the_same_entry_on_both_paths_and_decodes_as_a_seam() -> None:

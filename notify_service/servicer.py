@@ -49,6 +49,7 @@ def _request(request: notify_pb2.SubscribeRequest) -> tuple[EventFilter, EventId
 # The initial metadata key that names the position a subscription starts after (absent only while the stream
 # is empty: a live subscription then gets every event).
 POSITION_HEADER = "x-stream-position"
+EXPIRY_SLACK_SECONDS = 0.01  # how long after its token expires a stream is ended (see _end_at_expiry)
 
 
 class NotifyServicer:
@@ -118,7 +119,10 @@ class NotifyServicer:
             "last event_id received",
             reason="TOKEN_EXPIRED",
         )
-        delay = max(0.0, expires_at - self._clock())
+        # Past the instant, not at it: the event loop's timers may fire up to a millisecond early (libuv's are
+        # whole milliseconds), and a client that subscribed again at once could get the very same token (`exp`
+        # is whole seconds), still accepted for that millisecond and refused on arrival.
+        delay = max(0.0, expires_at - self._clock()) + EXPIRY_SLACK_SECONDS
         return asyncio.get_running_loop().call_later(delay, subscriber.fail, expired)
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -69,6 +69,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[_STARTED] = time.time()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what imports and collection made out of the collector's way (gc.freeze): the collection after each
+    test then walks only what tests made, a few ms instead of some 50 (most of the unit tier's time)."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _leaks_fail_the_test_that_made_them() -> Iterator[None]:
     """Collect garbage as each test ends, so that a resource it left open (a socket, a database connection)

@@ -76,6 +76,11 @@ async def test_service_survives_postgres_going_away_and_serves_again(
     # While it is down: UNAVAILABLE with a reason, never UNKNOWN or INTERNAL, for reads and writes.
     await expect_error(alice.create(provider_id=uid("prov")), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     await expect_error(alice.get(before.id), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+    # Logged as an outage (WARNING), not as a client's mistake (INFO) nor a fault of ours (ERROR).
+    refused = [
+        line for line in service.log().splitlines() if " svc_common.rpc: rpc " in line and "=UNAVAILABLE" in line
+    ]
+    assert len(refused) >= 2 and all(" WARNING " in line for line in refused), refused
 
     await asyncio.to_thread(pg.start)
     await service.wait_health(SERVING)

@@ -121,6 +121,9 @@ async def through_failover(
     notifiers, writer = await steady_changes(system, watchers, channels, metrics, REDIS_URL=group.url)
     await asyncio.sleep(3)
     primary = await primary_named(group)
+    for service in ("booking", "notify"):
+        for port in getattr(metrics, service):
+            assert scrape(port)[f"{service}_redis_failovers_total"] == 0  # none seen yet, and exported as 0
     began = time.monotonic()
     await failover(group, primary)
     await primary_named(group, other_than=primary)
@@ -129,13 +132,15 @@ async def through_failover(
     await asyncio.sleep(2)
     print(f"\n{name}: new primary named {healthy - began:.1f} s after the fault")
     await every_change_within_bounds(system, watchers, writer, name, began, healthy, back)
-    # Each process counts the change of primary it saw (checked about once a second).
+    # Each process counts the change of primary it saw (checked about once a second), once: the primary was
+    # named seconds ago, so a count made on every check would be past 1 by now.
     for service in ("booking", "notify"):
         for port in getattr(metrics, service):
             await eventually(
                 lambda p=port, s=service: scrape(p).get(f"{s}_redis_failovers_total", 0) >= 1,  # type: ignore[misc]
                 lambda s=service: f"{s} counted no failover",  # type: ignore[misc]
             )
+            assert scrape(port)[f"{service}_redis_failovers_total"] == 1, (service, port)
     return [process.log() for process in system.processes if process.module == "booking_service"]
 
 

@@ -23,7 +23,8 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
-from tests.support.events import EventSystem, Subscription
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
+from tests.support.helpers import Caller, uid
 from tests.support.realtime import (
     FALLBACK_AFTER,
     Metrics,
@@ -31,6 +32,7 @@ from tests.support.realtime import (
     every_change_within_bounds,
     steady_changes,
 )
+from tests.support.servers import ServiceProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -125,3 +127,53 @@ async def test_through_a_sick_redis_every_change_reaches_every_subscriber_within
     system: EventSystem, watchers: list[Subscription], channels: list[grpc.aio.Channel], fault: str
 ) -> None:
     await through(system, watchers, channels, FAULTS[fault])
+
+
+async def _lone_changes(
+    system: EventSystem, channels: list[grpc.aio.Channel], **notify_env: str
+) -> tuple[Caller, ServiceProcess, Subscription]:
+    """One booking and one notify instance, and a subscriber on notify that has seen one change come through
+    Redis; returns a caller of booking, notify, and the subscriber."""
+    await admin(system, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+    booking, notifier = system.booking(), system.notify(**notify_env)
+    watcher = Subscription("admin", uid("ops"))
+    await watcher.open(notifier.address)
+    caller = await admin_on(booking, channels)
+    await caller.create(provider_id=uid("prov"), customer_id=uid("cust"))
+    await eventually(lambda: len(watcher.events) == 1, lambda: f"{len(watcher.events)} events", within=30)
+    return caller, notifier, watcher
+
+
+async def test_a_lone_change_while_redis_refuses_writes_reaches_subscribers_through_the_outbox(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """The relay tells notify the outbox is ahead even when one event alone waits (the newest placed is then the
+    first unpublished): with nothing else committed, it must still arrive while Redis is full."""
+    caller, notifier, watcher = await _lone_changes(system, channels)
+    await admin(system, "CONFIG", "SET", "maxmemory", "1")
+    try:
+        made = await caller.create(provider_id=uid("prov"), customer_id=uid("cust"))
+        await eventually(lambda: len(watcher.events) == 2, lambda: "the lone change never came", within=30)
+        assert watcher.events[-1].booking.id == made.id
+        assert "following the outbox in PostgreSQL" in notifier.log()
+    finally:
+        await admin(system, "CONFIG", "SET", "maxmemory", "0")
+        await watcher.close()
+
+
+async def test_redis_refusing_writes_for_less_than_the_fallback_delay_keeps_notify_on_redis(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """A fault shorter than REDIS_FALLBACK_AFTER_SECONDS (here 8 s; the fault lasts 1.5 s) is waited out on
+    Redis: the changes made meanwhile arrive from the stream once the relay can publish, with no switch."""
+    caller, notifier, watcher = await _lone_changes(system, channels, REDIS_FALLBACK_AFTER_SECONDS="8")
+    await admin(system, "CONFIG", "SET", "maxmemory", "1")
+    try:
+        made = [(await caller.create(provider_id=uid("prov"), customer_id=uid("c"))).id for _ in range(3)]
+        await asyncio.sleep(1.5)
+    finally:
+        await admin(system, "CONFIG", "SET", "maxmemory", "0")
+    await eventually(lambda: len(watcher.events) == 4, lambda: f"{len(watcher.events)} of 4 events", within=30)
+    await watcher.close()
+    assert [e.booking.id for e in watcher.events[1:]] == made
+    assert "following the outbox in PostgreSQL" not in notifier.log()

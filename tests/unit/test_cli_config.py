@@ -38,3 +38,29 @@ def test_a_timeout_flag_must_be_a_positive_number(tmp_path: Path, monkeypatch: p
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="timeout must be a positive"):
             resolve({"token": "t", "timeout": bad}, need_token=True)
+
+
+def test_a_setting_comes_from_the_flag_then_the_named_context_then_the_environment_then_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "current-context: cur\n"
+        "contexts:\n"
+        "- {name: cur, context: {target: 'cur:1', token-env: CUR_TOKEN}}\n"
+        "- {name: named, context: {target: 'named:1', token-env: NAMED_TOKEN}}\n"
+    )
+    monkeypatch.setenv("BOOKINGCTL_CONFIG", str(tmp_path / "c.yaml"))
+    monkeypatch.setenv("CUR_TOKEN", "cur-token")
+    monkeypatch.setenv("NAMED_TOKEN", "named-token")
+
+    def picked(**flags: str) -> tuple[str, str]:
+        settings = resolve(flags, need_token=True)
+        return settings.target, settings.token
+
+    assert picked() == ("cur:1", "cur-token")
+    monkeypatch.setenv("BOOKING_TARGET", "env:1")
+    monkeypatch.setenv("BOOKING_TOKEN", "env-token")
+    assert picked() == ("env:1", "env-token")  # the environment beats the current context
+    assert picked(context="named") == ("named:1", "named-token")  # --context beats the environment
+    assert picked(target="flag:1", token="flag-token") == ("flag:1", "flag-token")  # a flag beats everything
+    assert picked(target="flag:1", context="named") == ("flag:1", "named-token")

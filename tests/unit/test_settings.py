@@ -305,6 +305,7 @@ def test_redact_url_keeps_everything_but_the_password() -> None:
             SentinelTarget((("::1", 26379),), "events", 2, "app", "p@ss"),
         ),
         ("redis+sentinel://:pw@s1:26379/m", SentinelTarget((("s1", 26379),), "m", 0, None, "pw")),
+        ("redis+sentinel://s1:65535,s2:1/m", SentinelTarget((("s1", 65535), ("s2", 1)), "m")),  # the port's bounds
     ],
 )
 def test_a_sentinel_url_names_its_sentinels_service_database_and_credentials(url: str, target: SentinelTarget) -> None:
@@ -319,6 +320,8 @@ def test_a_sentinel_url_names_its_sentinels_service_database_and_credentials(url
         ("redis+sentinel://s1/mymaster", "each sentinel must be host:port, got 's1'"),
         ("redis+sentinel://s1:26379,:1/m", "each sentinel must be host:port, got ':1'"),
         ("redis+sentinel://s1:99999/m", "each sentinel must be host:port"),
+        ("redis+sentinel://s1:65536/m", "each sentinel must be host:port, got 's1:65536'"),
+        ("redis+sentinel://s1:0/m", "each sentinel must be host:port, got 's1:0'"),
         ("redis+sentinel://s1:26379/m/x", "the database must be a number, got 'x'"),
     ],
 )

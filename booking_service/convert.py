@@ -22,14 +22,14 @@ AUDIT_ACTIONS = {
 }
 
 
-def _timestamp(value: datetime) -> Timestamp:
+def timestamp_to_proto(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
 
 
 def interval_to_proto(start: datetime, end: datetime) -> interval_pb2.Interval:
-    return interval_pb2.Interval(start_time=_timestamp(start), end_time=_timestamp(end))
+    return interval_pb2.Interval(start_time=timestamp_to_proto(start), end_time=timestamp_to_proto(end))
 
 
 def actor_to_proto(actor: Actor) -> booking_pb2.Actor:
@@ -42,16 +42,16 @@ def booking_to_proto(booking: Booking) -> booking_pb2.Booking:
         customer_id=booking.customer_id,
         provider_id=booking.provider_id,
         service_id=booking.service_id,
-        start_time=_timestamp(booking.start_time),
-        end_time=_timestamp(booking.end_time),
+        start_time=timestamp_to_proto(booking.start_time),
+        end_time=timestamp_to_proto(booking.end_time),
         notes=booking.notes,
-        create_time=_timestamp(booking.create_time),
-        update_time=_timestamp(booking.update_time),
+        create_time=timestamp_to_proto(booking.create_time),
+        update_time=timestamp_to_proto(booking.update_time),
         deletion_reason=booking.deletion_reason,
         etag=booking.etag,
     )
     if booking.delete_time is not None:
-        message.delete_time.CopyFrom(_timestamp(booking.delete_time))
+        message.delete_time.CopyFrom(timestamp_to_proto(booking.delete_time))
     if booking.deleted_by is not None:
         message.deleted_by.CopyFrom(actor_to_proto(booking.deleted_by))
     return message
@@ -64,7 +64,7 @@ def audit_to_proto(entry: AuditEntry) -> booking_pb2.AuditEntry:
         action=AUDIT_ACTIONS[entry.action],
         actor=actor_to_proto(entry.actor),
         reason=entry.reason,
-        create_time=_timestamp(entry.create_time),
+        create_time=timestamp_to_proto(entry.create_time),
     )
     if entry.snapshot is not None:
         message.snapshot.CopyFrom(booking_to_proto(entry.snapshot))

@@ -33,6 +33,10 @@ class SlotTaken(Exception):
     """Another active booking of the provider overlaps the time asked for."""
 
 
+class RequestRepeated(Exception):
+    """The caller already made a change under this request_id."""
+
+
 class TimesOutOfOrder(Exception):
     """An update would leave the booking ending at or before it starts."""
 

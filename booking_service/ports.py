@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from booking_service.availability import Schedule, Span
 from booking_service.domain import AuditEntry, Booking, BookingChange, NewBooking
 from svc_common.principal import Principal
 
@@ -48,6 +49,7 @@ class BookingStore(Protocol):
         actor: Principal,
         request_id: str | None,
         note: str = "",
+        buffers: tuple[timedelta, timedelta] = ...,
     ) -> tuple[Booking, bool]: ...
     async def soft_delete(
         self,
@@ -76,9 +78,12 @@ class BookingStore(Protocol):
         request_id: str | None,
         note: str = "",
     ) -> UpdateResult: ...
-    async def free_slots(
-        self, provider_id: str, start: datetime, end: datetime, duration: timedelta, limit: int
-    ) -> list[tuple[datetime, datetime]]: ...
+    async def taken(self, provider_id: str, start: datetime, end: datetime) -> list[Span]: ...
+    async def schedule(self, provider_id: str) -> Schedule | None: ...
+    async def schedule_request_done(self, actor_id: str, request_id: str) -> str | None: ...
+    async def put_schedule(
+        self, schedule: Schedule, *, expected_version: int | None, actor: Principal, request_id: str | None
+    ) -> Schedule | None: ...
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Principal) -> bool: ...
     async def purge_preview(self, deleted_before: datetime, sample: int) -> tuple[int, list[str]]: ...
     async def purge(

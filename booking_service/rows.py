@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
+from booking_service.availability import DateOverride, LocalRange, Schedule, WorkingHours
 from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
 from svc_common.principal import Role
 
@@ -80,3 +81,33 @@ def audit_from_record(record: Record) -> AuditEntry:
         update_mask=tuple(record["update_mask"] or ()),
         previous_time=(record["previous_start"], record["previous_end"]) if record["previous_start"] else None,
     )
+
+
+def schedule_from_record(record: Record) -> Schedule:
+    weekly = json.loads(record["weekly_hours"])
+    overrides = json.loads(record["date_overrides"])
+    return Schedule(
+        provider_id=record["provider_id"],
+        time_zone=record["time_zone"],
+        weekly_hours=tuple(WorkingHours(w["day"], LocalRange(w["start"], w["end"])) for w in weekly),
+        date_overrides=tuple(
+            DateOverride(date.fromisoformat(o["date"]), tuple(LocalRange(h["start"], h["end"]) for h in o["hours"]))
+            for o in overrides
+        ),
+        buffer_before=record["buffer_before"],
+        buffer_after=record["buffer_after"],
+        minimum_notice=record["minimum_notice"],
+        booking_horizon=record["booking_horizon"],
+        version=record["version"],
+        update_time=record["update_time"],
+    )
+
+
+def schedule_json(schedule: Schedule) -> tuple[str, str]:
+    """The weekly hours and the date overrides as stored (JSON)."""
+    weekly = [{"day": w.day, "start": w.hours.start, "end": w.hours.end} for w in schedule.weekly_hours]
+    overrides = [
+        {"date": o.date.isoformat(), "hours": [{"start": h.start, "end": h.end} for h in o.hours]}
+        for o in schedule.date_overrides
+    ]
+    return json.dumps(weekly), json.dumps(overrides)

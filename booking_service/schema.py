@@ -35,6 +35,8 @@ SERVICE_GRANTS = (
     "GRANT SELECT, INSERT, UPDATE, DELETE ON bookings, booking_outbox TO {role}",
     "GRANT SELECT, UPDATE ON booking_outbox_state TO {role}",
     "GRANT SELECT, INSERT ON booking_audit, booking_outbox_dead TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON provider_schedules TO {role}",
+    "GRANT SELECT, INSERT ON provider_schedule_audit TO {role}",
     "GRANT EXECUTE ON FUNCTION booking_audit_erase_snapshots(uuid[]) TO {role}",
     "GRANT EXECUTE ON FUNCTION booking_events_erase_notes(uuid[]) TO {role}",
 )

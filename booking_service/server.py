@@ -21,6 +21,7 @@ from booking_service import metrics, pagination
 from booking_service.database import LOST_CONNECTION, Database
 from booking_service.domain import ERROR_DOMAIN
 from booking_service.relay import EventRelay, RelayWaker
+from booking_service.schedules import ScheduleUseCases
 from booking_service.servicer import BookingServicer
 from booking_service.settings import Settings
 from booking_service.storage import Storage
@@ -155,8 +156,11 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     client = connect(settings.redis)
     relay = EventRelay(settings.relay, client, db.connector)
     waker = RelayWaker(relay, db)
-    usecases = BookingUseCases(Storage(db), waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
-    booking_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(usecases), server.server)
+    storage = Storage(db)
+    usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
+    booking_pb2_grpc.add_BookingServiceServicer_to_server(
+        BookingServicer(usecases, ScheduleUseCases(storage)), server.server
+    )
     supervisor = Supervisor()
 
     async def events_held_back() -> None:

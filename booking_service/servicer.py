@@ -7,14 +7,14 @@ PERMISSION_DENIED; the use cases check it again for callers other than this serv
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2
 from google.type import interval_pb2
 from grpc.aio import ServicerContext as Context
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto
+from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto, timestamp_to_proto
 from booking_service.domain import (
     EARLIEST_TIME,
     LATEST_TIME,
@@ -25,6 +25,8 @@ from booking_service.domain import (
     BookingChange,
     NewBooking,
 )
+from booking_service.schedule_proto import schedule_from_proto, schedule_to_proto
+from booking_service.schedules import SCHEDULE_FIELDS, ScheduleUseCases
 from booking_service.usecases import BookingUseCases, require_admin
 from svc_common.principal import Principal, Role, current_principal
 from svc_common.validation import Checker
@@ -124,8 +126,9 @@ def _filters(
 
 
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
-    def __init__(self, usecases: BookingUseCases) -> None:
+    def __init__(self, usecases: BookingUseCases, schedules: ScheduleUseCases) -> None:
         self._uc = usecases
+        self._schedules = schedules
 
     async def CreateBooking(
         self,
@@ -137,7 +140,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         new = _new_booking(request, check, principal)
         request_id = check.identifier("request_id", request.request_id, required=False)
         check.done()
-        booking = await self._uc.create(principal, new, request_id)
+        booking = await self._uc.create(principal, new, request_id, ignore_availability=request.ignore_availability)
         return booking_pb2.CreateBookingResponse(booking=booking_to_proto(booking))
 
     async def GetBooking(
@@ -272,7 +275,14 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         change = _change(request, check)
         request_id = check.identifier("request_id", request.request_id, required=False)
         check.done()
-        booking = await self._uc.update(current_principal(), booking_id, change, version=version, request_id=request_id)
+        booking = await self._uc.update(
+            current_principal(),
+            booking_id,
+            change,
+            version=version,
+            request_id=request_id,
+            ignore_availability=request.ignore_availability,
+        )
         return booking_pb2.UpdateBookingResponse(booking=booking_to_proto(booking))
 
     async def ListAvailableSlots(
@@ -289,6 +299,54 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         else:
             check.fail("interval", "required")
         duration = _duration(check, "duration", request.HasField("duration"), request.duration)
+        step = None
+        if request.HasField("slot_step") and request.slot_step.ToTimedelta() != timedelta(0):
+            step = _duration(check, "slot_step", True, request.slot_step)
         check.done()
-        free = await self._uc.free_slots(current_principal(), provider, start, end, duration)
-        return booking_pb2.ListAvailableSlotsResponse(free_intervals=[interval_to_proto(a, b) for a, b in free])
+        found = await self._uc.free_slots(current_principal(), provider, start, end, duration, step)
+        return booking_pb2.ListAvailableSlotsResponse(
+            free_intervals=[interval_to_proto(a, b) for a, b in found.free],
+            slot_starts=[timestamp_to_proto(start) for start in found.slot_starts],
+            time_zone=found.time_zone,
+        )
+
+    async def GetProviderSchedule(
+        self,
+        request: booking_pb2.GetProviderScheduleRequest,
+        context: Context[booking_pb2.GetProviderScheduleRequest, booking_pb2.GetProviderScheduleResponse],
+    ) -> booking_pb2.GetProviderScheduleResponse:
+        check = Checker()
+        provider = check.identifier("provider_id", request.provider_id) or ""
+        check.done()
+        schedule = await self._schedules.get(current_principal(), provider)
+        return booking_pb2.GetProviderScheduleResponse(schedule=schedule_to_proto(schedule))
+
+    async def UpdateProviderSchedule(
+        self,
+        request: booking_pb2.UpdateProviderScheduleRequest,
+        context: Context[booking_pb2.UpdateProviderScheduleRequest, booking_pb2.UpdateProviderScheduleResponse],
+    ) -> booking_pb2.UpdateProviderScheduleResponse:
+        check = Checker()
+        if not request.HasField("schedule"):
+            check.fail("schedule", "required")
+        provider = check.identifier("schedule.provider_id", request.schedule.provider_id) or ""
+        version = check.etag("schedule.etag", request.schedule.etag)
+        mask = list(request.update_mask.paths)
+        for i, path in enumerate(mask[:MAX_MASK_PATHS]):
+            if path not in SCHEDULE_FIELDS:
+                check.fail(f"update_mask.paths[{i}]", f"must be one of {', '.join(SCHEDULE_FIELDS)}")
+        if len(mask) > MAX_MASK_PATHS:
+            check.fail("update_mask", f"at most {MAX_MASK_PATHS} paths")
+        today = datetime.now(UTC).date()
+        schedule = schedule_from_proto(check, request.schedule, provider, today, mask or SCHEDULE_FIELDS)
+        request_id = check.identifier("request_id", request.request_id, required=False)
+        check.done()
+        written = await self._schedules.update(
+            current_principal(),
+            schedule,
+            sorted(set(mask)),
+            allow_missing=request.allow_missing,
+            version=version,
+            request_id=request_id,
+        )
+        return booking_pb2.UpdateProviderScheduleResponse(schedule=schedule_to_proto(written))

@@ -15,16 +15,23 @@ _OUTBOX_INSERT = """
 
 # Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
 # the insert (the insert reads from `gate`), so a later one finds the earlier one's row; without it, concurrent
-# duplicates deadlock between the request_id index and the overlap constraint.
+# duplicates deadlock between the request_id index and the overlap constraint. Then the writes of one provider's
+# times are serialised the same way (PROVIDER_LOCK): concurrent inserts whose reaches overlap would otherwise
+# wait on each other's uncommitted rows in the constraint's check and deadlock, instead of one of them failing
+# it at once.
 CREATE_SQL = f"""
 WITH gate AS (
     SELECT count(*) FROM (
         SELECT pg_advisory_xact_lock(hashtextextended($8::text || '/' || $9::text, 0)) WHERE $9::text IS NOT NULL
+        UNION ALL
+        SELECT pg_advisory_xact_lock(hashtextextended('provider/' || $3::text, 0))
     ) locked
 ), ins AS (
     INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, notes,
-                          created_by, request_id)
-    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text
+                          created_by, request_id, buffer_before, buffer_after)
+    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text,
+           make_interval(secs => extract(epoch FROM $15::interval)),
+           make_interval(secs => extract(epoch FROM $16::interval))
       FROM gate
     ON CONFLICT (created_by, request_id) WHERE request_id IS NOT NULL DO NOTHING
     RETURNING *
@@ -122,8 +129,9 @@ def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, del
 
     Parameters, in order: limit, then customer_id, provider_id, the interval's start and end, and the keyset
     position where used. deleted: None lists every booking, False only active ones, True only deleted ones
-    (newest deletion first). The interval is matched with the expression of the overlap constraint, so a
-    provider's active bookings in a window are found through that constraint's GiST index.
+    (newest deletion first). The interval is matched first with the expression of the overlap constraint (a
+    booking widened by its buffers), so a provider's active bookings in a window are found through that
+    constraint's GiST index.
     """
     where, params = [], ["$1"]
 
@@ -140,7 +148,13 @@ def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, del
     if provider:
         where.append(f"provider_id = {param()}")
     if overlaps:
-        where.append(f"tstzrange(start_time, end_time, '[)') && tstzrange({param()}, {param()}, '[)')")
+        low, high = param(), param()
+        # The constraint's expression first, a booking's reach (its index finds the candidates: buffers only
+        # widen), then the booking's own time.
+        where.append(
+            f"booking_reach(start_time, end_time, buffer_before, buffer_after) && tstzrange({low}, {high}, '[)')"
+        )
+        where.append(f"tstzrange(start_time, end_time, '[)') && tstzrange({low}, {high}, '[)')")
     if deleted is True:
         if after:
             where.append(f"(delete_time, id) < ({param()}, {param()})")
@@ -169,10 +183,13 @@ WITH gate AS (
 ), prior AS (
     SELECT a.booking_id, a.request_digest FROM booking_audit a, gate
      WHERE $15::text IS NOT NULL AND a.actor_id = $10 AND a.request_id = $15
+), provider_gate AS (  -- a move takes its provider's lock, as CreateBooking does
+    SELECT count(pg_advisory_xact_lock(hashtextextended('provider/' || provider_id, 0))) FROM bookings
+     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior) AND ($2::timestamptz IS NOT NULL OR $3::timestamptz IS NOT NULL)
 ), old AS (
-    SELECT id, start_time, end_time FROM bookings
+    SELECT id, start_time, end_time FROM bookings, provider_gate
      WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
-       FOR UPDATE
+       FOR UPDATE OF bookings
 ), upd AS (
     UPDATE bookings b
        SET start_time = coalesce($2::timestamptz, b.start_time),
@@ -200,20 +217,53 @@ SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prio
   FROM (SELECT) AS one LEFT JOIN upd ON true LEFT JOIN prior ON true
 """
 
-# The provider's free time in [$2, $3): that interval minus the provider's active bookings (one multirange
-# difference), each remaining interval kept if at least $4 long, at most $5 of them. Bookings are found through
-# the overlap constraint's GiST index.
-FREE_SLOTS_SQL = """
-SELECT lower(free) AS start_time, upper(free) AS end_time
+# What a provider's active bookings take of [$2, $3): each widened by its buffers (the overlap constraint's
+# expression, so they are found through its GiST index), merged into one multirange's parts, in time order.
+TAKEN_SQL = """
+SELECT lower(taken) AS start_time, upper(taken) AS end_time
   FROM unnest(
-           tstzmultirange(tstzrange($2, $3, '[)'))
-           - coalesce(
-               (SELECT range_agg(tstzrange(start_time, end_time, '[)')) FROM bookings
+           coalesce(
+               (SELECT range_agg(booking_reach(start_time, end_time, buffer_before, buffer_after)) FROM bookings
                  WHERE provider_id = $1 AND delete_time IS NULL
-                   AND tstzrange(start_time, end_time, '[)') && tstzrange($2, $3, '[)')),
+                   AND booking_reach(start_time, end_time, buffer_before, buffer_after) && tstzrange($2, $3, '[)')),
                '{}'::tstzmultirange)
-       ) AS free
- WHERE upper(free) - lower(free) >= $4
- ORDER BY lower(free)
- LIMIT $5
+       ) AS taken
+ ORDER BY lower(taken)
+"""
+
+
+SCHEDULE_SQL = "SELECT * FROM provider_schedules WHERE provider_id = $1"
+
+# Whether this caller has changed a schedule under this request_id ($1 actor, $2 request_id).
+SCHEDULE_REQUEST_SQL = "SELECT provider_id FROM provider_schedule_audit WHERE actor_id = $1 AND request_id = $2"
+
+# Write a schedule and its audit entry (the schedule before and after) in one statement. $1 provider, $2 time
+# zone, $3-$4 weekly hours and overrides (JSON), $5-$8 buffer before, after, notice, horizon, $9 the version it
+# must have (NULL: it must not exist yet), $10-$12 the actor, $13 the request_id (NULL: none). No row: the
+# schedule is not (or no longer) as the caller read it.
+PUT_SCHEDULE_SQL = """
+WITH old AS (
+    SELECT * FROM provider_schedules WHERE provider_id = $1
+), created AS (
+    INSERT INTO provider_schedules (provider_id, time_zone, weekly_hours, date_overrides,
+                                    buffer_before, buffer_after, minimum_notice, booking_horizon)
+    SELECT $1, $2, $3::jsonb, $4::jsonb, $5, $6, $7, $8 WHERE $9::bigint IS NULL
+    ON CONFLICT (provider_id) DO NOTHING
+    RETURNING *
+), updated AS (
+    UPDATE provider_schedules
+       SET time_zone = $2, weekly_hours = $3::jsonb, date_overrides = $4::jsonb, buffer_before = $5,
+           buffer_after = $6, minimum_notice = $7, booking_horizon = $8, version = version + 1, update_time = now()
+     WHERE provider_id = $1 AND version = $9::bigint
+    RETURNING *
+), new AS (
+    SELECT * FROM created UNION ALL SELECT * FROM updated
+), audit AS (
+    INSERT INTO provider_schedule_audit (provider_id, action, actor_id, actor_name, actor_role, old_schedule,
+                                         new_schedule, request_id)
+    SELECT new.provider_id, CASE WHEN $9::bigint IS NULL THEN 'CREATED' ELSE 'UPDATED' END, $10, $11, $12,
+           (SELECT to_jsonb(old) FROM old), to_jsonb(new), $13::text
+      FROM new
+)
+SELECT * FROM new
 """

@@ -16,18 +16,31 @@ from typing import Any
 
 import asyncpg
 
+from booking_service.availability import Schedule, Span
 from booking_service.database import Connection, Database, Record
-from booking_service.domain import Actor, AuditEntry, Booking, BookingChange, NewBooking, SlotTaken, TimesOutOfOrder
+from booking_service.domain import (
+    Actor,
+    AuditEntry,
+    Booking,
+    BookingChange,
+    NewBooking,
+    RequestRepeated,
+    SlotTaken,
+    TimesOutOfOrder,
+)
 from booking_service.ports import ListQuery, UpdateResult
-from booking_service.rows import audit_from_record, booking_from_record
+from booking_service.rows import audit_from_record, booking_from_record, schedule_from_record, schedule_json
 from booking_service.sql import (
     CREATE_SQL,
     DELETE_SQL,
-    FREE_SLOTS_SQL,
     HARD_DELETE_SQL,
     PURGE_BATCH_SQL,
     PURGE_PREVIEW_SQL,
+    PUT_SCHEDULE_SQL,
     RESTORE_SQL,
+    SCHEDULE_REQUEST_SQL,
+    SCHEDULE_SQL,
+    TAKEN_SQL,
     UPDATE_SQL,
     list_sql,
 )
@@ -70,12 +83,57 @@ class Storage:
 
         return await self._db.run(work)
 
-    async def free_slots(
-        self, provider_id: str, start: datetime, end: datetime, duration: timedelta, limit: int
-    ) -> list[tuple[datetime, datetime]]:
-        async def work(conn: Connection) -> list[tuple[datetime, datetime]]:
-            records = await conn.fetch(FREE_SLOTS_SQL, provider_id, start, end, duration, limit)
+    async def taken(self, provider_id: str, start: datetime, end: datetime) -> list[Span]:
+        async def work(conn: Connection) -> list[Span]:
+            records = await conn.fetch(TAKEN_SQL, provider_id, start, end)
             return [(r["start_time"], r["end_time"]) for r in records]
+
+        return await self._db.run(work)
+
+    async def schedule(self, provider_id: str) -> Schedule | None:
+        async def work(conn: Connection) -> Schedule | None:
+            record = await conn.fetchrow(SCHEDULE_SQL, provider_id)
+            return schedule_from_record(record) if record else None
+
+        return await self._db.run(work)
+
+    async def schedule_request_done(self, actor_id: str, request_id: str) -> str | None:
+        """The provider whose schedule this caller changed under `request_id`, if it did."""
+
+        async def work(conn: Connection) -> str | None:
+            provider: str | None = await conn.fetchval(SCHEDULE_REQUEST_SQL, actor_id, request_id)
+            return provider
+
+        return await self._db.run(work)
+
+    async def put_schedule(
+        self, schedule: Schedule, *, expected_version: int | None, actor: Actor, request_id: str | None
+    ) -> Schedule | None:
+        """Write `schedule` if the stored one still has `expected_version` (None: if there is none yet); None if
+        not. A request_id this caller used before raises RequestRepeated."""
+        weekly, overrides = schedule_json(schedule)
+
+        async def work(conn: Connection) -> Schedule | None:
+            try:
+                record = await conn.fetchrow(
+                    PUT_SCHEDULE_SQL,
+                    schedule.provider_id,
+                    schedule.time_zone,
+                    weekly,
+                    overrides,
+                    schedule.buffer_before,
+                    schedule.buffer_after,
+                    schedule.minimum_notice,
+                    schedule.booking_horizon,
+                    expected_version,
+                    actor.id,
+                    actor.name,
+                    actor.role.value,
+                    request_id,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise RequestRepeated() from exc
+            return schedule_from_record(record) if record else None
 
         return await self._db.run(work)
 
@@ -108,9 +166,11 @@ class Storage:
         actor: Actor,
         request_id: str | None,
         note: str = "",
+        buffers: tuple[timedelta, timedelta] = (timedelta(0), timedelta(0)),
     ) -> tuple[Booking, bool]:
         """Insert a booking; returns it and whether this call created it (False: an earlier request_id's).
-        `note` goes into its audit entry's reason."""
+        `note` goes into its audit entry's reason; `buffers` (before, after) stay with it, for the overlap
+        constraint."""
 
         async def by_request(conn: Connection) -> Booking | None:
             if request_id is None:
@@ -138,6 +198,7 @@ class Storage:
                     actor.role.value,
                     tracing.traceparent(),
                     note,
+                    *buffers,
                 )
             except asyncpg.ExclusionViolationError as exc:
                 # A concurrent call with the same request_id may hold the slot: that is its result, not a clash.

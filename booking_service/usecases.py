@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from booking_service import pagination
+from booking_service.availability import Schedule, Span, free_spans, outside, slot_starts
 from booking_service.domain import (
     MAX_FREE_INTERVALS,
     PURGE_SAMPLE_SIZE,
@@ -63,7 +65,19 @@ def _etag_mismatch() -> Aborted:
 
 
 def _slot_taken() -> AlreadyExists:
-    return AlreadyExists("the provider already has a booking overlapping this time", reason="SLOT_UNAVAILABLE")
+    return AlreadyExists(
+        "the provider already has a booking overlapping this time (with the buffers around each)",
+        reason="SLOT_UNAVAILABLE",
+    )
+
+
+@dataclass(frozen=True)
+class Availability:
+    """ListAvailableSlots' answer."""
+
+    free: list[Span]
+    slot_starts: list[datetime]
+    time_zone: str
 
 
 def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
@@ -111,15 +125,47 @@ class BookingUseCases:
             metadata={"start_time": start.isoformat(), "now": now.isoformat()},
         )
 
-    async def create(self, principal: Principal, new: NewBooking, request_id: str | None) -> Booking:
+    async def _available(
+        self, principal: Principal, provider_id: str, start: datetime, end: datetime, *, ignore: bool
+    ) -> tuple[Schedule | None, str]:
+        """The provider's schedule, once [start, end) is found inside its availability; or, for an admin who
+        ignores it, the note its audit entry keeps ("" when there was nothing to ignore)."""
+        if ignore and not is_admin(principal):
+            raise PermissionDenied("only admins may ignore a provider's availability", reason="ADMIN_ONLY")
+        schedule = await self._storage.schedule(provider_id)
+        rule = outside(schedule, start, end, self._clock())
+        if rule is None or schedule is None:
+            return schedule, ""
+        if ignore:
+            return schedule, f"outside the provider's availability ({rule.value}), ignored by an admin"
+        raise FailedPrecondition(
+            f"the time is outside provider {provider_id}'s availability ({rule.value}); "
+            "ListAvailableSlots shows when it may be booked",
+            reason="OUTSIDE_AVAILABILITY",
+            metadata={"rule": rule.value, "time_zone": schedule.time_zone},
+        )
+
+    async def create(
+        self, principal: Principal, new: NewBooking, request_id: str | None, *, ignore_availability: bool = False
+    ) -> Booking:
         if principal.role is Role.USER and new.customer_id != principal.id:
             raise PermissionDenied("users may only book for themselves", reason="NOT_OWN_BOOKING")
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
         note = self._not_in_the_past(principal, new.start_time)
+        schedule, ignored = await self._available(
+            principal, new.provider_id, new.start_time, new.end_time, ignore=ignore_availability
+        )
+        buffers = (schedule.buffer_before, schedule.buffer_after) if schedule else (timedelta(0), timedelta(0))
         try:
             booking, created = await self._storage.create(
-                new, booking_id=uuid.uuid4(), op_id=uuid.uuid4(), actor=principal, request_id=request_id, note=note
+                new,
+                booking_id=uuid.uuid4(),
+                op_id=uuid.uuid4(),
+                actor=principal,
+                request_id=request_id,
+                note="; ".join(n for n in (note, ignored) if n),
+                buffers=buffers,
             )
         except SlotTaken as exc:
             raise _slot_taken() from exc
@@ -248,10 +294,22 @@ class BookingUseCases:
         *,
         version: int | None,
         request_id: str | None,
+        ignore_availability: bool = False,
     ) -> Booking:
-        """Change an active booking's time, service or notes: its customer, its provider or an admin may."""
+        """Change an active booking's time, service or notes: its customer, its provider or an admin may. A move
+        must stay inside the provider's availability (read before the move: a concurrent move of the same
+        booking may make the check see the other end as it was)."""
         scope = Scope.of(principal)
         note = self._not_in_the_past(principal, change.start_time) if change.start_time is not None else ""
+        if change.start_time is not None or change.end_time is not None:
+            current = await self._storage.get(booking_id)
+            if current is not None and not current.deleted and scope.allows(current.customer_id, current.provider_id):
+                start, end = change.start_time or current.start_time, change.end_time or current.end_time
+                if start < end:  # else the update refuses the times themselves
+                    _, ignored = await self._available(
+                        principal, current.provider_id, start, end, ignore=ignore_availability
+                    )
+                    note = "; ".join(n for n in (note, ignored) if n)
         try:
             result = await self._storage.update(
                 booking_id,
@@ -295,23 +353,35 @@ class BookingUseCases:
         raise _etag_mismatch()
 
     async def free_slots(
-        self, principal: Principal, provider_id: str, start: datetime, end: datetime, duration: timedelta
-    ) -> list[tuple[datetime, datetime]]:
-        """The provider's free intervals in [start, end), each at least `duration` long. Any caller may ask: the
-        answer names no booking. More than MAX_FREE_INTERVALS is refused: ask for less."""
-        free = await self._storage.free_slots(provider_id, start, end, duration, MAX_FREE_INTERVALS + 1)
-        if len(free) > MAX_FREE_INTERVALS:
+        self,
+        principal: Principal,
+        provider_id: str,
+        start: datetime,
+        end: datetime,
+        duration: timedelta,
+        step: timedelta | None = None,
+    ) -> Availability:
+        """The provider's free intervals in [start, end) where a booking of `duration` fits with the schedule's
+        buffers, and the slot starts stepping by `step` (default `duration`) from each working range's start.
+        Any caller may ask: the answer names no booking. More than MAX_FREE_INTERVALS of either is refused."""
+        schedule = await self._storage.schedule(provider_id)
+        before = schedule.buffer_before if schedule else timedelta(0)
+        after = schedule.buffer_after if schedule else timedelta(0)
+        taken = await self._storage.taken(provider_id, start - before, end + after)
+        free, working = free_spans(schedule, start, end, taken, self._clock(), duration)
+        starts = slot_starts(free, working, duration, step or duration, MAX_FREE_INTERVALS + 1)
+        if len(free) > MAX_FREE_INTERVALS or len(starts) > MAX_FREE_INTERVALS:
             raise InvalidArgument(
                 [
                     FieldViolation(
                         "interval",
-                        f"more than {MAX_FREE_INTERVALS} free intervals: "
-                        "ask for a shorter interval or a longer duration",
+                        f"more than {MAX_FREE_INTERVALS} free intervals or slots: "
+                        "ask for a shorter interval, a longer duration or a longer slot_step",
                     )
                 ],
                 reason="TOO_MANY_FREE_INTERVALS",
             )
-        return free
+        return Availability(free, starts, schedule.time_zone if schedule else "UTC")
 
     async def restore(self, principal: Principal, booking_id: uuid.UUID, *, version: int | None) -> Booking:
         require_admin(principal, "restore bookings")

@@ -11,7 +11,7 @@ The messages are the contract's own (booking_api.booking.v1, booking_api.notify.
 files shipped in booking_api/protos/). Errors: booking_client._errors, re-exported here.
 """
 
-from booking_client._client import BookingClient, PurgeResult
+from booking_client._client import AvailableSlots, BookingClient, PurgeResult
 from booking_client._errors import (
     AdminOnly,
     BookingDeleted,
@@ -39,6 +39,7 @@ from booking_client._watch import Watch
 
 __all__ = [
     "AdminOnly",
+    "AvailableSlots",
     "Backoff",
     "BookingClient",
     "BookingDeleted",

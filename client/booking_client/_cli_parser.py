@@ -136,6 +136,8 @@ def parser(description: str = "") -> argparse.ArgumentParser:
         "--to", dest="until", required=True, type=_time, metavar="TIME", help="at most 31 days after --from"
     )
     free.add_argument("--duration", required=True, type=_duration, help="e.g. 30m, 1h30m, 90s")
+    free.add_argument("--slots", action="store_true", help="the slot starts instead of the free intervals")
+    free.add_argument("--step", type=_duration, default=None, help="between slot starts (default: --duration)")
 
     delete = command("delete", "soft-delete a booking")
     delete.add_argument("booking_id")
@@ -160,6 +162,12 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     watch.add_argument("--provider", default="")
     watch.add_argument("--booking", default="")
     watch.add_argument("--limit", type=int, default=0, help="stop after this many events (0: never)")
+
+    schedule = command("schedule", "a provider's schedule: get PROVIDER, or set FILE (the shape of get's -o yaml)")
+    actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("get", help="show a provider's schedule").add_argument("provider")
+    setting = actions.add_parser("set", help="replace a provider's schedule from a YAML or JSON file ('-': stdin)")
+    setting.add_argument("file")
 
     _cli_commands.add_config_commands(command("config", "saved contexts (kubeconfig's shape): see --help"))
     completion = command("completion", 'shell completion: eval "$(bookingctl completion bash)"')

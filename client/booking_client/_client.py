@@ -53,6 +53,13 @@ RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})  #
 
 
 @dataclass(frozen=True)
+class AvailableSlots:
+    free_intervals: list[tuple[datetime, datetime]]  # the maximal free intervals, in time order
+    slot_starts: list[datetime]  # where a booking of the duration asked may start
+    time_zone: str  # the provider's (IANA), to show them in
+
+
+@dataclass(frozen=True)
 class PurgeResult:
     count: int  # purged, or (without force) how many would be
     sample: list[str]  # up to 100 of their ids
@@ -285,18 +292,52 @@ class BookingClient:
         end_time: datetime,
         duration: timedelta,
         *,
+        slot_step: timedelta | None = None,
         timeout: float | None = None,
-    ) -> list[tuple[datetime, datetime]]:
-        """The provider's free time in [start_time, end_time) (at most 31 days): the maximal free intervals at
-        least `duration` long, in time order."""
+    ) -> AvailableSlots:
+        """When a booking of `duration` fits in [start_time, end_time) (at most 31 days), by the provider's
+        schedule (hours in its time zone, buffers, notice, horizon): the maximal free intervals, and the slot
+        starts stepping by `slot_step` (default: `duration`) from the start of each working range."""
         request = booking_pb2.ListAvailableSlotsRequest(
             provider_id=provider_id, interval=interval(start_time, end_time), duration=Duration()
         )
         request.duration.FromTimedelta(duration)
+        if slot_step is not None:
+            request.slot_step.FromTimedelta(slot_step)
         response = await self._call(self._booking.ListAvailableSlots, request, idempotent=True, timeout=timeout)
-        return [
-            (i.start_time.ToDatetime(tzinfo=UTC), i.end_time.ToDatetime(tzinfo=UTC)) for i in response.free_intervals
-        ]
+        return AvailableSlots(
+            [(i.start_time.ToDatetime(tzinfo=UTC), i.end_time.ToDatetime(tzinfo=UTC)) for i in response.free_intervals],
+            [s.ToDatetime(tzinfo=UTC) for s in response.slot_starts],
+            response.time_zone,
+        )
+
+    async def get_provider_schedule(
+        self, provider_id: str, *, timeout: float | None = None
+    ) -> booking_pb2.ProviderSchedule:
+        """A provider's schedule; NotFound (reason NO_SCHEDULE) if it has none: it is available at all times."""
+        request = booking_pb2.GetProviderScheduleRequest(provider_id=provider_id)
+        response = await self._call(self._booking.GetProviderSchedule, request, idempotent=True, timeout=timeout)
+        schedule: booking_pb2.ProviderSchedule = response.schedule
+        return schedule
+
+    async def update_provider_schedule(
+        self,
+        schedule: booking_pb2.ProviderSchedule,
+        *,
+        fields: Sequence[str] = (),
+        allow_missing: bool = True,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.ProviderSchedule:
+        """Replace a provider's schedule (or only `fields`; creating it if missing, unless `allow_missing` is
+        False); conditional on `schedule.etag` if set. Retried on UNAVAILABLE under one request_id."""
+        request = booking_pb2.UpdateProviderScheduleRequest(
+            schedule=schedule, allow_missing=allow_missing, request_id=request_id or uuid.uuid4().hex
+        )
+        request.update_mask.paths.extend(fields)
+        response = await self._call(self._booking.UpdateProviderSchedule, request, idempotent=True, timeout=timeout)
+        written: booking_pb2.ProviderSchedule = response.schedule
+        return written
 
     async def delete_booking(
         self, booking_id: str, *, reason: str = "", etag: str = "", timeout: float | None = None

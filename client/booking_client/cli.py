@@ -22,10 +22,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import grpc
 import yaml
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from booking_api.booking.v1 import booking_pb2
@@ -87,6 +90,8 @@ async def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             out.bookings([moved], one=True)
         elif command == "free":
             await free(client, args, out)
+        elif command == "schedule":
+            await schedule(client, args, out)
         elif command == "delete":
             out.bookings([await client.delete_booking(args.booking_id, reason=args.reason, etag=args.etag)], one=True)
         elif command == "restore":
@@ -158,15 +163,55 @@ async def health(args: argparse.Namespace, settings: Settings, out: Output) -> i
 
 async def free(client: BookingClient, args: argparse.Namespace, out: Output) -> None:
     """The free intervals, as a table (FROM, TO, LENGTH) or a list of {start_time, end_time}."""
-    slots = await client.list_available_slots(args.provider, args.since, args.until, args.duration)
+    found = await client.list_available_slots(args.provider, args.since, args.until, args.duration, slot_step=args.step)
 
     def utc(value: datetime) -> str:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
+    if args.slots:  # the starts, shown in the provider's zone too
+        zone = ZoneInfo(found.time_zone)
+        grid = table("START", f"LOCAL ({found.time_zone})")
+        for start in found.slot_starts:
+            grid.add_row(utc(start), start.astimezone(zone).isoformat())
+        out.document([utc(start) for start in found.slot_starts], grid)
+        return
     grid = table("FROM", "TO", "LENGTH")
-    for start, end in slots:
+    for start, end in found.free_intervals:
         grid.add_row(utc(start), utc(end), str(end - start))
-    out.document([{"start_time": utc(start), "end_time": utc(end)} for start, end in slots], grid)
+    out.document([{"start_time": utc(start), "end_time": utc(end)} for start, end in found.free_intervals], grid)
+
+
+DAYS = ("", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _hhmm(value: Any) -> str:
+    return f"{value.hours:02d}:{value.minutes:02d}" + (f":{value.seconds:02d}" if value.seconds else "")
+
+
+async def schedule(client: BookingClient, args: argparse.Namespace, out: Output) -> None:
+    """Show a provider's schedule, or replace it from a file in the shape `schedule get -o yaml` prints (its
+    etag, if kept, makes the change conditional)."""
+    if args.action == "get":
+        found = await client.get_provider_schedule(args.provider)
+    else:
+        try:
+            text = sys.stdin.read() if args.file == "-" else await asyncio.to_thread(Path(args.file).read_text)
+            given = json_format.ParseDict(yaml.safe_load(text) or {}, booking_pb2.ProviderSchedule())
+        except (OSError, yaml.YAMLError, json_format.ParseError) as exc:
+            raise Usage(f"{args.file}: not a schedule ({exc})") from exc
+        found = await client.update_provider_schedule(given)
+    weekly = ", ".join(f"{DAYS[w.day]} {_hhmm(w.start)}-{_hhmm(w.end)}" for w in found.weekly_hours)
+    overrides = ", ".join(
+        f"{o.date.year:04d}-{o.date.month:02d}-{o.date.day:02d} "
+        + (" ".join(f"{_hhmm(h.start)}-{_hhmm(h.end)}" for h in o.hours) or "closed")
+        for o in found.date_overrides
+    )
+    grid = table("PROVIDER", "TIME ZONE", "WEEKLY HOURS", "OVERRIDES", "BUFFERS", "NOTICE", "HORIZON", "ETAG")
+    buffers = f"{found.buffer_before.ToTimedelta()} / {found.buffer_after.ToTimedelta()}"
+    horizon = str(found.booking_horizon.ToTimedelta()) if found.booking_horizon.ToTimedelta() else "none"
+    grid.add_row(found.provider_id, found.time_zone, weekly or "closed", overrides or "none", buffers,
+                 str(found.minimum_notice.ToTimedelta()), horizon, found.etag)  # fmt: skip
+    out.document(as_dict(found), grid)
 
 
 async def audit(client: BookingClient, booking_id: str, out: Output) -> None:

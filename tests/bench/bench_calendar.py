@@ -26,8 +26,8 @@ import asyncpg
 import grpc
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.domain import MAX_FREE_INTERVALS, BookingChange
-from booking_service.sql import FREE_SLOTS_SQL, UPDATE_SQL, list_sql
+from booking_service.domain import BookingChange
+from booking_service.sql import TAKEN_SQL, UPDATE_SQL, list_sql
 from devtools.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import (
     _migrate,
@@ -104,7 +104,7 @@ class Raw:
 
     async def month(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.fetch(FREE_SLOTS_SQL, "p7", *MONTH, HALF_HOUR, MAX_FREE_INTERVALS + 1)
+            await conn.fetch(TAKEN_SQL, "p7", *MONTH)
 
 
 class Service:

@@ -71,7 +71,7 @@ async def _raw_create(pool: asyncpg.Pool[asyncpg.Record], provider: str, i: int)
     async with pool.acquire() as conn:
         record = await conn.fetchrow(
             CREATE_SQL, uuid.uuid4(), "customer", provider, "svc", start, end, "", "bench", None, uuid.uuid4(),
-            "Bench", "admin", None, "",
+            "Bench", "admin", None, "", timedelta(0), timedelta(0),
         )  # fmt: skip
     assert record is not None
     return record

@@ -293,3 +293,41 @@ words bookingctl list --prov
         [sys.executable, "-m", "booking_client.cli", "completion", "zsh"], capture_output=True, text=True, timeout=60
     )
     assert zsh.returncode == 0 and "#compdef bookingctl" in zsh.stdout and "list-deleted" in zsh.stdout
+
+
+def test_schedule_set_from_the_shape_get_prints_and_free_lists_slot_starts(ctl: Ctl, tmp_path: Path) -> None:
+    provider = uid("prov")
+    missing = ctl("schedule", "get", provider)
+    assert missing.returncode == 1 and "NO_SCHEDULE" in missing.stderr, missing.stderr
+    (tmp_path / "schedule.yaml").write_text(
+        f"provider_id: {provider}\n"
+        "time_zone: America/New_York\n"
+        "weekly_hours:\n"
+        "- {day: MONDAY, start: {hours: 9}, end: {hours: 12}}\n"
+        "buffer_after: 900s\n"
+    )
+    made = ctl.json("-o", "json", "schedule", "set", str(tmp_path / "schedule.yaml"))
+    assert made["time_zone"] == "America/New_York" and made["buffer_after"] == "900s" and made["etag"] == '"1"'
+    shown = ctl("-o", "yaml", "schedule", "get", provider)
+    assert shown.returncode == 0, shown.stderr
+    (tmp_path / "again.yaml").write_text(shown.stdout.replace("900s", "600s"))  # get's shape, with its etag
+    assert ctl.json("-o", "json", "schedule", "set", str(tmp_path / "again.yaml"))["buffer_after"] == "600s"
+    stale = ctl("schedule", "set", str(tmp_path / "again.yaml"))  # the etag it carries is old now
+    assert stale.returncode == 1 and "ETAG_MISMATCH" in stale.stderr, stale.stderr
+    table = ctl("-o", "wide", "schedule", "get", provider)
+    assert "Mon 09:00-12:00" in table.stdout and "America/New_York" in table.stdout, table.stdout
+    # A Monday far ahead, in New York: 09:00-12:00 local is 14:00-17:00 UTC in winter.
+    monday = "2031-01-13"
+    starts = ctl.json("-o", "json", "free", "--provider", provider, "--from", f"{monday}T00:00:00Z",
+                      "--to", f"{monday}T23:59:00Z", "--duration", "1h", "--slots")  # fmt: skip
+    assert starts == [f"{monday}T14:00:00Z", f"{monday}T15:00:00Z", f"{monday}T16:00:00Z"]
+    stepped = ctl.json("-o", "json", "free", "--provider", provider, "--from", f"{monday}T00:00:00Z",
+                       "--to", f"{monday}T23:59:00Z", "--duration", "1h", "--slots", "--step", "30m")  # fmt: skip
+    assert len(stepped) == 5 and stepped[1] == f"{monday}T14:30:00Z"
+    local = ctl("-o", "wide", "free", "--provider", provider, "--from", f"{monday}T00:00:00Z",
+                "--to", f"{monday}T23:59:00Z", "--duration", "1h", "--slots")  # fmt: skip
+    assert "2031-01-13T09:00:00-05:00" in local.stdout, local.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("time_zone: [1, 2]\n")
+    refused = ctl("schedule", "set", str(bad))
+    assert refused.returncode == 2 and "not a schedule" in refused.stderr, refused.stderr

@@ -102,7 +102,9 @@ async def test_the_calendar_methods_move_list_a_window_and_find_free_time(admin:
     window = (day + 2 * hour + hour / 2, day + 4 * hour + hour / 2)
     assert [b.id async for b in admin.list_bookings(provider_id=provider, overlaps=window)] == [second.id, first.id]
     free = await admin.list_available_slots(provider, day, day + 6 * hour, timedelta(minutes=30))
-    assert free == [(day, day + 2 * hour), (day + 3 * hour, day + 4 * hour), (day + 5 * hour, day + 6 * hour)]
+    gaps = [(day, day + 2 * hour), (day + 3 * hour, day + 4 * hour), (day + 5 * hour, day + 6 * hour)]
+    assert free.free_intervals == gaps
+    assert free.time_zone == "UTC" and free.slot_starts[:4] == [day, day + hour / 2, day + hour, day + 3 * hour / 2]
     await admin.delete_booking(second.id)
     with pytest.raises(booking_client.BookingDeleted):
         await admin.update_booking(second.id, notes="x")

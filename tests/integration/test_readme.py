@@ -99,6 +99,11 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                         {"start_time": "2030-03-04T09:00:00Z", "end_time": "2030-03-04T10:00:00Z"},
                         {"start_time": "2030-03-04T10:30:00Z", "end_time": "2030-03-04T12:00:00Z"},
                     ], result
+                elif "ListAvailableSlots" in command and "dr-strange" in command:  # Berlin's hours, in UTC
+                    assert result["time_zone"] == "Europe/Berlin", result
+                    assert result["slot_starts"][:3] == ["2030-01-07T08:00:00Z", "2030-01-07T08:30:00Z",
+                                                         "2030-01-07T09:00:00Z"], result  # fmt: skip
+                    assert len(result["slot_starts"]) == 5 + 7, result  # 09:00-12:00 and 13:00-17:00 local
                 elif "ListAvailableSlots" in command:  # the morning but for alice's half hour, moved to 10:00
                     assert result["free_intervals"] == [
                         {"start_time": "2030-01-07T08:00:00Z", "end_time": "2030-01-07T10:00:00Z"},
@@ -118,7 +123,7 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
     finally:
         booking.stop()
         notify.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 27
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 31
 
 
 READMES_CHANGES = ["CREATED", "UPDATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]

@@ -69,7 +69,18 @@ async def test_a_write_whose_connection_died_after_commit_is_not_done_twice(stor
     async def work(conn: Connection) -> str:
         attempts.append(1)
         record = await conn.fetchrow(
-            CREATE_SQL, booking_id, *vars_of(new), ACTOR.id, None, op_id, ACTOR.name, ACTOR.role.value, None, ""
+            CREATE_SQL,
+            booking_id,
+            *vars_of(new),
+            ACTOR.id,
+            None,
+            op_id,
+            ACTOR.name,
+            ACTOR.role.value,
+            None,
+            "",
+            timedelta(0),
+            timedelta(0),
         )
         assert record is not None
         # The server drops this connection, as a network cut or a restart would, before we return the answer.

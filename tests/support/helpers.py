@@ -137,16 +137,25 @@ class Caller:
         return await self.update(booking_id, "start_time", "end_time", start=start, end=end, etag=etag)
 
     async def free(
-        self, provider_id: str, start: datetime, end: datetime, duration: timedelta
+        self, provider_id: str, start: datetime, end: datetime, duration: timedelta, step: timedelta | None = None
     ) -> list[tuple[datetime, datetime]]:
+        return (await self.slots(provider_id, start, end, duration, step))[0]
+
+    async def slots(
+        self, provider_id: str, start: datetime, end: datetime, duration: timedelta, step: timedelta | None = None
+    ) -> tuple[list[tuple[datetime, datetime]], list[datetime], str]:
+        """ListAvailableSlots: the free intervals, the slot starts and the provider's time zone."""
         request = booking_pb2.ListAvailableSlotsRequest(provider_id=provider_id)
         request.interval.start_time.CopyFrom(ts(start))
         request.interval.end_time.CopyFrom(ts(end))
         request.duration.FromTimedelta(duration)
+        if step is not None:
+            request.slot_step.FromTimedelta(step)
         response = await self.call("ListAvailableSlots", request)
-        return [
+        free = [
             (i.start_time.ToDatetime(tzinfo=UTC), i.end_time.ToDatetime(tzinfo=UTC)) for i in response.free_intervals
         ]
+        return free, [s.ToDatetime(tzinfo=UTC) for s in response.slot_starts], response.time_zone
 
     async def hard_delete(self, booking_id: str) -> str:
         response = await self.call("HardDeleteBooking", booking_pb2.HardDeleteBookingRequest(booking_id=booking_id))

@@ -148,13 +148,11 @@ def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, del
     if provider:
         where.append(f"provider_id = {param()}")
     if overlaps:
-        low, high = param(), param()
+        window = f"tstzrange({param()}, {param()}, '[)')"
         # The constraint's expression first, a booking's reach (its index finds the candidates: buffers only
         # widen), then the booking's own time.
-        where.append(
-            f"booking_reach(start_time, end_time, buffer_before, buffer_after) && tstzrange({low}, {high}, '[)')"
-        )
-        where.append(f"tstzrange(start_time, end_time, '[)') && tstzrange({low}, {high}, '[)')")
+        where.append(f"booking_reach(start_time, end_time, buffer_before, buffer_after) && {window}")
+        where.append(f"tstzrange(start_time, end_time, '[)') && {window}")
     if deleted is True:
         if after:
             where.append(f"(delete_time, id) < ({param()}, {param()})")

@@ -31,20 +31,21 @@ U = "tests/integration/test_update.py::"
 W = "tests/integration/test_calendar.py::"
 M1 = "booking_service/migrations/0001_bookings.sql"
 M4 = "booking_service/migrations/0004_least_privilege.sql"
+M9 = "booking_service/migrations/0009_schedules.sql"
 
 MUTANTS = (
     Mutant(
         "exclusion constraint ignores soft delete",
-        M1,
-        "    ) WHERE (delete_time IS NULL)\n",
-        "    )\n",
+        M9,
+        ") WHERE (delete_time IS NULL);\n",
+        ");\n",
         (L + "test_soft_delete_keeps_data_records_who_when_why_and_frees_the_slot",),
     ),
     Mutant(
         "exclusion constraint closes the range",
-        M1,
-        "tstzrange(start_time, end_time, '[)')",
-        "tstzrange(start_time, end_time, '[]')",
+        M9,
+        "tstzrange(start_time - before, end_time + after, '[)')",
+        "tstzrange(start_time - before, end_time + after, '[]')",
         (C + "test_back_to_back_bookings_and_other_providers_do_not_clash",),
     ),
     Mutant(
@@ -179,8 +180,8 @@ MUTANTS = (
     Mutant(
         "a window takes bookings that only touch it",
         S,
-        "&& tstzrange({param()}, {param()}, '[)')",
-        "&& tstzrange({param()}, {param()}, '[]')",
+        "tstzrange({param()}, {param()}, '[)')",
+        "tstzrange({param()}, {param()}, '[]')",
         (W + "test_a_window_keeps_the_bookings_overlapping_it_with_the_other_filters",),
     ),
     Mutant(
@@ -189,6 +190,24 @@ MUTANTS = (
         "WHERE provider_id = $1 AND delete_time IS NULL",
         "WHERE provider_id = $1",
         (W + "test_free_slots_are_the_gaps_between_active_bookings_and_each_is_bookable",),
+    ),
+    Mutant(
+        "a booking's reach leaves out its buffer after it",
+        M9,
+        "tstzrange(start_time - before, end_time + after, '[)')",
+        "tstzrange(start_time - before, end_time, '[)')",
+        (
+            "tests/integration/test_schedules.py::test_buffers_hold_under_fifty_concurrent_creates_and_a_move_racing_a_create",
+        ),
+    ),
+    Mutant(
+        "slots ignore the buffers of the bookings around them",
+        S,
+        "(SELECT range_agg(booking_reach(start_time, end_time, buffer_before, buffer_after)) FROM bookings",
+        "(SELECT range_agg(tstzrange(start_time, end_time, '[)')) FROM bookings",
+        (
+            "tests/integration/test_schedules.py::test_slots_follow_the_hours_in_the_providers_zone_and_each_is_bookable",
+        ),
     ),
     Mutant(
         "snapshot erasure reaches active bookings",

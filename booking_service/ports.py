@@ -89,3 +89,9 @@ class BookingStore(Protocol):
     async def purge(
         self, deleted_before: datetime, *, actor: Principal, reason: str, batch: int, sample: int
     ) -> tuple[int, list[str]]: ...
+
+
+class ChangeSignal(Protocol):
+    """Told after a change committed (its event is in the outbox), so the relay publishes it promptly."""
+
+    def committed(self) -> None: ...

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from booking_service.availability import Schedule
 from booking_service.domain import RequestRepeated, is_admin
-from booking_service.ports import BookingStore
+from booking_service.ports import BookingStore, ChangeSignal
 from svc_common.errors import Aborted, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from svc_common.principal import Principal, Role
 
@@ -31,8 +31,9 @@ def schedule_not_found(provider_id: str) -> NotFound:
 
 
 class ScheduleUseCases:
-    def __init__(self, storage: BookingStore) -> None:
+    def __init__(self, storage: BookingStore, changes: ChangeSignal) -> None:
         self._storage = storage
+        self._changes = changes  # told after a change commits (its event waits in the outbox)
 
     async def get(self, principal: Principal, provider_id: str) -> Schedule:
         schedule = await self._storage.schedule(provider_id)
@@ -79,6 +80,7 @@ class ScheduleUseCases:
             except RequestRepeated:  # the same request, concurrently: its result is this one's
                 return await self._repeat(principal, provider_id, request_id)
             if written is not None:
+                self._changes.committed()
                 return written
         raise Aborted("the schedule kept changing under this update; try again", reason="CONCURRENT_MODIFICATION")
 

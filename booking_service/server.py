@@ -159,7 +159,7 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     storage = Storage(db)
     usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
     booking_pb2_grpc.add_BookingServiceServicer_to_server(
-        BookingServicer(usecases, ScheduleUseCases(storage)), server.server
+        BookingServicer(usecases, ScheduleUseCases(storage, waker)), server.server
     )
     supervisor = Supervisor()
 

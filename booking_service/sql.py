@@ -237,8 +237,9 @@ SCHEDULE_REQUEST_SQL = "SELECT provider_id FROM provider_schedule_audit WHERE ac
 
 # Write a schedule and its audit entry (the schedule before and after) in one statement. $1 provider, $2 time
 # zone, $3-$4 weekly hours and overrides (JSON), $5-$8 buffer before, after, notice, horizon, $9 the version it
-# must have (NULL: it must not exist yet), $10-$12 the actor, $13 the request_id (NULL: none). No row: the
-# schedule is not (or no longer) as the caller read it.
+# must have (NULL: it must not exist yet), $10-$12 the actor, $13 the request_id (NULL: none), $14 the
+# traceparent. No row: the schedule is not (or no longer) as the caller read it. Its change event goes into the
+# outbox in the same statement, the schedule with its durations in seconds (svc_common.outbox reads it).
 PUT_SCHEDULE_SQL = """
 WITH old AS (
     SELECT * FROM provider_schedules WHERE provider_id = $1
@@ -261,6 +262,18 @@ WITH old AS (
                                          new_schedule, request_id)
     SELECT new.provider_id, CASE WHEN $9::bigint IS NULL THEN 'CREATED' ELSE 'UPDATED' END, $10, $11, $12,
            (SELECT to_jsonb(old) FROM old), to_jsonb(new), $13::text
+      FROM new
+), event AS (
+    INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, traceparent)
+    SELECT CASE WHEN $9::bigint IS NULL THEN 'SCHEDULE_CREATED' ELSE 'SCHEDULE_UPDATED' END,
+           jsonb_build_object(
+               'provider_id', new.provider_id, 'time_zone', new.time_zone, 'weekly_hours', new.weekly_hours,
+               'date_overrides', new.date_overrides, 'version', new.version, 'update_time', new.update_time,
+               'buffer_before', extract(epoch FROM new.buffer_before),
+               'buffer_after', extract(epoch FROM new.buffer_after),
+               'minimum_notice', extract(epoch FROM new.minimum_notice),
+               'booking_horizon', extract(epoch FROM new.booking_horizon)),
+           $10, $11, $12, $14::text
       FROM new
 )
 SELECT * FROM new

@@ -130,6 +130,7 @@ class Storage:
                     actor.name,
                     actor.role.value,
                     request_id,
+                    tracing.traceparent(),
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise RequestRepeated() from exc

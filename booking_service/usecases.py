@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from booking_service import pagination
 from booking_service.availability import Schedule, Span, free_spans, outside, slot_starts
@@ -23,7 +22,7 @@ from booking_service.domain import (
     is_admin,
     may_see,
 )
-from booking_service.ports import BookingStore, ListQuery
+from booking_service.ports import BookingStore, ChangeSignal, ListQuery
 from svc_common.errors import (
     Aborted,
     AlreadyExists,
@@ -90,12 +89,6 @@ def _time_key(key: list[str | int] | None) -> tuple[datetime, uuid.UUID] | None:
     except ValueError as exc:
         raise pagination.invalid_token() from exc
     return position, booking_id
-
-
-class ChangeSignal(Protocol):
-    """Told after a change committed (its event is in the outbox), so the relay publishes it promptly."""
-
-    def committed(self) -> None: ...
 
 
 class BookingUseCases:

@@ -33,6 +33,8 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
         return None
     raw = fields.get(stream.FIELD_EVENT)
     if raw is None:
+        if stream.FIELD_SCHEDULE in fields:
+            return _schedule_event(event_id, fields)
         if stream.FIELD_SEAM in fields:
             return Event(id=event_id, customer_id="", provider_id="", booking_id="", payload=None, seam=True)
         if stream.FIELD_SKIPPED in fields:
@@ -56,6 +58,17 @@ def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Event | None:
         payload=response.SerializeToString(),
         erases=event.type == events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
     )
+
+
+def _schedule_event(event_id: EventId, fields: dict[bytes, bytes]) -> Event | None:
+    try:
+        event = events_pb2.ScheduleEvent.FromString(fields[stream.FIELD_SCHEDULE])
+    except DecodeError:
+        log.error("stream entry %s does not hold a ScheduleEvent; skipped", event_id)
+        return None
+    response = notify_pb2.SubscribeResponse(schedule_events=[event])
+    provider = fields.get(stream.FIELD_PROVIDER, b"").decode()
+    return Event(event_id, "", provider, "", response.SerializeToString(), public=True)
 
 
 def events_of(entries: Entries) -> list[Event]:

@@ -57,6 +57,7 @@ class Event:
     # After a seam: the id this instance dispatched the same change under before it (the old primary placed it,
     # the new one again): not delivered again to a subscriber that passed that id (Subscriber.crossed_from).
     repeats: EventId | None = None
+    public: bool = False  # a provider schedule's change: any caller may see it (EventFilter.matches)
 
     def continues(self, previous: EventId) -> bool:
         """Whether this entry comes next after `previous`, with nothing missing in between."""
@@ -101,6 +102,12 @@ class EventFilter:
     booking_id: str | None = None
 
     def matches(self, event: Event) -> bool:
+        if event.public:  # a schedule's change: anyone may read schedules; a booking filter wants none
+            return (
+                event.payload is not None
+                and self.booking_id is None
+                and (self.provider_id is None or event.provider_id == self.provider_id)
+            )
         return (
             event.payload is not None
             and self.scope.allows(event.customer_id, event.provider_id)

@@ -45,6 +45,8 @@ FIELD_SKIPPED = b"skipped"
 # An entry where positions jump on purpose (a seam, after a failover): it delivers nothing, and what follows it
 # continues what came before it.
 FIELD_SEAM = b"seam"
+# A provider schedule's change (a ScheduleEvent's bytes, with FIELD_PROVIDER): public, unlike a booking's.
+FIELD_SCHEDULE = b"schedule"
 # How far a seam jumps past the newest position known: more than any outbox can place while Redis is away (a
 # billion events), and small enough for a bigint to take nine billion seams.
 SEAM_GAP = 1_000_000_000

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from google.protobuf import duration_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2, timeofday_pb2
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
 from svc_common import eventstream as stream
@@ -60,6 +62,10 @@ _EVENT_TYPES = {
     "UPDATED": events_pb2.BOOKING_EVENT_TYPE_UPDATED,
 }
 _TYPE_NAMES = {number: name for name, number in _EVENT_TYPES.items()}
+_SCHEDULE_TYPES = {
+    "SCHEDULE_CREATED": events_pb2.SCHEDULE_EVENT_TYPE_CREATED,
+    "SCHEDULE_UPDATED": events_pb2.SCHEDULE_EVENT_TYPE_UPDATED,
+}
 _ROLES = {"user": booking_pb2.ROLE_USER, "provider": booking_pb2.ROLE_PROVIDER, "admin": booking_pb2.ROLE_ADMIN}
 
 
@@ -108,6 +114,49 @@ def booking_message(data: dict[str, Any]) -> booking_pb2.Booking:
     return message
 
 
+def _time_of_day(seconds: int) -> timeofday_pb2.TimeOfDay:
+    return timeofday_pb2.TimeOfDay(hours=seconds // 3600, minutes=seconds % 3600 // 60, seconds=seconds % 60)
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    made = duration_pb2.Duration()
+    made.FromTimedelta(timedelta(seconds=value))
+    return made
+
+
+def schedule_message(data: dict[str, Any]) -> booking_pb2.ProviderSchedule:
+    """A schedule as its change event stores it (booking_service.sql: PUT_SCHEDULE_SQL) as the API shows it."""
+    return booking_pb2.ProviderSchedule(
+        provider_id=data["provider_id"],
+        time_zone=data["time_zone"],
+        weekly_hours=[
+            booking_pb2.WorkingHours(day=w["day"], start=_time_of_day(w["start"]), end=_time_of_day(w["end"]))
+            for w in data["weekly_hours"]
+        ],
+        date_overrides=[
+            booking_pb2.DateOverride(
+                date=_date(o["date"]),
+                hours=[
+                    booking_pb2.LocalHours(start=_time_of_day(h["start"]), end=_time_of_day(h["end"]))
+                    for h in o["hours"]
+                ],
+            )
+            for o in data["date_overrides"]
+        ],
+        buffer_before=_seconds(float(data["buffer_before"])),
+        buffer_after=_seconds(float(data["buffer_after"])),
+        minimum_notice=_seconds(float(data["minimum_notice"])),
+        booking_horizon=_seconds(float(data["booking_horizon"])),
+        update_time=_stamp(data["update_time"]),
+        etag=f'"{data["version"]}"',
+    )
+
+
+def _date(text: str) -> date_pb2.Date:
+    day = date.fromisoformat(text)
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
 @dataclass(frozen=True, slots=True)
 class PlacedRow:
     """An outbox row (EVENT_COLUMNS) with its place in the stream, as stored. Encoding it may fail for a row no
@@ -142,12 +191,29 @@ class PlacedRow:
             traceparent=record["traceparent"] or "",
         )
 
+    def schedule_message(self) -> events_pb2.ScheduleEvent:
+        record = self.record
+        return events_pb2.ScheduleEvent(
+            event_id=str(self.event_id),
+            type=_SCHEDULE_TYPES[record["event_type"]],
+            schedule=schedule_message(json.loads(record["booking"])),
+            actor=_actor(record["actor_id"], record["actor_name"], record["actor_role"]),
+            occur_time=_stamp(record["occur_time"]),
+            traceparent=record["traceparent"] or "",
+        )
+
     def fields(self) -> dict[bytes, bytes]:
         """The stream entry's fields: the event's bytes, and what subscribers are filtered on (a seam: where it
         jumped from, and why)."""
         if self.seam:
             seam = json.loads(self.record["booking"])
             return {stream.FIELD_SEAM: f"after {seam['after']}: {seam['reason']}".encode()}
+        if self.record["event_type"] in _SCHEDULE_TYPES:
+            schedule = self.schedule_message()
+            return {
+                stream.FIELD_SCHEDULE: schedule.SerializeToString(),
+                stream.FIELD_PROVIDER: schedule.schedule.provider_id.encode(),
+            }
         event = self.message()
         return {
             stream.FIELD_EVENT: event.SerializeToString(),

@@ -54,3 +54,10 @@ ALTER TABLE bookings ADD CONSTRAINT bookings_no_overlap EXCLUDE USING gist (
     provider_id WITH =,
     booking_reach(start_time, end_time, buffer_before, buffer_after) WITH &&
 ) WHERE (delete_time IS NULL);
+
+-- A schedule's change is an event on the stream too (booking_outbox.booking holds the schedule as
+-- svc_common.outbox reads it), so views of free slots can refresh.
+ALTER TABLE booking_outbox DROP CONSTRAINT booking_outbox_event_type_check;
+ALTER TABLE booking_outbox ADD CONSTRAINT booking_outbox_event_type_check
+    CHECK (event_type IN ('CREATED', 'DELETED', 'RESTORED', 'HARD_DELETED', 'UPDATED', 'SEAM',
+                          'SCHEDULE_CREATED', 'SCHEDULE_UPDATED'));

@@ -16,7 +16,8 @@ A stream ends (UNAUTHENTICATED `TOKEN_EXPIRED`) when the token that opened it ex
 its cursor: nothing is missed or repeated. With a fixed token, or when the new token is refused too, it raises
 Unauthenticated.
 
-`cursor` is the last event yielded (or the start position): a caller that keeps it can watch again from it
+`cursor` is the last event yielded (or the start position, or a later provider schedule change, which the
+watch passes over: BookingClient's watch yields booking events): a caller that keeps it can watch again from it
 after a restart of its own (`resume_after=`). `started` is set once the server has accepted the subscription.
 """
 
@@ -133,6 +134,11 @@ class Watch:
                         if self._is_new(event.event_id):
                             self.cursor = event.event_id
                             yield event
+                    # Schedule changes share the stream's positions: a resume starts after them too, so a
+                    # stream of nothing else for long never leaves the cursor behind what the stream keeps.
+                    for other in response.schedule_events:
+                        if self._is_new(other.event_id) and position(other.event_id) is not None:
+                            self.cursor = other.event_id
             except grpc.aio.AioRpcError as error:
                 if accepted and self.client.refreshes_tokens and _token_expired(error):
                     self.resumes += 1

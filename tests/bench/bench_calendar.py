@@ -6,7 +6,11 @@
 1. UpdateBooking at `rate` per second (open loop) for `seconds` in all: each call moves a booking half an hour
    later (over its own old time, as reschedules do); raw asyncpg runs UpdateBooking's statement at the same rate.
 2. ListBookings of one provider's week (page size 50) at `read-rate` per second for `read-seconds`.
-3. ListAvailableSlots of one provider's month (30-minute gaps) at `read-rate` per second for `read-seconds`.
+3. ListAvailableSlots of one provider's month (30-minute gaps) at `read-rate` per second for `read-seconds`,
+   for a provider without a schedule and for one with (Monday to Friday 09:00-17:00 in Europe/Berlin, 4 date
+   overrides, 10-minute buffers); raw asyncpg runs the same statements (the schedule's, then what is taken).
+4. CreateBooking at `rate` per second for a provider with that schedule against one without, both through the
+   service (the schedule check's cost: target at most 0.3 ms added to p50).
 
 p50 and p99 of each, from send to answer; targets as for CreateBooking's: the service adds at most 1 ms to raw's
 p50 and 3 ms to its p99. Each pair runs in alternating halves on one private PostgreSQL server, so that drift on
@@ -24,10 +28,13 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.type import date_pb2, timeofday_pb2
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
+from booking_service.availability import DateOverride, LocalRange, Schedule, WorkingHours
 from booking_service.domain import BookingChange
-from booking_service.sql import TAKEN_SQL, UPDATE_SQL, list_sql
+from booking_service.rows import schedule_json
+from booking_service.sql import SCHEDULE_SQL, TAKEN_SQL, UPDATE_SQL, list_sql
 from devtools.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import (
     _migrate,
@@ -46,6 +53,8 @@ WEEK = (datetime(2035, 6, 4, tzinfo=UTC), datetime(2035, 6, 11, tzinfo=UTC))
 MONTH = (datetime(2035, 6, 1, tzinfo=UTC), datetime(2035, 7, 1, tzinfo=UTC))
 MOVABLE_EPOCH = datetime(2050, 1, 1, tzinfo=UTC)  # the bookings the update benchmark moves, one an hour
 HALF_HOUR = timedelta(minutes=30)
+SCHEDULED = "p8"  # the provider given a schedule (seeded like p7)
+CREATE_EPOCH = datetime(2060, 1, 5, 8, tzinfo=UTC)  # a Monday, 09:00 in Berlin: where the creates go
 
 SEED_SQL = """
 INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)
@@ -75,6 +84,42 @@ async def seed(dsn: str, movable: int, provider: str) -> list[uuid.UUID]:
         await conn.close()
 
 
+def schedule_request() -> booking_pb2.UpdateProviderScheduleRequest:
+    """Monday to Friday 09:00-17:00 in Berlin, four closed dates, 10 minutes of buffer each side."""
+    made = booking_pb2.ProviderSchedule(provider_id=SCHEDULED, time_zone="Europe/Berlin")
+    for day in range(1, 6):
+        made.weekly_hours.add(day=day, start=timeofday_pb2.TimeOfDay(hours=9), end=timeofday_pb2.TimeOfDay(hours=17))
+    for day in (3, 10, 17, 24):
+        made.date_overrides.add(date=date_pb2.Date(year=2035, month=6, day=day))
+    made.buffer_before.FromTimedelta(timedelta(minutes=10))
+    made.buffer_after.FromTimedelta(timedelta(minutes=10))
+    return booking_pb2.UpdateProviderScheduleRequest(schedule=made, allow_missing=True)
+
+
+RAW_SCHEDULE_SQL = """
+INSERT INTO provider_schedules (provider_id, time_zone, weekly_hours, date_overrides, buffer_before, buffer_after)
+VALUES ($1, 'Europe/Berlin', $2::jsonb, $3::jsonb, interval '10 minutes', interval '10 minutes')
+"""
+
+
+def schedule_of_request() -> Schedule:
+    made = schedule_request().schedule
+    return Schedule(
+        SCHEDULED,
+        made.time_zone,
+        tuple(WorkingHours(w.day, LocalRange(w.start.hours * 3600, w.end.hours * 3600)) for w in made.weekly_hours),
+        tuple(DateOverride(datetime(o.date.year, o.date.month, o.date.day).date(), ()) for o in made.date_overrides),
+    )
+
+
+def create_slot(k: int) -> tuple[datetime, datetime]:
+    """The k-th create's time: Monday to Friday, an hour from 09:00 to 16:00 Berlin (winter), week after week."""
+    week, rest = divmod(k, 40)
+    day, hour = divmod(rest, 8)
+    start = CREATE_EPOCH + timedelta(weeks=week, days=day, hours=hour)
+    return start, start + timedelta(minutes=30)
+
+
 def moved(k: int) -> tuple[datetime, datetime]:
     """Where booking k of the movable ones goes: half an hour later than it was."""
     start = MOVABLE_EPOCH + timedelta(hours=k) + HALF_HOUR
@@ -102,9 +147,10 @@ class Raw:
             await conn.fetch(list_sql(customer=False, provider=True, overlaps=True, after=False, deleted=False),
                              51, "p7", *WEEK)  # fmt: skip
 
-    async def month(self) -> None:
+    async def month(self, provider: str = "p7") -> None:
         async with self.pool.acquire() as conn:
-            await conn.fetch(TAKEN_SQL, "p7", *MONTH)
+            await conn.fetchrow(SCHEDULE_SQL, provider)
+            await conn.fetch(TAKEN_SQL, provider, *MONTH)
 
 
 class Service:
@@ -124,8 +170,15 @@ class Service:
         request.overlaps.end_time.CopyFrom(ts(WEEK[1]))
         await self.stub.ListBookings(request, metadata=self.metadata)
 
-    async def month(self) -> None:
-        request = booking_pb2.ListAvailableSlotsRequest(provider_id="p7")
+    async def create(self, provider: str, k: int) -> None:
+        start, end = create_slot(k)
+        booking = booking_pb2.Booking(
+            customer_id="c", provider_id=provider, service_id="cut", start_time=ts(start), end_time=ts(end)
+        )
+        await self.stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=self.metadata)
+
+    async def month(self, provider: str = "p7") -> None:
+        request = booking_pb2.ListAvailableSlotsRequest(provider_id=provider)
         request.interval.start_time.CopyFrom(ts(MONTH[0]))
         request.interval.end_time.CopyFrom(ts(MONTH[1]))
         request.duration.FromTimedelta(HALF_HOUR)
@@ -167,6 +220,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         try:
             async with grpc.aio.insecure_channel(service.address) as channel:
                 raw, svc = Raw(pool), Service(booking_pb2_grpc.BookingServiceStub(channel))
+                await svc.stub.UpdateProviderSchedule(schedule_request(), metadata=svc.metadata)
+                async with pool.acquire() as conn:  # the same schedule in raw's database
+                    await conn.execute(RAW_SCHEDULE_SQL, SCHEDULED, *schedule_json(schedule_of_request()))
                 for _ in range(20):  # warm-up: connections, plans, the channel
                     await raw.week()
                     await svc.week()
@@ -183,9 +239,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "ListAvailableSlots, one provider's month", args.read_rate, args.read_seconds,
                         lambda _: raw.month(), lambda _: svc.month(),
                     ),
+                    "free_month_scheduled": await measured(
+                        "ListAvailableSlots, a month of a provider with a schedule", args.read_rate,
+                        args.read_seconds, lambda _: raw.month(SCHEDULED), lambda _: svc.month(SCHEDULED),
+                    ),
+                    # Baseline: the service for a provider without a schedule; measured: with one.
+                    "create_scheduled": await measured(
+                        "CreateBooking without a schedule (baseline), then with one", args.rate, args.read_seconds,
+                        lambda k: svc.create("no-schedule", k), lambda k: svc.create(SCHEDULED, k),
+                    ),
                 }  # fmt: skip
         finally:
             await pool.close()
+        # Here "raw" is the service for a provider without a schedule: the target is the check's, 0.3 ms at p50.
+        rows["create_scheduled"]["target_met"] = rows["create_scheduled"]["added_p50_ms"] <= 0.3
         return {
             "benchmark": "calendar: the service against raw asyncpg running the same SQL, 100,000 bookings",
             "rates_per_s": {"update_booking": args.rate, "reads": args.read_rate},
@@ -201,10 +268,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> None:
     print("calendar, 100,000 bookings | raw asyncpg p50 / p99 ms | service p50 / p99 ms | added p50 / p99 ms")
+    writes, reads = result["rates_per_s"]["update_booking"], result["rates_per_s"]["reads"]
     for key, name in (
-        ("update_booking", f"UpdateBooking at {result['rates_per_s']['update_booking']:g}/s"),
-        ("list_week", f"ListBookings, a provider's week, at {result['rates_per_s']['reads']:g}/s"),
-        ("free_month", f"ListAvailableSlots, a month, at {result['rates_per_s']['reads']:g}/s"),
+        ("update_booking", f"UpdateBooking at {writes:g}/s"),
+        ("list_week", f"ListBookings, a provider's week, at {reads:g}/s"),
+        ("free_month", f"ListAvailableSlots, a month, at {reads:g}/s"),
+        (
+            "free_month_scheduled",
+            f"ListAvailableSlots, a month, with a schedule, at {reads:g}/s",
+        ),
+        (
+            "create_scheduled",
+            f"CreateBooking with a schedule vs without (not raw), at {writes:g}/s",
+        ),
     ):
         row = result[key]
         raw, svc = row["raw_asyncpg"], row["service"]

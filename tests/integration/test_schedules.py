@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -16,7 +17,9 @@ import grpc
 import pytest
 from google.type import date_pb2, timeofday_pb2
 
-from booking_api.booking.v1 import booking_pb2
+from booking_api.booking.v1 import booking_pb2, events_pb2
+from svc_common.eventstream import EventId
+from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import Caller, error_infos, expect_error, field_violations, ts, uid
 
 Callers = Callable[[str, str], Caller]
@@ -252,3 +255,45 @@ async def test_buffers_hold_under_fifty_concurrent_creates_and_a_move_racing_a_c
         provider.id,
     )
     assert all(b["start_time"] - a["end_time"] >= timedelta(minutes=20) for a, b in itertools.pairwise(rows))
+
+
+async def test_a_schedule_change_reaches_the_subscribers_of_that_provider_whatever_their_role(
+    system: EventSystem, channels: list[grpc.aio.Channel]
+) -> None:
+    """A view of free slots refreshes on it: a user watching the provider gets it (schedules are public), as does
+    an unfiltered admin; a watch of another provider or of one booking does not. It comes in stream order with
+    the booking events, and resumes like them."""
+    booking, notify = system.booking(), system.notify()
+    provider_id = uid("prov")
+    provider = await admin_on(booking, channels)
+    provider = Caller(provider.stub, "provider", provider_id)
+    watchers = {
+        "user of the provider": (Subscription("user", uid("u")), {"provider_id": provider_id}),
+        "admin": (Subscription("admin", uid("ops")), {}),
+        "another provider": (Subscription("admin", uid("ops")), {"provider_id": uid("other")}),
+        "one booking": (Subscription("admin", uid("ops")), {"booking_id": str(uuid.uuid4())}),
+    }
+    for watcher, filters in watchers.values():
+        await watcher.open(notify.address, filters=filters)
+    try:
+        made = await put(provider, schedule(provider_id, buffer_after=timedelta(minutes=5)))
+        changed = await put(provider, schedule(provider_id, buffer_after=timedelta(minutes=10)))
+        for name in ("user of the provider", "admin"):
+            watcher = watchers[name][0]
+            await eventually(lambda w=watcher: len(w.schedule_events) == 2, lambda n=name: n, within=30)  # type: ignore[misc]
+            first, second = watcher.schedule_events
+            assert [e.type for e in (first, second)] == [
+                events_pb2.SCHEDULE_EVENT_TYPE_CREATED, events_pb2.SCHEDULE_EVENT_TYPE_UPDATED
+            ]  # fmt: skip
+            assert (first.schedule, second.schedule) == (made, changed) and second.actor.id == provider_id
+            assert EventId.parse(second.event_id) > EventId.parse(first.event_id)  # type: ignore[operator]
+        # Resuming from history gives them too.
+        history = Subscription("user", uid("u"))
+        await history.open(notify.address, filters={"provider_id": provider_id, "resume_after": "0-0"})
+        await eventually(lambda: len(history.schedule_events) == 2, lambda: "history", within=30)
+        await history.close()
+        for name in ("another provider", "one booking"):
+            assert watchers[name][0].schedule_events == [], name
+    finally:
+        for watcher, _ in watchers.values():
+            await watcher.close()

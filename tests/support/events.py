@@ -142,6 +142,7 @@ class Subscription:
         self.role, self.sub = role, sub
         self.address = ""  # where it last subscribed
         self.events: list[events_pb2.BookingEvent] = []
+        self.schedule_events: list[events_pb2.ScheduleEvent] = []
         self.arrivals: list[float] = []  # when each event arrived (time.monotonic())
         self.responses = 0  # responses read (each carries one or more events)
         self.error: grpc.aio.AioRpcError | None = None
@@ -204,6 +205,7 @@ class Subscription:
         self.responses += 1
         self.events.extend(response.events)
         self.arrivals.extend(now for _ in response.events)
+        self.schedule_events.extend(response.schedule_events)
 
     async def _read(self, call: Any) -> None:
         try:

@@ -165,3 +165,33 @@ async def test_a_resumed_stream_that_repeats_the_cursor_event_yields_it_once() -
         await server.stop(None)
     assert [e.event_id for e in seen] == ["1-1", "1-2", "1-3"]
     assert [r.resume_after for r in fake.requests] == ["", "1-2"]
+
+
+async def test_a_schedule_change_between_booking_events_moves_the_cursor_without_being_yielded() -> None:
+    go = asyncio.Event()
+    go.set()
+    schedule_change = notify_pb2.SubscribeResponse(
+        schedule_events=[events_pb2.ScheduleEvent(event_id="1-2", type=events_pb2.SCHEDULE_EVENT_TYPE_UPDATED)]
+    )
+
+    async def unavailable(context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "instance going away")
+
+    first = [response("1-1", events_pb2.BOOKING_EVENT_TYPE_CREATED, booking("b1", 1)), schedule_change]
+    fake = Fake(
+        [],
+        [
+            after(go, *first, then=unavailable),
+            after(go, response("1-3", events_pb2.BOOKING_EVENT_TYPE_CREATED, booking("b3", 1))),
+        ],
+    )
+    server, address = await serve(fake)
+    try:
+        async with BookingClient(address, address, token="t") as client:
+            watch = client.watch()
+            seen = [await asyncio.wait_for(anext(watch), 10) for _ in range(2)]
+            await watch.aclose()
+    finally:
+        await server.stop(None)
+    assert [e.event_id for e in seen] == ["1-1", "1-3"]
+    assert [r.resume_after for r in fake.requests] == ["", "1-2"]  # resumed after the schedule change

@@ -3,7 +3,7 @@ rows by its read side's contract, svc_common.outbox, without the domain.)"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import interval_pb2
@@ -23,9 +23,13 @@ AUDIT_ACTIONS = {
 
 
 def timestamp_to_proto(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """An aware time (from 1970 on, as every time here is) as a Timestamp; built from its fields, which costs a
+    third of Timestamp.FromDatetime (a month of slot starts is over a thousand of them)."""
+    return Timestamp(seconds=(value - _EPOCH) // _SECOND, nanos=value.microsecond * 1000)  # exact, unlike a float
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 def interval_to_proto(start: datetime, end: datetime) -> interval_pb2.Interval:

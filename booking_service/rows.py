@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -100,6 +100,29 @@ def schedule_from_record(record: Record) -> Schedule:
         booking_horizon=record["booking_horizon"],
         version=record["version"],
         update_time=record["update_time"],
+    )
+
+
+def schedule_from_json(data: dict[str, Any]) -> Schedule:
+    """A schedule as sql._schedule_json gives it (its durations in seconds)."""
+
+    def seconds(key: str) -> timedelta:
+        return timedelta(seconds=float(data[key]))
+
+    return Schedule(
+        provider_id=data["provider_id"],
+        time_zone=data["time_zone"],
+        weekly_hours=tuple(WorkingHours(w["day"], LocalRange(w["start"], w["end"])) for w in data["weekly_hours"]),
+        date_overrides=tuple(
+            DateOverride(date.fromisoformat(o["date"]), tuple(LocalRange(h["start"], h["end"]) for h in o["hours"]))
+            for o in data["date_overrides"]
+        ),
+        buffer_before=seconds("buffer_before"),
+        buffer_after=seconds("buffer_after"),
+        minimum_notice=seconds("minimum_notice"),
+        booking_horizon=seconds("booking_horizon"),
+        version=data["version"],
+        update_time=datetime.fromisoformat(data["update_time"]),
     )
 
 

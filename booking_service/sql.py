@@ -215,22 +215,47 @@ SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prio
   FROM (SELECT) AS one LEFT JOIN upd ON true LEFT JOIN prior ON true
 """
 
-# What a provider's active bookings take of [$2, $3): each widened by its buffers (the overlap constraint's
-# expression, so they are found through its GiST index), merged into one multirange's parts, in time order.
-TAKEN_SQL = """
-SELECT lower(taken) AS start_time, upper(taken) AS end_time
-  FROM unnest(
-           coalesce(
-               (SELECT range_agg(booking_reach(start_time, end_time, buffer_before, buffer_after)) FROM bookings
-                 WHERE provider_id = $1 AND delete_time IS NULL
-                   AND booking_reach(start_time, end_time, buffer_before, buffer_after) && tstzrange($2, $3, '[)')),
-               '{}'::tstzmultirange)
-       ) AS taken
- ORDER BY lower(taken)
+SCHEDULE_SQL = "SELECT * FROM provider_schedules WHERE provider_id = $1"
+
+
+def _schedule_json(row: str) -> str:
+    """A schedule row as JSON with its durations in seconds: what its change events carry (svc_common.outbox)
+    and what rows.schedule_from_json reads."""
+    return f"""jsonb_build_object(
+               'provider_id', {row}.provider_id, 'time_zone', {row}.time_zone, 'weekly_hours', {row}.weekly_hours,
+               'date_overrides', {row}.date_overrides, 'version', {row}.version, 'update_time', {row}.update_time,
+               'buffer_before', extract(epoch FROM {row}.buffer_before),
+               'buffer_after', extract(epoch FROM {row}.buffer_after),
+               'minimum_notice', extract(epoch FROM {row}.minimum_notice),
+               'booking_horizon', extract(epoch FROM {row}.booking_horizon))"""
+
+
+# What ListAvailableSlots needs in one round trip: $1's schedule (JSON, NULL: none) and what its active bookings
+# take of [$2, $3) widened by the schedule's buffers (a new booking's reach), as the merged spans' starts and
+# ends, found through the overlap constraint's index.
+AVAILABILITY_SQL = f"""
+WITH s AS (
+    SELECT * FROM provider_schedules WHERE provider_id = $1
+), w AS (
+    SELECT tstzrange($2::timestamptz - coalesce((SELECT buffer_before FROM s), '0'),
+                     $3::timestamptz + coalesce((SELECT buffer_after FROM s), '0'), '[)') AS around
+), taken AS (
+    SELECT unnest(coalesce(range_agg(booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)),
+                           '{{}}'::tstzmultirange)) AS span
+      FROM bookings b, w
+     WHERE b.provider_id = $1 AND b.delete_time IS NULL
+       AND booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after) && w.around
+)
+SELECT (SELECT {_schedule_json("s")} FROM s) AS schedule,
+       array(SELECT lower(span) FROM taken ORDER BY 1) AS starts,
+       array(SELECT upper(span) FROM taken ORDER BY 1) AS ends
 """
 
-
-SCHEDULE_SQL = "SELECT * FROM provider_schedules WHERE provider_id = $1"
+# A booking ($1) with its provider's schedule (JSON, NULL: none), for a move's availability check.
+BOOKING_WITH_SCHEDULE_SQL = f"""
+SELECT b.*, (SELECT {_schedule_json("s")} FROM provider_schedules s WHERE s.provider_id = b.provider_id) AS schedule
+  FROM bookings b WHERE b.id = $1
+"""
 
 # Whether this caller has changed a schedule under this request_id ($1 actor, $2 request_id).
 SCHEDULE_REQUEST_SQL = "SELECT provider_id FROM provider_schedule_audit WHERE actor_id = $1 AND request_id = $2"
@@ -240,7 +265,7 @@ SCHEDULE_REQUEST_SQL = "SELECT provider_id FROM provider_schedule_audit WHERE ac
 # must have (NULL: it must not exist yet), $10-$12 the actor, $13 the request_id (NULL: none), $14 the
 # traceparent. No row: the schedule is not (or no longer) as the caller read it. Its change event goes into the
 # outbox in the same statement, the schedule with its durations in seconds (svc_common.outbox reads it).
-PUT_SCHEDULE_SQL = """
+PUT_SCHEDULE_SQL = f"""
 WITH old AS (
     SELECT * FROM provider_schedules WHERE provider_id = $1
 ), created AS (
@@ -266,13 +291,7 @@ WITH old AS (
 ), event AS (
     INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, traceparent)
     SELECT CASE WHEN $9::bigint IS NULL THEN 'SCHEDULE_CREATED' ELSE 'SCHEDULE_UPDATED' END,
-           jsonb_build_object(
-               'provider_id', new.provider_id, 'time_zone', new.time_zone, 'weekly_hours', new.weekly_hours,
-               'date_overrides', new.date_overrides, 'version', new.version, 'update_time', new.update_time,
-               'buffer_before', extract(epoch FROM new.buffer_before),
-               'buffer_after', extract(epoch FROM new.buffer_after),
-               'minimum_notice', extract(epoch FROM new.minimum_notice),
-               'booking_horizon', extract(epoch FROM new.booking_horizon)),
+           {_schedule_json("new")},
            $10, $11, $12, $14::text
       FROM new
 )

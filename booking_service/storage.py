@@ -9,6 +9,7 @@ cases choose the status.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -29,8 +30,16 @@ from booking_service.domain import (
     TimesOutOfOrder,
 )
 from booking_service.ports import ListQuery, UpdateResult
-from booking_service.rows import audit_from_record, booking_from_record, schedule_from_record, schedule_json
+from booking_service.rows import (
+    audit_from_record,
+    booking_from_record,
+    schedule_from_json,
+    schedule_from_record,
+    schedule_json,
+)
 from booking_service.sql import (
+    AVAILABILITY_SQL,
+    BOOKING_WITH_SCHEDULE_SQL,
     CREATE_SQL,
     DELETE_SQL,
     HARD_DELETE_SQL,
@@ -40,7 +49,6 @@ from booking_service.sql import (
     RESTORE_SQL,
     SCHEDULE_REQUEST_SQL,
     SCHEDULE_SQL,
-    TAKEN_SQL,
     UPDATE_SQL,
     list_sql,
 )
@@ -83,10 +91,28 @@ class Storage:
 
         return await self._db.run(work)
 
-    async def taken(self, provider_id: str, start: datetime, end: datetime) -> list[Span]:
-        async def work(conn: Connection) -> list[Span]:
-            records = await conn.fetch(TAKEN_SQL, provider_id, start, end)
-            return [(r["start_time"], r["end_time"]) for r in records]
+    async def availability(
+        self, provider_id: str, start: datetime, end: datetime
+    ) -> tuple[Schedule | None, list[Span]]:
+        """The provider's schedule, and what its bookings take of [start, end) widened by the schedule's buffers
+        (each booking's reach, merged), in one round trip."""
+
+        async def work(conn: Connection) -> tuple[Schedule | None, list[Span]]:
+            record = await conn.fetchrow(AVAILABILITY_SQL, provider_id, start, end)
+            assert record is not None  # one row, always
+            raw = record["schedule"]
+            schedule = schedule_from_json(json.loads(raw)) if raw is not None else None
+            return schedule, list(zip(record["starts"], record["ends"], strict=True))
+
+        return await self._db.run(work)
+
+    async def booking_with_schedule(self, booking_id: uuid.UUID) -> tuple[Booking | None, Schedule | None]:
+        async def work(conn: Connection) -> tuple[Booking | None, Schedule | None]:
+            record = await conn.fetchrow(BOOKING_WITH_SCHEDULE_SQL, booking_id)
+            if record is None:
+                return None, None
+            raw = record["schedule"]
+            return booking_from_record(record), schedule_from_json(json.loads(raw)) if raw is not None else None
 
         return await self._db.run(work)
 

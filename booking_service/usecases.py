@@ -118,19 +118,17 @@ class BookingUseCases:
             metadata={"start_time": start.isoformat(), "now": now.isoformat()},
         )
 
-    async def _available(
-        self, principal: Principal, provider_id: str, start: datetime, end: datetime, *, ignore: bool
-    ) -> tuple[Schedule | None, str]:
-        """The provider's schedule, once [start, end) is found inside its availability; or, for an admin who
-        ignores it, the note its audit entry keeps ("" when there was nothing to ignore)."""
-        if ignore and not is_admin(principal):
-            raise PermissionDenied("only admins may ignore a provider's availability", reason="ADMIN_ONLY")
-        schedule = await self._storage.schedule(provider_id)
+    def _available(
+        self, principal: Principal, schedule: Schedule | None, start: datetime, end: datetime, *, ignore: bool
+    ) -> str:
+        """Nothing, if [start, end) is inside the provider's availability; for an admin who ignores it, the note
+        its audit entry keeps; else FAILED_PRECONDITION OUTSIDE_AVAILABILITY naming the rule."""
         rule = outside(schedule, start, end, self._clock())
         if rule is None or schedule is None:
-            return schedule, ""
+            return ""
         if ignore:
-            return schedule, f"outside the provider's availability ({rule.value}), ignored by an admin"
+            return f"outside the provider's availability ({rule.value}), ignored by an admin"
+        provider_id = schedule.provider_id
         raise FailedPrecondition(
             f"the time is outside provider {provider_id}'s availability ({rule.value}); "
             "ListAvailableSlots shows when it may be booked",
@@ -146,9 +144,10 @@ class BookingUseCases:
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
         note = self._not_in_the_past(principal, new.start_time)
-        schedule, ignored = await self._available(
-            principal, new.provider_id, new.start_time, new.end_time, ignore=ignore_availability
-        )
+        if ignore_availability and not is_admin(principal):
+            raise PermissionDenied("only admins may ignore a provider's availability", reason="ADMIN_ONLY")
+        schedule = await self._storage.schedule(new.provider_id)
+        ignored = self._available(principal, schedule, new.start_time, new.end_time, ignore=ignore_availability)
         buffers = (schedule.buffer_before, schedule.buffer_after) if schedule else (timedelta(0), timedelta(0))
         try:
             booking, created = await self._storage.create(
@@ -294,14 +293,14 @@ class BookingUseCases:
         booking may make the check see the other end as it was)."""
         scope = Scope.of(principal)
         note = self._not_in_the_past(principal, change.start_time) if change.start_time is not None else ""
+        if ignore_availability and not is_admin(principal):
+            raise PermissionDenied("only admins may ignore a provider's availability", reason="ADMIN_ONLY")
         if change.start_time is not None or change.end_time is not None:
-            current = await self._storage.get(booking_id)
+            current, schedule = await self._storage.booking_with_schedule(booking_id)
             if current is not None and not current.deleted and scope.allows(current.customer_id, current.provider_id):
                 start, end = change.start_time or current.start_time, change.end_time or current.end_time
                 if start < end:  # else the update refuses the times themselves
-                    _, ignored = await self._available(
-                        principal, current.provider_id, start, end, ignore=ignore_availability
-                    )
+                    ignored = self._available(principal, schedule, start, end, ignore=ignore_availability)
                     note = "; ".join(n for n in (note, ignored) if n)
         try:
             result = await self._storage.update(
@@ -357,10 +356,7 @@ class BookingUseCases:
         """The provider's free intervals in [start, end) where a booking of `duration` fits with the schedule's
         buffers, and the slot starts stepping by `step` (default `duration`) from each working range's start.
         Any caller may ask: the answer names no booking. More than MAX_FREE_INTERVALS of either is refused."""
-        schedule = await self._storage.schedule(provider_id)
-        before = schedule.buffer_before if schedule else timedelta(0)
-        after = schedule.buffer_after if schedule else timedelta(0)
-        taken = await self._storage.taken(provider_id, start - before, end + after)
+        schedule, taken = await self._storage.availability(provider_id, start, end)
         free, working = free_spans(schedule, start, end, taken, self._clock(), duration)
         starts = slot_starts(free, working, duration, step or duration, MAX_FREE_INTERVALS + 1)
         if len(free) > MAX_FREE_INTERVALS or len(starts) > MAX_FREE_INTERVALS:

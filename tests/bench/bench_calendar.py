@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
@@ -34,7 +35,7 @@ from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.availability import DateOverride, LocalRange, Schedule, WorkingHours
 from booking_service.domain import BookingChange
 from booking_service.rows import schedule_json
-from booking_service.sql import SCHEDULE_SQL, TAKEN_SQL, UPDATE_SQL, list_sql
+from booking_service.sql import AVAILABILITY_SQL, UPDATE_SQL, list_sql
 from devtools.servers import PostgresServer, RedisServer
 from tests.bench.bench_write_path import (
     _migrate,
@@ -54,7 +55,7 @@ MONTH = (datetime(2035, 6, 1, tzinfo=UTC), datetime(2035, 7, 1, tzinfo=UTC))
 MOVABLE_EPOCH = datetime(2050, 1, 1, tzinfo=UTC)  # the bookings the update benchmark moves, one an hour
 HALF_HOUR = timedelta(minutes=30)
 SCHEDULED = "p8"  # the provider given a schedule (seeded like p7)
-CREATE_EPOCH = datetime(2060, 1, 5, 8, tzinfo=UTC)  # a Monday, 09:00 in Berlin: where the creates go
+CREATE_EPOCH = datetime(2060, 1, 5, 9, tzinfo=ZoneInfo("Europe/Berlin"))  # a Monday 09:00: where the creates go
 
 SEED_SQL = """
 INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, created_by)
@@ -113,10 +114,10 @@ def schedule_of_request() -> Schedule:
 
 
 def create_slot(k: int) -> tuple[datetime, datetime]:
-    """The k-th create's time: Monday to Friday, an hour from 09:00 to 16:00 Berlin (winter), week after week."""
+    """The k-th create's time: Monday to Friday, on the hour from 09:00 to 16:00 Berlin time, week after week."""
     week, rest = divmod(k, 40)
     day, hour = divmod(rest, 8)
-    start = CREATE_EPOCH + timedelta(weeks=week, days=day, hours=hour)
+    start = (CREATE_EPOCH + timedelta(weeks=week, days=day, hours=hour)).astimezone(UTC)  # wall-clock arithmetic
     return start, start + timedelta(minutes=30)
 
 
@@ -149,8 +150,7 @@ class Raw:
 
     async def month(self, provider: str = "p7") -> None:
         async with self.pool.acquire() as conn:
-            await conn.fetchrow(SCHEDULE_SQL, provider)
-            await conn.fetch(TAKEN_SQL, provider, *MONTH)
+            await conn.fetchrow(AVAILABILITY_SQL, provider, *MONTH)
 
 
 class Service:

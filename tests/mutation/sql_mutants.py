@@ -187,8 +187,8 @@ MUTANTS = (
     Mutant(
         "free slots count soft-deleted bookings",
         S,
-        "WHERE provider_id = $1 AND delete_time IS NULL",
-        "WHERE provider_id = $1",
+        "WHERE b.provider_id = $1 AND b.delete_time IS NULL",
+        "WHERE b.provider_id = $1",
         (W + "test_free_slots_are_the_gaps_between_active_bookings_and_each_is_bookable",),
     ),
     Mutant(
@@ -203,8 +203,8 @@ MUTANTS = (
     Mutant(
         "slots ignore the buffers of the bookings around them",
         S,
-        "(SELECT range_agg(booking_reach(start_time, end_time, buffer_before, buffer_after)) FROM bookings",
-        "(SELECT range_agg(tstzrange(start_time, end_time, '[)')) FROM bookings",
+        "SELECT unnest(coalesce(range_agg(booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)),",
+        "SELECT unnest(coalesce(range_agg(tstzrange(b.start_time, b.end_time, '[)')),",
         (
             "tests/integration/test_schedules.py::test_slots_follow_the_hours_in_the_providers_zone_and_each_is_bookable",
         ),

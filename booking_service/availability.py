@@ -16,6 +16,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import islice
 from zoneinfo import ZoneInfo
 
 DAY_SECONDS = 86_400
@@ -160,25 +161,33 @@ def free_spans(
     return free, working
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(instant: datetime) -> int:
+    """Microseconds since 1970 (exact: slot arithmetic runs on these, a month of starts in microseconds)."""
+    return (instant - EPOCH) // MICROSECOND
+
+
 def slot_starts(
     free: Sequence[Span], working: Sequence[Span], duration: timedelta, step: timedelta, limit: int
-) -> list[datetime]:
+) -> list[int]:
     """Starts of a booking of `duration`, stepping by `step` from the start of each working span, that fit whole
-    in a free interval; at most `limit` (the first ones)."""
-    starts: list[datetime] = []
+    in a free interval, in microseconds since 1970, in time order; at most `limit` (the first ones). Each free
+    interval lies inside one working span (free time is working time minus what is taken)."""
+    length, stride = duration // MICROSECOND, step // MICROSECOND
+    starts: list[int] = []
     for w_start, w_end in working:
-        inside = [(s, e) for s, e in free if s < w_end and e > w_start]
-        for s, e in inside:
-            # The first step at or after s, counted from the working span's start.
-            offset = s - w_start
-            steps = -(-offset // step) if offset > timedelta(0) else 0
-            candidate = w_start + steps * step
-            while candidate + duration <= e:
-                starts.append(candidate)
-                if len(starts) >= limit:
-                    return sorted(set(starts))
-                candidate += step
-    return sorted(set(starts))
+        origin = micros(w_start)
+        for start, end in free:
+            if start >= w_end or end <= w_start:
+                continue
+            first = origin + max(0, -(-(micros(start) - origin) // stride)) * stride  # the first step inside
+            starts.extend(islice(range(first, micros(end) - length + 1, stride), limit - len(starts)))
+            if len(starts) >= limit:
+                return starts
+    return starts
 
 
 def outside(schedule: Schedule | None, start: datetime, end: datetime, now: datetime) -> Rule | None:

@@ -14,7 +14,7 @@ from google.type import interval_pb2
 from grpc.aio import ServicerContext as Context
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
-from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto, timestamp_to_proto
+from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto
 from booking_service.domain import (
     EARLIEST_TIME,
     LATEST_TIME,
@@ -304,11 +304,14 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             step = _duration(check, "slot_step", True, request.slot_step)
         check.done()
         found = await self._uc.free_slots(current_principal(), provider, start, end, duration, step)
-        return booking_pb2.ListAvailableSlotsResponse(
-            free_intervals=[interval_to_proto(a, b) for a, b in found.free],
-            slot_starts=[timestamp_to_proto(start) for start in found.slot_starts],
-            time_zone=found.time_zone,
+        response = booking_pb2.ListAvailableSlotsResponse(
+            free_intervals=[interval_to_proto(a, b) for a, b in found.free], time_zone=found.time_zone
         )
+        add = response.slot_starts.add  # built field by field: the cheapest way to a thousand Timestamps
+        for slot in found.slot_starts:
+            seconds, micro = divmod(slot, 1_000_000)
+            add(seconds=seconds, nanos=micro * 1000) if micro else add(seconds=seconds)
+        return response
 
     async def GetProviderSchedule(
         self,

@@ -75,7 +75,7 @@ class Availability:
     """ListAvailableSlots' answer."""
 
     free: list[Span]
-    slot_starts: list[datetime]
+    slot_starts: list[int]  # microseconds since 1970 (availability.micros)
     time_zone: str
 
 

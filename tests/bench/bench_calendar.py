@@ -20,6 +20,7 @@ a shared machine hits both alike. Results: a table on the terminal and .local/be
 from __future__ import annotations
 
 import argparse
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -220,7 +221,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         try:
             async with grpc.aio.insecure_channel(service.address) as channel:
                 raw, svc = Raw(pool), Service(booking_pb2_grpc.BookingServiceStub(channel))
-                await svc.stub.UpdateProviderSchedule(schedule_request(), metadata=svc.metadata)
+                for _ in range(100):  # a worker may still be connecting to its database: UNAVAILABLE, retried
+                    try:
+                        await svc.stub.UpdateProviderSchedule(schedule_request(), metadata=svc.metadata)
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        await asyncio.sleep(0.1)
                 async with pool.acquire() as conn:  # the same schedule in raw's database
                     await conn.execute(RAW_SCHEDULE_SQL, SCHEDULED, *schedule_json(schedule_of_request()))
                 for _ in range(20):  # warm-up: connections, plans, the channel

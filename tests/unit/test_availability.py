@@ -14,6 +14,7 @@ from booking_service.availability import (
     Schedule,
     WorkingHours,
     free_spans,
+    micros,
     outside,
     slot_starts,
     working_spans,
@@ -135,4 +136,5 @@ def test_slot_starts_step_from_each_working_ranges_start_and_fit_whole() -> None
         schedule, utc(2026, 12, 7), utc(2026, 12, 8), taken, utc(2026, 12, 1), timedelta(minutes=45)
     )
     starts = slot_starts(free, working, timedelta(minutes=45), timedelta(minutes=30), 100)
-    assert starts == [utc(2026, 12, 7, 9), utc(2026, 12, 7, 11)]  # 09:30 would end 10:15; 11:30 would end 12:15
+    assert starts == [micros(utc(2026, 12, 7, 9)), micros(utc(2026, 12, 7, 11))]  # 09:30 would end 10:15, 11:30 12:15
+    assert len(slot_starts(free, working, timedelta(microseconds=1), timedelta(microseconds=1), 7)) == 7  # bounded

@@ -47,7 +47,7 @@ from tests.bench.bench_write_path import (
 )
 from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workdir, write_result
 from tests.support.helpers import auth, ts
-from tests.support.servers import ServiceProcess
+from tests.support.servers import PROJECT, ServiceProcess
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 SEED = 100_000  # bookings: 100 providers p0..p99, one booking an hour across them, an hour each (~11 years)
@@ -274,6 +274,52 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pg.stop("fast")
 
 
+async def against_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """This checkout's service against another checkout's (`--baseline PATH`, with its own .venv), each on its
+    own database seeded alike and migrated by its own code, for providers without a schedule: what the change
+    costs the calls it touches. Alternating halves, as above."""
+    pg = PostgresServer(workdir / "postgres", durable=True)
+    pg.start()
+    rds = RedisServer(workdir / "redis")
+    rds.start()
+    services: list[ServiceProcess] = []
+    try:
+        await create_databases(pg.url, "base", "svc")
+        for name, project in (("base", args.baseline), ("svc", PROJECT)):
+            service = ServiceProcess(
+                "booking_service", service_env(pg.url_for(name), rds.url), workdir, project=project
+            )
+            services.append(service)
+            service.start()  # migrates its database with its own code
+            progress(f"seeding {SEED:,} bookings into {name}")
+            await seed(pg.url_for(name), 0, "mv")
+        async with (
+            grpc.aio.insecure_channel(services[0].address) as base_channel,
+            grpc.aio.insecure_channel(services[1].address) as svc_channel,
+        ):
+            base = Service(booking_pb2_grpc.BookingServiceStub(base_channel))
+            svc = Service(booking_pb2_grpc.BookingServiceStub(svc_channel))
+            for _ in range(20):
+                await base.week()
+                await svc.week()
+            rows = {
+                "list_week": await measured("ListBookings, a week: baseline, then this", args.read_rate,
+                                            args.read_seconds, lambda _: base.week(), lambda _: svc.week()),
+                "free_month": await measured("ListAvailableSlots, a month: baseline, then this", args.read_rate,
+                                             args.read_seconds, lambda _: base.month(), lambda _: svc.month()),
+                "create": await measured("CreateBooking: baseline, then this", args.rate, args.read_seconds,
+                                         lambda k: base.create("b", k), lambda k: svc.create("b", k)),
+            }  # fmt: skip
+        for row in rows.values():  # "raw_asyncpg" is the baseline's service here
+            row["baseline"] = row.pop("raw_asyncpg")
+        return {"benchmark": f"calendar: this checkout's service against {args.baseline}'s", **rows}
+    finally:
+        for service in services:
+            service.stop()
+        rds.stop()
+        pg.stop("fast")
+
+
 def report(result: dict[str, Any]) -> None:
     print("calendar, 100,000 bookings | raw asyncpg p50 / p99 ms | service p50 / p99 ms | added p50 / p99 ms")
     writes, reads = result["rates_per_s"]["update_booking"], result["rates_per_s"]["reads"]
@@ -305,7 +351,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--read-rate", type=float, default=100.0, help="each read per second")
     parser.add_argument("--read-seconds", type=float, default=10.0)
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout: its service against this one")
     args = parser.parse_args()
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        compared = run_in_workdir(against_baseline, args)
+        write_result("calendar-baseline.json", compared)
+        for key in ("list_week", "free_month", "create"):
+            row = compared[key]
+            print(f"{key}: baseline {row['baseline']} | this {row['service']} | added {row['added_p50_ms']} / "
+                  f"{row['added_p99_ms']} ms")  # fmt: skip
+        return
     result = run_in_workdir(run, args)
     write_result("calendar.json", result)
     report(result)

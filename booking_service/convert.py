@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import interval_pb2
 
 from booking_api.booking.v1 import booking_pb2
-from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
+from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, BookingState
 from svc_common.principal import Role
 
 ROLES = {Role.USER: booking_pb2.ROLE_USER, Role.PROVIDER: booking_pb2.ROLE_PROVIDER, Role.ADMIN: booking_pb2.ROLE_ADMIN}
@@ -19,6 +19,13 @@ AUDIT_ACTIONS = {
     AuditAction.RESTORED: booking_pb2.AUDIT_ACTION_RESTORED,
     AuditAction.HARD_DELETED: booking_pb2.AUDIT_ACTION_HARD_DELETED,
     AuditAction.UPDATED: booking_pb2.AUDIT_ACTION_UPDATED,
+    AuditAction.HELD: booking_pb2.AUDIT_ACTION_HELD,
+    AuditAction.CONFIRMED: booking_pb2.AUDIT_ACTION_CONFIRMED,
+    AuditAction.EXPIRED: booking_pb2.AUDIT_ACTION_EXPIRED,
+}
+STATES = {
+    BookingState.CONFIRMED: booking_pb2.BOOKING_STATE_CONFIRMED,
+    BookingState.HELD: booking_pb2.BOOKING_STATE_HELD,
 }
 
 
@@ -53,7 +60,10 @@ def booking_to_proto(booking: Booking) -> booking_pb2.Booking:
         update_time=timestamp_to_proto(booking.update_time),
         deletion_reason=booking.deletion_reason,
         etag=booking.etag,
+        state=STATES[booking.state],
     )
+    if booking.expire_time is not None:
+        message.expire_time.CopyFrom(timestamp_to_proto(booking.expire_time))
     if booking.delete_time is not None:
         message.delete_time.CopyFrom(timestamp_to_proto(booking.delete_time))
     if booking.deleted_by is not None:

@@ -25,6 +25,11 @@ EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
+# A hold (HoldSlot) lasts its ttl: 0 asks for the default.
+DEFAULT_HOLD_TTL = timedelta(minutes=5)
+MIN_HOLD_TTL = timedelta(seconds=1)
+MAX_HOLD_TTL = timedelta(minutes=15)
+
 MAX_SLOTS_WINDOW = timedelta(days=31)  # ListAvailableSlots looks at most this far ...
 MAX_FREE_INTERVALS = 10_000  # ... and answers with at most this many intervals (about 300 KB)
 
@@ -39,6 +44,20 @@ class RequestRepeated(Exception):
 
 class TimesOutOfOrder(Exception):
     """An update would leave the booking ending at or before it starts."""
+
+
+class TooManyHolds(Exception):
+    """A new hold would take a customer or a provider past its bound of unexpired holds."""
+
+    def __init__(self, who: str, bound: int) -> None:
+        super().__init__(who, bound)
+        self.who = who  # "customer" or "provider"
+        self.bound = bound
+
+
+class BookingState(enum.Enum):
+    CONFIRMED = "CONFIRMED"
+    HELD = "HELD"  # a hold: it occupies its slot until its expire_time
 
 
 # Who did something: the caller as its token named it (id, name, role), kept with the change.
@@ -70,10 +89,22 @@ class Booking:
     delete_time: datetime | None = None
     deleted_by: Actor | None = None
     deletion_reason: str = ""
+    state: BookingState = BookingState.CONFIRMED
+    expire_time: datetime | None = None  # set while HELD (and kept once an expired hold is retired)
 
     @property
     def deleted(self) -> bool:
         return self.delete_time is not None
+
+    @property
+    def retired_by_expiry(self) -> bool:
+        """Whether this is a hold deleted because its time was up (not one deleted before it expired)."""
+        return (
+            self.state is BookingState.HELD
+            and self.expire_time is not None
+            and self.delete_time is not None
+            and self.expire_time <= self.delete_time
+        )
 
     @property
     def etag(self) -> str:
@@ -89,6 +120,20 @@ class Booking:
             and self.end_time == new.end_time
             and self.notes == new.notes
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldTerms:
+    """What a new hold is given: how long it lasts, and the bounds of unexpired holds it must stay within."""
+
+    ttl: timedelta
+    max_per_customer: int
+    max_per_provider: int
+
+
+def confirm_digest(booking_id: str, notes: str | None) -> str:
+    """What a repeat of the same ConfirmBooking (request_id) must ask for again."""
+    return hashlib.sha256(json.dumps(["confirm", booking_id, notes]).encode()).hexdigest()
 
 
 # What UpdateBooking may change (the paths of its update mask), in this order.
@@ -120,6 +165,9 @@ class AuditAction(enum.Enum):
     RESTORED = "RESTORED"
     HARD_DELETED = "HARD_DELETED"
     UPDATED = "UPDATED"
+    HELD = "HELD"
+    CONFIRMED = "CONFIRMED"
+    EXPIRED = "EXPIRED"
 
 
 @dataclass(frozen=True, slots=True)

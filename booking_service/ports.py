@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from booking_service.availability import Schedule, Span
-from booking_service.domain import AuditEntry, Booking, BookingChange, NewBooking
+from booking_service.domain import AuditEntry, Booking, BookingChange, HoldTerms, NewBooking
 from svc_common.principal import Principal
 
 
@@ -50,6 +50,7 @@ class BookingStore(Protocol):
         request_id: str | None,
         note: str = "",
         buffers: tuple[timedelta, timedelta] = ...,
+        hold: HoldTerms | None = None,
     ) -> tuple[Booking, bool]: ...
     async def soft_delete(
         self,
@@ -78,6 +79,19 @@ class BookingStore(Protocol):
         request_id: str | None,
         note: str = "",
     ) -> UpdateResult: ...
+    async def confirm(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        op_id: uuid.UUID,
+        actor: Principal,
+        scope_customer: str | None,
+        version: int | None,
+        notes: str | None,
+        request_id: str | None,
+        digest: str | None,
+    ) -> UpdateResult: ...
+    async def sweep_holds(self, batch: int) -> int: ...
     async def availability(
         self, provider_id: str, start: datetime, end: datetime
     ) -> tuple[Schedule | None, list[Span]]: ...

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from booking_service.availability import DateOverride, LocalRange, Schedule, WorkingHours
-from booking_service.domain import Actor, AuditAction, AuditEntry, Booking
+from booking_service.domain import Actor, AuditAction, AuditEntry, Booking, BookingState
 from svc_common.principal import Role
 
 Record = asyncpg.Record
@@ -37,6 +37,8 @@ def booking_from_record(record: Record) -> Booking:
         delete_time=record["delete_time"],
         deleted_by=_actor(record, "deleted_by"),
         deletion_reason=record["deletion_reason"],
+        state=BookingState(record["state"]),
+        expire_time=record["expire_time"],
     )
 
 
@@ -64,6 +66,8 @@ def booking_from_json(data: dict[str, Any]) -> Booking:
         delete_time=ts("delete_time"),
         deleted_by=deleted_by,
         deletion_reason=data["deletion_reason"],
+        state=BookingState(data.get("state", "CONFIRMED")),  # snapshots from before holds have none
+        expire_time=ts("expire_time"),
     )
 
 

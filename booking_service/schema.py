@@ -39,6 +39,7 @@ SERVICE_GRANTS = (
     "GRANT SELECT, INSERT ON provider_schedule_audit TO {role}",
     "GRANT EXECUTE ON FUNCTION booking_audit_erase_snapshots(uuid[]) TO {role}",
     "GRANT EXECUTE ON FUNCTION booking_events_erase_notes(uuid[]) TO {role}",
+    "GRANT EXECUTE ON FUNCTION booking_unexpired_holds(text, text) TO {role}",
 )
 
 

@@ -142,6 +142,20 @@ async def _purge_periodically(usecases: BookingUseCases, retention: timedelta, i
         await asyncio.sleep(interval)
 
 
+async def _sweep_holds_periodically(usecases: BookingUseCases, interval: float) -> None:
+    """Retire, every `interval` seconds, the holds whose expire_time has come (a write into an expired hold's slot
+    does not wait for this: it retires the hold itself)."""
+    while True:
+        try:
+            count = await usecases.sweep_holds()
+        except ServiceError as exc:  # the database is down or busy: try again next time
+            log.warning("hold sweep failed: %s", exc.message)
+        else:
+            if count:
+                log.debug("hold sweep retired %d expired holds", count)
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, stop: asyncio.Event | None = None) -> AsyncIterator[GrpcServer]:
     """A started booking server; on exit it drains calls in flight and closes its pool."""
@@ -157,7 +171,12 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
     relay = EventRelay(settings.relay, client, db.connector)
     waker = RelayWaker(relay, db)
     storage = Storage(db)
-    usecases = BookingUseCases(storage, waker, pagination.PageTokens(pagination.derive_key(settings.jwt_secret)))
+    usecases = BookingUseCases(
+        storage,
+        waker,
+        pagination.PageTokens(pagination.derive_key(settings.jwt_secret)),
+        hold_limits=settings.hold_limits,
+    )
     booking_pb2_grpc.add_BookingServiceServicer_to_server(
         BookingServicer(usecases, ScheduleUseCases(storage, waker)), server.server
     )
@@ -203,6 +222,12 @@ async def running(settings: Settings, stop: asyncio.Event | None = None) -> Asyn
                 supervisor.start(
                     "retention purge",
                     lambda: _purge_periodically(usecases, retention, settings.retention_interval_seconds),
+                )
+            )
+        if settings.holds_sweep_seconds > 0:
+            background.append(
+                supervisor.start(
+                    "hold sweep", lambda: _sweep_holds_periodically(usecases, settings.holds_sweep_seconds)
                 )
             )
         stack.push_async_callback(_cancel_all, background)

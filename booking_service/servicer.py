@@ -16,23 +16,28 @@ from grpc.aio import ServicerContext as Context
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.convert import audit_to_proto, booking_to_proto, interval_to_proto
 from booking_service.domain import (
+    DEFAULT_HOLD_TTL,
     EARLIEST_TIME,
     LATEST_TIME,
+    MAX_HOLD_TTL,
     MAX_NOTES_CHARS,
     MAX_REASON_CHARS,
     MAX_SLOTS_WINDOW,
+    MIN_HOLD_TTL,
     UPDATABLE,
     BookingChange,
     NewBooking,
 )
 from booking_service.schedule_proto import schedule_from_proto, schedule_to_proto
 from booking_service.schedules import SCHEDULE_FIELDS, ScheduleUseCases
-from booking_service.usecases import BookingUseCases, require_admin
+from booking_service.usecases import BookingUseCases, refuse_providers, require_admin
 from svc_common.principal import Principal, Role, current_principal
 from svc_common.validation import Checker
 
 
-def _new_booking(request: booking_pb2.CreateBookingRequest, check: Checker, caller: Principal) -> NewBooking:
+def _new_booking(
+    request: booking_pb2.CreateBookingRequest | booking_pb2.HoldSlotRequest, check: Checker, caller: Principal
+) -> NewBooking:
     if not request.HasField("booking"):
         check.fail("booking", "required")
     b = request.booking
@@ -114,6 +119,19 @@ def _duration(check: Checker, field: str, present: bool, value: duration_pb2.Dur
     return timedelta(0)
 
 
+def _ttl(check: Checker, present: bool, value: duration_pb2.Duration) -> timedelta:
+    """A hold's ttl: unset or 0 is the default; else from MIN_HOLD_TTL to MAX_HOLD_TTL, in whole microseconds."""
+    if not present or (value.seconds == 0 and value.nanos == 0):
+        return DEFAULT_HOLD_TTL
+    if value.nanos % 1000 or not -1_000_000_000 < value.nanos < 1_000_000_000:
+        check.fail("ttl", "must have whole microseconds (nanos a multiple of 1000)")
+    elif not MIN_HOLD_TTL <= value.ToTimedelta() <= MAX_HOLD_TTL:
+        check.fail("ttl", f"must be 0 (5 minutes) or from {MIN_HOLD_TTL} to {MAX_HOLD_TTL}")
+    else:
+        return value.ToTimedelta()
+    return DEFAULT_HOLD_TTL
+
+
 def _filters(
     request: booking_pb2.ListBookingsRequest | booking_pb2.ListDeletedBookingsRequest,
 ) -> tuple[str | None, str | None]:
@@ -142,6 +160,38 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         check.done()
         booking = await self._uc.create(principal, new, request_id, ignore_availability=request.ignore_availability)
         return booking_pb2.CreateBookingResponse(booking=booking_to_proto(booking))
+
+    async def HoldSlot(
+        self,
+        request: booking_pb2.HoldSlotRequest,
+        context: Context[booking_pb2.HoldSlotRequest, booking_pb2.HoldSlotResponse],
+    ) -> booking_pb2.HoldSlotResponse:
+        principal = current_principal()
+        refuse_providers(principal)  # a role that may never hold: PERMISSION_DENIED before its input (AIP-211)
+        check = Checker()
+        new = _new_booking(request, check, principal)
+        ttl = _ttl(check, request.HasField("ttl"), request.ttl)
+        request_id = check.identifier("request_id", request.request_id, required=False)
+        check.done()
+        booking = await self._uc.hold(principal, new, ttl, request_id)
+        return booking_pb2.HoldSlotResponse(booking=booking_to_proto(booking))
+
+    async def ConfirmBooking(
+        self,
+        request: booking_pb2.ConfirmBookingRequest,
+        context: Context[booking_pb2.ConfirmBookingRequest, booking_pb2.ConfirmBookingResponse],
+    ) -> booking_pb2.ConfirmBookingResponse:
+        refuse_providers(current_principal())
+        check = Checker()
+        booking_id = check.booking_id("booking_id", request.booking_id)
+        version = check.etag("etag", request.etag)
+        notes = check.text("notes", request.notes, MAX_NOTES_CHARS) or None  # empty: kept
+        request_id = check.identifier("request_id", request.request_id, required=False)
+        check.done()
+        booking = await self._uc.confirm(
+            current_principal(), booking_id, version=version, request_id=request_id, notes=notes
+        )
+        return booking_pb2.ConfirmBookingResponse(booking=booking_to_proto(booking))
 
     async def GetBooking(
         self,

@@ -8,6 +8,7 @@ from typing import Any
 
 from booking_service.database import DatabaseConfig
 from booking_service.relay import RelayConfig
+from booking_service.usecases import HoldLimits
 from svc_common import postgres, probes
 from svc_common.auth import MIN_SECRET_BYTES
 from svc_common.grpc_server import ServerConfig
@@ -18,6 +19,7 @@ from svc_common.settings import Env, read_checked
 SERVICE = "booking_service"  # the process's name, and its spans' service.name
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"  # METRICS_LISTEN when unset ("" turns metrics off)
+DEFAULT_HOLD_LIMITS = HoldLimits()
 # What the server is configured with when nothing is set (read from an empty environment: no default twice).
 DEFAULT_SERVER = ServerConfig.read(
     Env({}), listen=DEFAULT_LISTEN, reuse_port=False, metrics_default=DEFAULT_METRICS_LISTEN, service_name=SERVICE
@@ -40,6 +42,8 @@ class Settings:
     retention_days: float = 0.0  # 0: no automatic purge
     retention_interval_seconds: float = 3600.0
     migration_database_url: str | None = None  # the owner role's URL; None: DATABASE_URL's role migrates
+    hold_limits: HoldLimits = DEFAULT_HOLD_LIMITS  # HOLDS_MAX_PER_CUSTOMER, HOLDS_MAX_PER_PROVIDER
+    holds_sweep_seconds: float = 0.5  # 0: this process does not sweep expired holds
 
     @property
     def database_url(self) -> str:
@@ -102,4 +106,9 @@ class Settings:
                 "RETENTION_INTERVAL_SECONDS", cls.retention_interval_seconds, least=0.1, most=86400
             ),
             migration_database_url=postgres.read_url(env, "MIGRATION_DATABASE_URL") or None,
+            hold_limits=HoldLimits(
+                per_customer=env.integer("HOLDS_MAX_PER_CUSTOMER", HoldLimits.per_customer, least=1, most=1_000_000),
+                per_provider=env.integer("HOLDS_MAX_PER_PROVIDER", HoldLimits.per_provider, least=1, most=1_000_000),
+            ),
+            holds_sweep_seconds=env.number("HOLDS_SWEEP_SECONDS", cls.holds_sweep_seconds, least=0, most=3600),
         )

@@ -13,37 +13,92 @@ _OUTBOX_INSERT = """
     INSERT INTO booking_outbox (event_type, booking, actor_id, actor_name, actor_role, traceparent)
 """
 
-# Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
-# the insert (the insert reads from `gate`), so a later one finds the earlier one's row; without it, concurrent
-# duplicates deadlock between the request_id index and the overlap constraint. Then the writes of one provider's
-# times are serialised the same way (PROVIDER_LOCK): concurrent inserts whose reaches overlap would otherwise
-# wait on each other's uncommitted rows in the constraint's check and deadlock, instead of one of them failing
-# it at once.
-CREATE_SQL = f"""
+# Who the audit trail and the event name for a hold's expiry (as the retention purge, a system actor with an
+# admin's role).
+EXPIRY_ACTOR = ("system:hold-expiry", "hold expiry", "admin")
+HOLD_EXPIRED_REASON = "hold expired"
+_HELD_REACH = "booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)"  # an expired hold's
+
+
+def _retire_expired(which: str, *, using: str = "") -> str:
+    """CTEs `expired`, its audit entries and its events: retire (soft-delete, action and event EXPIRED) the
+    active holds whose expire_time has come that `which` (a condition on `b` and the relations `using` names)
+    selects. A writing statement reads
+    `expired` before it writes, so the hold it retires no longer stands in the overlap constraint's way (a row
+    this transaction updated is not a conflict); a concurrent retirement or confirm of the same hold waits on
+    its row lock and then finds it no longer matches."""
+    actor_id, actor_name, actor_role = EXPIRY_ACTOR
+    return f"""expired AS (
+    UPDATE bookings b
+       SET delete_time = now(), update_time = now(), version = b.version + 1,
+           deleted_by_id = '{actor_id}', deleted_by_name = '{actor_name}', deleted_by_role = '{actor_role}',
+           deletion_reason = '{HOLD_EXPIRED_REASON}'
+     {f"FROM {using}" if using else ""}
+     WHERE b.state = 'HELD' AND b.delete_time IS NULL AND b.expire_time <= now() AND ({which})
+    RETURNING b.*
+), expired_audit AS (
+    {_AUDIT_INSERT}
+    SELECT gen_random_uuid(), expired.id, 'EXPIRED', '{actor_id}', '{actor_name}', '{actor_role}',
+           '{HOLD_EXPIRED_REASON}', to_jsonb(expired)
+      FROM expired
+), expired_event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'EXPIRED', to_jsonb(expired), '{actor_id}', '{actor_name}', '{actor_role}', NULL FROM expired
+)"""
+
+
+def _create_sql(*, hold: bool) -> str:
+    """CreateBooking's statement, or HoldSlot's (hold: also $17 the ttl, $18-$19 the bounds of unexpired holds
+    per customer and per provider; the row also says how many each has, `holds`, when the bounds refused it).
+
+    Calls with the same caller and request_id are serialised by a transaction-scoped advisory lock taken before
+    the insert (the insert reads from `gate`), so a later one finds the earlier one's row; without it, concurrent
+    duplicates deadlock between the request_id index and the overlap constraint. Then the writes of one
+    provider's times are serialised the same way (PROVIDER_LOCK): concurrent inserts whose reaches overlap would
+    otherwise wait on each other's uncommitted rows in the constraint's check and deadlock, instead of one of
+    them failing it at once. A hold also takes its customer's lock, so the count of a customer's holds is
+    exact: booking_unexpired_holds counts with a snapshot taken after the locks, not the statement's.
+    Expired holds in the new booking's way are retired first (`expired`)."""
+    customer_lock = "UNION ALL SELECT pg_advisory_xact_lock(hashtextextended('holds/' || $2::text, 0))"
+    reach = (
+        "booking_reach($5::timestamptz, $6::timestamptz, make_interval(secs => extract(epoch FROM $15::interval)),"
+        " make_interval(secs => extract(epoch FROM $16::interval)))"
+    )
+    holds = "SELECT booking_unexpired_holds($2::text, $3::text) AS counts FROM gate"
+    return f"""
 WITH gate AS (
     SELECT count(*) FROM (
         SELECT pg_advisory_xact_lock(hashtextextended($8::text || '/' || $9::text, 0)) WHERE $9::text IS NOT NULL
         UNION ALL
         SELECT pg_advisory_xact_lock(hashtextextended('provider/' || $3::text, 0))
+        {customer_lock if hold else ""}
     ) locked
+), {_retire_expired(f"b.provider_id = $3 AND {_HELD_REACH} && {reach} AND EXISTS (SELECT FROM gate)")},
+holds AS ({holds if hold else "SELECT NULL::bigint[] AS counts"}
 ), ins AS (
     INSERT INTO bookings (id, customer_id, provider_id, service_id, start_time, end_time, notes,
-                          created_by, request_id, buffer_before, buffer_after)
+                          created_by, request_id, buffer_before, buffer_after, state, expire_time)
     SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text,
            make_interval(secs => extract(epoch FROM $15::interval)),
-           make_interval(secs => extract(epoch FROM $16::interval))
-      FROM gate
+           make_interval(secs => extract(epoch FROM $16::interval)),
+           {"'HELD', now() + $17::interval" if hold else "'CONFIRMED', NULL"}
+      FROM gate, holds, (SELECT count(*) FROM expired) retired
+     {"WHERE holds.counts[1] < $18::bigint AND holds.counts[2] < $19::bigint" if hold else ""}
     ON CONFLICT (created_by, request_id) WHERE request_id IS NOT NULL DO NOTHING
     RETURNING *
 ), audit AS (
     {_AUDIT_INSERT}
-    SELECT $10, ins.id, 'CREATED', $8, $11, $12, $14::text, to_jsonb(ins) FROM ins
+    SELECT $10, ins.id, '{"HELD" if hold else "CREATED"}', $8, $11, $12, $14::text, to_jsonb(ins) FROM ins
 ), event AS (
     {_OUTBOX_INSERT}
-    SELECT 'CREATED', to_jsonb(ins), $8, $11, $12, $13::text FROM ins
+    SELECT '{"HELD" if hold else "CREATED"}', to_jsonb(ins), $8, $11, $12, $13::text FROM ins
 )
-SELECT * FROM ins
+SELECT ins.*, holds.counts AS holds FROM holds LEFT JOIN ins ON true
 """
+
+
+CREATE_SQL = _create_sql(hold=False)
+HOLD_SQL = _create_sql(hold=True)
 
 DELETE_SQL = f"""
 WITH upd AS (
@@ -71,6 +126,7 @@ WITH upd AS (
        SET delete_time = NULL, update_time = now(), version = version + 1,
            deleted_by_id = NULL, deleted_by_name = NULL, deleted_by_role = NULL, deletion_reason = ''
      WHERE id = $1 AND delete_time IS NOT NULL AND ($2::bigint IS NULL OR version = $2)
+       AND (expire_time IS NULL OR expire_time > now())  -- an expired hold stays retired
     RETURNING *
 ), audit AS (
     {_AUDIT_INSERT}
@@ -140,7 +196,9 @@ def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, del
         return params[-1]
 
     if deleted is False:
-        where.append("delete_time IS NULL")
+        where.append("delete_time IS NULL AND (expire_time IS NULL OR expire_time > now())")
+    elif deleted is None:  # an expired hold is listed once retired (deleted), never as active
+        where.append("(delete_time IS NOT NULL OR expire_time IS NULL OR expire_time > now())")
     elif deleted is True:
         where.append("delete_time IS NOT NULL")
     if customer:
@@ -185,18 +243,26 @@ WITH gate AS (
     SELECT count(pg_advisory_xact_lock(hashtextextended('provider/' || provider_id, 0))) FROM bookings
      WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior) AND ($2::timestamptz IS NOT NULL OR $3::timestamptz IS NOT NULL)
 ), old AS (
-    SELECT id, start_time, end_time FROM bookings, provider_gate
+    SELECT id, provider_id, start_time, end_time, buffer_before, buffer_after FROM bookings, provider_gate
      WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
        FOR UPDATE OF bookings
-), upd AS (
+), {
+    _retire_expired(
+        "($2::timestamptz IS NOT NULL OR $3::timestamptz IS NOT NULL) AND b.id <> old.id"
+        f" AND b.provider_id = old.provider_id AND {_HELD_REACH}"
+        " && booking_reach(coalesce($2, old.start_time), coalesce($3, old.end_time), old.buffer_before,"
+        " old.buffer_after)",
+        using="old",
+    )
+}, upd AS (
     UPDATE bookings b
        SET start_time = coalesce($2::timestamptz, b.start_time),
            end_time = coalesce($3::timestamptz, b.end_time),
            service_id = coalesce($4::text, b.service_id),
            notes = coalesce($5::text, b.notes),
            update_time = now(), version = b.version + 1
-      FROM old
-     WHERE b.id = old.id AND b.delete_time IS NULL
+      FROM old, (SELECT count(*) FROM expired) retired
+     WHERE b.id = old.id AND b.delete_time IS NULL AND (b.expire_time IS NULL OR b.expire_time > now())
        AND ($6::text IS NULL OR b.customer_id = $6)
        AND ($7::text IS NULL OR b.provider_id = $7)
        AND ($8::bigint IS NULL OR b.version = $8)
@@ -213,6 +279,56 @@ WITH gate AS (
 )
 SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prior_digest
   FROM (SELECT) AS one LEFT JOIN upd ON true LEFT JOIN prior ON true
+"""
+
+# ConfirmBooking: $1 the hold, $2 the version it must have (NULL: any), $3 its customer (NULL: any), $4 the
+# notes (NULL: kept), $5 the audit entry's id, $6-$8 the actor, $9 the traceparent, $10-$11 the request_id
+# (NULL: none) and digest. Only an active, unexpired hold is confirmed; a confirm racing its expiry waits on the
+# row's lock and then finds it retired, or the expiry finds it confirmed: one outcome. A repeat of a request_id
+# finds the first call's audit entry (`prior`) and changes nothing.
+CONFIRM_SQL = f"""
+WITH gate AS (
+    SELECT count(*) FROM (
+        SELECT pg_advisory_xact_lock(hashtextextended($6::text || '/' || $10::text, 0)) WHERE $10::text IS NOT NULL
+    ) locked
+), prior AS (
+    SELECT a.booking_id, a.request_digest FROM booking_audit a, gate
+     WHERE $10::text IS NOT NULL AND a.actor_id = $6 AND a.request_id = $10
+), upd AS (
+    UPDATE bookings b
+       SET state = 'CONFIRMED', expire_time = NULL, notes = coalesce($4::text, b.notes),
+           update_time = now(), version = b.version + 1
+      FROM gate
+     WHERE b.id = $1 AND NOT EXISTS (SELECT 1 FROM prior)
+       AND b.state = 'HELD' AND b.delete_time IS NULL AND b.expire_time > now()
+       AND ($2::bigint IS NULL OR b.version = $2)
+       AND ($3::text IS NULL OR b.customer_id = $3)
+    RETURNING b.*
+), audit AS (
+    INSERT INTO booking_audit (id, booking_id, action, actor_id, actor_name, actor_role, reason, snapshot,
+                               request_id, request_digest)
+    SELECT $5, upd.id, 'CONFIRMED', $6, $7, $8, '', to_jsonb(upd), $10::text, $11::text FROM upd
+), event AS (
+    {_OUTBOX_INSERT}
+    SELECT 'CONFIRMED', to_jsonb(upd), $6, $7, $8, $9::text FROM upd
+)
+SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prior_digest
+  FROM (SELECT) AS one LEFT JOIN upd ON true LEFT JOIN prior ON true
+"""
+
+# The request a caller made under a request_id ($1 actor, $2 request_id), read with a fresh snapshot (after a
+# concurrent repeat that the statement's own snapshot could not see).
+PRIOR_REQUEST_SQL = "SELECT booking_id, request_digest FROM booking_audit WHERE actor_id = $1 AND request_id = $2"
+
+# The sweep: retire up to $1 expired holds (oldest expiry first), those another sweep or write is not already
+# retiring; returns how many.
+SWEEP_HOLDS_SQL = f"""
+WITH victims AS (
+    SELECT id FROM bookings
+     WHERE state = 'HELD' AND delete_time IS NULL AND expire_time <= now()
+     ORDER BY expire_time LIMIT $1 FOR UPDATE SKIP LOCKED
+), {_retire_expired("b.id IN (SELECT id FROM victims)")}
+SELECT count(*) FROM expired
 """
 
 SCHEDULE_SQL = "SELECT * FROM provider_schedules WHERE provider_id = $1"
@@ -243,7 +359,7 @@ WITH s AS (
     SELECT unnest(coalesce(range_agg(booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)),
                            '{{}}'::tstzmultirange)) AS span
       FROM bookings b, w
-     WHERE b.provider_id = $1 AND b.delete_time IS NULL
+     WHERE b.provider_id = $1 AND b.delete_time IS NULL AND (b.expire_time IS NULL OR b.expire_time > now())
        AND booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after) && w.around
 )
 SELECT (SELECT {_schedule_json("s")} FROM s) AS schedule,

@@ -24,10 +24,12 @@ from booking_service.domain import (
     AuditEntry,
     Booking,
     BookingChange,
+    HoldTerms,
     NewBooking,
     RequestRepeated,
     SlotTaken,
     TimesOutOfOrder,
+    TooManyHolds,
 )
 from booking_service.ports import ListQuery, UpdateResult
 from booking_service.rows import (
@@ -40,15 +42,19 @@ from booking_service.rows import (
 from booking_service.sql import (
     AVAILABILITY_SQL,
     BOOKING_WITH_SCHEDULE_SQL,
+    CONFIRM_SQL,
     CREATE_SQL,
     DELETE_SQL,
     HARD_DELETE_SQL,
+    HOLD_SQL,
+    PRIOR_REQUEST_SQL,
     PURGE_BATCH_SQL,
     PURGE_PREVIEW_SQL,
     PUT_SCHEDULE_SQL,
     RESTORE_SQL,
     SCHEDULE_REQUEST_SQL,
     SCHEDULE_SQL,
+    SWEEP_HOLDS_SQL,
     UPDATE_SQL,
     list_sql,
 )
@@ -194,10 +200,14 @@ class Storage:
         request_id: str | None,
         note: str = "",
         buffers: tuple[timedelta, timedelta] = (timedelta(0), timedelta(0)),
+        hold: HoldTerms | None = None,
     ) -> tuple[Booking, bool]:
-        """Insert a booking; returns it and whether this call created it (False: an earlier request_id's).
-        `note` goes into its audit entry's reason; `buffers` (before, after) stay with it, for the overlap
-        constraint."""
+        """Insert a booking (with `hold`, a hold on those terms); returns it and whether this call created it
+        (False: an earlier request_id's). `note` goes into its audit entry's reason; `buffers` (before, after)
+        stay with it, for the overlap constraint. Expired holds in its way are retired in the same statement."""
+        sql, terms = CREATE_SQL, tuple[object, ...]()
+        if hold is not None:
+            sql, terms = HOLD_SQL, (hold.ttl, hold.max_per_customer, hold.max_per_provider)
 
         async def by_request(conn: Connection) -> Booking | None:
             if request_id is None:
@@ -210,7 +220,7 @@ class Storage:
         async def work(conn: Connection) -> tuple[Booking, bool]:
             try:
                 record = await conn.fetchrow(
-                    CREATE_SQL,
+                    sql,
                     booking_id,
                     new.customer_id,
                     new.provider_id,
@@ -226,6 +236,7 @@ class Storage:
                     tracing.traceparent(),
                     note,
                     *buffers,
+                    *terms,
                 )
             except asyncpg.ExclusionViolationError as exc:
                 # A concurrent call with the same request_id may hold the slot: that is its result, not a clash.
@@ -233,12 +244,19 @@ class Storage:
                 if earlier is not None:
                     return earlier, False
                 raise SlotTaken() from exc
-            if record is not None:
+            assert record is not None  # one row, always
+            if record["id"] is not None:
                 return booking_from_record(record), True
             earlier = await by_request(conn)
-            if earlier is None:  # the earlier booking was hard-deleted in between; let the retry decide
-                raise asyncpg.SerializationError("request_id conflict vanished")
-            return earlier, False
+            if earlier is not None:
+                return earlier, False
+            if hold is not None:
+                by_customer, by_provider = record["holds"]
+                if by_customer >= hold.max_per_customer:
+                    raise TooManyHolds("customer", hold.max_per_customer)
+                if by_provider >= hold.max_per_provider:
+                    raise TooManyHolds("provider", hold.max_per_provider)
+            raise asyncpg.SerializationError("request_id conflict vanished")  # hard-deleted in between: retry
 
         async def committed(conn: Connection) -> tuple[Booking, bool] | None:
             booking = await self._booking_of_op(conn, op_id)
@@ -361,6 +379,66 @@ class Storage:
             return UpdateResult(updated=booking) if booking else None
 
         return await self._db.run(work, committed=committed)
+
+    async def confirm(
+        self,
+        booking_id: uuid.UUID,
+        *,
+        op_id: uuid.UUID,
+        actor: Actor,
+        scope_customer: str | None,
+        version: int | None,
+        notes: str | None,
+        request_id: str | None,
+        digest: str | None,
+    ) -> UpdateResult:
+        """Confirm an active, unexpired hold within scope and at `version` (notes None: kept)."""
+        args = (
+            booking_id,
+            version,
+            scope_customer,
+            notes,
+            op_id,
+            actor.id,
+            actor.name,
+            actor.role.value,
+            tracing.traceparent(),
+            request_id,
+            digest,
+        )
+
+        async def work(conn: Connection) -> UpdateResult:
+            try:
+                record = await conn.fetchrow(CONFIRM_SQL, *args)
+            except asyncpg.UniqueViolationError:  # a concurrent repeat of the request committed first
+                record = await conn.fetchrow(CONFIRM_SQL, *args)
+            assert record is not None  # one row, always
+            if record["id"] is not None:
+                return UpdateResult(updated=booking_from_record(record))
+            prior_id, prior_digest = record["prior_booking_id"], record["prior_digest"]
+            if prior_id is None and request_id is not None:
+                # A repeat that committed after this statement's snapshot was taken: read again.
+                found = await conn.fetchrow(PRIOR_REQUEST_SQL, actor.id, request_id)
+                if found is not None:
+                    prior_id, prior_digest = found["booking_id"], found["request_digest"]
+            if prior_id is not None:
+                return UpdateResult(prior_booking_id=str(prior_id), prior_digest=prior_digest)
+            return UpdateResult()
+
+        async def committed(conn: Connection) -> UpdateResult | None:
+            booking = await self._booking_of_op(conn, op_id)
+            return UpdateResult(updated=booking) if booking else None
+
+        return await self._db.run(work, committed=committed)
+
+    async def sweep_holds(self, batch: int) -> int:
+        """Retire up to `batch` expired holds; returns how many."""
+
+        async def work(conn: Connection) -> int:
+            count: int = await conn.fetchval(SWEEP_HOLDS_SQL, batch)
+            return count
+
+        return await self._db.run(work)
 
     async def hard_delete(self, booking_id: uuid.UUID, *, op_id: uuid.UUID, actor: Actor) -> bool:
         async def work(conn: Connection) -> bool:

@@ -15,14 +15,18 @@ from booking_service.domain import (
     AuditEntry,
     Booking,
     BookingChange,
+    BookingState,
+    HoldTerms,
     NewBooking,
     Page,
     SlotTaken,
     TimesOutOfOrder,
+    TooManyHolds,
+    confirm_digest,
     is_admin,
     may_see,
 )
-from booking_service.ports import BookingStore, ChangeSignal, ListQuery
+from booking_service.ports import BookingStore, ChangeSignal, ListQuery, UpdateResult
 from svc_common.errors import (
     Aborted,
     AlreadyExists,
@@ -31,11 +35,13 @@ from svc_common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from svc_common.principal import Principal, Role
 from svc_common.scope import Scope
 
 PURGE_BATCH = 500
+SWEEP_BATCH = 500  # expired holds retired per statement of the sweep
 # How far before now a user's or provider's booking may start (clocks that disagree a little, a booking made as
 # it begins); earlier is IN_THE_PAST, except for admins (a backfill, noted in the audit entry).
 PAST_LEEWAY = timedelta(minutes=1)
@@ -48,6 +54,12 @@ def not_found(booking_id: uuid.UUID) -> NotFound:
 def require_admin(principal: Principal, what: str) -> None:
     if not is_admin(principal):
         raise PermissionDenied(f"only admins may {what}", reason="ADMIN_ONLY")
+
+
+def refuse_providers(principal: Principal) -> None:
+    """A hold is made and confirmed by its customer (or an admin for it), never by the provider."""
+    if principal.role is Role.PROVIDER:
+        raise PermissionDenied("a hold is made and confirmed by its customer or an admin", reason="NOT_OWN_HOLD")
 
 
 def _narrow(scope: str | None, wanted: str | None) -> tuple[bool, str | None]:
@@ -68,6 +80,23 @@ def _slot_taken() -> AlreadyExists:
         "the provider already has a booking overlapping this time (with the buffers around each)",
         reason="SLOT_UNAVAILABLE",
     )
+
+
+def _hold_expired(booking: Booking) -> FailedPrecondition:
+    assert booking.expire_time is not None
+    return FailedPrecondition(
+        f"the hold expired at {booking.expire_time.isoformat()}; its slot is free again",
+        reason="HOLD_EXPIRED",
+        metadata={"expire_time": booking.expire_time.isoformat()},
+    )
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """The bounds of unexpired holds (HOLDS_MAX_PER_CUSTOMER, HOLDS_MAX_PER_PROVIDER)."""
+
+    per_customer: int = 5
+    per_provider: int = 1000
 
 
 @dataclass(frozen=True)
@@ -98,11 +127,13 @@ class BookingUseCases:
         changes: ChangeSignal,
         page_tokens: pagination.PageTokens,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        hold_limits: HoldLimits = HoldLimits(),
     ) -> None:
         self._storage = storage
         self._changes = changes
         self._tokens = page_tokens
         self._clock = clock
+        self._hold_limits = hold_limits
 
     def _not_in_the_past(self, principal: Principal, start: datetime) -> str:
         """Refuse a booking that would start before now (PAST_LEEWAY allowed) to users and providers; for an admin
@@ -143,6 +174,35 @@ class BookingUseCases:
             raise PermissionDenied("users may only book for themselves", reason="NOT_OWN_BOOKING")
         if principal.role is Role.PROVIDER and new.provider_id != principal.id:
             raise PermissionDenied("providers may only create their own bookings", reason="NOT_OWN_BOOKING")
+        return await self._insert(principal, new, request_id, ignore_availability=ignore_availability, hold=None)
+
+    async def hold(
+        self,
+        principal: Principal,
+        new: NewBooking,
+        ttl: timedelta,
+        request_id: str | None,
+        *,
+        ignore_availability: bool = False,
+    ) -> Booking:
+        """A hold on the slot for `ttl`: a user holds for itself, an admin for anyone; a provider may not (a
+        hold is its customer's, who confirms it)."""
+        refuse_providers(principal)
+        if principal.role is Role.USER and new.customer_id != principal.id:
+            raise PermissionDenied("users may only hold slots for themselves", reason="NOT_OWN_BOOKING")
+        limits = self._hold_limits
+        terms = HoldTerms(ttl, limits.per_customer, limits.per_provider)
+        return await self._insert(principal, new, request_id, ignore_availability=ignore_availability, hold=terms)
+
+    async def _insert(
+        self,
+        principal: Principal,
+        new: NewBooking,
+        request_id: str | None,
+        *,
+        ignore_availability: bool,
+        hold: HoldTerms | None,
+    ) -> Booking:
         note = self._not_in_the_past(principal, new.start_time)
         if ignore_availability and not is_admin(principal):
             raise PermissionDenied("only admins may ignore a provider's availability", reason="ADMIN_ONLY")
@@ -158,9 +218,17 @@ class BookingUseCases:
                 request_id=request_id,
                 note="; ".join(n for n in (note, ignored) if n),
                 buffers=buffers,
+                hold=hold,
             )
         except SlotTaken as exc:
             raise _slot_taken() from exc
+        except TooManyHolds as exc:
+            raise ResourceExhausted(
+                f"the {exc.who} already has {exc.bound} unexpired holds, the most allowed; "
+                "confirm or delete one, or wait for one to expire",
+                reason="TOO_MANY_HOLDS",
+                metadata={"bound": str(exc.bound), "per": exc.who},
+            ) from exc
         if created:
             self._changes.committed()
             return booking
@@ -168,12 +236,86 @@ class BookingUseCases:
         # deletion details are not shown), never more than GetBooking would.
         if not may_see(principal, booking):
             raise not_found(uuid.UUID(booking.id))
-        if not booking.same_request(new):
+        if not booking.same_request(new) or (booking.state is BookingState.HELD) != (hold is not None):
             raise InvalidArgument(
                 [FieldViolation("request_id", "already used by this caller for a different booking")],
                 reason="REQUEST_ID_REUSED",
             )
         return booking
+
+    async def confirm(
+        self,
+        principal: Principal,
+        booking_id: uuid.UUID,
+        *,
+        version: int | None,
+        request_id: str | None,
+        notes: str | None,
+    ) -> Booking:
+        """Turn an unexpired hold into a confirmed booking: its customer or an admin may."""
+        refuse_providers(principal)
+        scope = Scope.of(principal)
+        digest = confirm_digest(str(booking_id), notes) if request_id is not None else None
+        result = await self._storage.confirm(
+            booking_id,
+            op_id=uuid.uuid4(),
+            actor=principal,
+            scope_customer=scope.customer_id,
+            version=version,
+            notes=notes,
+            request_id=request_id,
+            digest=digest,
+        )
+        done = await self._done(principal, booking_id, result, digest)
+        if done is not None:
+            return done
+        # Nothing matched: say why (by the database's clock, which decided), without telling a caller about
+        # bookings it may not see.
+        current = await self._storage.get(booking_id)
+        if current is None or not scope.allows(current.customer_id, current.provider_id):
+            raise not_found(booking_id)
+        if current.deleted:
+            if current.retired_by_expiry:
+                raise _hold_expired(current)
+            if not is_admin(principal):
+                raise not_found(booking_id)
+            raise FailedPrecondition(
+                f"booking {booking_id} is deleted; restore it before confirming it", reason="BOOKING_DELETED"
+            )
+        if current.state is not BookingState.HELD:
+            raise FailedPrecondition(f"booking {booking_id} is not a hold", reason="NOT_HELD")
+        if version is not None and version != current.version:
+            raise _etag_mismatch()
+        raise _hold_expired(current)  # an active hold at the right version: only its expiry refused it
+
+    async def _done(
+        self, principal: Principal, booking_id: uuid.UUID, result: UpdateResult, digest: str | None
+    ) -> Booking | None:
+        """What a change of one booking answers when it changed it, or when it repeats an earlier call's
+        request_id (that call's result, as GetBooking shows it now; REQUEST_ID_REUSED if that call asked for
+        something else); None when nothing matched."""
+        if result.updated is not None:
+            self._changes.committed()
+            return result.updated
+        if result.prior_booking_id is None:
+            return None
+        if result.prior_booking_id != str(booking_id) or result.prior_digest != digest:
+            raise InvalidArgument(
+                [FieldViolation("request_id", "already used by this caller for a different change")],
+                reason="REQUEST_ID_REUSED",
+            )
+        return await self.get(principal, booking_id)
+
+    async def sweep_holds(self) -> int:
+        """Retire every hold whose expire_time has come (batch by batch); returns how many."""
+        total = 0
+        while True:
+            count = await self._storage.sweep_holds(SWEEP_BATCH)
+            total += count
+            if count:
+                self._changes.committed()
+            if count < SWEEP_BATCH:
+                return total
 
     async def get(self, principal: Principal, booking_id: uuid.UUID) -> Booking:
         booking = await self._storage.get(booking_id)
@@ -323,16 +465,9 @@ class BookingUseCases:
                 else FieldViolation("booking.start_time", "must be before end_time")
             )
             raise InvalidArgument([violation]) from exc
-        if result.updated is not None:
-            self._changes.committed()
-            return result.updated
-        if result.prior_booking_id is not None:  # a repeat: the first call's result, as GetBooking shows it now
-            if result.prior_booking_id != str(booking_id) or result.prior_digest != change.digest(str(booking_id)):
-                raise InvalidArgument(
-                    [FieldViolation("request_id", "already used by this caller for a different change")],
-                    reason="REQUEST_ID_REUSED",
-                )
-            return await self.get(principal, booking_id)
+        done = await self._done(principal, booking_id, result, change.digest(str(booking_id)))
+        if done is not None:
+            return done
         current = await self._storage.get(booking_id)
         if current is None or not scope.allows(current.customer_id, current.provider_id):
             raise not_found(booking_id)
@@ -342,6 +477,8 @@ class BookingUseCases:
             raise FailedPrecondition(
                 f"booking {booking_id} is deleted; restore it before updating it", reason="BOOKING_DELETED"
             )
+        if current.state is BookingState.HELD and version in (None, current.version):
+            raise _hold_expired(current)  # what else refused it: the hold's expiry, by the database's clock
         raise _etag_mismatch()
 
     async def free_slots(
@@ -388,6 +525,8 @@ class BookingUseCases:
             raise not_found(booking_id)
         if not current.deleted:
             raise AlreadyExists(f"booking {booking_id} is not deleted", reason="BOOKING_NOT_DELETED")
+        if current.state is BookingState.HELD and version in (None, current.version):
+            raise _hold_expired(current)  # what else refused it: the hold's expiry, by the database's clock
         raise _etag_mismatch()
 
     async def hard_delete(self, principal: Principal, booking_id: uuid.UUID) -> None:

@@ -27,7 +27,7 @@ from notify_service.entries import decode
 from notify_service.hub import Event
 from svc_common.backoff import Backoff
 from svc_common.eventstream import EventId
-from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, TOP_SQL, PlacedRow
+from svc_common.outbox import AFTER_SQL, AT_SQL, PLACED_CHANNEL, PUBLISHED_SQL, TOP_SQL, PlacedRow
 from svc_common.postgres import Connector
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Outbox(Protocol):
     async def after(self, position: EventId | None, count: int) -> list[Event]: ...
     async def holds(self, event_id: EventId) -> bool: ...
     async def top(self) -> EventId | None: ...
+    async def published(self) -> EventId | None: ...
     async def wait(self, seconds: float) -> None: ...
 
 
@@ -151,6 +152,12 @@ class OutboxReader:
         if record is None or not record["seq"]:
             return None
         return EventId(record["stream_ms"], record["seq"])
+
+    async def published(self) -> EventId | None:
+        """The newest position the relay has published to the stream (None: none, or no longer in the outbox,
+        which then holds only what was never published)."""
+        record = await self._query("fetchrow", PUBLISHED_SQL)
+        return EventId(record["stream_ms"], record["seq"]) if record is not None else None
 
     async def wait(self, seconds: float) -> None:
         """Until the relay places events, or `seconds` pass."""

@@ -123,7 +123,9 @@ class EventSource:
         try:
             top = await outbox.top()
             if self._hub.last is None:
-                self._hub.start_at(top, [])
+                # Nothing read from the stream yet (it was empty): what the relay has published is older than any
+                # subscriber here, what it never published (placed while Redis was down) is new to all of them.
+                self._hub.start_at(await outbox.published(), [])
             elif top is not None and top.seq < self._hub.last.seq:
                 # The database now read lacks events this instance dispatched (a failover to a standby that
                 # lacked them): what follows is read from the relay's seam, which it places past them.

@@ -51,6 +51,11 @@ AT_SQL = "SELECT 1 FROM booking_outbox WHERE seq = $1 AND stream_ms = $2"
 # The newest position handed out.
 TOP_SQL = f"SELECT seq, stream_ms FROM ({TOP}) t"
 
+# The newest position the relay has marked published (it is in the stream), while the outbox still holds it.
+PUBLISHED_SQL = """
+SELECT o.seq, o.stream_ms FROM booking_outbox_state s JOIN booking_outbox o ON o.seq = s.published_seq
+"""
+
 SKIPPED_REASON_MAX = 1000  # characters of the error kept in the placeholder of a row that cannot be encoded
 HARD_DELETED = "HARD_DELETED"
 SEAM = "SEAM"  # a row that is no event: where positions jump after a failover (svc_common.eventstream: seams)
@@ -60,12 +65,16 @@ _EVENT_TYPES = {
     "RESTORED": events_pb2.BOOKING_EVENT_TYPE_RESTORED,
     HARD_DELETED: events_pb2.BOOKING_EVENT_TYPE_HARD_DELETED,
     "UPDATED": events_pb2.BOOKING_EVENT_TYPE_UPDATED,
+    "HELD": events_pb2.BOOKING_EVENT_TYPE_HELD,
+    "CONFIRMED": events_pb2.BOOKING_EVENT_TYPE_CONFIRMED,
+    "EXPIRED": events_pb2.BOOKING_EVENT_TYPE_EXPIRED,
 }
 _TYPE_NAMES = {number: name for name, number in _EVENT_TYPES.items()}
 _SCHEDULE_TYPES = {
     "SCHEDULE_CREATED": events_pb2.SCHEDULE_EVENT_TYPE_CREATED,
     "SCHEDULE_UPDATED": events_pb2.SCHEDULE_EVENT_TYPE_UPDATED,
 }
+_STATES = {"CONFIRMED": booking_pb2.BOOKING_STATE_CONFIRMED, "HELD": booking_pb2.BOOKING_STATE_HELD}
 _ROLES = {"user": booking_pb2.ROLE_USER, "provider": booking_pb2.ROLE_PROVIDER, "admin": booking_pb2.ROLE_ADMIN}
 
 
@@ -106,7 +115,10 @@ def booking_message(data: dict[str, Any]) -> booking_pb2.Booking:
         update_time=_stamp(data["update_time"]),
         deletion_reason=data["deletion_reason"],
         etag=f'"{data["version"]}"',
+        state=_STATES[data.get("state", "CONFIRMED")],  # rows written before holds have none
     )
+    if data.get("expire_time"):
+        message.expire_time.CopyFrom(_stamp(data["expire_time"]))
     if data.get("delete_time"):
         message.delete_time.CopyFrom(_stamp(data["delete_time"]))
     if data.get("deleted_by_id") is not None:

@@ -42,6 +42,8 @@ FLAGS = {
     "reason": "--reason",
     "purge_time": "--before",
     "resume_after": "--resume-after",
+    "ttl": "--ttl",
+    "notes": "--notes",
     # as a message names them ("must be after start_time")
     "customer_id": "--customer",
     "provider_id": "--provider",
@@ -80,8 +82,13 @@ def _start(stamp: Any) -> str:
     return str(stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M"))
 
 
-def _state(booking: booking_pb2.Booking) -> str:
-    return "deleted" if booking.HasField("delete_time") else "active"
+def _state(booking: booking_pb2.Booking, *, wide: bool = False) -> str:
+    """deleted, held (a hold; wide: until when, UTC) or active (a confirmed booking)."""
+    if booking.HasField("delete_time"):
+        return "deleted"
+    if booking.state == booking_pb2.BOOKING_STATE_HELD:
+        return f"held until {iso(booking.expire_time)}" if wide else "held"
+    return "active"
 
 
 def role_name(role: booking_pb2.Role.ValueType) -> str:
@@ -115,12 +122,12 @@ class Output:
             grid = table("ID", "CUSTOMER", "PROVIDER", "SERVICE", "START", "END", "STATE", "ETAG", "NOTES")
             for b in bookings:
                 grid.add_row(b.id, b.customer_id, b.provider_id, b.service_id, iso(b.start_time), iso(b.end_time),
-                             _state(b), b.etag, b.notes)  # fmt: skip
-        else:  # what fits 80 columns with whole ids (36): the state only where one is deleted; the rest: wide
-            deleted = any(b.HasField("delete_time") for b in bookings)
-            grid = table("ID", "PROVIDER", "CUSTOMER", "START (UTC)", *(["STATE"] if deleted else []), gap=1)
+                             _state(b, wide=True), b.etag, b.notes)  # fmt: skip
+        else:  # what fits 80 columns with whole ids (36): the state only where one is not active; the rest: wide
+            shown = any(_state(b) != "active" for b in bookings)
+            grid = table("ID", "PROVIDER", "CUSTOMER", "START (UTC)", *(["STATE"] if shown else []), gap=1)
             for b in bookings:
-                state = [_state(b)] if deleted else []
+                state = [_state(b)] if shown else []
                 grid.add_row(b.id, b.provider_id, b.customer_id, _start(b.start_time), *state)
         for column in grid.columns:  # names fold (never under their header's width); ids, times, states do not
             header = str(column.header)

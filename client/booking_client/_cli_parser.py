@@ -114,14 +114,28 @@ def parser(description: str = "") -> argparse.ArgumentParser:
             )
             listing.add_argument("--to", dest="until", type=_time, metavar="TIME", help="(ISO 8601; no zone: UTC)")
 
-    create = command("create", "book a provider's time")
-    create.add_argument("--provider", required=True)
-    create.add_argument("--start", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
-    create.add_argument("--end", required=True, type=_time)
-    create.add_argument("--customer", default="", help="(admins and providers; users book for themselves)")
-    create.add_argument("--service", required=True, help="the service booked (e.g. haircut)")
-    create.add_argument("--notes", default="")
-    create.add_argument("--request-id", default=None, help="makes a repeated create return the same booking")
+    def new_booking(name: str, text: str, customer: str) -> argparse.ArgumentParser:
+        made = command(name, text)
+        made.add_argument("--provider", required=True)
+        made.add_argument("--start", required=True, type=_time, help="ISO 8601 (no zone: UTC)")
+        made.add_argument("--end", required=True, type=_time)
+        made.add_argument("--customer", default="", help=customer)
+        made.add_argument("--service", required=True, help="the service booked (e.g. haircut)")
+        made.add_argument("--notes", default="")
+        made.add_argument("--request-id", default=None, help=f"makes a repeated {name} return the same booking")
+        return made
+
+    new_booking("create", "book a provider's time", "(admins and providers; users book for themselves)")
+
+    hold = new_booking(
+        "hold", "hold a provider's time while a customer checks out (then: confirm, or it expires)",
+        "(admins; users hold for themselves)",
+    )  # fmt: skip
+    hold.add_argument("--ttl", type=_duration, default=None, help="how long it holds, 1s to 15m (default 5m)")
+    confirm = command("confirm", "confirm a hold: it becomes a booking (same id)")
+    confirm.add_argument("booking_id")
+    confirm.add_argument("--notes", default="", help="replace the hold's notes")
+    confirm.add_argument("--etag", default="", help="only if the hold is still at this etag")
 
     reschedule = command("reschedule", "move a booking to another time (same id, history kept)")
     reschedule.add_argument("booking_id")

@@ -71,6 +71,20 @@ def timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+def _new_booking(
+    customer_id: str, provider_id: str, service_id: str, start_time: datetime, end_time: datetime, notes: str
+) -> booking_pb2.Booking:
+    """What CreateBooking and HoldSlot send."""
+    return booking_pb2.Booking(
+        customer_id=customer_id,
+        provider_id=provider_id,
+        service_id=service_id,
+        start_time=timestamp(start_time),
+        end_time=timestamp(end_time),
+        notes=notes,
+    )
+
+
 def interval(start: datetime, end: datetime) -> Interval:
     return Interval(start_time=timestamp(start), end_time=timestamp(end))
 
@@ -191,17 +205,51 @@ class BookingClient:
         """Book `service_id` of `provider_id` from `start_time` to `end_time` (customer_id: for whom; a user
         books for itself and may leave it empty)."""
         request = booking_pb2.CreateBookingRequest(
-            booking=booking_pb2.Booking(
-                customer_id=customer_id,
-                provider_id=provider_id,
-                service_id=service_id,
-                start_time=timestamp(start_time),
-                end_time=timestamp(end_time),
-                notes=notes,
-            ),
+            booking=_new_booking(customer_id, provider_id, service_id, start_time, end_time, notes),
             request_id=request_id or uuid.uuid4().hex,
         )
         response = await self._call(self._booking.CreateBooking, request, idempotent=True, timeout=timeout)
+        return response.booking
+
+    async def hold_slot(
+        self,
+        *,
+        provider_id: str,
+        service_id: str,
+        start_time: datetime,
+        end_time: datetime,
+        ttl: timedelta | None = None,
+        customer_id: str = "",
+        notes: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.Booking:
+        """Hold the slot for `ttl` (None: the service's 5 minutes; 1 second to 15 minutes) while the customer
+        checks out: a booking in state HELD until its expire_time, then free again unless confirmed."""
+        request = booking_pb2.HoldSlotRequest(
+            booking=_new_booking(customer_id, provider_id, service_id, start_time, end_time, notes),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        if ttl is not None:
+            request.ttl.FromTimedelta(ttl)
+        response = await self._call(self._booking.HoldSlot, request, idempotent=True, timeout=timeout)
+        return response.booking
+
+    async def confirm_booking(
+        self,
+        booking_id: str,
+        *,
+        etag: str = "",
+        notes: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> booking_pb2.Booking:
+        """Turn a hold into a CONFIRMED booking (same id): HoldExpired after its expire_time, NotHeld if it is not
+        a hold. `notes`, if given, replace the hold's."""
+        request = booking_pb2.ConfirmBookingRequest(
+            booking_id=booking_id, etag=etag, notes=notes, request_id=request_id or uuid.uuid4().hex
+        )
+        response = await self._call(self._booking.ConfirmBooking, request, idempotent=True, timeout=timeout)
         return response.booking
 
     async def get_booking(self, booking_id: str, *, timeout: float | None = None) -> booking_pb2.Booking:

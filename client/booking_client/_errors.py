@@ -10,10 +10,13 @@
     │   ├── EtagMismatch            the booking changed since its etag was read
     │   ├── BookingNotDeleted       restore or hard-delete of an active booking
     │   ├── BookingDeleted          update of a soft-deleted booking (an admin's; others get NotFound)
+    │   ├── HoldExpired             confirm, move or restore of a hold after its expire_time
+    │   ├── NotHeld                 confirm of a booking that is not a hold (already confirmed)
     │   └── RequestIdReused         a request_id reused for a different booking
     ├── CursorExpired               OUT_OF_RANGE: the event stream cannot continue from the cursor
     ├── SlowConsumer                RESOURCE_EXHAUSTED: the subscriber fell too far behind
     ├── TooManyStreams              RESOURCE_EXHAUSTED: the caller (or the instance) holds its bound of streams
+    ├── TooManyHolds                RESOURCE_EXHAUSTED: the customer or provider holds its bound of holds
     ├── Unavailable                 UNAVAILABLE (retried for idempotent calls before it is raised)
     └── DeadlineExceeded            DEADLINE_EXCEEDED
 
@@ -117,6 +120,14 @@ class RequestIdReused(Conflict):
     pass
 
 
+class HoldExpired(Conflict):
+    """metadata `expire_time`: when the hold stopped holding its slot."""
+
+
+class NotHeld(Conflict):
+    pass
+
+
 class CursorExpired(BookingError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
@@ -128,6 +139,12 @@ class SlowConsumer(BookingError):
 class TooManyStreams(BookingError):
     """The instance holds as many streams of this caller (metadata `scope`: caller), of everyone (instance) or
     health watches (health) as its bound (metadata `bound`) allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TooManyHolds(BookingError):
+    """The customer or the provider (metadata `per`) has as many unexpired holds as its bound (`bound`)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -146,6 +163,9 @@ BY_REASON: dict[str, type[BookingError]] = {
     "BOOKING_NOT_DELETED": BookingNotDeleted,
     "BOOKING_DELETED": BookingDeleted,
     "REQUEST_ID_REUSED": RequestIdReused,
+    "HOLD_EXPIRED": HoldExpired,
+    "NOT_HELD": NotHeld,
+    "TOO_MANY_HOLDS": TooManyHolds,
     "NOT_OWN_BOOKING": NotOwnBooking,
     "ADMIN_ONLY": AdminOnly,
     "CURSOR_EXPIRED": CursorExpired,

@@ -85,6 +85,14 @@ async def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 provider_id=args.provider, start_time=args.start, end_time=args.end, customer_id=args.customer,
                 service_id=args.service, notes=args.notes, request_id=args.request_id,
             )], one=True)  # fmt: skip
+        elif command == "hold":
+            out.bookings([await client.hold_slot(
+                provider_id=args.provider, start_time=args.start, end_time=args.end, customer_id=args.customer,
+                service_id=args.service, ttl=args.ttl, notes=args.notes, request_id=args.request_id,
+            )], one=True)  # fmt: skip
+        elif command == "confirm":
+            confirmed = await client.confirm_booking(args.booking_id, notes=args.notes, etag=args.etag)
+            out.bookings([confirmed], one=True)
         elif command == "reschedule":
             moved = await client.reschedule(args.booking_id, args.start, args.end, etag=args.etag)
             out.bookings([moved], one=True)

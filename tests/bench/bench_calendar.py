@@ -11,6 +11,8 @@
    overrides, 10-minute buffers); raw asyncpg runs the same statements (the schedule's, then what is taken).
 4. CreateBooking at `rate` per second for a provider with that schedule against one without, both through the
    service (the schedule check's cost: target at most 0.3 ms added to p50).
+5. HoldSlot + ConfirmBooking pairs at `rate` pairs per second against CreateBooking at the same rate, both
+   through the service (a checkout's cost: target, the pair at most 2x one CreateBooking at p50).
 
 p50 and p99 of each, from send to answer; targets as for CreateBooking's: the service adds at most 1 ms to raw's
 p50 and 3 ms to its p99. Each pair runs in alternating halves on one private PostgreSQL server, so that drift on
@@ -178,6 +180,16 @@ class Service:
         )
         await self.stub.CreateBooking(booking_pb2.CreateBookingRequest(booking=booking), metadata=self.metadata)
 
+    async def hold_confirm(self, provider: str, k: int) -> None:
+        """A checkout: hold the slot, then confirm the hold (a customer of its own each, as checkouts are)."""
+        start, end = create_slot(k)
+        booking = booking_pb2.Booking(
+            customer_id=f"c{k}", provider_id=provider, service_id="cut", start_time=ts(start), end_time=ts(end)
+        )
+        held = await self.stub.HoldSlot(booking_pb2.HoldSlotRequest(booking=booking), metadata=self.metadata)
+        confirm = booking_pb2.ConfirmBookingRequest(booking_id=held.booking.id)
+        await self.stub.ConfirmBooking(confirm, metadata=self.metadata)
+
     async def month(self, provider: str = "p7") -> None:
         request = booking_pb2.ListAvailableSlotsRequest(provider_id=provider)
         request.interval.start_time.CopyFrom(ts(MONTH[0]))
@@ -256,11 +268,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "CreateBooking without a schedule (baseline), then with one", args.rate, args.read_seconds,
                         lambda k: svc.create("no-schedule", k), lambda k: svc.create(SCHEDULED, k),
                     ),
+                    # Baseline: CreateBooking; measured: a HoldSlot + ConfirmBooking pair (no schedule either).
+                    "hold_confirm": await measured(
+                        "CreateBooking (baseline), then HoldSlot + ConfirmBooking pairs", args.rate,
+                        args.read_seconds, lambda k: svc.create("creates", k), lambda k: svc.hold_confirm("holds", k),
+                    ),
                 }  # fmt: skip
         finally:
             await pool.close()
         # Here "raw" is the service for a provider without a schedule: the target is the check's, 0.3 ms at p50.
         rows["create_scheduled"]["target_met"] = rows["create_scheduled"]["added_p50_ms"] <= 0.3
+        pair = rows["hold_confirm"]  # here "raw" is CreateBooking through the service: the pair <= 2x its p50
+        pair["ratio_p50"] = round(pair["service"]["p50_ms"] / pair["raw_asyncpg"]["p50_ms"], 2)
+        pair["target_met"] = pair["ratio_p50"] <= 2
         return {
             "benchmark": "calendar: the service against raw asyncpg running the same SQL, 100,000 bookings",
             "rates_per_s": {"update_booking": args.rate, "reads": args.read_rate},
@@ -335,6 +355,7 @@ def report(result: dict[str, Any]) -> None:
             "create_scheduled",
             f"CreateBooking with a schedule vs without (not raw), at {writes:g}/s",
         ),
+        ("hold_confirm", f"HoldSlot + ConfirmBooking pairs vs CreateBooking (not raw), at {writes:g}/s"),
     ):
         row = result[key]
         raw, svc = row["raw_asyncpg"], row["service"]

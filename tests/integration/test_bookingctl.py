@@ -331,3 +331,31 @@ def test_schedule_set_from_the_shape_get_prints_and_free_lists_slot_starts(ctl: 
     bad.write_text("time_zone: [1, 2]\n")
     refused = ctl("schedule", "set", str(bad))
     assert refused.returncode == 2 and "not a schedule" in refused.stderr, refused.stderr
+
+
+def test_hold_then_confirm_and_list_shows_the_state_column_while_a_booking_is_held(ctl: Ctl) -> None:
+    provider, customer = uid("p")[:6], uid("c")[:6]
+    start, end = fresh_slot()
+    made = create(ctl, provider)
+    plain = ctl("-o", "table", "list", "--provider", provider)
+    assert "STATE" not in plain.stdout, plain.stdout  # every booking confirmed and active: no column
+    held = ctl.json("hold", "--service", "haircut", "--provider", provider, "--customer", customer,
+                    "--start", iso(start), "--end", iso(end), "--ttl", "10m")  # fmt: skip
+    assert held["state"] == "BOOKING_STATE_HELD" and held["expire_time"], held
+    ctl.env["COLUMNS"] = "80"
+    shown = ctl("-o", "table", "list", "--provider", provider)
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout
+    rows = {line.split()[0]: line.split()[-1] for line in shown.stdout.splitlines()[1:]}
+    assert rows == {held["id"]: "held", made["id"]: "active"}, shown.stdout
+    wide = ctl("-o", "wide", "list", "--provider", provider).stdout
+    assert f"held until {held['expire_time']}" in wide, wide  # when, in UTC
+    too_long = ctl("hold", "--service", "haircut", "--provider", provider, "--start", iso(end),
+                   "--end", iso(end + timedelta(hours=1)), "--ttl", "16m", "--customer", customer)  # fmt: skip
+    assert too_long.returncode == 1 and "--ttl" in too_long.stderr, too_long.stderr
+    confirmed = ctl.json("confirm", held["id"], "--notes", "paid")
+    assert (confirmed["id"], confirmed["state"], confirmed["notes"]) == (held["id"], "BOOKING_STATE_CONFIRMED", "paid")
+    again = ctl("confirm", held["id"])
+    assert again.returncode == 1 and "NOT_HELD" in again.stderr, again.stderr
+    assert "STATE" not in ctl("-o", "table", "list", "--provider", provider).stdout
+    actions = [e["action"] for e in ctl.json("audit", held["id"])]
+    assert actions == ["AUDIT_ACTION_HELD", "AUDIT_ACTION_CONFIRMED"]

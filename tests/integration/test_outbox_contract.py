@@ -32,10 +32,14 @@ async def test_a_placed_rows_encoding_is_the_api_view_and_the_relays_entry(
     restored = await admin.restore(made.id)
     start, end = fresh_slot()
     moved = await admin.update(made.id, "start_time", "end_time", "notes", start=start, end=end, notes="aisle")
-    shown = [made, deleted, restored, moved]
+    start, end = fresh_slot()
+    held = await admin.hold(provider_id=made.provider_id, customer_id=made.customer_id, start=start, end=end)
+    confirmed = await admin.confirm(held.id, notes="paid")
+    shown = [made, deleted, restored, moved, held, confirmed]
     types = [events_pb2.BOOKING_EVENT_TYPE_CREATED, events_pb2.BOOKING_EVENT_TYPE_DELETED,
-             events_pb2.BOOKING_EVENT_TYPE_RESTORED, events_pb2.BOOKING_EVENT_TYPE_UPDATED]  # fmt: skip
-    await system.wait_relayed(4)
+             events_pb2.BOOKING_EVENT_TYPE_RESTORED, events_pb2.BOOKING_EVENT_TYPE_UPDATED,
+             events_pb2.BOOKING_EVENT_TYPE_HELD, events_pb2.BOOKING_EVENT_TYPE_CONFIRMED]  # fmt: skip
+    await system.wait_relayed(6)
 
     conn = await asyncpg.connect(system.database_url)
     try:

@@ -79,7 +79,7 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                 name, sub, role = exported.groups()
                 grpcurl.env[name] = token(role, sub)
                 continue
-            if command.startswith(("make ", "export BOOKING_ID", "export EVENT_ID")):
+            if command.startswith(("make ", "export BOOKING_ID", "export EVENT_ID", "export HOLD_ID")):
                 continue
             command = command.replace("localhost:50051", booking.address).replace("localhost:50052", notify.address)
             try:
@@ -90,6 +90,11 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
                 assert expected is None, f"{command}\n-> succeeded, expected {expected}"
                 if "CreateBooking" in command:
                     grpcurl.env["BOOKING_ID"] = result["booking"]["id"]
+                if "HoldSlot" in command:
+                    assert result["booking"]["state"] == "BOOKING_STATE_HELD", result
+                    grpcurl.env["HOLD_ID"] = result["booking"]["id"]
+                if "ConfirmBooking" in command:
+                    assert result["booking"]["state"] == "BOOKING_STATE_CONFIRMED", result
                 if command.endswith(" list"):
                     assert "booking.v1.BookingService" in result
                 if "PurgeDeletedBookings" in command and "force" not in command:  # a preview: the count, even of 0
@@ -123,7 +128,7 @@ def test_readme_grpcurl_calls_work_as_printed(new_database: Callable[[], str], r
     finally:
         booking.stop()
         notify.stop()
-    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 31
+    assert ran == sum(command.startswith("grpcurl") for command, _ in readme_commands()) == 35
 
 
 READMES_CHANGES = ["CREATED", "UPDATED", "DELETED", "RESTORED", "DELETED", "HARD_DELETED"]
@@ -214,6 +219,7 @@ def test_the_client_example_runs_as_printed(new_database: Callable[[], str], red
                 "free 2030-02-04 09:00:00+00:00 2030-02-04 10:00:00+00:00",
                 "free 2030-02-04 10:30:00+00:00 2030-02-11 09:00:00+00:00",
             ], printed
+            assert "confirmed True" in printed, printed  # the hold, confirmed: the same id
             assert printed[-1].endswith(" 1"), printed  # the first event: CREATED
     finally:
         booking.stop()

@@ -91,6 +91,39 @@ class Caller:
         booking: booking_pb2.Booking = response.booking
         return booking
 
+    async def hold(
+        self,
+        *,
+        provider_id: str,
+        start: datetime,
+        end: datetime,
+        customer_id: str = "",
+        ttl: timedelta | None = None,
+        request_id: str = "",
+    ) -> booking_pb2.Booking:
+        request = booking_pb2.HoldSlotRequest(
+            booking=booking_pb2.Booking(
+                customer_id=customer_id, provider_id=provider_id, service_id="haircut", start_time=ts(start),
+                end_time=ts(end),
+            ),
+            request_id=request_id,
+        )  # fmt: skip
+        if ttl is not None:
+            request.ttl.FromTimedelta(ttl)
+        response = await self.call("HoldSlot", request)
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
+    async def confirm(
+        self, booking_id: str, *, etag: str = "", request_id: str = "", notes: str = ""
+    ) -> booking_pb2.Booking:
+        response = await self.call(
+            "ConfirmBooking",
+            booking_pb2.ConfirmBookingRequest(booking_id=booking_id, etag=etag, request_id=request_id, notes=notes),
+        )
+        booking: booking_pb2.Booking = response.booking
+        return booking
+
     async def get(self, booking_id: str) -> booking_pb2.Booking:
         response = await self.call("GetBooking", booking_pb2.GetBookingRequest(booking_id=booking_id))
         booking: booking_pb2.Booking = response.booking

@@ -52,8 +52,40 @@ class Outbox:
     async def top(self) -> EventId | None:
         return None
 
+    async def published(self) -> EventId | None:
+        return None
+
     async def wait(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class OutboxWithEvents(Outbox):
+    """Events 1..5 placed, the relay having published 1..3 before Redis went away."""
+
+    async def after(self, position: EventId | None, count: int) -> list[Event]:
+        self.reads.append(position)
+        return [event(seq) for seq in range(1, 6) if position is None or seq > position.seq][:count]
+
+    async def top(self) -> EventId | None:
+        return event(5).id
+
+    async def published(self) -> EventId | None:
+        return event(3).id
+
+
+async def test_an_instance_that_had_read_nothing_gets_from_the_outbox_what_the_relay_never_published() -> None:
+    """The stream was empty when the instance began (it took whatever came first): the events placed while
+    Redis was down are new to its subscribers, those the relay had published before are not."""
+    hub, outbox = Hub(window=10), OutboxWithEvents()
+    wired = event_path(DownRedis(), "k", hub, outbox=outbox, fallback_after=0.1)  # type: ignore[arg-type]
+    following = asyncio.create_task(wired.reader.run())
+    try:
+        await eventually(lambda: hub.last == event(5).id, lambda: f"at {hub.last}", within=5)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    assert outbox.reads[0] == event(3).id
+    assert hub.recent_after(event(3).id, 10) == [event(4), event(5)]
 
 
 async def test_history_from_the_outbox_only_back_to_what_was_seen_older_waits_for_redis() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from booking_api.booking.v1 import booking_pb2, events_pb2
 from booking_service.sql import HOLD_SQL
+from tests.integration.test_schedules import berlin, next_weekday, put, schedule
 from tests.support.events import EventSystem, Subscription, admin_on, eventually
 from tests.support.helpers import Caller, error_infos, expect_error, field_violations, fresh_slot, uid
 from tests.support.servers import ServiceProcess
@@ -402,3 +403,28 @@ async def test_a_customers_concurrent_holds_are_counted_exactly_the_second_waits
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_hold_obeys_the_providers_hours_and_buffers_and_a_deleted_one_is_restored_held(
+    caller: Callers,
+) -> None:
+    provider, admin, customer = caller("provider", uid("prov")), caller("admin", uid("ops")), caller("user", uid("u"))
+    await put(provider, schedule(provider.id, buffer_after=timedelta(minutes=30)))
+    monday = next_weekday(1)
+    await expect_error(customer.hold(provider_id=provider.id, start=berlin(monday, 8), end=berlin(monday, 9)),
+                       grpc.StatusCode.FAILED_PRECONDITION, "OUTSIDE_AVAILABILITY")  # fmt: skip
+    held = await customer.hold(provider_id=provider.id, start=berlin(monday, 10), end=berlin(monday, 11))
+
+    # Its buffer after is the provider's: the half hour after it is taken as well.
+    def book(start: float, end: float) -> Awaitable[booking_pb2.Booking]:
+        return admin.create(
+            provider_id=provider.id, customer_id="c", start=berlin(monday, start), end=berlin(monday, end)
+        )
+
+    await expect_error(book(11, 11.5), grpc.StatusCode.ALREADY_EXISTS, "SLOT_UNAVAILABLE")
+    deleted = await customer.delete(held.id, reason="changed my mind")
+    assert deleted.state == HELD and deleted.HasField("delete_time")
+    restored = await admin.restore(held.id)  # still within its time: a hold again, until the same expire_time
+    assert restored.state == HELD and restored.expire_time == held.expire_time
+    await expect_error(book(10, 11), grpc.StatusCode.ALREADY_EXISTS, "SLOT_UNAVAILABLE")
+    assert (await customer.confirm(held.id)).state == CONFIRMED

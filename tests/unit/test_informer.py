@@ -136,3 +136,25 @@ async def test_an_error_a_retry_cannot_mend_ends_the_informer_and_its_readers() 
         with pytest.raises(PermissionDenied):
             await asyncio.wait_for(anext(changes), 5)
         assert isinstance(informer.error, PermissionDenied) and len(server.watches) == 1
+
+
+async def test_a_hold_is_added_confirmed_as_an_update_and_removed_when_it_expires() -> None:
+    server = FakeServer()
+    async with server.informer() as informer:
+        changes = informer.changes()
+        await informer.wait_synced(5)
+        held = booking("h1", 1)
+        held.state = booking_pb2.BOOKING_STATE_HELD
+        server.change(held, events_pb2.BOOKING_EVENT_TYPE_HELD)
+        assert await next_change(changes) == ("added", "v1", None)
+        confirmed = booking("h1", 2)
+        confirmed.state = booking_pb2.BOOKING_STATE_CONFIRMED
+        server.change(confirmed, events_pb2.BOOKING_EVENT_TYPE_CONFIRMED)
+        assert await next_change(changes) == ("updated", "v2", "v1")
+        lapsed = booking("h2", 1)
+        lapsed.state = booking_pb2.BOOKING_STATE_HELD
+        server.change(lapsed, events_pb2.BOOKING_EVENT_TYPE_HELD)
+        await next_change(changes)
+        server.change(booking("h2", 2, deleted=True), events_pb2.BOOKING_EVENT_TYPE_EXPIRED)  # retired: deleted
+        assert await next_change(changes) == ("removed", "v1", None)
+        assert [b.id for b in informer.items()] == ["h1"] and informer.get("h1") == confirmed

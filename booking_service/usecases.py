@@ -236,7 +236,9 @@ class BookingUseCases:
         # deletion details are not shown), never more than GetBooking would.
         if not may_see(principal, booking):
             raise not_found(uuid.UUID(booking.id))
-        if not booking.same_request(new) or (booking.state is BookingState.HELD) != (hold is not None):
+        # A CreateBooking repeating a HoldSlot's request_id while the hold stands asked for something else (a
+        # HoldSlot repeated after its hold was confirmed gets the booking it became).
+        if not booking.same_request(new) or (hold is None and booking.state is BookingState.HELD):
             raise InvalidArgument(
                 [FieldViolation("request_id", "already used by this caller for a different booking")],
                 reason="REQUEST_ID_REUSED",

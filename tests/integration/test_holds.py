@@ -312,6 +312,8 @@ async def test_who_may_hold_and_confirm(caller: Callers) -> None:
     assert await customer.hold(provider_id=provider.id, start=slot[0], end=slot[1], request_id="h-1") == first
     await expect_error(customer.create(provider_id=provider.id, start=slot[0], end=slot[1], request_id="h-1"),
                        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")  # fmt: skip
+    confirmed = await customer.confirm(first.id)
+    assert await customer.hold(provider_id=provider.id, start=slot[0], end=slot[1], request_id="h-1") == confirmed
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ W = "tests/integration/test_calendar.py::"
 M1 = "booking_service/migrations/0001_bookings.sql"
 M4 = "booking_service/migrations/0004_least_privilege.sql"
 M9 = "booking_service/migrations/0009_schedules.sql"
+H = "tests/integration/test_holds.py::"
 
 MUTANTS = (
     Mutant(
@@ -51,8 +52,8 @@ MUTANTS = (
     Mutant(
         "active listing shows deleted bookings",
         S,
-        'where.append("delete_time IS NULL")',
-        "pass",
+        'where.append("delete_time IS NULL AND (expire_time IS NULL OR expire_time > now())")',
+        'where.append("(expire_time IS NULL OR expire_time > now())")',
         (L + "test_soft_delete_keeps_data_records_who_when_why_and_frees_the_slot",),
     ),
     Mutant(
@@ -208,6 +209,34 @@ MUTANTS = (
         (
             "tests/integration/test_schedules.py::test_slots_follow_the_hours_in_the_providers_zone_and_each_is_bookable",
         ),
+    ),
+    Mutant(
+        "a create does not retire the expired holds in its way",
+        S,
+        "{_retire_expired(f\"b.provider_id = $3 AND",
+        "{_retire_expired(f\"FALSE AND b.provider_id = $3 AND",
+        (H + "test_expiry_is_exact_to_the_database_clock_without_any_sweep",),
+    ),
+    Mutant(
+        "a confirm ignores the hold's expiry",
+        S,
+        "AND b.state = 'HELD' AND b.delete_time IS NULL AND b.expire_time > now()",
+        "AND b.state = 'HELD' AND b.delete_time IS NULL",
+        (H + "test_expiry_is_exact_to_the_database_clock_without_any_sweep",),
+    ),
+    Mutant(
+        "free slots count expired holds as busy",
+        S,
+        "WHERE b.provider_id = $1 AND b.delete_time IS NULL AND (b.expire_time IS NULL OR b.expire_time > now())",
+        "WHERE b.provider_id = $1 AND b.delete_time IS NULL",
+        (H + "test_expiry_is_exact_to_the_database_clock_without_any_sweep",),
+    ),
+    Mutant(
+        "a hold does not take its customer's lock",
+        S,
+        "UNION ALL SELECT pg_advisory_xact_lock(hashtextextended('holds/' || $2::text, 0))",
+        "",
+        (H + "test_a_customers_concurrent_holds_are_counted_exactly_the_second_waits_for_the_first",),
     ),
     Mutant(
         "snapshot erasure reaches active bookings",

@@ -232,6 +232,10 @@ async def test_a_rolling_restart_of_every_instance_fails_no_call_and_loses_no_ev
             await churn.until(churn.changes + 10)  # served by the others meanwhile
             await asyncio.to_thread(instance.start)
             await taken_back(cluster, instance)
+            # Each nginx worker keeps its own passive health state: one that last saw this instance refuse may
+            # skip it for fail_timeout (1 s) after another has taken it back. A rollout waits that long too
+            # (Kubernetes' minReadySeconds) before it stops the next instance, else that worker has none left.
+            await asyncio.sleep(1.5)
         await churn.until(churn.changes + 20)
     finally:
         changes = await churn.stop()

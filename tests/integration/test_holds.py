@@ -397,8 +397,15 @@ async def test_a_customers_concurrent_holds_are_counted_exactly_the_second_waits
         made = await first.fetchrow(HOLD_SQL, *hold_args(uid("prov")))
         assert made is not None and made["id"] is not None
         racing = asyncio.create_task(second.fetchrow(HOLD_SQL, *hold_args(uid("prov"))))
-        await asyncio.sleep(0.5)
-        assert not racing.done()  # waiting on the customer's lock
+
+        async def waiting() -> bool:  # on the customer's lock, which the first holds
+            found = await first.fetchval(
+                "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", second.get_server_pid()
+            )
+            return bool(found == "advisory")
+
+        await eventually(waiting, lambda: "the second hold waiting on the customer's lock", within=10)
+        assert not racing.done()
         await transaction.commit()
         refused = await asyncio.wait_for(racing, 10)
         assert refused is not None and refused["id"] is None and list(refused["holds"]) == [1, 0]

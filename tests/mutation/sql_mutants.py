@@ -213,8 +213,8 @@ MUTANTS = (
     Mutant(
         "a create does not retire the expired holds in its way",
         S,
-        "{_retire_expired(f\"b.provider_id = $3 AND",
-        "{_retire_expired(f\"FALSE AND b.provider_id = $3 AND",
+        '{_retire_expired(f"b.provider_id = $3 AND',
+        '{_retire_expired(f"FALSE AND b.provider_id = $3 AND',
         (H + "test_expiry_is_exact_to_the_database_clock_without_any_sweep",),
     ),
     Mutant(

@@ -17,16 +17,15 @@ _OUTBOX_INSERT = """
 # admin's role).
 EXPIRY_ACTOR = ("system:hold-expiry", "hold expiry", "admin")
 HOLD_EXPIRED_REASON = "hold expired"
-_HELD_REACH = "booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)"  # an expired hold's
+_HELD_REACH = "booking_reach(b.start_time, b.end_time, b.buffer_before, b.buffer_after)"  # the time a hold `b` blocks
 
 
 def _retire_expired(which: str, *, using: str = "") -> str:
     """CTEs `expired`, its audit entries and its events: retire (soft-delete, action and event EXPIRED) the
     active holds whose expire_time has come that `which` (a condition on `b` and the relations `using` names)
-    selects. A writing statement reads
-    `expired` before it writes, so the hold it retires no longer stands in the overlap constraint's way (a row
-    this transaction updated is not a conflict); a concurrent retirement or confirm of the same hold waits on
-    its row lock and then finds it no longer matches."""
+    selects. A writing statement reads `expired` before it writes, so the hold it retires no longer stands in the
+    overlap constraint's way (a row this transaction updated is not a conflict); a concurrent retirement or
+    confirm of the same hold waits on its row lock and then finds it no longer matches."""
     actor_id, actor_name, actor_role = EXPIRY_ACTOR
     return f"""expired AS (
     UPDATE bookings b

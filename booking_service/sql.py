@@ -230,15 +230,22 @@ def list_sql(*, customer: bool, provider: bool, overlaps: bool, after: bool, del
 # statement: a taken slot fails it whole, and the booking stays where it was. Calls with the same caller and
 # request_id are serialised as CreateBooking's are; a repeat finds the first's audit entry (`prior`) and
 # changes nothing (a concurrent repeat that slipped past the lock fails on the request_id index, and is retried).
-UPDATE_SQL = f"""
-WITH gate AS (
+def _request_gate(actor: str, request_id: str) -> str:
+    """CTEs `gate`, the caller's lock on its request_id (none without one), and `prior`, the audit entry of an
+    earlier change this caller made under it: what UpdateBooking and ConfirmBooking answer a repeat with."""
+    return f"""gate AS (
     SELECT count(*) FROM (
-        SELECT pg_advisory_xact_lock(hashtextextended($10::text || '/' || $15::text, 0)) WHERE $15::text IS NOT NULL
+        SELECT pg_advisory_xact_lock(hashtextextended({actor}::text || '/' || {request_id}::text, 0))
+         WHERE {request_id}::text IS NOT NULL
     ) locked
 ), prior AS (
     SELECT a.booking_id, a.request_digest FROM booking_audit a, gate
-     WHERE $15::text IS NOT NULL AND a.actor_id = $10 AND a.request_id = $15
-), provider_gate AS (  -- a move takes its provider's lock, as CreateBooking does
+     WHERE {request_id}::text IS NOT NULL AND a.actor_id = {actor} AND a.request_id = {request_id}
+)"""
+
+
+UPDATE_SQL = f"""
+WITH {_request_gate("$10", "$15")}, provider_gate AS (  -- a move takes its provider's lock, as CreateBooking does
     SELECT count(pg_advisory_xact_lock(hashtextextended('provider/' || provider_id, 0))) FROM bookings
      WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prior) AND ($2::timestamptz IS NOT NULL OR $3::timestamptz IS NOT NULL)
 ), old AS (
@@ -286,14 +293,7 @@ SELECT upd.*, prior.booking_id AS prior_booking_id, prior.request_digest AS prio
 # row's lock and then finds it retired, or the expiry finds it confirmed: one outcome. A repeat of a request_id
 # finds the first call's audit entry (`prior`) and changes nothing.
 CONFIRM_SQL = f"""
-WITH gate AS (
-    SELECT count(*) FROM (
-        SELECT pg_advisory_xact_lock(hashtextextended($6::text || '/' || $10::text, 0)) WHERE $10::text IS NOT NULL
-    ) locked
-), prior AS (
-    SELECT a.booking_id, a.request_digest FROM booking_audit a, gate
-     WHERE $10::text IS NOT NULL AND a.actor_id = $6 AND a.request_id = $10
-), upd AS (
+WITH {_request_gate("$6", "$10")}, upd AS (
     UPDATE bookings b
        SET state = 'CONFIRMED', expire_time = NULL, notes = coalesce($4::text, b.notes),
            update_time = now(), version = b.version + 1

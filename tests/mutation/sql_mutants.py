@@ -174,8 +174,8 @@ MUTANTS = (
     Mutant(
         "update request ids shared between callers",
         S,
-        "AND a.actor_id = $10 AND a.request_id = $15",
-        "AND a.request_id = $15 AND $10::text IS NOT NULL",
+        "AND a.actor_id = {actor} AND a.request_id = {request_id}",
+        "AND a.request_id = {request_id} AND {actor}::text IS NOT NULL",
         (U + "test_a_repeated_request_id_changes_once_and_another_change_under_it_is_refused",),
     ),
     Mutant(

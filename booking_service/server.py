@@ -144,13 +144,20 @@ async def _purge_periodically(usecases: BookingUseCases, retention: timedelta, i
 
 async def _sweep_holds_periodically(usecases: BookingUseCases, interval: float) -> None:
     """Retire, every `interval` seconds, the holds whose expire_time has come (a write into an expired hold's slot
-    does not wait for this: it retires the hold itself)."""
+    does not wait for this: it retires the hold itself). Twice a second would flood the log while the database is
+    down: a failure is logged when it starts and when it ends."""
+    failing = False
     while True:
         try:
             count = await usecases.sweep_holds()
         except ServiceError as exc:  # the database is down or busy: try again next time
-            log.warning("hold sweep failed: %s", exc.message)
+            if not failing:
+                log.warning("hold sweep failed: %s; trying again every %gs", exc.message, interval)
+            failing = True
         else:
+            if failing:
+                log.info("hold sweep works again")
+            failing = False
             if count:
                 log.debug("hold sweep retired %d expired holds", count)
         await asyncio.sleep(interval)

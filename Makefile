@@ -91,6 +91,7 @@ mutants: gen $(SERVERS)
 bench: gen $(SERVERS)
 	$(PY) -m tests.bench.bench_write_path
 	$(PY) -m tests.bench.bench_calendar
+	$(PY) -m tests.bench.bench_capacity
 	$(PY) -m tests.bench.bench_events
 
 lint: $(STAMP)

@@ -42,8 +42,9 @@ POOL_SIZE = 10
 EPOCH = datetime(2040, 1, 1, tzinfo=UTC)
 
 
-async def _drive(concurrency: int, seconds: float, pair: Callable[[int, int], Awaitable[None]]) -> float:
-    """Run `pair(worker, i)` (one create + one delete) in `concurrency` loops; returns pairs per second."""
+async def closed_loops(concurrency: int, seconds: float, pair: Callable[[int, int], Awaitable[None]]) -> float:
+    """Run `pair(worker, i)` in `concurrency` loops, each waiting for its previous one, for `seconds`; returns
+    how many finished per second (here: create + delete pairs; tests/bench/bench_capacity.py: single calls)."""
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -118,7 +119,7 @@ async def raw_round(dsn: str, concurrency: int, seconds: float, tag: str) -> flo
                     DELETE_SQL, record["id"], "bench", "Bench", "admin", "bench", None, None, None, uuid.uuid4(), None
                 )
 
-        return await _drive(concurrency, seconds, pair)
+        return await closed_loops(concurrency, seconds, pair)
     finally:
         await pool.close()
 
@@ -190,7 +191,7 @@ async def service_round(address: str, concurrency: int, seconds: float, tag: str
                 booking_pb2.DeleteBookingRequest(booking_id=created.booking.id, reason="bench"), metadata=metadata
             )
 
-        return await _drive(concurrency, seconds, pair)
+        return await closed_loops(concurrency, seconds, pair)
 
 
 async def _migrate(dsn: str) -> None:

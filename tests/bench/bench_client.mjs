@@ -2,6 +2,7 @@
 // one server, each event's receipt time recorded under its change ("<booking id>/<event type>").
 //
 //   node tests/bench/bench_client.mjs grpc HOST:PORT COUNT OUT TOKEN   # notify.v1.NotifyService/Subscribe
+//   node tests/bench/bench_client.mjs grpc-decode HOST:PORT COUNT OUT TOKEN  # the same, every message decoded
 //   node tests/bench/bench_client.mjs sio  HOST:PORT COUNT OUT         # Socket.IO, event "booking"
 //
 // A gRPC subscriber whose stream ends resumes from the last event it got (what a client of this project does);
@@ -9,6 +10,9 @@
 // Writes OUT.ready once every subscriber is connected; on SIGTERM writes OUT:
 //   {"changes": {key: [receipt ms, ...]}, "streams": {key: distinct subscribers}, "resumes": n}
 // Node's clients cost a fraction of a Python one per message, so the servers are measured, not the clients.
+// `grpc` reads only what it needs from each message's bytes (the floor of a client); `grpc-decode` decodes every
+// message into objects with @grpc/proto-loader from protos/, as a grpc-js client of this API does (Socket.IO's
+// client always parses each event's JSON).
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -109,10 +113,21 @@ function subscribeRequest(resumeAfter) {
 
 const closers = [];
 
-function grpcSubscribers() {
+// The decoding client's (response -> [[event_id, key], ...]) with proto-loader's deserializer.
+function decodingClient(grpc) {
+  const protoLoader = require('@grpc/proto-loader');
+  const protos = new URL('../../protos', import.meta.url).pathname;
+  const definition = protoLoader.loadSync('notify/v1/notify.proto', { includeDirs: [protos] }); // its defaults
+  const service = grpc.loadPackageDefinition(definition).notify.v1.NotifyService;
+  const eventsOf = (response) => response.events.map((e) => [e.eventId, `${e.booking.id}/${e.type}`]);
+  const request = (resumeAfter) => (resumeAfter ? { resumeAfter } : {});
+  return [service, eventsOf, request];
+}
+
+function grpcSubscribers(decode) {
   const grpc = require('@grpc/grpc-js');
   const identity = (b) => b;
-  const Client = grpc.makeGenericClientConstructor({
+  let Client = grpc.makeGenericClientConstructor({
     Subscribe: {
       path: '/notify.v1.NotifyService/Subscribe',
       requestStream: false,
@@ -123,6 +138,9 @@ function grpcSubscribers() {
       responseDeserialize: identity,
     },
   });
+  let eventsOf = events;
+  let request = subscribeRequest;
+  if (decode) [Client, eventsOf, request] = decodingClient(grpc);
   let client;
   for (let i = 0; i < count; i++) {
     if (i % perConnection === 0) {
@@ -136,14 +154,14 @@ function grpcSubscribers() {
     const subscribe = () => {
       const metadata = new grpc.Metadata();
       metadata.set('authorization', `Bearer ${token}`);
-      call = own.Subscribe(subscribeRequest(last), metadata);
+      call = own.Subscribe(request(last), metadata);
       call.on('metadata', () => {
         if (first) connected();
         first = false;
       });
       call.on('data', (data) => {
         const at = now();
-        for (const [eventId, key] of events(data)) {
+        for (const [eventId, key] of eventsOf(data)) {
           last = eventId;
           received(i, key, at);
         }
@@ -174,9 +192,9 @@ function socketIoSubscribers() {
   }
 }
 
-if (mode === 'grpc') grpcSubscribers();
+if (mode === 'grpc' || mode === 'grpc-decode') grpcSubscribers(mode === 'grpc-decode');
 else if (mode === 'sio') socketIoSubscribers();
-else throw new Error(`mode ${mode}: grpc or sio`);
+else throw new Error(`mode ${mode}: grpc, grpc-decode or sio`);
 
 process.on('SIGTERM', () => {
   for (const close of closers) close();

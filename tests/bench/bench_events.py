@@ -2,8 +2,8 @@
 
     python -m tests.bench.bench_events [--seconds 10] [--rounds 3] [--rate 100] [--subscribers 200]
         [--steps 200,500,1000,2000] [--step-seconds 8] [--fault-seconds 24] [--idle 2000] [--no-fsync]
-        [--booking-workers N] [--notify-workers N] [--only-steady] [--no-profile] [--variant NAME:K=V,...]
-        [--baseline PATH] [--streams-per-connection 50]
+        [--booking-workers N] [--notify-workers N] [--only-steady] [--no-faults] [--no-profile] [--variant NAME:K=V,...]
+        [--baseline PATH] [--decoding-processes 4] [--streams-per-connection 50]
 
 The reference is the realtime path of the Node/Express backend this project replaces, rebuilt as it was
 (tests/bench/socketio_server.mjs): Socket.IO 4 with the official Redis adapter on two servers, the subscribers
@@ -21,8 +21,11 @@ Scenarios:
   (tests/bench/fanout_hops.py), and py-spy's hottest functions of every process on the path in a round of its
   own, not counted (unless `--no-profile`); with `--variant` or `--baseline` (another checkout, such
   as main, to measure a change against), this project once more in each round, with its own database and stream;
-- capacity: subscribers on one instance rising through `steps` at `rate`: deliveries/s and p99 of each step, and
-  the most deliveries/s held with p99 under 100 ms and nothing lost;
+  and (unless `--decoding-processes 0`) each system once more with subscribers that decode every message into
+  objects (grpc-js + proto-loader; Socket.IO's client parses JSON anyway), spread over that many processes;
+- capacity: subscribers on one instance rising through `steps` at `rate`, the bare floor included:
+  deliveries/s, p99 and deliveries per CPU-second of the instance's processes at each step, and the most
+  deliveries/s held with p99 under 100 ms and nothing lost;
 - faults: the subscribers' instance SIGKILLed (all its processes) and restarted; Redis restarted (AOF on, down
   for 5 s); Redis full for 10 s (maxmemory reached, noeviction); Redis paused for 10 s (CLIENT PAUSE ALL): lost
   deliveries of (subscribers x committed changes), failed writes, p99 and max latency; and, for this project
@@ -62,10 +65,11 @@ from tests.bench.fanout_load import (
     sentinel_failover,
     summary,
 )
-from tests.bench.fanout_report import chart, public, table, targets
+from tests.bench.fanout_report import chart, decoding_of, public, table, targets
 from tests.bench.fanout_systems import (
     STREAM,
     BareGrpc,
+    Decoding,
     SocketIo,
     System,
     ThisProject,
@@ -97,6 +101,11 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
         systems += variants
         floor = BareGrpc(workdir, pg, rds, ("", ""))
         systems.append(floor)
+        decoding: list[System] = []
+        if args.decoding_processes:  # each system's subscribers once more, decoding, spread over processes
+            per_process = -(-args.subscribers // args.decoding_processes)
+            decoding = [Decoding(system, per_process) for system in (systems[0], ours, floor)]
+        systems += decoding
         runs: dict[str, dict[str, Any]] = {system.name: {"steady": []} for system in systems}
         hops = {system.name: Hops(system.metrics_ports) for system in systems if isinstance(system, ThisProject)}
         for r in range(args.rounds):
@@ -112,17 +121,20 @@ async def compare(args: argparse.Namespace, workdir: Path, pg: PostgresServer, r
             results[name]["steady"]["hops"] = counted.summary()
         if not args.no_profile:
             results[ThisProject.name]["steady"]["profiles"] = await profiled_round(ours, workdir, args)
-        for variant_system in variants:
+        for variant_system in [*variants, *decoding]:
             systems.remove(variant_system)
             variant_system.stop()
         systems.remove(floor)
-        floor.stop()
         if args.only_steady:
+            floor.stop()
             return results
-        for n in args.steps:
-            for system in systems:
+        for n in args.steps:  # the floor too: deliveries per core-second against its own
+            for system in [*systems, floor]:
                 run = await scenario(system, workdir, f"capacity-{n}", n, args.rate, args.step_seconds)
                 results[system.name].setdefault("capacity", []).append(summary([run]))
+        floor.stop()
+        if args.no_faults:
+            return results
         at = args.fault_seconds / 3
         for system in systems:
             fault = kill_instance_at(system, at)
@@ -252,9 +264,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "benchmark": "realtime fan-out, this project against Socket.IO 4 + @socket.io/redis-adapter, one run",
         "rate_changes_per_s": args.rate,
         "systems": public(systems),
-        "targets_met": targets(ours, theirs),
+        "targets_met": targets(ours, theirs, systems[BareGrpc.name], memory, decoding_of(systems)),
         "memory": memory,
-        "table": table(ours, theirs, systems[BareGrpc.name]).splitlines(),
+        "table": table(ours, theirs, systems[BareGrpc.name], decoding_of(systems)).splitlines(),
     }
     (OUT_DIR / "events.json").write_text(json.dumps(result, indent=2))
     return result
@@ -278,6 +290,7 @@ def main() -> None:
     parser.add_argument("--booking-workers", default="", help="WORKERS of booking_service (default: its own)")
     parser.add_argument("--notify-workers", default="", help="WORKERS of notify_service (default: its own)")
     parser.add_argument("--only-steady", action="store_true", help="the steady scenario only (for quick work)")
+    parser.add_argument("--no-faults", action="store_true", help="steady, capacity and memory: no fault scenarios")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy round after the steady scenario")
     parser.add_argument(
         "--variant",
@@ -292,6 +305,13 @@ def main() -> None:
         type=Path,
         help="another checkout of this project (main, say), made ready with `make install gen`: its services run "
         "beside these in the steady rounds, as 'this project [baseline]', to measure a change in one run",
+    )
+    parser.add_argument(
+        "--decoding-processes",
+        type=int,
+        default=4,
+        help="the steady scenario once more for each system with subscribers that decode every message, spread "
+        "over this many Node.js processes (0: not)",
     )
     parser.add_argument(
         "--streams-per-connection",

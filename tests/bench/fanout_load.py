@@ -40,12 +40,14 @@ class Received:
 
 
 class Subscribers:
-    """`count` subscribers of one system on `target`, in Node.js processes of PER_PROCESS each."""
+    """`count` subscribers of one system on `target`, in Node.js processes of `per_process` each."""
 
-    def __init__(self, workdir: Path, name: str, mode: str, target: str, count: int) -> None:
-        shares = [min(PER_PROCESS, count - start) for start in range(0, count, PER_PROCESS)]
+    def __init__(
+        self, workdir: Path, name: str, mode: str, target: str, count: int, per_process: int = PER_PROCESS
+    ) -> None:
+        shares = [min(per_process, count - start) for start in range(0, count, per_process)]
         self.outs = [str(workdir / f"{name}-{n}.json") for n in range(len(shares))]
-        bearer = [token("admin", "bench-subscriber")] if mode == "grpc" else []
+        bearer = [token("admin", "bench-subscriber")] if mode.startswith("grpc") else []
         with (workdir / "clients.log").open("ab") as log:
             self.processes = [
                 subprocess.Popen(
@@ -201,7 +203,7 @@ async def scenario(
     fault: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Run:
     progress(f"{system.name}: {name}: {subscribers} subscribers, {rate:g} changes/s for {seconds:g} s")
-    clients = Subscribers(workdir, f"{system.mode}-{name}", system.mode, system.target, subscribers)
+    clients = Subscribers(workdir, f"{system.mode}-{name}", system.mode, system.target, subscribers, system.per_process)
     try:
         await asyncio.to_thread(clients.wait_ready)
         await asyncio.sleep(1)  # the same pause for every system between its subscribers' start and the writes

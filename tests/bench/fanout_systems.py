@@ -38,6 +38,7 @@ NODE_DIR = PROJECT / ".local" / "bench-node"
 BENCH = PROJECT / "tests" / "bench"
 NODE_PACKAGES = {
     "@grpc/grpc-js": "1",
+    "@grpc/proto-loader": "0",
     "socket.io": "4",
     "socket.io-client": "4",
     "@socket.io/redis-adapter": "8",
@@ -144,6 +145,7 @@ async def write_http(base_url: str, rate: float, seconds: float) -> tuple[Sent, 
 class System(Protocol):
     name: str
     mode: str  # the subscriber client's mode
+    per_process: int  # subscribers to a Node.js process
 
     @property
     def target(self) -> str: ...
@@ -152,6 +154,37 @@ class System(Protocol):
     def restart_instance(self) -> None: ...
     async def write(self, rate: float, seconds: float) -> tuple[Sent, int]: ...
     def stop(self) -> None: ...
+
+
+class Decoding:
+    """Another system with subscribers that decode every message (tests/bench/bench_client.mjs `grpc-decode`:
+    grpc-js + proto-loader; Socket.IO's client parses each event's JSON anyway), `per_process` to a Node.js
+    process, so that the clients' own decoding is not what holds the latency."""
+
+    def __init__(self, system: System, per_process: int) -> None:
+        self.system = system
+        self.name = f"{system.name}, decoding client"
+        self.mode = "grpc-decode" if system.mode == "grpc" else system.mode
+        self.per_process = per_process
+
+    @property
+    def target(self) -> str:
+        return self.system.target
+
+    def instance_pids(self) -> list[int]:
+        return self.system.instance_pids()
+
+    def kill_instance(self) -> None:
+        raise NotImplementedError("steady scenario only")
+
+    def restart_instance(self) -> None:
+        raise NotImplementedError("steady scenario only")
+
+    async def write(self, rate: float, seconds: float) -> tuple[Sent, int]:
+        return await self.system.write(rate, seconds)
+
+    def stop(self) -> None:
+        """The system it wraps is stopped by its owner."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +223,7 @@ class Variant:
 class ThisProject:
     name = "this project"
     mode = "grpc"
+    per_process = PER_PROCESS
 
     def __init__(
         self,
@@ -252,6 +286,7 @@ class ThisProject:
 class SocketIo:
     name = "Socket.IO + Redis adapter"
     mode = "sio"
+    per_process = PER_PROCESS
 
     def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer, _workers: tuple[str, str]) -> None:
         self._workdir, self._pg, self._rds = workdir, pg, rds
@@ -308,6 +343,7 @@ class BareGrpc:
 
     name = "bare grpc.aio fan-out"
     mode = "grpc"
+    per_process = PER_PROCESS
 
     def __init__(self, workdir: Path, pg: PostgresServer, rds: RedisServer, _workers: tuple[str, str]) -> None:
         self._rds = rds

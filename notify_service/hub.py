@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -117,6 +117,32 @@ class EventFilter:
         )
 
 
+Route = tuple[str, str | None]  # what a subscriber is found by: ("c", customer), ("p", provider), ("b", booking)
+ANY: Route = ("*", None)  # a subscriber that may match any event (an admin's stream without filters)
+
+
+def route_of(event_filter: EventFilter) -> Route:
+    """The narrowest route by which every event `event_filter` matches reaches it (public events aside: those go
+    to every subscriber, Hub.dispatch)."""
+    scope = event_filter.scope
+    customer = event_filter.customer_id if event_filter.customer_id is not None else scope.customer_id
+    if customer is not None:
+        return ("c", customer)
+    provider = event_filter.provider_id if event_filter.provider_id is not None else scope.provider_id
+    if provider is not None:
+        return ("p", provider)
+    if event_filter.booking_id is not None:
+        return ("b", event_filter.booking_id)
+    return ANY
+
+
+def _routes_to(event: Event) -> tuple[Route, ...]:
+    """The routes of the subscribers `event` may reach (none, for an entry without an event)."""
+    if event.payload is None:
+        return ()
+    return (("c", event.customer_id), ("p", event.provider_id), ("b", event.booking_id), ANY)
+
+
 def cursor_expired(after: EventId | None) -> OutOfRange:
     return OutOfRange(
         "events after this cursor are no longer available (trimmed, or lost by Redis); re-read the bookings with "
@@ -177,6 +203,8 @@ class Round:
 
 class Subscriber:
     __slots__ = (
+        "_following",
+        "_last",
         "_owed",
         "_queue",
         "_taken",
@@ -185,7 +213,6 @@ class Subscriber:
         "delivered",
         "failure",
         "filter",
-        "last",
         "limits",
         "max_queue",
         "reported",
@@ -196,7 +223,8 @@ class Subscriber:
         self, event_filter: EventFilter, last: EventId | None, max_queue: int, limits: BatchLimits = BatchLimits()
     ) -> None:
         self.filter = event_filter
-        self.last = last  # the last event offered to it (delivered or filtered out); None: take any next one
+        self._last = last  # the last event offered to it (delivered or filtered out); None: take any next one
+        self._following: Hub | None = None  # the hub whose position is this subscriber's (Hub: routing)
         self.max_queue = max_queue  # events, whatever the responses they go out in
         self.limits = limits
         self.failure: ServiceError | None = None
@@ -211,43 +239,79 @@ class Subscriber:
         self._owed: deque[list[Any]] = deque()  # [round, events of it still queued], oldest first
         self._taken: list[Round] = []  # the rounds the response being written completes
 
+    @property
+    def last(self) -> EventId | None:
+        """The last event offered to it, or passed over for it (None: it takes any next one)."""
+        following = self._following
+        return following.last if following is not None else self._last
+
+    @last.setter
+    def last(self, position: EventId | None) -> None:
+        self._following = None
+        self._last = position
+
     def offer(self, events: list[Event], round_: Round | None = None) -> None:
         """Queue what this subscriber should get of `events` (a batch read from the stream, in order, timed as
         `round_`)."""
         if self.failure is not None:
             return
-        if len(self._queue) >= self.max_queue:
-            self.fail(
-                ResourceExhausted(
-                    f"the subscriber fell more than {self.max_queue} events behind; resume from the last event_id "
-                    "received",
-                    reason="SLOW_CONSUMER",
-                )
-            )
+        if self._overflowing():
             return
         queued = 0
+        last = self.last
         for event in events:
-            if self.last is not None:  # Event.continues, inline on the hot path
+            if last is not None:  # Event.continues, inline on the hot path
                 if event.seam:
-                    if event.id.seq <= self.last.seq:  # passed already (while catching up from history)
+                    if event.id.seq <= last.seq:  # passed already (while catching up from history)
                         continue
-                    self.crossed_from = self.last
-                elif event.id <= self.last:  # already seen (while catching up from history)
+                    self.crossed_from = last
+                elif event.id <= last:  # already seen (while catching up from history)
                     continue
-                elif not event.id.follows(self.last):
-                    self.fail(cursor_expired(self.last))
+                elif not event.id.follows(last):
+                    self.last = last
+                    self.fail(cursor_expired(last))
                     return
-            self.last = event.id
+            last = event.id
             if event.repeats is not None and already_had(event.repeats, self.crossed_from):
                 continue
             if self.filter.matches(event):
                 self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
                 queued += 1
+        self.last = last
         if queued:
-            self._wake()
-            if round_ is not None:
-                round_.pending += 1
-                self._owed.append([round_, queued])
+            self._queued(queued, round_)
+
+    def take(self, events: list[Event], round_: Round | None) -> None:
+        """Queue what it should get of `events` when it is at the hub's position and they follow it (Hub: routing):
+        `offer` without the position checks."""
+        if self.failure is not None or self._overflowing():
+            return
+        queued = 0
+        matches = self.filter.matches
+        for event in events:
+            if matches(event):
+                self._queue.append(event.payload)  # type: ignore[arg-type]  # matches() excludes None
+                queued += 1
+        if queued:
+            self._queued(queued, round_)
+
+    def _overflowing(self) -> bool:
+        """Whether it still holds `max_queue` undelivered events as more arrive: then it is ended (SLOW_CONSUMER)."""
+        if len(self._queue) < self.max_queue:
+            return False
+        self.fail(
+            ResourceExhausted(
+                f"the subscriber fell more than {self.max_queue} events behind; resume from the last event_id received",
+                reason="SLOW_CONSUMER",
+            )
+        )
+        return True
+
+    def _queued(self, queued: int, round_: Round | None) -> None:
+        self._wake()
+        if round_ is not None:
+            round_.pending += 1
+            self._owed.append([round_, queued])
 
     def _wake(self) -> None:
         """Wake next() if it waits."""
@@ -323,6 +387,11 @@ class Hub:
         # position to start after (the reader's first read may land after events it was meant to get).
         self.positioned = asyncio.Event()
         self._subscribers: set[Subscriber] = set()
+        # Routing: a subscriber at the hub's position is offered only the events it may match, found by its route
+        # (route_of); one elsewhere (catching up, or ahead after history) is offered every event (`_stepping`)
+        # until it is at the hub's position again.
+        self._routes: dict[Route, set[Subscriber]] = {}
+        self._stepping: set[Subscriber] = set()
         self._closing: ServiceError | None = None
         self._recent: deque[Event] = deque(maxlen=window)
         # The changes dispatched before the last seam (those the window held), with their ids: a primary that
@@ -381,12 +450,34 @@ class Hub:
         if self._closing is not None:
             raise self._closing
         self._subscribers.add(subscriber)
+        if subscriber.last == self.last:
+            self._follow(subscriber)
+        else:
+            self._stepping.add(subscriber)
 
     def discard(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+        self._stepping.discard(subscriber)
+        if subscriber._following is self:
+            self._unfollow(subscriber)
+
+    def _follow(self, subscriber: Subscriber) -> None:
+        subscriber._following = self
+        self._routes.setdefault(route_of(subscriber.filter), set()).add(subscriber)
+
+    def _unfollow(self, subscriber: Subscriber) -> None:
+        """Back to a position of its own (the hub's, before the hub moves on)."""
+        route = route_of(subscriber.filter)
+        routed = self._routes[route]
+        routed.discard(subscriber)
+        if not routed:
+            del self._routes[route]
+        subscriber.last = self.last
 
     def dispatch(self, events: list[Event], read_at: float | None = None, source: str = "redis") -> None:
-        """Offer `events` (read at `read_at`, time.monotonic(), from `source`) to every subscriber."""
+        """Offer `events` (read at `read_at`, time.monotonic(), from `source`) to every subscriber: through their
+        routes, to those at the hub's position, when the events follow it with nothing a route cannot decide
+        (a seam, a repeat, a public event); to each in turn otherwise."""
         if not events:
             return
         if self._before_seam or any(event.seam for event in events):
@@ -394,18 +485,54 @@ class Hub:
         round_ = None
         if self._on_written is not None:
             round_ = Round(time.monotonic() if read_at is None else read_at, source, self._on_written)
+        routable = self._routable(events)
+        if not routable:
+            for subscriber in [s for routed in self._routes.values() for s in routed]:
+                self._unfollow(subscriber)
+                self._stepping.add(subscriber)
         ended = []
-        for subscriber in self._subscribers:
+        for subscriber in self._stepping:
             subscriber.offer(events, round_)
             if subscriber.failure is not None:
                 ended.append(subscriber)
+        if routable:
+            self._route(events, round_, ended)
         # Released at once: a subscriber ended as SLOW_CONSUMER may sit in a write its client never reads.
-        self._subscribers.difference_update(ended)
+        for subscriber in ended:
+            self.discard(subscriber)
         self.last = events[-1].id
+        for subscriber in [s for s in self._stepping if s.last == self.last]:  # caught up
+            self._stepping.discard(subscriber)
+            self._follow(subscriber)
         self._remember(events)
         erased = {event.booking_id for event in events if event.erases}
         if erased:
             self._erase(erased)
+
+    def _routable(self, events: list[Event]) -> bool:
+        """Whether `events` follow the hub's position, each deliverable by its route alone."""
+        last = self.last
+        for event in events:
+            if event.seam or event.public or event.repeats is not None:
+                return False
+            if last is not None and not event.id.follows(last):
+                return False  # a gap: each subscriber ends on it (Subscriber.offer)
+            last = event.id
+        return True
+
+    def _route(self, events: list[Event], round_: Round | None, ended: list[Subscriber]) -> None:
+        """Offer `events` to the subscribers at the hub's position that their routes reach: the work is the
+        deliveries', not the subscribers'."""
+        routes = self._routes
+        if len(events) == 1:  # the common case: each subscriber is on one route, so none is reached twice
+            event = events[0]
+            reached: Iterable[Subscriber] = chain.from_iterable(routes.get(route, ()) for route in _routes_to(event))
+        else:
+            reached = {s for event in events for route in _routes_to(event) for s in routes.get(route, ())}
+        for subscriber in reached:
+            subscriber.take(events, round_)
+            if subscriber.failure is not None:
+                ended.append(subscriber)
 
     def _once(self, events: list[Event]) -> list[Event]:
         """`events`, each change already dispatched before a seam among them (or before the last one) marked with

@@ -1,26 +1,30 @@
 """Ceilings, each against its floor, in one run: where the write path and the relay stop.
 
     python -m tests.bench.bench_capacity [--rounds 3] [--seconds 6] [--concurrency 32]
-        [--relay-rates 1000,2500,5000,10000,15000,20000,30000] [--relay-seconds 5] [--batch 50] [--only writes|relay]
+        [--relay-rates 1000,2500,5000,10000,15000,20000,30000] [--relay-seconds 5] [--batch 50]
+        [--dispatch-subscribers 10000] [--only writes|relay|dispatch]
 
 1. Writes per booking worker at saturation: CreateBooking, then UpdateBooking (a reschedule), each called in
    `concurrency` closed loops for `seconds`, against two floors running the same statements on a pool of the
-   same size (10), on their own databases of one private PostgreSQL server, the three taking turns in each of
+   same size (10), on their own databases of one private PostgreSQL server, all taking turns in each of
    `rounds` rounds:
    - the floor of any gRPC design: a bare grpc.aio server (tests/bench/bare_booking.py, one process on uvloop:
      the statements, the answer, nothing else), called by the same client;
    - raw asyncpg running the statements from the bench process.
    The service runs one booking worker (`WORKERS=1`, on uvloop by default) with its relay publishing every
-   change to Redis, as a worker does. Calls/s, the ratio to each floor (target: >= 0.7x the bare grpc.aio
-   floor), and CPU per call of the server's processes and of PostgreSQL.
-2. The relay: outbox rows inserted directly (a booking's CREATED event as CreateBooking's statement leaves it, `batch`
-   rows per INSERT, then the NOTIFY a writer sends after its commit), open loop at rising rates for
+   change to Redis, as a worker does; and once more with the relay in another process that takes no calls (an
+   instance started first on the same database holds the relay's lock). Calls/s, the ratio to each floor
+   (target: >= 0.7x the bare grpc.aio floor), and CPU per call of the server's processes and of PostgreSQL.
+2. The relay: outbox rows inserted directly (a booking's CREATED event as CreateBooking's statement leaves
+   it), `batch` rows per INSERT, then the NOTIFY a writer sends after its commit), open loop at rising rates for
    `relay-seconds` each, the service's relay (one booking worker taking no calls) placing and publishing them;
    a reader in the bench process follows the stream (XREAD BLOCK). Each step: events/s inserted and published,
    outbox-to-stream lag (an INSERT's commit returning to the entry's read) p50/p99, the relay worker's CPU per
    event. The ceiling is the highest step with every event published and lag p99 < 100 ms (target: >= 10,000
    events/s). The floor: the same PostgreSQL doing only the inserts, as fast as the same inserter goes (closed
    loop, the same batches and connections), on a database no relay reads, measured before and after the steps.
+3. Notify's dispatch (in-process, no servers): what one event costs a notify worker per subscriber it holds,
+   for streams it is not for and for streams that all take it, against a bare loop (bench_dispatch).
 
 Results: a table on the terminal and .local/bench/capacity.json. The client and PostgreSQL share the machine's
 cores with the servers, as in the other benchmarks: read the ratios, not the absolute figures.
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +64,7 @@ from tests.support.servers import PROJECT, ServiceProcess
 
 EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
 LAG_TARGET_MS = 100.0
+SERVICE, SERVICE_APART = "service (1 worker)", "service (1 worker), relay in another process"
 INSERTERS = 4  # connections inserting outbox rows
 CHANNEL = "booking_outbox"  # what a booking instance NOTIFYs after its commit (booking_service.outbox.CHANNEL)
 
@@ -180,11 +186,18 @@ def start_bare(port: int, dsn: str) -> subprocess.Popen[bytes]:
 
 
 async def bench_writes(args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer) -> dict[str, Any]:
-    await create_databases(pg.url, "w_raw", "w_bare", "w_svc")
+    await create_databases(pg.url, "w_raw", "w_bare", "w_svc", "w_apart")
     await _migrate(pg.url_for("w_raw"))
     await _migrate(pg.url_for("w_bare"))
     service = ServiceProcess("booking_service", service_env(pg.url_for("w_svc"), rds.url) | {"WORKERS": "1"}, workdir)
     service.start()
+    # The relay in a process that takes no calls: an instance started first takes the relay's lock on its
+    # database; the measured one, started after it, stands by and wakes it after its commits (NOTIFY).
+    apart_env = service_env(pg.url_for("w_apart"), rds.url) | {"WORKERS": "1", "EVENT_STREAM_KEY": "bench:apart"}
+    relaying = ServiceProcess("booking_service", apart_env, workdir)
+    relaying.start()
+    apart = ServiceProcess("booking_service", apart_env, workdir)
+    apart.start()
     bare_port = free_port()
     bare = start_bare(bare_port, pg.url_for("w_bare"))
     pool = await raw_pool(pg.url_for("w_raw"))
@@ -192,14 +205,18 @@ async def bench_writes(args: argparse.Namespace, workdir: Path, pg: PostgresServ
     try:
         wait_for_port(bare_port)
 
-        def service_pids() -> list[int]:
-            assert service.process is not None
-            return [service.process.pid, *children(service.process.pid)]
+        def pids_of(instance: ServiceProcess) -> Callable[[], list[int]]:
+            def pids() -> list[int]:
+                assert instance.process is not None
+                return [instance.process.pid, *children(instance.process.pid)]
+
+            return pids
 
         sides = [
             RawSide(pool),
             GrpcSide("bare grpc.aio", f"127.0.0.1:{bare_port}", lambda: [bare.pid]),
-            GrpcSide("service (1 worker)", service.address, service_pids),
+            GrpcSide(SERVICE, service.address, pids_of(service)),
+            GrpcSide(SERVICE_APART, apart.address, pids_of(apart)),
         ]
         pg_pids = postgres_pids(pg)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -220,12 +237,13 @@ async def bench_writes(args: argparse.Namespace, workdir: Path, pg: PostgresServ
         await pool.close()
         bare.kill()
         bare.wait(30)
-        service.stop()
+        for instance in (service, apart, relaying):
+            instance.stop()
 
 
 def _write_summary(by_side: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians over the rounds, each side's calls/s as a ratio to each floor's in the same round."""
-    raw, bare, svc = (by_side[name] for name in ("raw asyncpg", "bare grpc.aio", "service (1 worker)"))
+    raw, bare, svc, apart = (by_side[name] for name in ("raw asyncpg", "bare grpc.aio", SERVICE, SERVICE_APART))
     out: dict[str, Any] = {}
     for name, runs in by_side.items():
         out[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -236,6 +254,8 @@ def _write_summary(by_side: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out["service_to_bare"] = {"median": round(statistics.median(ratios_bare), 3), "rounds": _rounded(ratios_bare)}
     out["service_to_raw"] = {"median": round(statistics.median(ratios_raw), 3), "rounds": _rounded(ratios_raw)}
     out["bare_to_raw"] = {"median": round(statistics.median(bare_to_raw), 3), "rounds": _rounded(bare_to_raw)}
+    apart_to_bare = [a["calls_per_s"] / b["calls_per_s"] for a, b in zip(apart, bare, strict=True)]
+    out["apart_to_bare"] = {"median": round(statistics.median(apart_to_bare), 3), "rounds": _rounded(apart_to_bare)}
     out["target_met"] = out["service_to_bare"]["median"] >= 0.7
     return out
 
@@ -444,6 +464,66 @@ async def bench_relay(args: argparse.Namespace, workdir: Path, pg: PostgresServe
         service.stop()
 
 
+# --- notify's dispatch ---------------------------------------------------------------------------------------
+
+
+def bench_dispatch(subscribers: int, events: int = 200, repeats: int = 5) -> dict[str, Any]:
+    """What one event costs a notify worker per subscriber it holds, before any write: the hub offers every
+    event to every subscriber of the worker (position, seams, filter, queue), matching or not. In-process, no
+    servers: a hub of `subscribers` users' streams (none of which the event is for), one of admins' streams
+    (every one queues it), and their floors: a bare loop comparing one attribute per subscriber (the least a
+    per-subscriber filter in Python costs), and one appending the event to each subscriber's queue. ns per
+    subscriber per event, the median of `repeats`."""
+    from notify_service.hub import Event, EventFilter, Hub, Subscriber
+    from svc_common.eventstream import EventId
+    from svc_common.scope import Scope
+
+    def hub_of(scope: Callable[[int], Scope]) -> Hub:
+        hub = Hub(window=100)
+        for i in range(subscribers):
+            hub.add(Subscriber(EventFilter(scope(i)), None, max_queue=events * repeats + 1))
+        return hub
+
+    def timed(dispatch: Callable[[int], None]) -> float:
+        runs = []
+        for r in range(repeats):
+            started = time.perf_counter()
+            for k in range(events):
+                dispatch(r * events + k + 1)
+            runs.append((time.perf_counter() - started) / events / subscribers * 1e9)
+        return round(statistics.median(runs), 1)
+
+    def event(seq: int) -> Event:
+        return Event(EventId(1_000, seq), "someone-else", "p1", "b1", b"response")
+
+    users = hub_of(lambda i: Scope(customer_id=f"u{i}", provider_id=None))
+    admins = hub_of(lambda i: Scope(customer_id=None, provider_id=None))
+    customers = [f"u{i}" for i in range(subscribers)]
+    queues: list[deque[bytes]] = [deque() for _ in range(subscribers)]
+
+    def compare_floor(seq: int) -> None:
+        one = event(seq)
+        for customer, queue in zip(customers, queues, strict=True):
+            if customer == one.customer_id:
+                queue.append(b"response")
+
+    def queue_floor(seq: int) -> None:
+        one = event(seq)
+        for queue in queues:
+            queue.append(one.payload)  # type: ignore[arg-type]
+
+    result = {
+        "subscribers": subscribers,
+        "not_for_them_ns": timed(lambda seq: users.dispatch([event(seq)])),
+        "compare_floor_ns": timed(compare_floor),
+        "for_every_one_ns": timed(lambda seq: admins.dispatch([event(seq)])),
+        "queue_floor_ns": timed(queue_floor),
+    }
+    result["not_for_them_to_floor"] = round(result["not_for_them_ns"] / result["compare_floor_ns"], 3)
+    result["for_every_one_to_floor"] = round(result["for_every_one_ns"] / result["queue_floor_ns"], 2)
+    return result
+
+
 # --- run and report -----------------------------------------------------------------------------------------
 
 
@@ -458,6 +538,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result["writes"] = await bench_writes(args, workdir, pg, rds)
         if args.only in (None, "relay"):
             result["relay"] = await bench_relay(args, workdir, pg, rds)
+        if args.only in (None, "dispatch"):
+            progress(f"notify dispatch: one event offered to {args.dispatch_subscribers} subscribers")
+            result["dispatch"] = bench_dispatch(args.dispatch_subscribers)
         return result
     finally:
         rds.stop()
@@ -470,14 +553,15 @@ def report(result: dict[str, Any]) -> None:
         if writes is None:
             continue
         print(f"{label} at saturation | calls/s (median) | server CPU us/call | PostgreSQL CPU us/call")
-        for name in ("raw asyncpg", "bare grpc.aio", "service (1 worker)"):
+        for name in ("raw asyncpg", "bare grpc.aio", SERVICE, SERVICE_APART):
             side = writes[name]
             print(f"{name} | {side['calls_per_s']:g} | {side['server_cpu_us_per_call']:g} | "
                   f"{side['postgres_cpu_us_per_call']:g}")  # fmt: skip
         to_bare = writes["service_to_bare"]
         print(f"service / bare grpc.aio: {to_bare['median']} (rounds {to_bare['rounds']}); "
               f"service / raw: {writes['service_to_raw']['median']}; bare / raw: {writes['bare_to_raw']['median']} "
-              f"({'met' if writes['target_met'] else 'MISSED'}: >= 0.7x the bare floor)")  # fmt: skip
+              f"({'met' if writes['target_met'] else 'MISSED'}: >= 0.7x the bare floor); "
+              f"with the relay apart / bare grpc.aio: {writes['apart_to_bare']['median']}")  # fmt: skip
     relay = result.get("relay")
     if relay is not None:
         print("relay step events/s | inserted/s | published | lag p50 ms | lag p99 ms | relay CPU us/event")
@@ -487,6 +571,13 @@ def report(result: dict[str, Any]) -> None:
         print(f"relay ceiling {relay['ceiling_events_per_s']:g} events/s with lag p99 < {LAG_TARGET_MS:g} ms; "
               f"insert floor {relay['insert_floor_rows_per_s']} rows/s; ratio {relay['ceiling_to_floor']} "
               f"({'met' if relay['target_met'] else 'MISSED'}: >= 10,000 events/s)")  # fmt: skip
+    dispatch = result.get("dispatch")
+    if dispatch is not None:
+        print(f"notify dispatch, ns per subscriber per event ({dispatch['subscribers']} on a worker): "
+              f"not for them {dispatch['not_for_them_ns']:g} (floor, a comparison each: "
+              f"{dispatch['compare_floor_ns']:g}; ratio {dispatch['not_for_them_to_floor']}); "
+              f"for every one {dispatch['for_every_one_ns']:g} (floor, an append each: "
+              f"{dispatch['queue_floor_ns']:g}; ratio {dispatch['for_every_one_to_floor']})")  # fmt: skip
     print(f"written: {OUT_DIR / 'capacity.json'}")
 
 
@@ -499,7 +590,8 @@ def main() -> None:
                         default=[1000, 2500, 5000, 10000, 15000, 20000, 30000])  # fmt: skip
     parser.add_argument("--relay-seconds", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=50, help="outbox rows per INSERT in the relay benchmark")
-    parser.add_argument("--only", choices=("writes", "relay"))
+    parser.add_argument("--dispatch-subscribers", type=int, default=10_000)
+    parser.add_argument("--only", choices=("writes", "relay", "dispatch"))
     args = parser.parse_args()
     result = run_in_workdir(run, args)
     write_result("capacity.json", result)

@@ -296,3 +296,65 @@ async def test_a_subscriber_ended_as_a_slow_consumer_owes_its_rounds_nothing_mor
     assert len(reported) == 1  # before its call ends (release)
     await write(fast)
     assert len(reported) == 2
+
+
+async def test_an_event_is_offered_only_to_the_subscribers_it_may_concern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's cost per event is its deliveries', not its subscribers': at the hub's position, a subscriber
+    is found by its customer, provider or booking, or as one that may match anything."""
+    asked: list[EventFilter] = []
+    matches = EventFilter.matches
+
+    def counted(self: EventFilter, event: Event) -> bool:
+        asked.append(self)
+        return matches(self, event)
+
+    monkeypatch.setattr(EventFilter, "matches", counted)
+    hub = Hub()
+    users = [Subscriber(EventFilter(Scope(customer_id=f"u{i}", provider_id=None)), None, 10) for i in range(1000)]
+    admin = Subscriber(EventFilter(ADMIN), None, 10)
+    for subscriber in (*users, admin):
+        hub.add(subscriber)
+    hub.dispatch([event(1, customer="u7", provider="p1")])
+    assert sorted(f.scope.customer_id or "admin" for f in asked) == ["admin", "u7"]
+    assert await drain(users[7]) == [b"e1"] and await drain(admin) == [b"e1"]
+    assert await drain(users[8]) == []
+
+
+async def test_a_subscriber_passed_over_keeps_its_place_and_sees_no_gap() -> None:
+    hub = Hub()
+    mine = Subscriber(EventFilter(Scope(customer_id="u1", provider_id=None)), None, 10)
+    hub.add(mine)
+    hub.dispatch([event(1, customer="u2"), event(2, customer="u2")])
+    assert mine.last == EventId(1002, 2)  # resuming from here misses nothing
+    hub.dispatch([event(3, customer="u1")])
+    assert await drain(mine) == [b"e3"]
+    assert mine.failure is None and mine.last == EventId(1003, 3)
+
+
+async def test_a_seam_reaches_subscribers_that_were_passed_over_at_their_place() -> None:
+    hub = Hub()
+    mine = Subscriber(EventFilter(Scope(customer_id="u1", provider_id=None)), None, 10)
+    hub.add(mine)
+    hub.dispatch([event(1, customer="u2")])  # routed: not offered to it
+    jump = 2 + 1_000_000_000
+    seam = Event(EventId(1000 + jump, jump), "", "", "", None, seam=True)
+    hub.dispatch([event(2, customer="u2"), seam, Event(EventId(2000 + jump, jump + 1), "u1", "p", "b", b"after")])
+    assert await drain(mine) == [b"after"]
+    assert mine.failure is None and mine.last == EventId(2000 + jump, jump + 1)
+    hub.dispatch([Event(EventId(2001 + jump, jump + 2), "u1", "p", "b", b"next")])  # routed again
+    assert await drain(mine) == [b"next"]
+
+
+async def test_a_subscriber_catching_up_is_offered_everything_until_it_reaches_the_hub() -> None:
+    hub = Hub()
+    hub.dispatch([event(1), event(2), event(3)])
+    behind = Subscriber(EventFilter(Scope(customer_id="u1", provider_id=None)), EventId(1004, 4), 10)
+    hub.add(behind)  # history took it past the hub: the events up to its place are passed, not delivered twice
+    hub.dispatch([event(4, customer="u1")])
+    assert await drain(behind) == []
+    hub.dispatch([event(5, customer="u1"), event(6, customer="u2")])
+    assert await drain(behind) == [b"e5"] and behind.last == EventId(1006, 6)
+    hub.dispatch([event(8, customer="u2")])  # a gap ends it, routed or not
+    with pytest.raises(OutOfRange):
+        async with asyncio.timeout(1):
+            await behind.next()

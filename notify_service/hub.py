@@ -2,10 +2,13 @@
 
 The stream reader hands every event to `Hub.dispatch` once; each event's response bytes are made once,
 however many subscribers get them, and a subscriber's next response carries every event waiting for it
-(within `BatchLimits`), so a grpc write is paid per batch, not per event. Every subscriber keeps its own
-position in the stream and checks that each event follows the one before it (event seqs have no gaps), so a
-subscriber never skips an event unnoticed: a gap (history trimmed, or lost with Redis's data) ends its stream
-with OUT_OF_RANGE `CURSOR_EXPIRED`.
+(within `BatchLimits`), so a grpc write is paid per batch, not per event. Every subscriber has a position in
+the stream, and each event must follow the one before it (event seqs have no gaps), so a subscriber never skips
+an event unnoticed: a gap (history trimmed, or lost with Redis's data) ends its stream with OUT_OF_RANGE
+`CURSOR_EXPIRED`. A subscriber at the hub's position shares it, and is offered only the events its route
+(customer, provider, booking, or any) may bring it, so an event costs nothing for the subscribers it does not
+concern; one elsewhere (catching up) keeps a position of its own and checks every event until it reaches the
+hub's (docs/architecture.md, Routing).
 
 The hub also keeps the most recent events it dispatched (`recent`, a bounded window, contiguous in seq), so
 subscribers resuming from a recent cursor (a notify instance died, a client reconnected) catch up from memory

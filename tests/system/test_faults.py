@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from booking_api.booking.v1 import booking_pb2_grpc
 from devtools.servers import PostgresServer
+from tests.support.events import eventually
 from tests.support.helpers import Caller, expect_error, uid
 from tests.support.servers import ServiceProcess, booking_env
 
@@ -76,11 +77,16 @@ async def test_service_survives_postgres_going_away_and_serves_again(
     # While it is down: UNAVAILABLE with a reason, never UNKNOWN or INTERNAL, for reads and writes.
     await expect_error(alice.create(provider_id=uid("prov")), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     await expect_error(alice.get(before.id), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
-    # Logged as an outage (WARNING), not as a client's mistake (INFO) nor a fault of ours (ERROR).
-    refused = [
-        line for line in service.log().splitlines() if " svc_common.rpc: rpc " in line and "=UNAVAILABLE" in line
-    ]
-    assert len(refused) >= 2 and all(" WARNING " in line for line in refused), refused
+
+    # Logged as an outage (WARNING), not as a client's mistake (INFO) nor a fault of ours (ERROR); the log lines
+    # are written by a thread of their own, so the second may reach the file just after its call's answer.
+    def refused() -> list[str]:
+        return [
+            line for line in service.log().splitlines() if " svc_common.rpc: rpc " in line and "=UNAVAILABLE" in line
+        ]
+
+    await eventually(lambda: len(refused()) >= 2, lambda: f"two refused calls logged: {refused()}", within=10)
+    assert all(" WARNING " in line for line in refused()), refused()
 
     await asyncio.to_thread(pg.start)
     await service.wait_health(SERVING)

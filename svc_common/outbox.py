@@ -91,6 +91,7 @@ def change_of(event: events_pb2.BookingEvent) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS = range(-62_135_596_800, 253_402_300_800)  # a Timestamp's: 0001-01-01 to 9999-12-31, UTC
 Fields = dict[str, Any]  # a message's fields as its constructor takes them
 
 
@@ -99,12 +100,16 @@ Fields = dict[str, Any]  # a message's fields as its constructor takes them
 # encoding is most of the relay's CPU per event (docs/capacity.md).
 def _stamp(value: datetime | str) -> Fields:
     """A Timestamp of a stored time: an aware datetime, or ISO text as to_jsonb writes it (naive: UTC, as
-    Timestamp.FromDatetime reads it); ValueError for text no datetime spells (`infinity`, year 10000)."""
+    Timestamp.FromDatetime reads it); ValueError for text no datetime spells (`infinity`, year 10000) and for a
+    time outside a Timestamp's range (year 1 or 9999 at an offset that takes it past either end in UTC)."""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
-    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
+    seconds = delta.days * 86_400 + delta.seconds
+    if seconds not in _SECONDS:
+        raise ValueError(f"{moment.isoformat()} is outside the range of a Timestamp")
+    return {"seconds": seconds, "nanos": delta.microseconds * 1000}
 
 
 def _actor(actor_id: str, name: str, role: str) -> Fields:

@@ -13,6 +13,7 @@ entries and the fallback's are the same bytes. A reader needs SELECT on booking_
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -209,28 +210,24 @@ class PlacedRow:
         return bool(self.record["event_type"] == SEAM)
 
     def message(self) -> events_pb2.BookingEvent:
-        record = self.record
-        fields: Fields = {
-            "event_id": str(self.event_id),
-            "type": _EVENT_TYPES[record["event_type"]],
-            "booking": booking_fields(json.loads(record["booking"])),
-            "actor": _actor(record["actor_id"], record["actor_name"], record["actor_role"]),
-            "occur_time": _stamp(record["occur_time"]),
-            "traceparent": record["traceparent"] or "",
-        }
-        return events_pb2.BookingEvent(**fields)
+        booking = booking_fields(json.loads(self.record["booking"]))
+        return events_pb2.BookingEvent(**self._event(_EVENT_TYPES, booking=booking))
 
     def schedule_message(self) -> events_pb2.ScheduleEvent:
+        schedule = schedule_message(json.loads(self.record["booking"]))
+        return events_pb2.ScheduleEvent(**self._event(_SCHEDULE_TYPES, schedule=schedule))
+
+    def _event(self, types: Mapping[str, int], **body: Any) -> Fields:
+        """The fields every event has (its id, type, actor, time and trace), with `body` (what it is about)."""
         record = self.record
-        fields: Fields = {
+        return {
             "event_id": str(self.event_id),
-            "type": _SCHEDULE_TYPES[record["event_type"]],
-            "schedule": schedule_message(json.loads(record["booking"])),
+            "type": types[record["event_type"]],
+            **body,
             "actor": _actor(record["actor_id"], record["actor_name"], record["actor_role"]),
             "occur_time": _stamp(record["occur_time"]),
             "traceparent": record["traceparent"] or "",
         }
-        return events_pb2.ScheduleEvent(**fields)
 
     def fields(self) -> dict[bytes, bytes]:
         """The stream entry's fields: the event's bytes, and what subscribers are filtered on (a seam: where it

@@ -52,6 +52,18 @@ POSITION_HEADER = "x-stream-position"
 EXPIRY_SLACK_SECONDS = 0.01  # how long after its token expires a stream is ended (see _end_at_expiry)
 
 
+def _expire(subscriber: Subscriber) -> None:
+    """End `subscriber`'s stream: its token expired (the error is made when it is needed, not held by every
+    open stream until then)."""
+    subscriber.fail(
+        Unauthenticated(
+            "the token that opened this stream has expired; subscribe again with a fresh token, resuming after the "
+            "last event_id received",
+            reason="TOKEN_EXPIRED",
+        )
+    )
+
+
 class NotifyServicer:
     def __init__(
         self, subscriptions: Subscriptions, counts: StreamCounts, clock: Callable[[], float] = time.time
@@ -66,8 +78,12 @@ class NotifyServicer:
         context: grpc.aio.ServicerContext[notify_pb2.SubscribeRequest, bytes],
     ) -> None:
         event_filter, cursor = _request(request)
-        with self._counts.hold(current_principal()):  # TOO_MANY_STREAMS past a bound (notify_service.limits)
+        principal = current_principal()
+        self._counts.open(principal)  # TOO_MANY_STREAMS past a bound (notify_service.limits)
+        try:
             await self._serve(event_filter, cursor, context)
+        finally:
+            self._counts.close(principal)
 
     async def _serve(
         self,
@@ -114,16 +130,11 @@ class NotifyServicer:
         the last event it received."""
         if math.isinf(expires_at):
             return None
-        expired = Unauthenticated(
-            "the token that opened this stream has expired; subscribe again with a fresh token, resuming after the "
-            "last event_id received",
-            reason="TOKEN_EXPIRED",
-        )
         # Past the instant, not at it: the event loop's timers may fire up to a millisecond early (libuv's are
         # whole milliseconds), and a client that subscribed again at once could get the very same token (`exp`
         # is whole seconds), still accepted for that millisecond and refused on arrival.
         delay = max(0.0, expires_at - self._clock()) + EXPIRY_SLACK_SECONDS
-        return asyncio.get_running_loop().call_later(delay, subscriber.fail, expired)
+        return asyncio.get_running_loop().call_later(delay, _expire, subscriber)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; responses are already serialized, so they pass through as they are."""

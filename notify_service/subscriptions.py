@@ -16,7 +16,6 @@ earlier would miss what the stream got between its acceptance and that read. Sub
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -89,7 +88,7 @@ class Subscriptions:
                 if first and not events and not await self._known(position):
                     raise cursor_expired(cursor)
             first = False
-            matched: deque[bytes] = deque()
+            matched: list[bytes] = []
             gap = False
             for event in events:
                 if not event.continues(position):

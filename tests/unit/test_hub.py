@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 
 import pytest
 
@@ -179,7 +178,7 @@ async def test_a_response_carries_what_waits_within_the_limits_in_order_with_no_
 
 
 def test_a_single_event_larger_than_the_byte_limit_still_goes_alone() -> None:
-    queue = deque([b"x" * 10, b"y"])
+    queue = [b"x" * 10, b"y"]
     assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"x" * 10
     assert take_batch(queue, BatchLimits(max_events=10, max_bytes=4)) == b"y"
     assert not queue
@@ -187,10 +186,12 @@ def test_a_single_event_larger_than_the_byte_limit_still_goes_alone() -> None:
 
 def test_each_limit_is_inclusive_and_holds_on_its_own() -> None:
     events = [f"e{n}".encode() for n in range(1, 8)]  # two bytes each
-    by_count = deque(events)
+    by_count = list(events)
     assert take_batch(by_count, BatchLimits(max_events=3, max_bytes=1000)) == b"e1e2e3"
-    by_size = deque(events)
+    assert by_count == events[3:]  # what was not taken stays, in order
+    by_size = list(events)
     assert take_batch(by_size, BatchLimits(max_events=1000, max_bytes=6)) == b"e1e2e3"  # exactly 6 bytes fit
+    assert by_size == events[3:]
 
 
 def test_the_window_serves_exactly_what_follows_a_recent_cursor() -> None:
@@ -267,6 +268,19 @@ async def test_a_round_is_settled_only_by_the_response_that_carries_its_last_eve
     assert reported == []  # its third event is still queued
     assert await write(subscriber) == b"e3"
     assert len(reported) == 1
+
+
+async def test_a_response_settles_the_rounds_it_completes_and_leaves_the_one_it_splits_owed() -> None:
+    reported: list[Round] = []
+    hub = Hub(on_written=reported.append)
+    subscriber = Subscriber(EventFilter(ADMIN), None, 10, BatchLimits(max_events=3))
+    hub.add(subscriber)
+    for events in ([event(1)], [event(2)], [event(3), event(4)]):
+        hub.dispatch(events, time.monotonic())
+    assert await write(subscriber) == b"e1e2e3"
+    assert len(reported) == 2  # the first two rounds; the third still has e4 queued
+    assert await write(subscriber) == b"e4"
+    assert len(reported) == 3
 
 
 async def test_a_round_nobody_was_written_is_never_reported() -> None:

@@ -2,7 +2,8 @@
 
     python -m tests.bench.bench_capacity [--rounds 3] [--seconds 6] [--concurrency 32]
         [--relay-rates 1000,2500,5000,10000,15000,20000,30000] [--relay-seconds 5] [--batch 50]
-        [--dispatch-subscribers 10000] [--only writes|relay|dispatch]
+        [--dispatch-subscribers 10000] [--reader-rates 200,1000,5000] [--reader-seconds 10]
+        [--only writes|relay|dispatch|readers]
 
 1. Writes per booking worker at saturation: CreateBooking, then UpdateBooking (a reschedule), each called in
    `concurrency` closed loops for `seconds`, against two floors running the same statements on a pool of the
@@ -25,6 +26,10 @@
    loop, the same batches and connections), on a database no relay reads, measured before and after the steps.
 3. Notify's dispatch (in-process, no servers): what one event costs a notify worker per subscriber it holds,
    for streams it is not for and for streams that all take it, against a bare loop (bench_dispatch).
+4. Notify's stream readers: what each worker's own read of the stream costs per event (an instance of two
+   workers, no subscriber; the relay placing events from outbox rows inserted at `reader-rates`), against the
+   floor of one reader per instance handing each entry to its workers (tests/bench/reader_floor.py): the most
+   that design could save (bench_readers).
 
 Results: a table on the terminal and .local/bench/capacity.json. The client and PostgreSQL share the machine's
 cores with the servers, as in the other benchmarks: read the ratios, not the absolute figures.
@@ -59,6 +64,7 @@ from tests.bench.bench_write_path import POOL_SIZE, _migrate, closed_loops, raw_
 from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workdir, write_result
 from tests.bench.fanout_hops import Hops
 from tests.bench.fanout_load import cpu_seconds
+from tests.support.events import eventually
 from tests.support.helpers import auth, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
@@ -344,6 +350,7 @@ class StreamReader:
         self.task: asyncio.Task[None] | None = None
         self.wanted = 0  # how many entries `all_read` waits for
         self.all_in = asyncio.Event()
+        self.stopping = False
 
     def expect(self, count: int) -> None:
         """Start counting afresh, towards `count` entries."""
@@ -360,7 +367,7 @@ class StreamReader:
         self.task = asyncio.create_task(self._follow(newest[0][0] if newest else "0-0"))
 
     async def _follow(self, position: Any) -> None:
-        while True:
+        while not self.stopping:
             reply: Any = await self.client.xread({self.key: position}, block=1000, count=10_000)
             now = time.monotonic()
             for _key, entries in reply or ():
@@ -373,6 +380,9 @@ class StreamReader:
                 self.all_in.set()
 
     async def stop(self) -> None:
+        # The flag as well as the cancellation: a cancellation that lands inside redis-py's blocking read can be
+        # taken for the read's own (the loop then went on reading; seen with the notify workers beside it).
+        self.stopping = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -524,6 +534,78 @@ def bench_dispatch(subscribers: int, events: int = 200, repeats: int = 5) -> dic
     return result
 
 
+# --- notify's stream readers --------------------------------------------------------------------------------
+
+
+def _start_floor(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.bench.reader_floor", *args], cwd=PROJECT)
+
+
+async def bench_readers(
+    args: argparse.Namespace, workdir: Path, pg: PostgresServer, rds: RedisServer
+) -> dict[str, Any]:
+    """What reading the stream costs a notify worker per event (its own XREAD, the decoding of each entry, and
+    a dispatch that concerns no subscriber: a notify instance of WORKERS=2 with none), against the floor of one
+    reader per instance handing each entry to its workers (tests/bench/reader_floor.py): that reader's CPU per
+    event, and a receiving worker's. The events are placed by the service's relay from outbox rows inserted at
+    each of `reader_rates`, as in the relay's part."""
+    await create_databases(pg.url, "r_readers", "r_readers_template")
+    await _migrate(pg.url_for("r_readers_template"))
+    relay = ServiceProcess("booking_service", service_env(pg.url_for("r_readers"), rds.url) | {"WORKERS": "1"}, workdir)
+    notify_env = {"REDIS_URL": rds.url, "JWT_SECRET": service_env("", "")["JWT_SECRET"], "WORKERS": "2"}
+    notify = ServiceProcess("notify_service", notify_env, workdir)
+    handoff = str(workdir / "handoff.sock")
+    floors: list[subprocess.Popen[bytes]] = []
+    reader = StreamReader(rds.url, eventstream.DEFAULT_STREAM_KEY)
+    pool = None
+    try:
+        relay.start()
+        notify.start()
+        floors.append(_start_floor("receive", handoff))
+        await eventually(Path(handoff).exists, lambda: "the hand-off floor's receiver did not listen")
+        floors.append(_start_floor("follow", rds.url, eventstream.DEFAULT_STREAM_KEY, handoff))
+        assert relay.process is not None and notify.process is not None
+        relay_pids = [relay.process.pid, *children(relay.process.pid)]
+        workers = children(notify.process.pid)
+        template = await template_event(pg.url_for("r_readers_template"))
+        pool = await asyncpg.create_pool(pg.url_for("r_readers"), min_size=INSERTERS, max_size=INSERTERS)
+        inserter = Inserter(pool, template, args.batch)
+        await reader.start()
+        await relay_step(inserter, reader, 500, 2, "warm", relay_pids)  # every reader's first rounds
+        steps = []
+        for n, rate in enumerate(args.reader_rates):
+            progress(f"stream readers: {rate:g} events/s for {args.reader_seconds:g} s")
+            before = [cpu_seconds(workers), cpu_seconds([floors[1].pid]), cpu_seconds([floors[0].pid])]
+            step = await relay_step(inserter, reader, rate, args.reader_seconds, f"r{n}", relay_pids)
+            after = [cpu_seconds(workers), cpu_seconds([floors[1].pid]), cpu_seconds([floors[0].pid])]
+            events = max(step["published"], 1)
+            worker_us, follow_us, receive_us = ((b - a) / events * 1e6 for a, b in zip(before, after, strict=True))
+            worker_us /= len(workers)
+            steps.append(
+                {
+                    "rate_per_s": rate,
+                    "events": step["published"],
+                    "notify_worker_us_per_event": round(worker_us, 1),
+                    "floor_reader_us_per_event": round(follow_us, 1),
+                    "floor_receiver_us_per_event": round(receive_us, 1),
+                    # What one reader per instance could save at most: each worker's read replaced by a receive,
+                    # the instance paying the reader once (with two workers).
+                    "most_saved_per_event_us": round(len(workers) * (worker_us - receive_us) - follow_us, 1),
+                }
+            )
+            progress(f"  {steps[-1]}")
+        return {"notify_workers": len(workers), "steps": steps}
+    finally:
+        await reader.stop()
+        if pool is not None:
+            await pool.close()
+        for process in floors:
+            process.terminate()
+            process.wait(10)
+        notify.stop()
+        relay.stop()
+
+
 # --- run and report -----------------------------------------------------------------------------------------
 
 
@@ -541,6 +623,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.only in (None, "dispatch"):
             progress(f"notify dispatch: one event offered to {args.dispatch_subscribers} subscribers")
             result["dispatch"] = bench_dispatch(args.dispatch_subscribers)
+        if args.only in (None, "readers"):
+            result["readers"] = await bench_readers(args, workdir, pg, rds)
         return result
     finally:
         rds.stop()
@@ -578,6 +662,16 @@ def report(result: dict[str, Any]) -> None:
               f"{dispatch['compare_floor_ns']:g}; ratio {dispatch['not_for_them_to_floor']}); "
               f"for every one {dispatch['for_every_one_ns']:g} (floor, an append each: "
               f"{dispatch['queue_floor_ns']:g}; ratio {dispatch['for_every_one_to_floor']})")  # fmt: skip
+    readers = result.get("readers")
+    if readers is not None:
+        print(
+            f"stream readers, us of CPU per event | a notify worker's own read ({readers['notify_workers']} workers, "
+            "no subscriber) | floor: one reader handing on | floor: a worker receiving | most saved per instance"
+        )
+        for step in readers["steps"]:
+            print(f"{step['rate_per_s']:g} events/s | {step['notify_worker_us_per_event']:g} | "
+                  f"{step['floor_reader_us_per_event']:g} | {step['floor_receiver_us_per_event']:g} | "
+                  f"{step['most_saved_per_event_us']:g}")  # fmt: skip
     print(f"written: {OUT_DIR / 'capacity.json'}")
 
 
@@ -591,7 +685,9 @@ def main() -> None:
     parser.add_argument("--relay-seconds", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=50, help="outbox rows per INSERT in the relay benchmark")
     parser.add_argument("--dispatch-subscribers", type=int, default=10_000)
-    parser.add_argument("--only", choices=("writes", "relay", "dispatch"))
+    parser.add_argument("--reader-rates", type=lambda s: [float(x) for x in s.split(",")], default=[200, 1000, 5000])
+    parser.add_argument("--reader-seconds", type=float, default=10.0)
+    parser.add_argument("--only", choices=("writes", "relay", "dispatch", "readers"))
     args = parser.parse_args()
     result = run_in_workdir(run, args)
     write_result("capacity.json", result)

@@ -89,6 +89,16 @@ class Hops:
         return result
 
 
+def notify_p99_ms(summary: dict[str, dict[str, Any]]) -> float:
+    """Notify's own part of a change's latency from a round's hops, p99 (ms): the read from the stream plus the
+    fan-out to the last subscriber's write, each hop's p99 added (an upper bound of the sum's p99); inf if
+    notify read nothing from Redis."""
+    read, written = summary.get("notify read (redis)"), summary.get("notify last_write (redis)")
+    if read is None or written is None:
+        return math.inf
+    return round(float(read["p99_ms"]) + float(written["p99_ms"]), 2)
+
+
 def process_names(service: str, supervisor: int) -> dict[int, str]:
     """The pids of a service's processes (its supervisor and each worker), named."""
     workers = children(supervisor)

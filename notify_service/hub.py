@@ -356,9 +356,8 @@ class Subscriber:
         owed = self._owed
         now = 0.0
         done = 0
-        while taken and done < len(
-            owed
-        ):  # the rounds whose events this response carries (settled: those of their last)
+        # The rounds whose events this response carries (settled: those of their last), taken off at the end.
+        while taken and done < len(owed):
             entry = owed[done]
             if entry[0].first is None:  # the round's first write starts now
                 entry[0].first = now = now or time.monotonic()

@@ -46,7 +46,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,7 +64,7 @@ from tests.bench.common import OUT_DIR, create_databases, progress, run_in_workd
 from tests.bench.fanout_hops import Hops
 from tests.bench.fanout_load import cpu_seconds
 from tests.support.events import eventually
-from tests.support.helpers import auth, ts
+from tests.support.helpers import JWT_SECRET, auth, ts
 from tests.support.servers import PROJECT, ServiceProcess
 
 EPOCH = datetime(2045, 1, 1, tzinfo=UTC)
@@ -509,7 +508,7 @@ def bench_dispatch(subscribers: int, events: int = 200, repeats: int = 5) -> dic
     users = hub_of(lambda i: Scope(customer_id=f"u{i}", provider_id=None))
     admins = hub_of(lambda i: Scope(customer_id=None, provider_id=None))
     customers = [f"u{i}" for i in range(subscribers)]
-    queues: list[deque[bytes]] = [deque() for _ in range(subscribers)]
+    queues: list[list[bytes]] = [[] for _ in range(subscribers)]  # as a Subscriber's queue
 
     def compare_floor(seq: int) -> None:
         one = event(seq)
@@ -552,7 +551,7 @@ async def bench_readers(
     await create_databases(pg.url, "r_readers", "r_readers_template")
     await _migrate(pg.url_for("r_readers_template"))
     relay = ServiceProcess("booking_service", service_env(pg.url_for("r_readers"), rds.url) | {"WORKERS": "1"}, workdir)
-    notify_env = {"REDIS_URL": rds.url, "JWT_SECRET": service_env("", "")["JWT_SECRET"], "WORKERS": "2"}
+    notify_env = {"REDIS_URL": rds.url, "JWT_SECRET": JWT_SECRET, "WORKERS": "2"}
     notify = ServiceProcess("notify_service", notify_env, workdir)
     handoff = str(workdir / "handoff.sock")
     floors: list[subprocess.Popen[bytes]] = []

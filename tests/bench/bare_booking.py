@@ -1,6 +1,7 @@
 """The floor of any gRPC design for the write path (tests/bench/bench_capacity.py): a bare grpc.aio
 BookingService that runs the service's own statements for CreateBooking (the provider's schedule, then
-CREATE_SQL) and UpdateBooking (the booking with its schedule, then UPDATE_SQL) on a pool configured as the
+CREATE_SQL), UpdateBooking (the booking with its schedule, then UPDATE_SQL) and ListBookings of a provider's
+window (the service's statement for it) on a pool configured as the
 service's, and answers with the booking the statement returned. No authentication, validation, interceptors,
 logs, metrics, retries, availability rules or relay; one process, on uvloop as the services are by default.
 
@@ -21,9 +22,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import release_connection
-from booking_service.sql import BOOKING_WITH_SCHEDULE_SQL, CREATE_SQL, SCHEDULE_SQL, UPDATE_SQL
+from booking_service.sql import BOOKING_WITH_SCHEDULE_SQL, CREATE_SQL, SCHEDULE_SQL, UPDATE_SQL, list_sql
 
 NO_BUFFER = timedelta(0)
+PROVIDER_WINDOW_SQL = list_sql(customer=False, provider=True, overlaps=True, after=False, deleted=False)
 
 
 def _stamp(value: Any) -> Timestamp:
@@ -73,6 +75,15 @@ class BareBookings(booking_pb2_grpc.BookingServiceServicer):
                 None, None, None, "",
             )  # fmt: skip
         return booking_pb2.UpdateBookingResponse(booking=_booking(record))
+
+    async def ListBookings(self, request: Any, context: Any) -> booking_pb2.ListBookingsResponse:
+        window = request.overlaps
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(
+                PROVIDER_WINDOW_SQL, request.page_size + 1, request.provider_id,
+                window.start_time.ToDatetime(tzinfo=UTC), window.end_time.ToDatetime(tzinfo=UTC),
+            )  # fmt: skip
+        return booking_pb2.ListBookingsResponse(bookings=[_booking(r) for r in records[: request.page_size]])
 
 
 async def serve(port: int, dsn: str, pool_size: int) -> None:

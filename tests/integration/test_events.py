@@ -276,6 +276,9 @@ async def test_another_booking_instance_takes_over_relaying_when_the_relaying_on
     await watcher.open(system.notify().address)
     callers = [await admin_on(b, channels) for b in bookings]
     await book_and_cancel(callers, 5)
+    await eventually(
+        lambda: any("relaying change events" in b.log() for b in bookings), lambda: "no instance says it relays"
+    )
     relaying = [i for i, b in enumerate(bookings) if "relaying change events" in b.log()]
     assert len(relaying) == 1, "exactly one instance relays"
     relay = relaying[0]
@@ -287,7 +290,7 @@ async def test_another_booking_instance_takes_over_relaying_when_the_relaying_on
     committed = await system.wait_relayed(20)
     await watcher.wait_for(committed[-1][0])
     assert_exactly(watcher, committed)
-    assert "relaying change events" in bookings[1 - relay].log()
+    await bookings[1 - relay].wait_logged("relaying change events")
 
 
 async def test_a_cursor_older_than_the_retained_history_is_out_of_range(

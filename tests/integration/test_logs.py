@@ -22,10 +22,15 @@ def lines(process: ServiceProcess) -> list[dict[str, Any]]:
     return [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
 
 
-def line_of(process: ServiceProcess, request_id: str, message: str = "rpc") -> dict[str, Any]:
-    found = [entry for entry in lines(process) if entry.get("request_id") == request_id and entry["message"] == message]
-    assert len(found) == 1, f"{len(found)} {message!r} lines for {request_id}"
-    return found[0]
+async def line_of(process: ServiceProcess, request_id: str, message: str = "rpc") -> dict[str, Any]:
+    """The one line `message` of a request (lines are written in batches: waited for)."""
+
+    def found() -> list[dict[str, Any]]:
+        return [e for e in lines(process) if e.get("request_id") == request_id and e["message"] == message]
+
+    await eventually(lambda: len(found()) >= 1, lambda: f"no {message!r} line for {request_id}", within=10)
+    assert len(found()) == 1, f"{len(found())} {message!r} lines for {request_id}"
+    return found()[0]
 
 
 async def test_each_rpc_logs_one_json_line_with_its_outcome_and_the_request_id_comes_back(
@@ -74,17 +79,17 @@ async def test_each_rpc_logs_one_json_line_with_its_outcome_and_the_request_id_c
     await eventually(lambda: len(watcher.events) >= 1, lambda: "no event")
     await watcher.close()
 
-    ok = line_of(booking, "req-create-1")
+    ok = await line_of(booking, "req-create-1")
     assert ok["level"] == "INFO" and ok["code"] == "OK" and ok["reason"] == ""
     assert ok["service"] == "booking_service" and isinstance(ok["pid"], int)
     assert ok["method"] == "/booking.v1.BookingService/CreateBooking"
     assert ok["caller"] == admin_sub and ok["role"] == "admin"
     assert ok["peer"].startswith("ipv") and ok["duration_ms"] > 0
-    refused = line_of(booking, "req-missing")
+    refused = await line_of(booking, "req-missing")
     assert refused["level"] == "INFO" and refused["code"] == "NOT_FOUND" and refused["reason"]
-    anon = line_of(booking, "req-anon")
+    anon = await line_of(booking, "req-anon")
     assert anon["code"] == "UNAUTHENTICATED" and "caller" not in anon
-    assert line_of(booking, made_up)["code"] == "OK"
+    assert (await line_of(booking, made_up))["code"] == "OK"
 
     def subscription_logged() -> bool:
         return any(e.get("method") == "/notify.v1.NotifyService/Subscribe" for e in lines(notify))
@@ -92,7 +97,7 @@ async def test_each_rpc_logs_one_json_line_with_its_outcome_and_the_request_id_c
     await eventually(subscription_logged, lambda: "no Subscribe line")
     ended = next(e for e in lines(notify) if e.get("method") == "/notify.v1.NotifyService/Subscribe")
     assert ended["code"] == "CANCELLED" and ended["ended"] == "CANCELLED" and ended["events"] >= 1
-    opened = line_of(notify, ended["request_id"], "subscribed")
+    opened = await line_of(notify, ended["request_id"], "subscribed")
     assert opened["role"] == "admin"
 
     everything = booking.log() + notify.log()
@@ -106,6 +111,7 @@ async def test_log_level_warning_keeps_ordinary_calls_out(
 ) -> None:
     booking = system.booking(LOG_LEVEL="WARNING")
     await (await admin_on(booking, channels)).create(provider_id=uid("prov"), customer_id=uid("cust"))
+    booking.stop()  # a stopped service has written every line it logged
     assert " rpc " not in booking.log() and "INFO" not in booking.log()
 
 

@@ -11,7 +11,11 @@
    overrides, 10-minute buffers); raw asyncpg runs the same statements (the schedule's, then what is taken).
 4. CreateBooking at `rate` per second for a provider with that schedule against one without, both through the
    service (the schedule check's cost: target at most 0.3 ms added to p50).
-5. HoldSlot + ConfirmBooking pairs at `rate` pairs per second against CreateBooking at the same rate, both
+5. The floor of any gRPC design for a read: ListBookings of the same week through a bare grpc.aio server
+   running the service's statement (tests/bench/bare_booking.py, on the service's database) against raw
+   asyncpg, and the service against that floor: what grpc.aio alone adds on this machine, and what the
+   service adds to it.
+6. HoldSlot + ConfirmBooking pairs at `rate` pairs per second against CreateBooking at the same rate, both
    through the service (a checkout's cost: target, the pair at most 2x one CreateBooking at p50), spread over
    100 providers, then all for one provider.
 
@@ -41,6 +45,8 @@ from booking_service.domain import BookingChange
 from booking_service.rows import schedule_json
 from booking_service.sql import AVAILABILITY_SQL, UPDATE_SQL, list_sql
 from devtools.servers import PostgresServer, RedisServer
+from devtools.servers import free_port, wait_for_port
+from tests.bench.bench_capacity import start_bare
 from tests.bench.bench_write_path import (
     _migrate,
     paced_latencies,
@@ -208,7 +214,7 @@ async def measured(
     half = seconds / 2
     per_half = int(rate * half)
     for h in range(2):
-        progress(f"{name}, half {h + 1} of 2: raw asyncpg, then the service, {rate:g}/s for {half:g} s each")
+        progress(f"{name}, half {h + 1} of 2 (the baseline, then the measured), {rate:g}/s for {half:g} s each")
         raw_ms += await paced_latencies(rate, half, lambda k, h=h: raw(h * per_half + k))  # type: ignore[misc]
         svc_ms += await paced_latencies(rate, half, lambda k, h=h: svc(h * per_half + k))  # type: ignore[misc]
     return {"calls": [len(raw_ms), len(svc_ms)], **side_by_side(raw_ms, svc_ms)}
@@ -219,7 +225,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pg.start()
     rds = RedisServer(workdir / "redis")
     rds.start()
-    service = None
+    service = bare = None
     movable = int(args.rate * args.seconds)
     try:
         await create_databases(pg.url, "raw", "svc")
@@ -230,10 +236,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         svc_ids = await seed(pg.url_for("svc"), movable, "mv")
         service = ServiceProcess("booking_service", service_env(pg.url_for("svc"), rds.url), workdir)
         service.start()
+        bare_port = free_port()
+        bare = start_bare(bare_port, pg.url_for("svc"))
+        wait_for_port(bare_port)
         pool = await raw_pool(pg.url_for("raw"))
         try:
-            async with grpc.aio.insecure_channel(service.address) as channel:
+            async with (
+                grpc.aio.insecure_channel(service.address) as channel,
+                grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as bare_channel,
+            ):
                 raw, svc = Raw(pool), Service(booking_pb2_grpc.BookingServiceStub(channel))
+                floor = Service(booking_pb2_grpc.BookingServiceStub(bare_channel))
                 for _ in range(100):  # a worker may still be connecting to its database: UNAVAILABLE, retried
                     try:
                         await svc.stub.UpdateProviderSchedule(schedule_request(), metadata=svc.metadata)
@@ -247,6 +260,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for _ in range(20):  # warm-up: connections, plans, the channel
                     await raw.week()
                     await svc.week()
+                    await floor.week()
                 rows = {
                     "update_booking": await measured(
                         "UpdateBooking", args.rate, args.seconds, lambda k: raw.update(raw_ids[k], k),
@@ -255,6 +269,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "list_week": await measured(
                         "ListBookings, one provider's week", args.read_rate, args.read_seconds,
                         lambda _: raw.week(), lambda _: svc.week(),
+                    ),
+                    "list_week_floor": await measured(
+                        "ListBookings, one provider's week: raw asyncpg, then the bare grpc.aio floor",
+                        args.read_rate, args.read_seconds, lambda _: raw.week(), lambda _: floor.week(),
+                    ),
+                    "list_week_over_floor": await measured(
+                        "ListBookings, one provider's week: the bare grpc.aio floor, then the service",
+                        args.read_rate, args.read_seconds, lambda _: floor.week(), lambda _: svc.week(),
                     ),
                     "free_month": await measured(
                         "ListAvailableSlots, one provider's month", args.read_rate, args.read_seconds,
@@ -285,6 +307,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 }  # fmt: skip
         finally:
             await pool.close()
+        rows["list_week_over_floor"]["target_met"] = None  # what the service adds to the floor: no target of its own
         # Here "raw" is the service for a provider without a schedule: the target is the check's, 0.3 ms at p50.
         rows["create_scheduled"]["target_met"] = rows["create_scheduled"]["added_p50_ms"] <= 0.3
         for key in ("hold_confirm", "hold_confirm_one_provider"):  # "raw" is CreateBooking: the pair <= 2x its p50
@@ -298,6 +321,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             **rows,
         }
     finally:
+        if bare is not None:
+            bare.kill()
+            bare.wait(30)
         if service is not None:
             service.stop()
         rds.stop()
@@ -356,6 +382,8 @@ def report(result: dict[str, Any]) -> None:
     for key, name in (
         ("update_booking", f"UpdateBooking at {writes:g}/s"),
         ("list_week", f"ListBookings, a provider's week, at {reads:g}/s"),
+        ("list_week_floor", f"... the bare grpc.aio floor (as 'service') against raw asyncpg, at {reads:g}/s"),
+        ("list_week_over_floor", f"... the service against the bare grpc.aio floor (as 'raw'), at {reads:g}/s"),
         ("free_month", f"ListAvailableSlots, a month, at {reads:g}/s"),
         (
             "free_month_scheduled",
@@ -372,7 +400,8 @@ def report(result: dict[str, Any]) -> None:
         raw, svc = row["raw_asyncpg"], row["service"]
         print(
             f"{name} | {raw['p50_ms']} / {raw['p99_ms']} | {svc['p50_ms']} / {svc['p99_ms']} | "
-            f"{row['added_p50_ms']} / {row['added_p99_ms']} ({'met' if row['target_met'] else 'MISSED'})"
+            f"{row['added_p50_ms']} / {row['added_p99_ms']} "
+            f"({'no target' if row['target_met'] is None else 'met' if row['target_met'] else 'MISSED'})"
         )
     print(f"written: {OUT_DIR / 'calendar.json'}")
 

@@ -1,7 +1,8 @@
 """The floor of any gRPC design for the write path (tests/bench/bench_capacity.py): a bare grpc.aio
 BookingService that runs the service's own statements for CreateBooking (the provider's schedule, then
-CREATE_SQL), UpdateBooking (the booking with its schedule, then UPDATE_SQL) and ListBookings of a provider's
-window (the service's statement for it) on a pool configured as the
+CREATE_SQL), HoldSlot (the same with HOLD_SQL, on the default terms), ConfirmBooking (CONFIRM_SQL), UpdateBooking
+(the booking with its schedule, then UPDATE_SQL) and ListBookings of a provider's window (the service's
+statement for it) on a pool configured as the
 service's, and answers with the booking the statement returned. No authentication, validation, interceptors,
 logs, metrics, retries, availability rules or relay; one process, on uvloop as the services are by default.
 
@@ -22,7 +23,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from booking_api.booking.v1 import booking_pb2, booking_pb2_grpc
 from booking_service.database import release_connection
-from booking_service.sql import BOOKING_WITH_SCHEDULE_SQL, CREATE_SQL, SCHEDULE_SQL, UPDATE_SQL, list_sql
+from booking_service.domain import DEFAULT_HOLD_TTL
+from booking_service.sql import (
+    BOOKING_WITH_SCHEDULE_SQL,
+    CONFIRM_SQL,
+    CREATE_SQL,
+    HOLD_SQL,
+    SCHEDULE_SQL,
+    UPDATE_SQL,
+    list_sql,
+)
+from booking_service.usecases import HoldLimits
 
 NO_BUFFER = timedelta(0)
 PROVIDER_WINDOW_SQL = list_sql(customer=False, provider=True, overlaps=True, after=False, deleted=False)
@@ -53,16 +64,32 @@ class BareBookings(booking_pb2_grpc.BookingServiceServicer):
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self.pool = pool
 
-    async def CreateBooking(self, request: Any, context: Any) -> booking_pb2.CreateBookingResponse:
-        b = request.booking
+    async def _insert(self, b: booking_pb2.Booking, sql: str, *terms: object) -> Any:
         async with self.pool.acquire() as conn:
             await conn.fetchrow(SCHEDULE_SQL, b.provider_id)
-            record = await conn.fetchrow(
-                CREATE_SQL, uuid.uuid4(), b.customer_id, b.provider_id, b.service_id,
+            return await conn.fetchrow(
+                sql, uuid.uuid4(), b.customer_id, b.provider_id, b.service_id,
                 b.start_time.ToDatetime(tzinfo=UTC), b.end_time.ToDatetime(tzinfo=UTC), "", "bench", None,
-                uuid.uuid4(), "Bench", "admin", None, "", NO_BUFFER, NO_BUFFER,
+                uuid.uuid4(), "Bench", "admin", None, "", NO_BUFFER, NO_BUFFER, *terms,
             )  # fmt: skip
-        return booking_pb2.CreateBookingResponse(booking=_booking(record))
+
+    async def CreateBooking(self, request: Any, context: Any) -> booking_pb2.CreateBookingResponse:
+        return booking_pb2.CreateBookingResponse(booking=_booking(await self._insert(request.booking, CREATE_SQL)))
+
+    async def HoldSlot(self, request: Any, context: Any) -> booking_pb2.HoldSlotResponse:
+        limits = HoldLimits()
+        record = await self._insert(
+            request.booking, HOLD_SQL, DEFAULT_HOLD_TTL, limits.per_customer, limits.per_provider
+        )
+        return booking_pb2.HoldSlotResponse(booking=_booking(record))
+
+    async def ConfirmBooking(self, request: Any, context: Any) -> booking_pb2.ConfirmBookingResponse:
+        async with self.pool.acquire() as conn:
+            record = await conn.fetchrow(
+                CONFIRM_SQL, uuid.UUID(request.booking_id), None, None, None, uuid.uuid4(), "bench", "Bench", "admin",
+                None, None, None,
+            )  # fmt: skip
+        return booking_pb2.ConfirmBookingResponse(booking=_booking(record))
 
     async def UpdateBooking(self, request: Any, context: Any) -> booking_pb2.UpdateBookingResponse:
         b = request.booking

@@ -17,7 +17,8 @@
    service adds to it.
 6. HoldSlot + ConfirmBooking pairs at `rate` pairs per second against CreateBooking at the same rate, both
    through the service (a checkout's cost: target, the pair at most 2x one CreateBooking at p50), spread over
-   100 providers, then all for one provider.
+   100 providers, then all for one provider; and the same pairs against the same creates through the bare
+   grpc.aio floor (its HOLD_SQL and CONFIRM_SQL): the ratio any gRPC design starts from.
 
 p50 and p99 of each, from send to answer; targets as for CreateBooking's: the service adds at most 1 ms to raw's
 p50 and 3 ms to its p99. Each pair runs in alternating halves on one private PostgreSQL server, so that drift on
@@ -44,8 +45,7 @@ from booking_service.availability import DateOverride, LocalRange, Schedule, Wor
 from booking_service.domain import BookingChange
 from booking_service.rows import schedule_json
 from booking_service.sql import AVAILABILITY_SQL, UPDATE_SQL, list_sql
-from devtools.servers import PostgresServer, RedisServer
-from devtools.servers import free_port, wait_for_port
+from devtools.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.bench.bench_capacity import start_bare
 from tests.bench.bench_write_path import (
     _migrate,
@@ -299,6 +299,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         args.read_seconds, lambda k: svc.create(f"creates-{k % 100}", k),
                         lambda k: svc.hold_confirm(f"holds-{k % 100}", k),
                     ),
+                    "hold_confirm_floor": await measured(
+                        "the bare grpc.aio floor: CreateBooking (baseline), then HoldSlot + ConfirmBooking pairs",
+                        args.rate, args.read_seconds, lambda k: floor.create(f"floor-creates-{k % 100}", k),
+                        lambda k: floor.hold_confirm(f"floor-holds-{k % 100}", k),
+                    ),
                     "hold_confirm_one_provider": await measured(
                         "CreateBooking (baseline), then HoldSlot + ConfirmBooking pairs, all for one provider",
                         args.rate, args.read_seconds, lambda k: svc.create("one-c", k),
@@ -310,7 +315,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rows["list_week_over_floor"]["target_met"] = None  # what the service adds to the floor: no target of its own
         # Here "raw" is the service for a provider without a schedule: the target is the check's, 0.3 ms at p50.
         rows["create_scheduled"]["target_met"] = rows["create_scheduled"]["added_p50_ms"] <= 0.3
-        for key in ("hold_confirm", "hold_confirm_one_provider"):  # "raw" is CreateBooking: the pair <= 2x its p50
+        for key in (
+            "hold_confirm",
+            "hold_confirm_one_provider",
+            "hold_confirm_floor",
+        ):  # "raw" is CreateBooking: the pair <= 2x its p50
             pair = rows[key]
             pair["ratio_p50"] = round(pair["service"]["p50_ms"] / pair["raw_asyncpg"]["p50_ms"], 2)
             pair["target_met"] = pair["ratio_p50"] <= 2
@@ -395,6 +404,7 @@ def report(result: dict[str, Any]) -> None:
         ),
         ("hold_confirm", f"HoldSlot + ConfirmBooking pairs vs CreateBooking (not raw), at {writes:g}/s"),
         ("hold_confirm_one_provider", f"... the same, all for one provider, at {writes:g}/s"),
+        ("hold_confirm_floor", f"... the same through the bare grpc.aio floor, at {writes:g}/s"),
     ):
         row = result[key]
         raw, svc = row["raw_asyncpg"], row["service"]

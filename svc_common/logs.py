@@ -117,7 +117,8 @@ class LogWriter(logging.Handler):
     does, cost about 0.3 ms of CPU per RPC here: docs/benchmarks.md); an idle service wakes it never. A WARNING
     or worse is written at once, with what came before it. Past `max_buffered` records (an output that stopped
     taking lines) records are dropped and counted, and a line says how many. Closing it (logging.shutdown, at
-    exit or by the stuck-shutdown watchdog) writes what is buffered."""
+    exit or by the stuck-shutdown watchdog) writes what is buffered, and records logged after that are written
+    as they come."""
 
     def __init__(
         self,
@@ -145,7 +146,9 @@ class LogWriter(logging.Handler):
             self._dropped += 1
         else:
             self._buffer.append(record)
-        if record.levelno >= logging.WARNING:
+        if self._closed:  # late in shutdown: no writer thread any more, so written here and now
+            self._write()
+        elif record.levelno >= logging.WARNING:
             self._hurry.set()
             self._wake.set()
         elif not self._wake.is_set():  # the first since the last write: the one record that wakes the writer

@@ -109,6 +109,14 @@ def test_a_record_that_cannot_be_formatted_is_reported_and_the_others_are_writte
     assert "--- Logging error ---" in capsys.readouterr().err
 
 
+def test_a_record_logged_after_close_is_written_at_once() -> None:
+    out = io.StringIO()
+    handler = writer(out, flush_seconds=HOUR)
+    handler.close()
+    handler.handle(record("during the interpreter's shutdown"))
+    assert messages(out.getvalue()) == ["during the interpreter's shutdown"]
+
+
 def test_records_below_the_handlers_filters_are_not_kept() -> None:
     out = io.StringIO()
     handler = writer(out, flush_seconds=HOUR)

@@ -315,11 +315,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rows["list_week_over_floor"]["target_met"] = None  # what the service adds to the floor: no target of its own
         # Here "raw" is the service for a provider without a schedule: the target is the check's, 0.3 ms at p50.
         rows["create_scheduled"]["target_met"] = rows["create_scheduled"]["added_p50_ms"] <= 0.3
-        for key in (
-            "hold_confirm",
-            "hold_confirm_one_provider",
-            "hold_confirm_floor",
-        ):  # "raw" is CreateBooking: the pair <= 2x its p50
+        # In the pairs' rows "raw" is CreateBooking (the service's, or the floor's): the pair <= 2x its p50.
+        for key in ("hold_confirm", "hold_confirm_one_provider", "hold_confirm_floor"):
             pair = rows[key]
             pair["ratio_p50"] = round(pair["service"]["p50_ms"] / pair["raw_asyncpg"]["p50_ms"], 2)
             pair["target_met"] = pair["ratio_p50"] <= 2

@@ -1,10 +1,10 @@
-"""The floor of any gRPC design for the write path (tests/bench/bench_capacity.py): a bare grpc.aio
-BookingService that runs the service's own statements for CreateBooking (the provider's schedule, then
-CREATE_SQL), HoldSlot (the same with HOLD_SQL, on the default terms), ConfirmBooking (CONFIRM_SQL), UpdateBooking
-(the booking with its schedule, then UPDATE_SQL) and ListBookings of a provider's window (the service's
-statement for it) on a pool configured as the
-service's, and answers with the booking the statement returned. No authentication, validation, interceptors,
-logs, metrics, retries, availability rules or relay; one process, on uvloop as the services are by default.
+"""The floor of any gRPC design for the calls the benchmarks measure (bench_capacity, bench_calendar): a bare grpc.aio
+BookingService that runs the service's own statements for CreateBooking (the provider's schedule, then CREATE_SQL),
+HoldSlot (the same with HOLD_SQL, on the default terms), ConfirmBooking (CONFIRM_SQL), UpdateBooking (the booking
+with its schedule, then UPDATE_SQL) and ListBookings of a provider's window (the service's statement for it) on a
+pool configured as the service's, and answers with the booking the statement returned. No authentication,
+validation, interceptors, logs, metrics, retries, availability rules or relay; one process, on uvloop as the
+services are by default.
 
     python -m tests.bench.bare_booking PORT DSN POOL_SIZE
 """

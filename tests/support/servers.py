@@ -117,13 +117,6 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def wait_logged(self, text: str, within: float = 10.0) -> None:
-        """Wait until the log holds `text` (a service writes its lines in batches, soon after they are logged)."""
-        deadline = time.monotonic() + within
-        while text not in self.log():
-            assert time.monotonic() < deadline, f"{self.module} did not log {text!r}:\n{self.log_tail()}"
-            await asyncio.sleep(0.02)
-
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
